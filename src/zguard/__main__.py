@@ -1,0 +1,5 @@
+import sys
+
+from zguard.cli import main
+
+sys.exit(main())

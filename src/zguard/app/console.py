@@ -1,0 +1,67 @@
+"""The admin console listener: a separate app with its own middleware stack.
+
+For now a status page (model, demo flag, readiness); it never serves the generation API.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import HTMLResponse, JSONResponse
+
+from zguard.app.context import Services
+from zguard.app.errors import handle_http_exception, handle_zguard_error
+from zguard.app.middleware import CONSOLE_SECURITY_HEADERS, BodyLimit, RequestContext
+from zguard.config import Settings
+from zguard.errors import ZguardError
+
+CONSOLE_MAX_BODY = 16 * 1024
+
+
+def _status(services: Services) -> dict[str, object]:
+    info = services.engine.info
+    return {
+        "model": info.id,
+        "demo": info.demo,
+        "device": info.device,
+        "dtype": info.dtype,
+        "state": services.readiness.state.value,
+        "ready": services.readiness.ready,
+    }
+
+
+def create_console_app(settings: Settings, services: Services) -> FastAPI:
+    del settings  # the console's own settings arrive with the console work
+    app = FastAPI(title="zguard console", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_exception_handler(ZguardError, handle_zguard_error)
+    app.add_exception_handler(StarletteHTTPException, handle_http_exception)
+    app.add_middleware(BodyLimit, max_bytes=CONSOLE_MAX_BODY)
+    app.add_middleware(RequestContext, headers=CONSOLE_SECURITY_HEADERS)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def status_page() -> HTMLResponse:
+        status = _status(services)
+        demo = (
+            "<p><strong>Demo model: random weights, images are noise. "
+            "Set model.path to the Z-Image-Turbo directory.</strong></p>"
+            if status["demo"]
+            else ""
+        )
+        rows = "".join(f"<tr><th>{escape(k)}</th><td>{escape(str(v))}</td></tr>" for k, v in status.items())
+        page = (
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>zguard console</title></head>"
+            f"<body><h1>zguard</h1>{demo}<table>{rows}</table></body></html>"
+        )
+        return HTMLResponse(page)
+
+    @app.get("/api/status")
+    async def status_json() -> JSONResponse:
+        return JSONResponse(_status(services))
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,17 @@
+"""What the app factories are given: the services both listeners share in one process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from zguard.engine import ImageEngine
+from zguard.services.images import ImageService
+from zguard.services.readiness import Readiness
+
+
+@dataclass(frozen=True)
+class Services:
+    engine: ImageEngine
+    images: ImageService
+    readiness: Readiness
+    started_at: int

@@ -1,0 +1,51 @@
+"""The one place exceptions become HTTP responses, always in the OpenAI error shape.
+
+`{"error": {"message", "type", "param", "code"}}`. Messages are the ones written for clients on
+ZguardError; anything else becomes `internal_error` with the request id, and its details go to
+the log only.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from zguard.errors import InternalError, MethodNotAllowed, RequestError, RouteNotFound, ServiceUnavailable, ZguardError
+
+log = logging.getLogger("zguard.http")
+
+
+def error_response(error: ZguardError) -> JSONResponse:
+    body = {"error": {"message": error.message, "type": error.type, "param": error.param, "code": error.code}}
+    headers = {"Retry-After": str(error.retry_after)} if isinstance(error, ServiceUnavailable) else None
+    return JSONResponse(body, status_code=error.status, headers=headers)
+
+
+def internal_error(request_id: str) -> JSONResponse:
+    return error_response(InternalError(f"internal error; quote request id {request_id} to the operator"))
+
+
+async def handle_zguard_error(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, ZguardError):  # pragma: no cover - registered for ZguardError only
+        raise exc
+    level = logging.INFO if exc.status < 500 else logging.WARNING
+    log.log(level, "request %s refused: %s%s", request.state.request_id, exc.code, f" ({exc.detail})" if exc.detail else "")
+    return error_response(exc)
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    status = getattr(exc, "status_code", 500)
+    error: ZguardError
+    if status == 404:
+        error = RouteNotFound("no such endpoint")
+    elif status == 405:
+        error = MethodNotAllowed("method not allowed on this endpoint")
+    elif status < 500 and isinstance(exc, StarletteHTTPException):
+        error = RequestError("bad request")
+        error.status = status
+    else:
+        return internal_error(request.state.request_id)
+    return error_response(error)

@@ -1,0 +1,114 @@
+"""The `zguard` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import yaml
+
+from zguard.config import Settings, load_settings, masked_settings
+from zguard.errors import ConfigError
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(getattr(args, "config", None))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _setup_logging(settings.log_level)
+    from zguard.server import serve
+
+    return asyncio.run(serve(settings))
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from zguard.server import check_safe
+
+    check_safe(settings)
+    yaml.safe_dump(masked_settings(settings), sys.stdout, allow_unicode=True, sort_keys=False)
+    print("# configuration OK", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_model_demo(args: argparse.Namespace) -> int:
+    _setup_logging("warning")
+    from zguard.engine.demo import write_demo_model
+
+    try:
+        path = write_demo_model(Path(args.dir))
+    except FileExistsError:
+        print(f"zguard: {args.dir} exists and is not empty; choose an empty or new directory", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"demo model written to {path} (random weights: images are noise)")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,  # so a subcommand's absent --config does not mask the top-level one
+        help="settings file (default: $ZGUARD_CONFIG, else config/zguard.yaml if present)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="zguard",
+        description="Hardened, auditable server for the Z-Image-Turbo text-to-image model.",
+        parents=[common],
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", parents=[common], help="run the API and console listeners",
+                                description="Serve the image API and the console in one process sharing one model.")
+    serve.set_defaults(handler=cmd_serve)
+
+    config = commands.add_parser("config", parents=[common], help="inspect settings", description="Inspect settings.")
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
+    check = config_commands.add_parser("check", parents=[common], help="validate and print the effective settings",
+                                       description="Validate the settings and print them, secrets masked.")
+    check.set_defaults(handler=cmd_config_check)
+
+    model = commands.add_parser("model", parents=[common], help="model tools", description="Model tools.")
+    model_commands = model.add_subparsers(dest="model_command", required=True, metavar="COMMAND")
+    demo = model_commands.add_parser("demo", parents=[common], help="build the tiny random-weight demo model",
+                                     description="Write the tiny random-weight demo pipeline (safetensors, byte-identical every build) to DIR.")
+    demo.add_argument("dir", metavar="DIR", help="new or empty directory to write the model to")
+    demo.set_defaults(handler=cmd_model_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"zguard: {exc.message}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""zguard's settings: one typed model, loaded from a YAML file plus ``ZGUARD_*`` variables.
+
+Precedence, lowest first: defaults declared here, the YAML file, then environment variables
+named ``ZGUARD_<SECTION>__<KEY>`` (``ZGUARD_API__PORT=15000``) or ``ZGUARD_<KEY>`` for top-level
+keys (``ZGUARD_STATE_DIR``). Environment values are parsed as YAML scalars, so ``15000`` is a
+number and ``true`` a boolean. Every problem is reported at once, naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from zguard.errors import ConfigError
+from zguard.security.rates import parse_rate
+
+DEFAULT_CONFIG_PATH = Path("config/zguard.yaml")
+ENV_PREFIX = "ZGUARD_"
+ENV_CONFIG = "ZGUARD_CONFIG"
+SIZE_STEP = 16  # Z-Image works on latents 1/16 of the image side; sizes must be multiples.
+_BCRYPT_HASH = re.compile(r"^\$2[aby]\$\d{2}\$[./A-Za-z0-9]{53}$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ListenerSettings(_Section):
+    host: str = Field("127.0.0.1", description="Address to bind. Loopback by default; a non-loopback address exposes the listener to the network.")
+    port: int = Field(5000, ge=1, le=65535, description="TCP port to listen on.")
+
+    @property
+    def is_loopback(self) -> bool:
+        return _is_loopback(self.host)
+
+
+class ApiSettings(ListenerSettings):
+    max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024, description="Largest request body accepted; larger bodies get 413 `request_too_large`.")
+    docs_enabled: bool = Field(False, description="Serve `/docs`, `/redoc` and `/openapi.json`. Off by default: the document is published in `docs/openapi.json`.")
+
+
+class ConsoleSettings(ListenerSettings):
+    port: int = Field(7860, ge=1, le=65535, description="TCP port to listen on.")
+
+
+class ModelSettings(_Section):
+    path: Path | None = Field(None, description="Directory of the Z-Image pipeline (diffusers layout, safetensors). Unset: zguard builds and serves a tiny random-weight demo model whose images are noise.")
+    id: str = Field("z-image-turbo", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$", description="Model name clients send in `model` and see in `/v1/models`.")
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="`auto` uses CUDA with bfloat16 when a GPU is present, else the CPU with float32.")
+    warmup: bool = Field(True, description="Run one small generation at start; `/readyz` reports ready only after it.")
+
+
+class GenerationSettings(_Section):
+    max_queue: int = Field(8, ge=0, le=10_000, description="Requests allowed to wait while one generates; the next gets 503 `server_busy` with `Retry-After`.")
+    timeout_s: float = Field(120.0, gt=0, le=3600, description="Longest a request may take, queueing included; past it the client gets 504 `generation_timeout` and the generation is stopped at the next step.")
+    shutdown_grace_s: float = Field(30.0, ge=0, le=3600, description="On SIGTERM/SIGINT, how long in-flight generations may run before the process exits.")
+    max_prompt_chars: int = Field(2000, ge=1, le=100_000, description="Longest `prompt` and `negative_prompt`, in characters.")
+    default_size: str | None = Field(None, description="`WxH` used when a request has no `size`. Unset: `1024x1024`, or `256x256` on the demo model.")
+    min_side: int = Field(64, ge=SIZE_STEP, description="Smallest width or height, in pixels.")
+    max_side: int = Field(2048, ge=SIZE_STEP, le=8192, description="Largest width or height, in pixels.")
+    max_pixels: int = Field(2048 * 2048, ge=SIZE_STEP * SIZE_STEP, description="Largest width × height of one image.")
+    max_n: int = Field(4, ge=1, le=16, description="Most images one request may ask for (`n`).")
+    default_steps: int = Field(8, ge=1, le=200, description="`num_inference_steps` when a request has none (8 for Z-Image-Turbo).")
+    max_steps: int = Field(50, ge=1, le=200, description="Largest `num_inference_steps` a request may ask for.")
+
+    @field_validator("min_side", "max_side")
+    @classmethod
+    def _multiple_of_step(cls, value: int) -> int:
+        if value % SIZE_STEP:
+            raise ValueError(f"must be a multiple of {SIZE_STEP}")
+        return value
+
+    @field_validator("default_size")
+    @classmethod
+    def _size_shape(cls, value: str | None) -> str | None:
+        if value is not None and parse_size(value) is None:
+            raise ValueError("must be written WxH, e.g. 1024x1024")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GenerationSettings:
+        if self.min_side > self.max_side:
+            raise ValueError("generation.min_side must not exceed generation.max_side")
+        if self.default_steps > self.max_steps:
+            raise ValueError("generation.default_steps must not exceed generation.max_steps")
+        if self.default_size is not None:
+            size = parse_size(self.default_size)
+            if size is not None and check_size(size, self) is not None:
+                raise ValueError(f"generation.default_size: {check_size(size, self)}")
+        return self
+
+
+class ConfigUser(_Section):
+    username: str = Field(min_length=1, max_length=128, description="Login name.")
+    password: SecretStr = Field(description="bcrypt hash (`$2a$`, `$2b$` or `$2y$`) of the password; never the password itself.")
+    roles: list[str] = Field(default_factory=list, description="Roles granted to this user.")
+
+    @field_validator("password")
+    @classmethod
+    def _bcrypt_only(cls, value: SecretStr) -> SecretStr:
+        if not _BCRYPT_HASH.match(value.get_secret_value()):
+            raise ValueError(
+                "must be a bcrypt hash ($2a$/$2b$/$2y$...), not a plaintext password; "
+                "hash it, e.g. python -c \"import bcrypt,getpass; print(bcrypt.hashpw(getpass.getpass().encode(), bcrypt.gensalt()).decode())\""
+            )
+        return value
+
+
+class ApiAuthSettings(_Section):
+    enabled: bool = Field(True, description="Require authentication on the API listener (deployment guide format).")
+    users: list[ConfigUser] = Field(default_factory=list, description="Users declared in configuration, with bcrypt password hashes.")
+
+
+class Settings(_Section):
+    """Everything zguard can be told. Loaded once at start; never created at import time."""
+
+    state_dir: Path = Field(Path("state"), description="Directory for zguard's state (database, demo model). Created with mode 0700.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Lowest level written to the log.")
+    api: ApiSettings = Field(default_factory=lambda: ApiSettings(), description="The OpenAI-compatible image API listener.")
+    console: ConsoleSettings = Field(default_factory=lambda: ConsoleSettings(), description="The admin console listener.")
+    model: ModelSettings = Field(default_factory=lambda: ModelSettings(), description="Which model to serve and where.")
+    generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(), description="Request limits, queueing and timeouts.")
+    api_auth: ApiAuthSettings = Field(default_factory=lambda: ApiAuthSettings(), description="API authentication, in the deployment guide's `config/security.yaml` format. Validated now; enforced by the access-control work.")
+    rate_limit: str | None = Field(None, description="Per-user request rate in the deployment guide's format, e.g. `10/分钟` or `10/minute`. Validated now; enforced by the access-control work.")
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_rate(value)
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_listeners(self) -> Settings:
+        if self.api.port == self.console.port and self.api.host == self.console.host:
+            raise ValueError("api.port and console.port must differ: each listener needs its own port")
+        return self
+
+
+def parse_size(text: str) -> tuple[int, int] | None:
+    """``"1024x768"`` → ``(1024, 768)``; None when the text is not of that shape."""
+    match = re.fullmatch(r"([1-9]\d{0,4})[xX×]([1-9]\d{0,4})", text)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def check_size(size: tuple[int, int], limits: GenerationSettings) -> str | None:
+    """Why `size` is not allowed under `limits`, or None when it is."""
+    width, height = size
+    if width % SIZE_STEP or height % SIZE_STEP:
+        return f"width and height must be multiples of {SIZE_STEP}"
+    if min(width, height) < limits.min_side or max(width, height) > limits.max_side:
+        return f"width and height must be between {limits.min_side} and {limits.max_side}"
+    if width * height > limits.max_pixels:
+        return f"width x height must not exceed {limits.max_pixels} pixels"
+    return None
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def config_path(cli_value: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> tuple[Path, bool]:
+    """The config file to read and whether the user named it (a named file must exist)."""
+    if cli_value:
+        return Path(cli_value), True
+    if environ.get(ENV_CONFIG):
+        return Path(environ[ENV_CONFIG]), True
+    return DEFAULT_CONFIG_PATH, False
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG:
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, (dict, list)) and not raw.lstrip().startswith(("{", "[")):
+            value = raw
+        node = overrides
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                break
+        else:
+            node[path[-1]] = value
+    return overrides
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _env_name(loc: tuple[int | str, ...]) -> str:
+    return ENV_PREFIX + "__".join(str(p).upper() for p in loc)
+
+
+def _field_help(loc: tuple[int | str, ...]) -> str | None:
+    model: type[BaseModel] = Settings
+    field = None
+    for part in loc:
+        if not isinstance(part, str) or part not in model.model_fields:
+            return None
+        field = model.model_fields[part]
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+    return field.description if field else None
+
+
+def _problems(error: ValidationError, source: Path) -> list[str]:
+    problems = []
+    for item in error.errors():
+        loc = tuple(item["loc"])
+        key = ".".join(str(p) for p in loc) or "(file)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            problems.append(f"{key}: unknown setting (from {source} or {_env_name(loc)}); remove it or check its spelling in docs/settings.md")
+            continue
+        hint = _field_help(loc)
+        fix = f" — {hint}" if hint else ""
+        problems.append(f"{key}: {message} (set it in {source} or {_env_name(loc)}){fix}")
+    return problems
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Load and validate settings; raise ConfigError naming every bad key and how to fix it."""
+    env = os.environ if environ is None else environ
+    source, named = config_path(path, env)
+    data: Any = {}
+    if source.exists():
+        try:
+            data = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError([f"{source}: cannot read the file ({exc.__class__.__name__}); check its permissions"]) from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError([f"{source}: not valid YAML{where}; fix the syntax"]) from None
+        if not isinstance(data, dict):
+            raise ConfigError([f"{source}: the top level must be a mapping of settings"])
+    elif named:
+        raise ConfigError([f"{source}: file not found; pass an existing file with --config or {ENV_CONFIG}"])
+    try:
+        return Settings.model_validate(_merge(data, _env_overrides(env)))
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc, source)) from None
+
+
+def masked_settings(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain data, with every secret replaced by ``**********``."""
+    return settings.model_dump(mode="json")  # SecretStr dumps as '**********' in JSON mode
+
+
+def iter_settings_fields(model: type[BaseModel] = Settings, prefix: str = "") -> Iterator[tuple[str, Any, str]]:
+    """Every leaf setting as (dotted key, default, help text), for the settings reference."""
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        key = f"{prefix}{name}"
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel) and annotation is not ConfigUser:
+            yield from iter_settings_fields(annotation, key + ".")
+        else:
+            default = None if field.is_required() else field.get_default(call_default_factory=True)
+            yield key, default, field.description or ""

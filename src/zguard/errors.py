@@ -1,0 +1,147 @@
+"""zguard's exceptions: one base class, each subclass with a stable `code` a client can act on.
+
+    ZguardError                        code, HTTP status, OpenAI error type, optional `param`
+    ├── ConfigError                    bad settings: names every offending key and its fix
+    ├── RequestError (400)             the request is wrong; do not retry it unchanged
+    │   ├── InvalidJSON                invalid_json
+    │   ├── MissingField               missing_required_field
+    │   ├── UnknownField               unknown_field
+    │   ├── InvalidType                invalid_type
+    │   ├── InvalidValue               invalid_value
+    │   ├── InvalidPrompt              invalid_prompt
+    │   ├── InvalidSize                invalid_size
+    │   ├── UnsupportedResponseFormat  unsupported_response_format
+    │   └── ModelNotFound              model_not_found
+    ├── UnsupportedMediaType (415)     unsupported_media_type
+    ├── RequestTooLarge (413)          request_too_large
+    ├── RouteNotFound (404)            not_found
+    ├── MethodNotAllowed (405)         method_not_allowed
+    ├── ServiceUnavailable (503)       carries `retry_after` seconds
+    │   ├── ServerBusy                 server_busy: the admission queue is full
+    │   └── NotReady                   model_not_ready: loading or warming up
+    ├── GenerationTimeout (504)        generation_timeout
+    └── InternalError (500)            internal_error: details go to the log, never to the client
+
+The public `message` is written for the client and never contains `str()` of another exception;
+`detail` holds what the operator needs and stays server-side.
+"""
+
+from __future__ import annotations
+
+
+class ZguardError(Exception):
+    """Base of every error zguard raises on purpose."""
+
+    code = "internal_error"
+    status = 500
+    type = "server_error"
+
+    def __init__(self, message: str, *, param: str | None = None, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.detail = detail
+
+
+class ConfigError(ZguardError):
+    """Settings that cannot be used; `problems` holds one line per offending key."""
+
+    code = "invalid_config"
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+        self.problems = problems
+
+
+class RequestError(ZguardError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class InvalidJSON(RequestError):
+    code = "invalid_json"
+
+
+class MissingField(RequestError):
+    code = "missing_required_field"
+
+
+class UnknownField(RequestError):
+    code = "unknown_field"
+
+
+class InvalidType(RequestError):
+    code = "invalid_type"
+
+
+class InvalidValue(RequestError):
+    code = "invalid_value"
+
+
+class InvalidPrompt(RequestError):
+    code = "invalid_prompt"
+
+
+class InvalidSize(RequestError):
+    code = "invalid_size"
+
+
+class UnsupportedResponseFormat(RequestError):
+    code = "unsupported_response_format"
+
+
+class ModelNotFound(RequestError):
+    code = "model_not_found"
+
+
+class UnsupportedMediaType(ZguardError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
+class RequestTooLarge(ZguardError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class RouteNotFound(ZguardError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class MethodNotAllowed(ZguardError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class ServiceUnavailable(ZguardError):
+    status = 503
+    type = "server_error"
+    code = "service_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int, detail: str | None = None) -> None:
+        super().__init__(message, detail=detail)
+        self.retry_after = max(1, int(retry_after))
+
+
+class ServerBusy(ServiceUnavailable):
+    code = "server_busy"
+
+
+class NotReady(ServiceUnavailable):
+    code = "model_not_ready"
+
+
+class GenerationTimeout(ZguardError):
+    status = 504
+    type = "server_error"
+    code = "generation_timeout"
+
+
+class InternalError(ZguardError):
+    code = "internal_error"

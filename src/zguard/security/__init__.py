@@ -1,0 +1,1 @@
+"""Pure security decisions: no I/O, no framework imports."""

@@ -1,0 +1,189 @@
+"""`zguard serve`: one process, one engine, two listeners.
+
+Start-up order: validate settings and refuse unsafe ones, bind both sockets (so a port clash is
+reported before any model work), start serving (`/healthz` answers, `/readyz` says loading),
+load the model and warm it up in the worker thread, then report ready. SIGTERM/SIGINT stop
+both listeners from accepting, let in-flight requests finish within the grace period, and exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+
+from zguard.app.api import create_api_app
+from zguard.app.console import create_console_app
+from zguard.app.context import Services
+from zguard.config import ListenerSettings, Settings
+from zguard.engine import GenerationJob, ImageEngine
+from zguard.engine.admission import AdmissionQueue, WorkerThread
+from zguard.errors import ConfigError
+from zguard.services.images import ImageService
+from zguard.services.readiness import ModelState, Readiness
+
+log = logging.getLogger("zguard.server")
+DEMO_WARNING = (
+    "SERVING THE DEMO MODEL: random weights, every image is noise. "
+    "Set model.path (or ZGUARD_MODEL__PATH) to the Z-Image-Turbo directory to serve real images."
+)
+
+
+class _Listener(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to `serve()` (two servers, one process)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def check_safe(settings: Settings) -> None:
+    """Refuse configurations this build cannot serve safely, saying how to fix them."""
+    problems = []
+    for name, listener in (("api", settings.api), ("console", settings.console)):
+        if not listener.is_loopback:
+            problems.append(
+                f"{name}.host: {listener.host} is not a loopback address, and this build of zguard does not yet "
+                f"enforce authentication or network allowlists; bind {name}.host to 127.0.0.1 "
+                "(put an authenticating reverse proxy in front if it must be reached from elsewhere)"
+            )
+    if problems:
+        raise ConfigError(problems)
+
+
+def prepare_state_dir(state_dir: Path) -> Path:
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return state_dir
+
+
+def resolve_model_dir(settings: Settings) -> tuple[Path, bool]:
+    """(model directory, is demo); builds the demo model under `state_dir` on first use."""
+    from zguard.engine.demo import is_demo_model, write_demo_model
+
+    if settings.model.path is not None:
+        path = settings.model.path
+        if not (path / "model_index.json").is_file():
+            raise ConfigError([f"model.path: {path} has no model_index.json; point it at a diffusers-format Z-Image directory"])
+        return path, is_demo_model(path)
+    demo_dir = prepare_state_dir(settings.state_dir) / "demo-model"
+    if not is_demo_model(demo_dir):
+        log.warning("building the demo model in %s", demo_dir)
+        write_demo_model(demo_dir)
+    return demo_dir, True
+
+
+def bind(listener: ListenerSettings, name: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((listener.host, listener.port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError([f"{name}.port: cannot listen on {listener.host}:{listener.port} ({exc.strerror}); choose a free port"]) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+@dataclass
+class Runtime:
+    """What `serve` wires together; tests build one around their own engine."""
+
+    services: Services
+    admission: AdmissionQueue
+    worker: WorkerThread
+
+
+def build_runtime(settings: Settings, engine: ImageEngine) -> Runtime:
+    worker = WorkerThread()
+    admission = AdmissionQueue(settings.generation.max_queue, worker)
+    readiness = Readiness()
+    images = ImageService(settings.generation, engine, admission, readiness)
+    services = Services(engine=engine, images=images, readiness=readiness, started_at=int(time.time()))
+    return Runtime(services=services, admission=admission, worker=worker)
+
+
+async def load_and_warm_up(runtime: Runtime, warmup: bool) -> None:
+    services = runtime.services
+    started = time.perf_counter()
+    try:
+        await asyncio.wrap_future(runtime.worker.submit(services.engine.load))
+        if warmup:
+            services.readiness.set(ModelState.WARMING_UP)
+            side = services.images.default_size
+            job = GenerationJob(prompt="warm-up", negative_prompt=None, width=side[0], height=side[1], steps=1, seed=0)
+            await runtime.admission.run(lambda stop: services.engine.generate(job, stop))
+    except Exception:
+        services.readiness.set(ModelState.FAILED)
+        log.exception("model load or warm-up failed; /readyz stays 503")
+        return
+    services.readiness.set(ModelState.READY)
+    log.info("ready in %.2f s", time.perf_counter() - started)
+    if services.engine.info.demo:
+        log.warning(DEMO_WARNING)
+
+
+async def serve(settings: Settings, engine: ImageEngine | None = None) -> int:
+    check_safe(settings)
+    sockets = {"api": bind(settings.api, "api"), "console": bind(settings.console, "console")}
+    if engine is None:
+        from zguard.engine.pipeline import DiffusersEngine
+
+        model_dir, demo = resolve_model_dir(settings)
+        if demo:
+            log.warning(DEMO_WARNING)
+        engine = DiffusersEngine(model_dir, model_id=settings.model.id, device=settings.model.device, demo=demo)
+    runtime = build_runtime(settings, engine)
+    grace = settings.generation.shutdown_grace_s
+    servers = []
+    for name, app in (
+        ("api", create_api_app(settings, runtime.services)),
+        ("console", create_console_app(settings, runtime.services)),
+    ):
+        config = uvicorn.Config(
+            app,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=grace,
+            timeout_keep_alive=5,
+        )
+        servers.append((name, _Listener(config)))
+
+    loop = asyncio.get_running_loop()
+
+    def stop(signum: int) -> None:
+        log.info("received %s: no new connections; finishing in-flight requests (grace %.0f s)", signal.Signals(signum).name, grace)
+        runtime.services.readiness.set(ModelState.STOPPING)
+        for _, server in servers:
+            server.should_exit = True
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop, signum)
+    warm = asyncio.create_task(load_and_warm_up(runtime, settings.model.warmup))
+    for name, sock in sockets.items():
+        host, port = sock.getsockname()[:2]
+        log.info("%s listening on http://%s:%d", name, host if ":" not in host else f"[{host}]", port)
+    try:
+        await asyncio.gather(*(server.serve(sockets=[sockets[name]]) for name, server in servers))
+    finally:
+        warm.cancel()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        if not runtime.worker.stop(timeout=grace):
+            log.warning("a generation was still running after the grace period; exiting anyway")
+        for sock in sockets.values():
+            sock.close()
+    log.info("stopped (pid %d)", os.getpid())
+    return 0

@@ -1,0 +1,218 @@
+"""Image generation as the API offers it: validate and bound a request, admit it, encode results.
+
+Validation happens entirely before admission, so a bad request costs no queue slot and no GPU
+time. Encoding runs in a thread of its own, so the engine thread moves on to the next batch
+while this one is being compressed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import secrets
+import time
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from zguard.schemas import ImageData, ImageGenerationRequest, ImageGenerationResponse, OutputFormat, ZguardMeta
+from zguard.config import GenerationSettings, check_size, parse_size
+from zguard.engine import GenerationJob, ImageEngine
+from zguard.engine.admission import AdmissionQueue
+from zguard.errors import (
+    GenerationTimeout,
+    InvalidJSON,
+    InvalidPrompt,
+    InvalidSize,
+    InvalidType,
+    InvalidValue,
+    MissingField,
+    ModelNotFound,
+    NotReady,
+    RequestError,
+    UnknownField,
+    UnsupportedResponseFormat,
+)
+from zguard.services.readiness import Readiness
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+MAX_SEED = 2**63 - 1 - 16  # room for seed + i with i < max_n
+DEMO_DEFAULT_SIZE = "256x256"
+DEFAULT_SIZE = "1024x1024"
+DEFAULT_QUALITY = 90
+_ALLOWED_CONTROLS = frozenset("\t\n\r")
+
+
+@dataclass(frozen=True)
+class GenerationPlan:
+    job: GenerationJob
+    output_format: OutputFormat
+    quality: int
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """Parse a request body strictly: an object, UTF-8, no duplicate keys, no NaN/Infinity."""
+
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in obj:
+                raise InvalidJSON(f"the body repeats the key {key!r}", param=key)
+            obj[key] = value
+        return obj
+
+    def no_constants(name: str) -> Any:
+        raise InvalidJSON(f"the body contains {name}, which is not JSON")
+
+    try:
+        data = json.loads(body.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=no_constants)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise InvalidJSON("the body is not valid UTF-8 JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidJSON("the body must be a JSON object")
+    return data
+
+
+def _text_problem(text: str) -> str | None:
+    for char in text:
+        category = unicodedata.category(char)
+        if category == "Cc" and char not in _ALLOWED_CONTROLS:
+            return "must not contain control characters (NUL and the like)"
+        if category == "Cs":
+            return "must not contain unpaired surrogates"
+    return None
+
+
+def _from_validation_error(error: ValidationError) -> RequestError:
+    first = error.errors()[0]
+    loc = first["loc"]
+    param = str(loc[0]) if loc else None
+    kind = first["type"]
+    if kind == "missing":
+        return MissingField(f"'{param}' is required", param=param)
+    if kind == "extra_forbidden":
+        return UnknownField(f"unknown field '{param}'; see docs/openapi.json for the accepted fields", param=param)
+    if kind == "literal_error":
+        return InvalidValue(f"'{param}' {first['msg'][0].lower()}{first['msg'][1:]}", param=param)
+    return InvalidType(f"'{param}' has the wrong type: {first['msg'][0].lower()}{first['msg'][1:]}", param=param)
+
+
+class ImageService:
+    """Turns API requests into engine jobs under the configured limits."""
+
+    def __init__(
+        self,
+        limits: GenerationSettings,
+        engine: ImageEngine,
+        admission: AdmissionQueue,
+        readiness: Readiness,
+        encode: Callable[[list[Image], OutputFormat, int], list[bytes]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._limits = limits
+        self._engine = engine
+        self._admission = admission
+        self._readiness = readiness
+        self._encode = encode or encode_images
+        self._clock = clock
+        default = limits.default_size or (DEMO_DEFAULT_SIZE if engine.info.demo else DEFAULT_SIZE)
+        parsed = parse_size(default)
+        if parsed is None or check_size(parsed, limits) is not None:  # a config validator guards this
+            raise ValueError(f"default size {default!r} is outside generation limits")
+        self.default_size = parsed
+
+    def plan(self, data: dict[str, Any]) -> GenerationPlan:
+        """Validate a parsed body against the schema and the limits; raise a RequestError."""
+        try:
+            req = ImageGenerationRequest.model_validate(data)
+        except ValidationError as exc:
+            raise _from_validation_error(exc) from None
+        limits = self._limits
+        for name in ("prompt", "negative_prompt"):
+            text = getattr(req, name)
+            if text is None:
+                continue
+            if name == "prompt" and not text.strip():
+                raise InvalidPrompt("'prompt' must not be empty", param=name)
+            if len(text) > limits.max_prompt_chars:
+                raise InvalidPrompt(f"'{name}' is longer than {limits.max_prompt_chars} characters", param=name)
+            if problem := _text_problem(text):
+                raise InvalidPrompt(f"'{name}' {problem}", param=name)
+        if req.user is not None and (len(req.user) > 256 or _text_problem(req.user)):
+            raise InvalidValue("'user' must be at most 256 characters without control characters", param="user")
+        if req.model is not None and req.model != self._engine.info.id:
+            raise ModelNotFound(f"model '{req.model[:64]}' is not served here; this server serves '{self._engine.info.id}'", param="model")
+        if req.response_format == "url":
+            raise UnsupportedResponseFormat(
+                "response_format 'url' is not supported: zguard never stores images; use 'b64_json'",
+                param="response_format",
+            )
+        if req.background == "transparent":
+            raise InvalidValue("background 'transparent' is not supported by this model", param="background")
+        if not 1 <= req.n <= limits.max_n:
+            raise InvalidValue(f"'n' must be between 1 and {limits.max_n}", param="n")
+        steps = limits.default_steps if req.num_inference_steps is None else req.num_inference_steps
+        if not 1 <= steps <= limits.max_steps:
+            raise InvalidValue(f"'num_inference_steps' must be between 1 and {limits.max_steps}", param="num_inference_steps")
+        if req.seed is not None and not 0 <= req.seed <= MAX_SEED:
+            raise InvalidValue(f"'seed' must be between 0 and {MAX_SEED}", param="seed")
+        if req.output_compression is not None and not 0 <= req.output_compression <= 100:
+            raise InvalidValue("'output_compression' must be between 0 and 100", param="output_compression")
+        size = self.default_size if req.size in (None, "auto") else parse_size(req.size)
+        if size is None:
+            raise InvalidSize("'size' must be written WxH, e.g. 1024x1024", param="size")
+        if problem := check_size(size, limits):
+            raise InvalidSize(f"'size' {size[0]}x{size[1]} is not allowed: {problem}", param="size")
+        seed = secrets.randbelow(2**32) if req.seed is None else req.seed
+        job = GenerationJob(
+            prompt=req.prompt,
+            negative_prompt=req.negative_prompt,
+            width=size[0],
+            height=size[1],
+            steps=steps,
+            seed=seed,
+            n=req.n,
+        )
+        quality = DEFAULT_QUALITY if req.output_compression is None else req.output_compression
+        return GenerationPlan(job=job, output_format=req.output_format or "png", quality=quality)
+
+    async def generate(self, plan: GenerationPlan, request_id: str) -> ImageGenerationResponse:
+        """Admit, generate and encode; raise NotReady, ServerBusy or GenerationTimeout."""
+        if not self._readiness.ready:
+            raise NotReady("the model is not ready yet; retry shortly", retry_after=5)
+        job = plan.job
+        try:
+            async with asyncio.timeout(self._limits.timeout_s):
+                images = await self._admission.run(lambda should_stop: self._engine.generate(job, should_stop))
+                encoded = await asyncio.to_thread(self._encode, images, plan.output_format, plan.quality)
+        except TimeoutError:
+            raise GenerationTimeout(f"the generation did not finish within {self._limits.timeout_s:g} s", detail=request_id) from None
+        return ImageGenerationResponse(
+            created=int(self._clock()),
+            data=[ImageData(b64_json=base64.b64encode(blob).decode("ascii")) for blob in encoded],
+            output_format=plan.output_format,
+            size=f"{job.width}x{job.height}",
+            zguard=ZguardMeta(request_id=request_id, seed=job.seed, model=self._engine.info.id),
+        )
+
+
+def encode_images(images: list[Image], output_format: OutputFormat, quality: int) -> list[bytes]:
+    """Encode in memory only. PNG uses a fast zlib level: noise-like pixels barely compress."""
+    blobs = []
+    for image in images:
+        buffer = io.BytesIO()
+        if output_format == "png":
+            image.save(buffer, format="PNG", compress_level=1)
+        elif output_format == "jpeg":
+            image.convert("RGB").save(buffer, format="JPEG", quality=quality)
+        else:
+            image.save(buffer, format="WEBP", quality=quality)
+        blobs.append(buffer.getvalue())
+    return blobs
