@@ -42,8 +42,9 @@ class GenerationCancelled(Exception):
 class ImageEngine(Protocol):
     """Contract: `load()` once, then `generate()` from one worker thread at a time.
 
-    `generate` returns `job.n` images of `job.width` x `job.height`; image `i` is the image a
-    job with `seed + i` and `n = 1` would give, so the same job always gives the same pixels.
+    `generate` returns `job.n` images of `job.width` x `job.height`. The same job always gives
+    the same pixels. Image `i` is drawn from the noise of `seed + i`, so it matches the image of
+    a job with that seed and `n = 1` up to the rounding of batched arithmetic (a level or so).
     It checks `should_stop()` between denoising steps and raises `GenerationCancelled` when true.
     """
 

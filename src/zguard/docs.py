@@ -1,0 +1,93 @@
+"""Generate the published reference documents from the code: `python -m zguard.docs`.
+
+`docs/openapi.json` is the API contract (the live `/openapi.json` is off by default) and
+`docs/settings.md` the settings reference; tests fail when either drifts from the code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from zguard.app.api import create_api_app
+from zguard.app.context import Services
+from zguard.config import Settings, iter_settings_fields
+from zguard.engine import GenerationJob, ModelInfo
+from zguard.engine.admission import AdmissionQueue, WorkerThread
+from zguard.services.images import ImageService
+from zguard.services.readiness import Readiness
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+DOCS_DIR = Path("docs")
+
+
+class _NoEngine:
+    """Stands in for the engine when only the app's shape is needed."""
+
+    info = ModelInfo(id="z-image-turbo", demo=False, device="none", dtype="none")
+
+    def load(self) -> None:
+        raise NotImplementedError
+
+    def generate(self, job: GenerationJob, should_stop: Callable[[], bool]) -> list[Image]:
+        raise NotImplementedError
+
+
+def openapi_document() -> dict[str, Any]:
+    settings = Settings()
+    engine = _NoEngine()
+    readiness = Readiness()
+    admission = AdmissionQueue(0, WorkerThread(name="zguard-docs"))
+    services = Services(
+        engine=engine,
+        images=ImageService(settings.generation, engine, admission, readiness),
+        readiness=readiness,
+        started_at=0,
+    )
+    document: dict[str, Any] = create_api_app(settings, services).openapi()
+    return document
+
+
+def render_openapi() -> str:
+    return json.dumps(openapi_document(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def _cell(value: Any) -> str:
+    text = "(none)" if value is None else json.dumps(value, ensure_ascii=False, default=str)
+    return f"`{text}`"
+
+
+def render_settings_reference() -> str:
+    lines = [
+        "# Settings reference",
+        "",
+        "Generated from `zguard.config.Settings` by `make docs`; a test keeps it in sync.",
+        "",
+        "Settings come from the YAML file given by `--config` (or `ZGUARD_CONFIG`, else",
+        "`config/zguard.yaml` when present), then from environment variables: `ZGUARD_<SECTION>__<KEY>`",
+        "for a key in a section (`ZGUARD_API__PORT=15000`) and `ZGUARD_<KEY>` for a top-level key",
+        "(`ZGUARD_STATE_DIR=/var/lib/zguard`). Environment values are read as YAML scalars.",
+        "`zguard config check` prints the effective settings with secrets masked.",
+        "",
+        "| key | default | environment variable | meaning |",
+        "|---|---|---|---|",
+    ]
+    for key, default, help_text in iter_settings_fields():
+        env = "ZGUARD_" + key.upper().replace(".", "__")
+        lines.append(f"| `{key}` | {_cell(default)} | `{env}` | {help_text} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    DOCS_DIR.mkdir(exist_ok=True)
+    (DOCS_DIR / "openapi.json").write_text(render_openapi(), encoding="utf-8")
+    (DOCS_DIR / "settings.md").write_text(render_settings_reference(), encoding="utf-8")
+    print("wrote docs/openapi.json and docs/settings.md")
+
+
+if __name__ == "__main__":
+    main()

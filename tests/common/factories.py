@@ -1,0 +1,46 @@
+"""Factories for settings, runtimes and clients."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from zguard.app.api import create_api_app
+from zguard.app.console import create_console_app
+from zguard.config import Settings
+from zguard.engine import ImageEngine
+from zguard.server import Runtime, build_runtime
+from zguard.services.readiness import ModelState
+
+
+def make_settings(state_dir: Path, **sections: dict[str, Any] | Any) -> Settings:
+    """Settings with `state_dir` and section overrides, e.g. generation={"max_queue": 0}."""
+    data: dict[str, Any] = {"state_dir": str(state_dir)}
+    data.update(sections)
+    return Settings.model_validate(data)
+
+
+def ready_runtime(settings: Settings, engine: ImageEngine) -> Runtime:
+    runtime = build_runtime(settings, engine)
+    runtime.services.readiness.set(ModelState.READY)
+    return runtime
+
+
+def api_client(settings: Settings, runtime: Runtime) -> httpx.AsyncClient:
+    app = create_api_app(settings, runtime.services)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://zguard.test")
+
+
+def console_client(settings: Settings, runtime: Runtime) -> httpx.AsyncClient:
+    app = create_console_app(settings, runtime.services)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://console.test")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
