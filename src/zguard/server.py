@@ -95,6 +95,15 @@ def bind(listener: ListenerSettings, name: str) -> socket.socket:
     return sock
 
 
+def example_call(settings: Settings) -> str:
+    host = settings.api.host if ":" not in settings.api.host else f"[{settings.api.host}]"
+    return (
+        f"curl -s http://{host}:{settings.api.port}/v1/images/generations -H 'Content-Type: application/json' "
+        f"-d '{{\"prompt\": \"a lighthouse at dawn\", \"size\": \"256x256\"}}'  "
+        f"(console: http://{settings.console.host}:{settings.console.port}/)"
+    )
+
+
 @dataclass
 class Runtime:
     """What `serve` wires together; tests build one around their own engine."""
@@ -113,12 +122,12 @@ def build_runtime(settings: Settings, engine: ImageEngine) -> Runtime:
     return Runtime(services=services, admission=admission, worker=worker)
 
 
-async def load_and_warm_up(runtime: Runtime, warmup: bool) -> None:
+async def load_and_warm_up(runtime: Runtime, settings: Settings) -> None:
     services = runtime.services
     started = time.perf_counter()
     try:
         await asyncio.wrap_future(runtime.worker.submit(services.engine.load))
-        if warmup:
+        if settings.model.warmup:
             services.readiness.set(ModelState.WARMING_UP)
             side = services.images.default_size
             job = GenerationJob(prompt="warm-up", negative_prompt=None, width=side[0], height=side[1], steps=1, seed=0)
@@ -129,6 +138,7 @@ async def load_and_warm_up(runtime: Runtime, warmup: bool) -> None:
         return
     services.readiness.set(ModelState.READY)
     log.info("ready in %.2f s", time.perf_counter() - started)
+    log.info("try: %s", example_call(settings))
     if services.engine.info.demo:
         log.warning(DEMO_WARNING)
 
@@ -162,8 +172,10 @@ async def serve(settings: Settings, engine: ImageEngine | None = None) -> int:
         servers.append((name, _Listener(config)))
 
     loop = asyncio.get_running_loop()
+    deadline: list[float] = []
 
     def stop(signum: int) -> None:
+        deadline.append(time.monotonic() + grace)
         log.info("received %s: no new connections; finishing in-flight requests (grace %.0f s)", signal.Signals(signum).name, grace)
         runtime.services.readiness.set(ModelState.STOPPING)
         for _, server in servers:
@@ -171,7 +183,7 @@ async def serve(settings: Settings, engine: ImageEngine | None = None) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop, signum)
-    warm = asyncio.create_task(load_and_warm_up(runtime, settings.model.warmup))
+    warm = asyncio.create_task(load_and_warm_up(runtime, settings))
     for name, sock in sockets.items():
         host, port = sock.getsockname()[:2]
         log.info("%s listening on http://%s:%d", name, host if ":" not in host else f"[{host}]", port)
@@ -181,7 +193,8 @@ async def serve(settings: Settings, engine: ImageEngine | None = None) -> int:
         warm.cancel()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
-        if not runtime.worker.stop(timeout=grace):
+        remaining = max(0.0, deadline[0] - time.monotonic()) if deadline else grace
+        if not runtime.worker.stop(timeout=remaining):
             log.warning("a generation was still running after the grace period; exiting anyway")
         for sock in sockets.values():
             sock.close()

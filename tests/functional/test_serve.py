@@ -1,0 +1,140 @@
+"""`zguard serve` as a real process: both listeners, readiness, the openai client, signals."""
+
+from __future__ import annotations
+
+import base64
+import io
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from openai import OpenAI
+from PIL import Image
+
+from tests.common.factories import free_port
+from tests.common.servers import ZguardProcess
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> ZguardProcess:
+    """One server for the module; it builds the demo model itself (no model.path), as `make serve` does."""
+    proc = ZguardProcess(tmp_path_factory.mktemp("serve") / "state").start()
+    proc.wait_ready()
+    yield proc  # type: ignore[misc]
+    assert proc.stop() == 0
+
+
+def test_builds_demo_model_in_state_dir_and_says_so(server: ZguardProcess) -> None:
+    state_dir = Path(server.env["ZGUARD_STATE_DIR"])
+    assert (state_dir / "demo-model" / "model_index.json").is_file()
+    assert state_dir.stat().st_mode & 0o777 == 0o700
+    assert "SERVING THE DEMO MODEL" in server.log()
+    models = httpx.get(f"{server.api}/v1/models").json()
+    assert models["data"][0]["id"] == "z-image-turbo"
+    assert models["data"][0]["demo"] is True
+
+
+def test_both_listeners_answer_with_their_own_routes(server: ZguardProcess) -> None:
+    assert httpx.get(f"{server.api}/healthz").json() == {"status": "ok"}
+    page = httpx.get(f"{server.console}/")
+    assert page.status_code == 200
+    assert "images are noise" in page.text
+    assert page.headers["x-frame-options"] == "DENY"
+    assert httpx.get(f"{server.console}/api/status").json()["ready"] is True
+    # The console never serves the generation API; the API never serves console pages.
+    assert httpx.post(f"{server.console}/v1/images/generations", json={"prompt": "x"}).status_code in (404, 405)
+    assert httpx.get(f"{server.api}/api/status").status_code == 404
+
+
+def test_openai_client_unmodified(server: ZguardProcess) -> None:
+    client = OpenAI(base_url=f"{server.api}/v1", api_key="not-checked-yet", max_retries=0)
+    result = client.images.generate(prompt="a lighthouse at dawn", size="128x64", response_format="b64_json")  # type: ignore[arg-type]
+    assert result.data is not None
+    image = Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json or "")))
+    assert image.size == (128, 64)
+
+
+def test_openai_client_sees_error_codes(server: ZguardProcess) -> None:
+    from openai import BadRequestError
+
+    client = OpenAI(base_url=f"{server.api}/v1", api_key="x", max_retries=0)
+    with pytest.raises(BadRequestError) as info:
+        client.images.generate(prompt="x", size="100x100", response_format="b64_json")  # type: ignore[arg-type]
+    assert info.value.code == "invalid_size"
+
+
+def test_docs_are_off_by_default(server: ZguardProcess) -> None:
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert httpx.get(f"{server.api}{path}").status_code == 404
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_lets_in_flight_generation_finish_and_exits_zero(
+    tmp_path: Path, demo_model_dir: Path, signum: signal.Signals
+) -> None:
+    with ZguardProcess(tmp_path / "state", env={"ZGUARD_MODEL__PATH": str(demo_model_dir)}) as proc:
+        proc.wait_ready()
+        results: list[httpx.Response] = []
+        body = {"prompt": "slow", "size": "512x512", "num_inference_steps": 40, "seed": 1}
+        worker = threading.Thread(
+            target=lambda: results.append(httpx.post(f"{proc.api}/v1/images/generations", json=body, timeout=120))
+        )
+        worker.start()
+        time.sleep(0.5)  # the request is in the engine now
+        assert proc.proc is not None
+        proc.proc.send_signal(signum)
+        worker.join(120)
+        assert proc.proc.wait(60) == 0
+        assert results[0].status_code == 200
+        assert len(results[0].json()["data"]) == 1
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{proc.api}/healthz")
+        assert "finishing in-flight" in proc.log()
+
+
+def _run_cli(env_extra: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin", "ZGUARD_STATE_DIR": str(tmp_path / "state"), **env_extra}
+    return subprocess.run(
+        [sys.executable, "-m", "zguard", "serve"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_refuses_port_in_use_naming_the_key(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = _run_cli({"ZGUARD_API__PORT": str(port), "ZGUARD_CONSOLE__PORT": str(free_port())}, tmp_path)
+    assert done.returncode == 2
+    assert "api.port" in done.stderr
+    assert "free port" in done.stderr
+
+
+def test_refuses_non_loopback_bind_while_access_control_is_missing(tmp_path: Path) -> None:
+    done = _run_cli({"ZGUARD_API__HOST": "0.0.0.0"}, tmp_path)
+    assert done.returncode == 2
+    assert "api.host" in done.stderr
+    assert "127.0.0.1" in done.stderr
+
+
+def test_refuses_bad_setting_naming_key(tmp_path: Path) -> None:
+    done = _run_cli({"ZGUARD_GENERATION__MAX_QUEUE": "many"}, tmp_path)
+    assert done.returncode == 2
+    assert "generation.max_queue" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_refuses_model_path_without_pipeline(tmp_path: Path) -> None:
+    done = _run_cli({"ZGUARD_MODEL__PATH": str(tmp_path)}, tmp_path)
+    assert done.returncode == 2
+    assert "model.path" in done.stderr
+    assert "model_index.json" in done.stderr

@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from zguard.config import DEFAULT_CONFIG_PATH, Settings, check_size, load_settings, masked_settings, parse_size
+from zguard.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+HASH = "$2b$12$8i8ZeW6kD42l.xd8k374x.ch6fqDYAQ/UtnXviq460paZ/YYi0bie"
+
+
+def load(tmp_path: Path, text: str | None = None, env: dict[str, str] | None = None) -> Settings:
+    path = None
+    if text is not None:
+        path = tmp_path / "zguard.yaml"
+        path.write_text(text, encoding="utf-8")
+    return load_settings(path, environ=env or {})
+
+
+def problems(tmp_path: Path, text: str | None = None, env: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, text, env)
+    return "\n".join(info.value.problems)
+
+
+def test_defaults_are_loopback_and_documented_ports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no config/zguard.yaml here
+    s = load_settings(environ={})
+    assert (s.api.host, s.api.port, s.console.host, s.console.port) == ("127.0.0.1", 5000, "127.0.0.1", 7860)
+    assert s.model.path is None
+    assert s.model.device == "auto"
+    assert s.api.docs_enabled is False
+
+
+def test_env_overrides_yaml_and_parses_scalars(tmp_path: Path) -> None:
+    s = load(tmp_path, "api:\n  port: 6000\ngeneration:\n  max_queue: 3\n", {"ZGUARD_API__PORT": "15000", "ZGUARD_MODEL__WARMUP": "false"})
+    assert s.api.port == 15000
+    assert s.generation.max_queue == 3
+    assert s.model.warmup is False
+
+
+def test_top_level_env_key(tmp_path: Path) -> None:
+    assert load(tmp_path, env={"ZGUARD_STATE_DIR": "/var/lib/zguard"}).state_dir == Path("/var/lib/zguard")
+
+
+def test_zguard_config_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "other.yaml"
+    path.write_text("console:\n  port: 7999\n", encoding="utf-8")
+    assert load_settings(None, environ={"ZGUARD_CONFIG": str(path)}).console.port == 7999
+
+
+def test_named_missing_file_is_an_error_default_missing_is_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert not DEFAULT_CONFIG_PATH.exists()
+    load_settings(None, environ={})
+    with pytest.raises(ConfigError, match="file not found"):
+        load_settings(tmp_path / "nope.yaml", environ={})
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"ZGUARD_API__PORT": "abc"}, "api.port"),
+        ({"ZGUARD_API__PORT": "70000"}, "api.port"),
+        ({"ZGUARD_MODEL__DEVICE": "tpu"}, "model.device"),
+        ({"ZGUARD_GENERATION__MAX_QUEUE": "-1"}, "generation.max_queue"),
+        ({"ZGUARD_GENERATION__TIMEOUT_S": "0"}, "generation.timeout_s"),
+        ({"ZGUARD_GENERATION__MAX_SIDE": "1000"}, "generation.max_side"),
+        ({"ZGUARD_GENERATION__DEFAULT_SIZE": "big"}, "generation.default_size"),
+        ({"ZGUARD_GENERATION__DEFAULT_SIZE": "4096x4096"}, "generation.default_size"),
+        ({"ZGUARD_GENERATION__DEFAULT_STEPS": "60"}, "default_steps"),
+        ({"ZGUARD_RATE_LIMIT": "10/fortnight"}, "rate_limit"),
+        ({"ZGUARD_CONSOLE__PORT": "5000"}, "console.port"),
+    ],
+)
+def test_bad_value_names_key_and_how_to_set_it(tmp_path: Path, env: dict[str, str], expected: str) -> None:
+    text = problems(tmp_path, env=env)
+    assert expected in text
+    assert "ZGUARD_" in text or "must" in text
+
+
+def test_bad_value_message_names_env_variable_and_help(tmp_path: Path) -> None:
+    text = problems(tmp_path, env={"ZGUARD_API__PORT": "abc"})
+    assert "ZGUARD_API__PORT" in text
+    assert "TCP port" in text
+
+
+def test_unknown_keys_are_refused_with_spelling_hint(tmp_path: Path) -> None:
+    text = problems(tmp_path, "api:\n  prot: 5000\n", {"ZGUARD_GENRATION__MAX_QUEUE": "1"})
+    assert "api.prot: unknown setting" in text
+    assert "genration: unknown setting" in text
+
+
+def test_all_problems_reported_at_once(tmp_path: Path) -> None:
+    text = problems(tmp_path, env={"ZGUARD_API__PORT": "x", "ZGUARD_MODEL__DEVICE": "y"})
+    assert "api.port" in text
+    assert "model.device" in text
+
+
+def test_invalid_yaml_names_line(tmp_path: Path) -> None:
+    assert "line 2" in problems(tmp_path, "api:\n  port: : 5\n")
+
+
+def test_top_level_must_be_mapping(tmp_path: Path) -> None:
+    assert "mapping" in problems(tmp_path, "- 1\n- 2\n")
+
+
+def test_deployment_guide_security_yaml_loads() -> None:
+    s = load_settings(REPO / "config" / "security.yaml", environ={})
+    assert s.api_auth.enabled is True
+    assert s.api_auth.users[0].username == "designer01"
+    assert s.api_auth.users[0].password.get_secret_value().startswith("$2b$")
+    assert s.rate_limit == "10/分钟"
+
+
+def test_shipped_default_config_loads() -> None:
+    load_settings(REPO / "config" / "zguard.yaml", environ={})
+
+
+def test_guide_format_inline(tmp_path: Path) -> None:
+    text = f"api_auth:\n  enabled: true\n  users:\n    - username: ops\n      password: '{HASH}'\nrate_limit: 10/分钟\n"
+    assert load(tmp_path, text).api_auth.users[0].username == "ops"
+
+
+def test_plaintext_password_refused_with_how_to_hash(tmp_path: Path) -> None:
+    text = problems(tmp_path, "api_auth:\n  users:\n    - username: ops\n      password: hunter2\n")
+    assert "api_auth.users.0.password" in text
+    assert "bcrypt" in text
+    assert "hunter2" not in text
+
+
+def test_secrets_masked_in_effective_settings(tmp_path: Path) -> None:
+    s = load(tmp_path, f"api_auth:\n  users:\n    - username: ops\n      password: '{HASH}'\n")
+    dumped = masked_settings(s)
+    assert dumped["api_auth"]["users"][0]["password"] == "**********"
+    assert HASH not in repr(dumped)
+    assert HASH not in repr(s)
+
+
+@pytest.mark.parametrize(("text", "size"), [("1024x768", (1024, 768)), ("64X64", (64, 64)), ("16×32", (16, 32))])
+def test_parse_size(text: str, size: tuple[int, int]) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "1024", "0x0", "01x16", "-16x16", "16x16x16", "1e3x16", " 16x16", "999999x16"])
+def test_parse_size_refuses(text: str) -> None:
+    assert parse_size(text) is None
+
+
+def test_check_size_limits() -> None:
+    limits = Settings().generation
+    assert check_size((1024, 1024), limits) is None
+    assert "multiples of 16" in (check_size((1000, 1024), limits) or "")
+    assert "between" in (check_size((32, 1024), limits) or "")
+    assert "between" in (check_size((4096, 1024), limits) or "")
+    assert "pixels" in (check_size((2048, 2048), limits.model_copy(update={"max_pixels": 1024 * 1024})) or "")
