@@ -1,4 +1,9 @@
-"""Shared fixtures: the real demo model is built once per session and loaded once."""
+"""Shared fixtures: the real demo model is built once per session and loaded once.
+
+`hypothesis` is imported here, at collection, because its pytest plugin otherwise imports it in
+the terminal summary, where CPython 3.11.7 fails with "AST constructor recursion depth mismatch"
+after tests that ran servers in threads.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
+import hypothesis  # noqa: F401  (see below)
 import pytest
 
 from tests.common.factories import api_client, make_settings, ready_runtime

@@ -13,6 +13,7 @@ Decisions:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import queue
 import threading
@@ -108,9 +109,21 @@ class AdmissionQueue:
             self._lock.release()
 
         loop = asyncio.get_running_loop()
-        future.add_done_callback(lambda f: loop.call_soon_threadsafe(finished, f))
+
+        def finished_threadsafe(f: Future[T]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed during shutdown: nobody waits
+                loop.call_soon_threadsafe(finished, f)
+
+        future.add_done_callback(finished_threadsafe)
+        outcome = asyncio.wrap_future(future)
         try:
-            return await asyncio.shield(asyncio.wrap_future(future))
+            return await asyncio.shield(outcome)
         except asyncio.CancelledError:
             stop.set()
+            outcome.add_done_callback(_retrieve)  # nobody awaits it any more
             raise
+
+
+def _retrieve(outcome: asyncio.Future[Any]) -> None:
+    if not outcome.cancelled():
+        outcome.exception()
