@@ -1,0 +1,73 @@
+"""Published documents stay true to the code: OpenAPI, settings reference, error codes, README."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.common.engines import GatedEngine
+from tests.common.factories import api_client, make_settings, ready_runtime
+from zguard import errors
+from zguard.config import iter_settings_fields
+from zguard.docs import render_openapi, render_settings_reference
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_openapi_json_matches_code() -> None:
+    assert (REPO / "docs" / "openapi.json").read_text(encoding="utf-8") == render_openapi(), "run `make docs`"
+
+
+def test_openapi_documents_the_request_and_its_errors() -> None:
+    spec = json.loads(render_openapi())
+    op = spec["paths"]["/v1/images/generations"]["post"]
+    schema = op["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["required"] == ["prompt"]
+    assert schema["additionalProperties"] is False
+    for field in ("prompt", "n", "size", "response_format", "output_format", "seed", "num_inference_steps", "negative_prompt"):
+        assert field in schema["properties"]
+    assert {"400", "413", "415", "503", "504"} <= set(op["responses"])
+    assert {"/v1/models", "/healthz", "/readyz"} <= set(spec["paths"])
+
+
+def test_settings_reference_matches_code() -> None:
+    assert (REPO / "docs" / "settings.md").read_text(encoding="utf-8") == render_settings_reference(), "run `make docs`"
+
+
+def test_every_setting_has_help_text() -> None:
+    for key, _default, help_text in iter_settings_fields():
+        assert help_text, f"setting {key} has no description"
+
+
+def _codes() -> set[str]:
+    return {
+        cls.code
+        for cls in vars(errors).values()
+        if isinstance(cls, type) and issubclass(cls, errors.ZguardError) and cls.__module__ == errors.__name__
+    } - {"invalid_request", "service_unavailable", "invalid_config"}  # abstract bases and start-up only
+
+
+def test_readme_documents_every_error_code() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    missing = sorted(code for code in _codes() if f"`{code}`" not in readme)
+    assert not missing, f"README lacks error codes: {missing}"
+
+
+def test_readme_links_settings_reference_and_shows_both_commands() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "docs/settings.md" in readme
+    assert "make serve" in readme
+    assert "make test" in readme
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("enabled", [False, True])
+async def test_interactive_docs_only_when_enabled(tmp_path: Path, enabled: bool) -> None:
+    settings = make_settings(tmp_path, api={"docs_enabled": enabled})
+    runtime = ready_runtime(settings, GatedEngine())
+    async with api_client(settings, runtime) as client:
+        statuses = [(await client.get(path)).status_code for path in ("/docs", "/redoc", "/openapi.json")]
+    runtime.worker.stop(timeout=5)
+    assert statuses == ([200, 200, 200] if enabled else [404, 404, 404])
