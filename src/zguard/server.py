@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -72,7 +73,9 @@ def resolve_model_dir(settings: Settings) -> tuple[Path, bool]:
     if settings.model.path is not None:
         path = settings.model.path
         if not (path / "model_index.json").is_file():
-            raise ConfigError([f"model.path: {path} has no model_index.json; point it at a diffusers-format Z-Image directory"])
+            raise ConfigError(
+                [f"model.path: {path} has no model_index.json; point it at a diffusers-format Z-Image directory"]
+            )
         return path, is_demo_model(path)
     demo_dir = prepare_state_dir(settings.state_dir) / "demo-model"
     if not is_demo_model(demo_dir):
@@ -89,7 +92,9 @@ def bind(listener: ListenerSettings, name: str) -> socket.socket:
         sock.bind((listener.host, listener.port))
     except OSError as exc:
         sock.close()
-        raise ConfigError([f"{name}.port: cannot listen on {listener.host}:{listener.port} ({exc.strerror}); choose a free port"]) from None
+        raise ConfigError(
+            [f"{name}.port: cannot listen on {listener.host}:{listener.port} ({exc.strerror}); choose a free port"]
+        ) from None
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
@@ -99,7 +104,7 @@ def example_call(settings: Settings) -> str:
     host = settings.api.host if ":" not in settings.api.host else f"[{settings.api.host}]"
     return (
         f"curl -s http://{host}:{settings.api.port}/v1/images/generations -H 'Content-Type: application/json' "
-        f"-d '{{\"prompt\": \"a lighthouse at dawn\", \"size\": \"256x256\"}}'  "
+        f'-d \'{{"prompt": "a lighthouse at dawn", "size": "256x256"}}\'  '
         f"(console: http://{settings.console.host}:{settings.console.port}/)"
     )
 
@@ -122,7 +127,11 @@ def build_runtime(settings: Settings, engine: ImageEngine) -> Runtime:
     return Runtime(services=services, admission=admission, worker=worker)
 
 
-async def load_and_warm_up(runtime: Runtime, settings: Settings) -> None:
+EXIT_MODEL_FAILED = 3
+
+
+async def load_and_warm_up(runtime: Runtime, settings: Settings) -> bool:
+    """Load and warm up the model; False (and state FAILED) when either fails."""
     services = runtime.services
     started = time.perf_counter()
     try:
@@ -132,15 +141,18 @@ async def load_and_warm_up(runtime: Runtime, settings: Settings) -> None:
             side = services.images.default_size
             job = GenerationJob(prompt="warm-up", negative_prompt=None, width=side[0], height=side[1], steps=1, seed=0)
             await runtime.admission.run(lambda stop: services.engine.generate(job, stop))
-    except Exception:
+    except Exception as exc:  # noqa: BLE001 - any failure here means the model cannot be served
         services.readiness.set(ModelState.FAILED)
-        log.exception("model load or warm-up failed; /readyz stays 503")
-        return
+        log.error(
+            "model load or warm-up failed: %s: %s", type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG)
+        )
+        return False
     services.readiness.set(ModelState.READY)
     log.info("ready in %.2f s", time.perf_counter() - started)
     log.info("try: %s", example_call(settings))
     if services.engine.info.demo:
         log.warning(DEMO_WARNING)
+    return True
 
 
 async def serve(settings: Settings, engine: ImageEngine | None = None) -> int:
@@ -166,7 +178,7 @@ async def serve(settings: Settings, engine: ImageEngine | None = None) -> int:
             log_config=None,
             access_log=False,
             server_header=False,
-            timeout_graceful_shutdown=grace,
+            timeout_graceful_shutdown=math.ceil(grace),
             timeout_keep_alive=5,
         )
         servers.append((name, _Listener(config)))
@@ -176,14 +188,28 @@ async def serve(settings: Settings, engine: ImageEngine | None = None) -> int:
 
     def stop(signum: int) -> None:
         deadline.append(time.monotonic() + grace)
-        log.info("received %s: no new connections; finishing in-flight requests (grace %.0f s)", signal.Signals(signum).name, grace)
+        log.info(
+            "received %s: no new connections; finishing in-flight requests (grace %.0f s)",
+            signal.Signals(signum).name,
+            grace,
+        )
         runtime.services.readiness.set(ModelState.STOPPING)
         for _, server in servers:
             server.should_exit = True
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop, signum)
-    warm = asyncio.create_task(load_and_warm_up(runtime, settings))
+    exit_code = 0
+
+    async def start_model() -> None:
+        nonlocal exit_code
+        if not await load_and_warm_up(runtime, settings):
+            # Fail closed: a process that cannot serve its model exits, so the supervisor sees it.
+            exit_code = EXIT_MODEL_FAILED
+            for _, server in servers:
+                server.should_exit = True
+
+    warm = asyncio.create_task(start_model())
     for name, sock in sockets.items():
         host, port = sock.getsockname()[:2]
         log.info("%s listening on http://%s:%d", name, host if ":" not in host else f"[{host}]", port)
@@ -198,5 +224,5 @@ async def serve(settings: Settings, engine: ImageEngine | None = None) -> int:
             log.warning("a generation was still running after the grace period; exiting anyway")
         for sock in sockets.values():
             sock.close()
-    log.info("stopped (pid %d)", os.getpid())
-    return 0
+    log.info("stopped (pid %d, exit %d)", os.getpid(), exit_code)
+    return exit_code

@@ -138,3 +138,16 @@ def test_refuses_model_path_without_pipeline(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "model.path" in done.stderr
     assert "model_index.json" in done.stderr
+
+
+def test_model_that_fails_to_load_stops_the_process(tmp_path: Path, demo_model_dir: Path) -> None:
+    import shutil
+
+    broken = tmp_path / "model"
+    shutil.copytree(demo_model_dir, broken)
+    (broken / "transformer" / "diffusion_pytorch_model.safetensors").write_bytes(b"not safetensors")
+    with ZguardProcess(tmp_path / "state", env={"ZGUARD_MODEL__PATH": str(broken)}) as proc:
+        assert proc.proc is not None
+        assert proc.proc.wait(120) == 3
+        assert "model load or warm-up failed" in proc.log()
+        assert "Traceback" not in proc.log()

@@ -1,0 +1,59 @@
+"""/readyz turns ready only after the model is loaded and warmed up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.common.engines import GatedEngine
+from tests.common.factories import api_client, make_settings
+from zguard.server import build_runtime, load_and_warm_up
+from zguard.services.readiness import ModelState
+
+pytestmark = pytest.mark.anyio
+
+
+class FailingEngine(GatedEngine):
+    def load(self) -> None:
+        raise OSError("weights unreadable")
+
+
+async def test_not_ready_until_warm_up_ran(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    engine = GatedEngine()
+    runtime = build_runtime(settings, engine)
+    async with api_client(settings, runtime) as client:
+        assert (await client.get("/healthz")).status_code == 200
+        loading = await client.get("/readyz")
+        assert (loading.status_code, loading.json()) == (503, {"status": "loading"})
+        engine.release()
+        assert await load_and_warm_up(runtime, settings) is True
+        ready = await client.get("/readyz")
+        assert (ready.status_code, ready.json()) == (200, {"status": "ready"})
+    runtime.worker.stop(timeout=5)
+    assert len(engine.finished) == 1  # the warm-up generation itself
+    assert engine.finished[0].steps == 1
+    assert (engine.finished[0].width, engine.finished[0].height) == (256, 256)  # the demo default size
+
+
+async def test_warm_up_can_be_skipped(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, model={"warmup": False})
+    engine = GatedEngine()
+    runtime = build_runtime(settings, engine)
+    assert await load_and_warm_up(runtime, settings) is True
+    runtime.worker.stop(timeout=5)
+    assert engine.started == []
+    assert runtime.services.readiness.state is ModelState.READY
+
+
+async def test_failed_load_reports_failed(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    runtime = build_runtime(settings, FailingEngine())
+    async with api_client(settings, runtime) as client:
+        assert await load_and_warm_up(runtime, settings) is False
+        failed = await client.get("/readyz")
+        refused = await client.post("/v1/images/generations", json={"prompt": "x"})
+    runtime.worker.stop(timeout=5)
+    assert (failed.status_code, failed.json()) == (503, {"status": "failed"})
+    assert refused.json()["error"]["code"] == "model_not_ready"
