@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,7 +39,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _setup_logging(settings.log_level)
     from zguard.server import serve
 
-    return asyncio.run(serve(settings))
+    code = asyncio.run(serve(settings))
+    # The orderly shutdown is complete (listeners closed, worker joined). Skip interpreter
+    # finalization: tearing down torch's native thread pools there took 1-2 s and, now and then
+    # under load, aborted the process (SIGABRT) after a clean stop, which a supervisor would
+    # report as a crash.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -79,20 +88,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", parents=[common], help="run the API and console listeners",
-                                description="Serve the image API and the console in one process sharing one model.")
+    serve = commands.add_parser(
+        "serve",
+        parents=[common],
+        help="run the API and console listeners",
+        description="Serve the image API and the console in one process sharing one model.",
+    )
     serve.set_defaults(handler=cmd_serve)
 
     config = commands.add_parser("config", parents=[common], help="inspect settings", description="Inspect settings.")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
-    check = config_commands.add_parser("check", parents=[common], help="validate and print the effective settings",
-                                       description="Validate the settings and print them, secrets masked.")
+    check = config_commands.add_parser(
+        "check",
+        parents=[common],
+        help="validate and print the effective settings",
+        description="Validate the settings and print them, secrets masked.",
+    )
     check.set_defaults(handler=cmd_config_check)
 
     model = commands.add_parser("model", parents=[common], help="model tools", description="Model tools.")
     model_commands = model.add_subparsers(dest="model_command", required=True, metavar="COMMAND")
-    demo = model_commands.add_parser("demo", parents=[common], help="build the tiny random-weight demo model",
-                                     description="Write the tiny random-weight demo pipeline (safetensors, byte-identical every build) to DIR.")
+    demo = model_commands.add_parser(
+        "demo",
+        parents=[common],
+        help="build the tiny random-weight demo model",
+        description="Write the tiny random-weight demo pipeline (safetensors, byte-identical every build) to DIR.",
+    )
     demo.add_argument("dir", metavar="DIR", help="new or empty directory to write the model to")
     demo.set_defaults(handler=cmd_model_demo)
     return parser

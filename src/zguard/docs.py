@@ -45,6 +45,7 @@ def openapi_document() -> dict[str, Any]:
     services = Services(
         engine=engine,
         images=ImageService(settings.generation, engine, admission, readiness),
+        admission=admission,
         readiness=readiness,
         started_at=0,
     )

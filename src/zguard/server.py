@@ -67,8 +67,8 @@ def prepare_state_dir(state_dir: Path) -> Path:
 
 
 def resolve_model_dir(settings: Settings) -> tuple[Path, bool]:
-    """(model directory, is demo); builds the demo model under `state_dir` on first use."""
-    from zguard.engine.demo import is_demo_model, write_demo_model
+    """(model directory, is demo). Cheap: the demo model itself is built by the engine's load()."""
+    from zguard.engine.demo import is_demo_model
 
     if settings.model.path is not None:
         path = settings.model.path
@@ -77,11 +77,7 @@ def resolve_model_dir(settings: Settings) -> tuple[Path, bool]:
                 [f"model.path: {path} has no model_index.json; point it at a diffusers-format Z-Image directory"]
             )
         return path, is_demo_model(path)
-    demo_dir = prepare_state_dir(settings.state_dir) / "demo-model"
-    if not is_demo_model(demo_dir):
-        log.warning("building the demo model in %s", demo_dir)
-        write_demo_model(demo_dir)
-    return demo_dir, True
+    return prepare_state_dir(settings.state_dir) / "demo-model", True
 
 
 def bind(listener: ListenerSettings, name: str) -> socket.socket:
@@ -123,7 +119,9 @@ def build_runtime(settings: Settings, engine: ImageEngine) -> Runtime:
     admission = AdmissionQueue(settings.generation.max_queue, worker)
     readiness = Readiness()
     images = ImageService(settings.generation, engine, admission, readiness)
-    services = Services(engine=engine, images=images, readiness=readiness, started_at=int(time.time()))
+    services = Services(
+        engine=engine, images=images, admission=admission, readiness=readiness, started_at=int(time.time())
+    )
     return Runtime(services=services, admission=admission, worker=worker)
 
 
@@ -141,7 +139,7 @@ async def load_and_warm_up(runtime: Runtime, settings: Settings) -> bool:
             side = services.images.default_size
             job = GenerationJob(prompt="warm-up", negative_prompt=None, width=side[0], height=side[1], steps=1, seed=0)
             await runtime.admission.run(lambda stop: services.engine.generate(job, stop))
-    except Exception as exc:  # noqa: BLE001 - any failure here means the model cannot be served
+    except Exception as exc:  # any failure here means the model cannot be served
         services.readiness.set(ModelState.FAILED)
         log.error(
             "model load or warm-up failed: %s: %s", type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG)
@@ -164,7 +162,13 @@ async def serve(settings: Settings, engine: ImageEngine | None = None) -> int:
         model_dir, demo = resolve_model_dir(settings)
         if demo:
             log.warning(DEMO_WARNING)
-        engine = DiffusersEngine(model_dir, model_id=settings.model.id, device=settings.model.device, demo=demo)
+        engine = DiffusersEngine(
+            model_dir,
+            model_id=settings.model.id,
+            device=settings.model.device,
+            demo=demo,
+            build_demo=settings.model.path is None,
+        )
     runtime = build_runtime(settings, engine)
     grace = settings.generation.shutdown_grace_s
     servers = []

@@ -87,7 +87,10 @@ def test_signal_lets_in_flight_generation_finish_and_exits_zero(
             target=lambda: results.append(httpx.post(f"{proc.api}/v1/images/generations", json=body, timeout=120))
         )
         worker.start()
-        time.sleep(0.5)  # the request is in the engine now
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{proc.console}/api/status").json()["generating"] != 1:
+            assert time.monotonic() < deadline, "the generation never started"
+            time.sleep(0.02)
         assert proc.proc is not None
         proc.proc.send_signal(signum)
         worker.join(120)
@@ -151,3 +154,20 @@ def test_model_that_fails_to_load_stops_the_process(tmp_path: Path, demo_model_d
         assert proc.proc.wait(120) == 3
         assert "model load or warm-up failed" in proc.log()
         assert "Traceback" not in proc.log()
+
+
+def test_cold_start_answers_health_while_building_the_demo_model_and_stops_cleanly(tmp_path: Path) -> None:
+    with ZguardProcess(tmp_path / "state") as proc:
+        deadline = time.monotonic() + 60
+        health = None
+        while health is None and time.monotonic() < deadline:
+            try:
+                health = httpx.get(f"{proc.api}/healthz", timeout=1)
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        assert health is not None
+        assert health.status_code == 200
+        # Still building or loading: not ready, yet the process answers and obeys signals.
+        assert httpx.get(f"{proc.api}/readyz").status_code == 503
+        assert proc.stop() == 0
+    assert not list((tmp_path / "state").glob(".zguard-demo-*"))

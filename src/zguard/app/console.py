@@ -29,6 +29,8 @@ def _status(services: Services) -> dict[str, object]:
         "dtype": info.dtype,
         "state": services.readiness.state.value,
         "ready": services.readiness.ready,
+        "generating": services.admission.running,
+        "waiting": services.admission.waiting,
     }
 
 
@@ -51,7 +53,7 @@ def create_console_app(settings: Settings, services: Services) -> FastAPI:
         )
         rows = "".join(f"<tr><th>{escape(k)}</th><td>{escape(str(v))}</td></tr>" for k, v in status.items())
         page = (
-            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>zguard console</title></head>"
+            '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>zguard console</title></head>'
             f"<body><h1>zguard</h1>{demo}<table>{rows}</table></body></html>"
         )
         return HTMLResponse(page)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from zguard.engine import ImageEngine
+from zguard.engine.admission import AdmissionQueue
 from zguard.services.images import ImageService
 from zguard.services.readiness import Readiness
 
@@ -13,5 +14,6 @@ from zguard.services.readiness import Readiness
 class Services:
     engine: ImageEngine
     images: ImageService
+    admission: AdmissionQueue
     readiness: Readiness
     started_at: int

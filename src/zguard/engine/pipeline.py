@@ -26,7 +26,9 @@ def choose_device(requested: str) -> tuple[str, str]:
     import torch
 
     if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("model.device is 'cuda' but no CUDA device is available; set model.device to 'auto' or 'cpu'")
+        raise RuntimeError(
+            "model.device is 'cuda' but no CUDA device is available; set model.device to 'auto' or 'cpu'"
+        )
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
         return "cuda", "bfloat16"
     return "cpu", "float32"
@@ -35,11 +37,15 @@ def choose_device(requested: str) -> tuple[str, str]:
 class DiffusersEngine:
     """`ImageEngine` over a `ZImagePipeline` loaded from a local directory."""
 
-    def __init__(self, model_dir: Path, *, model_id: str, device: str = "auto", demo: bool = False) -> None:
+    def __init__(
+        self, model_dir: Path, *, model_id: str, device: str = "auto", demo: bool = False, build_demo: bool = False
+    ) -> None:
+        """`build_demo`: write the demo model to `model_dir` in load() when it is not there yet."""
         self._model_dir = Path(model_dir)
         self._model_id = model_id
         self._requested_device = device
         self._demo = demo
+        self._build_demo = build_demo
         self._pipe: Any = None
         self._info = ModelInfo(id=model_id, demo=demo, device=device, dtype="unknown")
 
@@ -49,6 +55,12 @@ class DiffusersEngine:
 
     def load(self) -> None:
         force_offline()
+        if self._build_demo:
+            from zguard.engine.demo import is_demo_model, write_demo_model
+
+            if not is_demo_model(self._model_dir):
+                log.warning("building the demo model in %s", self._model_dir)
+                write_demo_model(self._model_dir)
         import torch
         from diffusers import ZImagePipeline
         from diffusers.utils import logging as diffusers_logging
