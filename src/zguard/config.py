@@ -42,7 +42,10 @@ def _is_loopback(host: str) -> bool:
 
 
 class ListenerSettings(_Section):
-    host: str = Field("127.0.0.1", description="Address to bind. Loopback by default; a non-loopback address exposes the listener to the network.")
+    host: str = Field(
+        "127.0.0.1",
+        description="Address to bind. Loopback by default; a non-loopback address exposes the listener to the network.",
+    )
     port: int = Field(5000, ge=1, le=65535, description="TCP port to listen on.")
 
     @property
@@ -51,8 +54,16 @@ class ListenerSettings(_Section):
 
 
 class ApiSettings(ListenerSettings):
-    max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024, description="Largest request body accepted; larger bodies get 413 `request_too_large`.")
-    docs_enabled: bool = Field(False, description="Serve `/docs`, `/redoc` and `/openapi.json`. Off by default: the document is published in `docs/openapi.json`.")
+    max_body_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="Largest request body accepted; larger bodies get 413 `request_too_large`.",
+    )
+    docs_enabled: bool = Field(
+        False,
+        description="Serve `/docs`, `/redoc` and `/openapi.json`. Off by default: the document is published in `docs/openapi.json`.",
+    )
 
 
 class ConsoleSettings(ListenerSettings):
@@ -60,23 +71,55 @@ class ConsoleSettings(ListenerSettings):
 
 
 class ModelSettings(_Section):
-    path: Path | None = Field(None, description="Directory of the Z-Image pipeline (diffusers layout, safetensors). Unset: zguard builds and serves a tiny random-weight demo model whose images are noise.")
-    id: str = Field("z-image-turbo", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$", description="Model name clients send in `model` and see in `/v1/models`.")
-    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="`auto` uses CUDA with bfloat16 when a GPU is present, else the CPU with float32.")
+    path: Path | None = Field(
+        None,
+        description="Directory of the Z-Image pipeline (diffusers layout, safetensors). Unset: zguard builds and serves a tiny random-weight demo model whose images are noise.",
+    )
+    id: str = Field(
+        "z-image-turbo",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$",
+        description="Model name clients send in `model` and see in `/v1/models`.",
+    )
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        "auto", description="`auto` uses CUDA with bfloat16 when a GPU is present, else the CPU with float32."
+    )
     warmup: bool = Field(True, description="Run one small generation at start; `/readyz` reports ready only after it.")
 
 
 class GenerationSettings(_Section):
-    max_queue: int = Field(8, ge=0, le=10_000, description="Requests allowed to wait while one generates; the next gets 503 `server_busy` with `Retry-After`.")
-    timeout_s: float = Field(120.0, gt=0, le=3600, description="Longest a request may take, queueing included; past it the client gets 504 `generation_timeout` and the generation is stopped at the next step.")
-    shutdown_grace_s: float = Field(30.0, ge=0, le=3600, description="On SIGTERM/SIGINT, how long in-flight generations may run before the process exits.")
-    max_prompt_chars: int = Field(2000, ge=1, le=100_000, description="Longest `prompt` and `negative_prompt`, in characters.")
-    default_size: str | None = Field(None, description="`WxH` used when a request has no `size`. Unset: `1024x1024`, or `256x256` on the demo model.")
+    max_queue: int = Field(
+        8,
+        ge=0,
+        le=10_000,
+        description="Requests allowed to wait while one generates; the next gets 503 `server_busy` with `Retry-After`.",
+    )
+    timeout_s: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="Longest a request may take, queueing included; past it the client gets 504 `generation_timeout` and the generation is stopped at the next step.",
+    )
+    shutdown_grace_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="On SIGTERM/SIGINT, how long in-flight generations may run before the process exits.",
+    )
+    max_prompt_chars: int = Field(
+        2000, ge=1, le=100_000, description="Longest `prompt` and `negative_prompt`, in characters."
+    )
+    default_size: str | None = Field(
+        None, description="`WxH` used when a request has no `size`. Unset: `1024x1024`, or `256x256` on the demo model."
+    )
     min_side: int = Field(64, ge=SIZE_STEP, description="Smallest width or height, in pixels.")
     max_side: int = Field(2048, ge=SIZE_STEP, le=8192, description="Largest width or height, in pixels.")
     max_pixels: int = Field(2048 * 2048, ge=SIZE_STEP * SIZE_STEP, description="Largest width × height of one image.")
     max_n: int = Field(4, ge=1, le=16, description="Most images one request may ask for (`n`).")
-    default_steps: int = Field(8, ge=1, le=200, description="`num_inference_steps` when a request has none (8 for Z-Image-Turbo).")
+    default_steps: int = Field(
+        8, ge=1, le=200, description="`num_inference_steps` when a request has none (8 for Z-Image-Turbo)."
+    )
     max_steps: int = Field(50, ge=1, le=200, description="Largest `num_inference_steps` a request may ask for.")
 
     @field_validator("min_side", "max_side")
@@ -108,7 +151,9 @@ class GenerationSettings(_Section):
 
 class ConfigUser(_Section):
     username: str = Field(min_length=1, max_length=128, description="Login name.")
-    password: SecretStr = Field(description="bcrypt hash (`$2a$`, `$2b$` or `$2y$`) of the password; never the password itself.")
+    password: SecretStr = Field(
+        description="bcrypt hash (`$2a$`, `$2b$` or `$2y$`) of the password; never the password itself."
+    )
     roles: list[str] = Field(default_factory=list, description="Roles granted to this user.")
 
     @field_validator("password")
@@ -117,27 +162,41 @@ class ConfigUser(_Section):
         if not _BCRYPT_HASH.match(value.get_secret_value()):
             raise ValueError(
                 "must be a bcrypt hash ($2a$/$2b$/$2y$...), not a plaintext password; "
-                "hash it, e.g. python -c \"import bcrypt,getpass; print(bcrypt.hashpw(getpass.getpass().encode(), bcrypt.gensalt()).decode())\""
+                'hash it, e.g. python -c "import bcrypt,getpass; print(bcrypt.hashpw(getpass.getpass().encode(), bcrypt.gensalt()).decode())"'
             )
         return value
 
 
 class ApiAuthSettings(_Section):
     enabled: bool = Field(True, description="Require authentication on the API listener (deployment guide format).")
-    users: list[ConfigUser] = Field(default_factory=list, description="Users declared in configuration, with bcrypt password hashes.")
+    users: list[ConfigUser] = Field(
+        default_factory=list, description="Users declared in configuration, with bcrypt password hashes."
+    )
 
 
 class Settings(_Section):
     """Everything zguard can be told. Loaded once at start; never created at import time."""
 
-    state_dir: Path = Field(Path("state"), description="Directory for zguard's state (database, demo model). Created with mode 0700.")
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Lowest level written to the log.")
-    api: ApiSettings = Field(default_factory=lambda: ApiSettings(), description="The OpenAI-compatible image API listener.")
-    console: ConsoleSettings = Field(default_factory=lambda: ConsoleSettings(), description="The admin console listener.")
-    model: ModelSettings = Field(default_factory=lambda: ModelSettings(), description="Which model to serve and where.")
-    generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(), description="Request limits, queueing and timeouts.")
-    api_auth: ApiAuthSettings = Field(default_factory=lambda: ApiAuthSettings(), description="API authentication, in the deployment guide's `config/security.yaml` format. Validated now; enforced by the access-control work.")
-    rate_limit: str | None = Field(None, description="Per-user request rate in the deployment guide's format, e.g. `10/分钟` or `10/minute`. Validated now; enforced by the access-control work.")
+    state_dir: Path = Field(
+        Path("state"), description="Directory for zguard's state (database, demo model). Created with mode 0700."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Lowest level written to the log."
+    )
+    api: ApiSettings = Field(default_factory=ApiSettings, description="The OpenAI-compatible image API listener.")
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings, description="The admin console listener.")
+    model: ModelSettings = Field(default_factory=ModelSettings, description="Which model to serve and where.")
+    generation: GenerationSettings = Field(
+        default_factory=GenerationSettings, description="Request limits, queueing and timeouts."
+    )
+    api_auth: ApiAuthSettings = Field(
+        default_factory=ApiAuthSettings,
+        description="API authentication, in the deployment guide's `config/security.yaml` format. Validated now; enforced by the access-control work.",
+    )
+    rate_limit: str | None = Field(
+        None,
+        description="Per-user request rate in the deployment guide's format, e.g. `10/分钟` or `10/minute`. Validated now; enforced by the access-control work.",
+    )
 
     @field_validator("rate_limit")
     @classmethod
@@ -239,7 +298,9 @@ def _problems(error: ValidationError, source: Path) -> list[str]:
         key = ".".join(str(p) for p in loc) or "(file)"
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
-            problems.append(f"{key}: unknown setting (from {source} or {_env_name(loc)}); remove it or check its spelling in docs/settings.md")
+            problems.append(
+                f"{key}: unknown setting (from {source} or {_env_name(loc)}); remove it or check its spelling in docs/settings.md"
+            )
             continue
         hint = _field_help(loc)
         fix = f" — {hint}" if hint else ""
@@ -256,7 +317,9 @@ def load_settings(path: str | os.PathLike[str] | None = None, environ: Mapping[s
         try:
             data = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError([f"{source}: cannot read the file ({exc.__class__.__name__}); check its permissions"]) from None
+            raise ConfigError(
+                [f"{source}: cannot read the file ({exc.__class__.__name__}); check its permissions"]
+            ) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""

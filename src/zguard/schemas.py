@@ -18,13 +18,23 @@ class ImageGenerationRequest(BaseModel):
     model: str | None = Field(None, description="Must name the served model when given.")
     n: int = Field(1, description="Number of images.")
     size: str | None = Field(None, description="`WxH`, both multiples of 16, or `auto` for the server default.")
-    response_format: Literal["b64_json", "url"] | None = Field(None, description="Only `b64_json`: zguard never stores images, so it has no URL to give.")
+    response_format: Literal["b64_json", "url"] | None = Field(
+        None, description="Only `b64_json`: zguard never stores images, so it has no URL to give."
+    )
     output_format: OutputFormat | None = Field(None, description="Image encoding; `png` by default.")
-    output_compression: int | None = Field(None, description="Quality 0-100 for `jpeg` and `webp` (default 90); ignored for `png`.")
+    output_compression: int | None = Field(
+        None, description="Quality 0-100 for `jpeg` and `webp` (default 90); ignored for `png`."
+    )
     user: str | None = Field(None, description="The caller's end-user id, for the caller's own records.")
-    seed: int | None = Field(None, description="zguard extension: random seed; the same seed and parameters give the same image.")
-    num_inference_steps: int | None = Field(None, description="zguard extension: denoising steps (8 for Z-Image-Turbo).")
-    negative_prompt: str | None = Field(None, description="zguard extension: what not to draw (ignored by Turbo at guidance 0).")
+    seed: int | None = Field(
+        None, description="zguard extension: random seed; the same seed and parameters give the same image."
+    )
+    num_inference_steps: int | None = Field(
+        None, description="zguard extension: denoising steps (8 for Z-Image-Turbo)."
+    )
+    negative_prompt: str | None = Field(
+        None, description="zguard extension: what not to draw (ignored by Turbo at guidance 0)."
+    )
     # OpenAI fields accepted for compatibility and ignored.
     quality: str | None = Field(None, description="OpenAI field, ignored.")
     style: str | None = Field(None, description="OpenAI field, ignored.")

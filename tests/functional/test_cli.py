@@ -41,7 +41,9 @@ def test_config_before_or_after_subcommand(tmp_path: Path, capsys: pytest.Captur
     assert "port: 15000" in capsys.readouterr().out
 
 
-def test_config_from_environment_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_config_from_environment_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "z.yaml"
     path.write_text("console:\n  port: 17860\n", encoding="utf-8")
     monkeypatch.setenv("ZGUARD_CONFIG", str(path))
@@ -52,7 +54,9 @@ def test_config_from_environment_variable(tmp_path: Path, monkeypatch: pytest.Mo
     assert "port: 15001" in out
 
 
-def test_config_check_fails_with_key_and_exit_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_config_check_fails_with_key_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("ZGUARD_MODEL__DEVICE", "gpu")
     assert main(["config", "check"]) == 2
     err = capsys.readouterr().err
@@ -61,10 +65,16 @@ def test_config_check_fails_with_key_and_exit_2(monkeypatch: pytest.MonkeyPatch,
 
 
 def _digests(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
-def test_model_demo_is_byte_identical_and_safetensors_only(tmp_path: Path, demo_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_model_demo_is_byte_identical_and_safetensors_only(
+    tmp_path: Path, demo_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["model", "demo", str(tmp_path / "a")]) == 0
     assert "images are noise" in capsys.readouterr().out
     built = _digests(tmp_path / "a")

@@ -26,7 +26,16 @@ def test_openapi_documents_the_request_and_its_errors() -> None:
     schema = op["requestBody"]["content"]["application/json"]["schema"]
     assert schema["required"] == ["prompt"]
     assert schema["additionalProperties"] is False
-    for field in ("prompt", "n", "size", "response_format", "output_format", "seed", "num_inference_steps", "negative_prompt"):
+    for field in (
+        "prompt",
+        "n",
+        "size",
+        "response_format",
+        "output_format",
+        "seed",
+        "num_inference_steps",
+        "negative_prompt",
+    ):
         assert field in schema["properties"]
     assert {"400", "413", "415", "503", "504"} <= set(op["responses"])
     assert {"/v1/models", "/healthz", "/readyz"} <= set(spec["paths"])

@@ -38,9 +38,13 @@ async def test_same_seed_gives_identical_bytes_and_other_seed_differs(client: ht
 
 
 async def test_n_images_each_match_their_single_seed(client: httpx.AsyncClient) -> None:
-    batch = (await client.post("/v1/images/generations", json={"prompt": "p", "size": "64x64", "seed": 50, "n": 2})).json()
+    batch = (
+        await client.post("/v1/images/generations", json={"prompt": "p", "size": "64x64", "seed": 50, "n": 2})
+    ).json()
     assert len(batch["data"]) == 2
-    again = (await client.post("/v1/images/generations", json={"prompt": "p", "size": "64x64", "seed": 50, "n": 2})).json()
+    again = (
+        await client.post("/v1/images/generations", json={"prompt": "p", "size": "64x64", "seed": 50, "n": 2})
+    ).json()
     assert again["data"] == batch["data"]
     single = (await client.post("/v1/images/generations", json={"prompt": "p", "size": "64x64", "seed": 51})).json()
     # Batched arithmetic may round differently from a single image: equal up to a level or two.

@@ -35,9 +35,19 @@ print(json.dumps({"events": events, "size": images[0].size, "hub_offline": hc.HF
 
 
 def test_load_and_generate_open_no_socket(demo_model_dir: Path) -> None:
-    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "HOME": str(demo_model_dir.parent)}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HF_HUB_OFFLINE": "0",
+        "TRANSFORMERS_OFFLINE": "0",
+        "HOME": str(demo_model_dir.parent),
+    }
     done = subprocess.run(
-        [sys.executable, "-c", PROBE, str(demo_model_dir)], env=env, capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-c", PROBE, str(demo_model_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -57,7 +67,9 @@ def test_missing_file_fails_instead_of_downloading(tmp_path: Path, demo_model_di
     shutil.copytree(demo_model_dir, broken)
     (broken / "vae" / "diffusion_pytorch_model.safetensors").unlink()
     probe = PROBE.replace("images = engine.generate", "raise SystemExit(0)\nimages = engine.generate")
-    done = subprocess.run([sys.executable, "-c", probe, str(broken)], capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(broken)], capture_output=True, text=True, timeout=120, check=False
+    )
     assert done.returncode != 0
     assert "network use" not in done.stderr
 
@@ -74,7 +86,9 @@ def test_pickle_weights_are_refused(tmp_path: Path, demo_model_dir: Path) -> Non
     torch.save(load_file(weights), model / "vae" / "diffusion_pytorch_model.bin")
     weights.unlink()
     probe = PROBE.replace("images = engine.generate", "raise SystemExit(0)\nimages = engine.generate")
-    done = subprocess.run([sys.executable, "-c", probe, str(model)], capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(model)], capture_output=True, text=True, timeout=120, check=False
+    )
     assert done.returncode != 0
     assert "safetensors" in done.stderr.lower()
 
@@ -92,6 +106,8 @@ def test_http_side_never_imports_torch_or_diffusers() -> None:
 def test_probe_catches_a_lookup() -> None:
     """Control: the audit hook really sees and blocks network use, so an empty list means something."""
     probe = PROBE.replace("import os\n", "import os, socket\nsocket.getaddrinfo('example.invalid', 443)\n", 1)
-    done = subprocess.run([sys.executable, "-c", probe, "/nonexistent"], capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", probe, "/nonexistent"], capture_output=True, text=True, timeout=60, check=False
+    )
     assert done.returncode != 0
     assert "network use during model load: socket.getaddrinfo" in done.stderr

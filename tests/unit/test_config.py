@@ -35,7 +35,11 @@ def test_defaults_are_loopback_and_documented_ports(tmp_path: Path, monkeypatch:
 
 
 def test_env_overrides_yaml_and_parses_scalars(tmp_path: Path) -> None:
-    s = load(tmp_path, "api:\n  port: 6000\ngeneration:\n  max_queue: 3\n", {"ZGUARD_API__PORT": "15000", "ZGUARD_MODEL__WARMUP": "false"})
+    s = load(
+        tmp_path,
+        "api:\n  port: 6000\ngeneration:\n  max_queue: 3\n",
+        {"ZGUARD_API__PORT": "15000", "ZGUARD_MODEL__WARMUP": "false"},
+    )
     assert s.api.port == 15000
     assert s.generation.max_queue == 3
     assert s.model.warmup is False

@@ -105,7 +105,9 @@ def create_api_app(settings: Settings, services: Services) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Readiness: the model is loaded and warmed up", responses={503: {"description": "Not ready"}})
+    @app.get(
+        "/readyz", summary="Readiness: the model is loaded and warmed up", responses={503: {"description": "Not ready"}}
+    )
     async def readyz() -> JSONResponse:
         state = services.readiness.state.value
         return JSONResponse({"status": state}, status_code=200 if services.readiness.ready else 503)

@@ -83,10 +83,9 @@ class BodyLimit:
             return
         too_large = RequestTooLarge(f"the request body exceeds {self.max_bytes} bytes")
         for name, value in scope["headers"]:
-            if name == b"content-length":
-                if not value.isdigit() or int(value) > self.max_bytes:
-                    await error_response(too_large)(scope, receive, send)
-                    return
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
+                await error_response(too_large)(scope, receive, send)
+                return
         seen = 0
 
         async def counting_receive() -> Message:

@@ -74,9 +74,7 @@ SCHEDULER = {"num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": 
 def _byte_vocab() -> dict[str, int]:
     """The GPT-2 byte-to-unicode alphabet: every byte has a token, so any text tokenizes."""
     printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     )
     chars = printable[:]
     extra = 0
@@ -113,8 +111,8 @@ def build_demo_pipeline() -> Any:
         vocab=vocab,
         merges=[],
         unk_token=None,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
+        eos_token="<|im_end|>",  # noqa: S106 - a token, not a password
+        pad_token="<|endoftext|>",  # noqa: S106
         additional_special_tokens=list(SPECIAL_TOKENS[1:]),
         model_max_length=1024,
     )
@@ -161,8 +159,10 @@ def write_demo_model(target: Path) -> Path:
     try:
         pipe.save_pretrained(staging, safe_serialization=True)
         (staging / MARKER_FILE).write_text(
-            json.dumps({"demo": True, "seed": DEMO_SEED, "note": "random weights: images are noise"},
-                       sort_keys=True, indent=2) + "\n",
+            json.dumps(
+                {"demo": True, "seed": DEMO_SEED, "note": "random weights: images are noise"}, sort_keys=True, indent=2
+            )
+            + "\n",
             encoding="utf-8",
         )
         if target.exists():

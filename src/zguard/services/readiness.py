@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
-from enum import Enum
+from enum import StrEnum
 
 
-class ModelState(str, Enum):
+class ModelState(StrEnum):
     LOADING = "loading"
     WARMING_UP = "warming_up"
     READY = "ready"

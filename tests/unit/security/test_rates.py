@@ -24,7 +24,9 @@ def test_parses_guide_and_english_forms(text: str, rate: Rate) -> None:
     assert parse_rate(text) == rate
 
 
-@pytest.mark.parametrize("text", ["", "10", "ten/minute", "10/fortnight", "0/分钟", "-1/minute", "10/", "/分钟", "10/0.5m"])
+@pytest.mark.parametrize(
+    "text", ["", "10", "ten/minute", "10/fortnight", "0/分钟", "-1/minute", "10/", "/分钟", "10/0.5m"]
+)
 def test_refuses_anything_else(text: str) -> None:
     with pytest.raises(ValueError, match=r"rate|unit|nothing"):
         parse_rate(text)
