@@ -140,6 +140,8 @@ class GenerationSettings(_Section):
     def _consistent(self) -> GenerationSettings:
         if self.min_side > self.max_side:
             raise ValueError("generation.min_side must not exceed generation.max_side")
+        if self.min_side * self.min_side > self.max_pixels:
+            raise ValueError("generation.min_side squared must not exceed generation.max_pixels")
         if self.default_steps > self.max_steps:
             raise ValueError("generation.default_steps must not exceed generation.max_steps")
         if self.default_size is not None:
@@ -214,7 +216,7 @@ class Settings(_Section):
 
 def parse_size(text: str) -> tuple[int, int] | None:
     """``"1024x768"`` → ``(1024, 768)``; None when the text is not of that shape."""
-    match = re.fullmatch(r"([1-9]\d{0,4})[xX×]([1-9]\d{0,4})", text)
+    match = re.fullmatch(r"([1-9][0-9]{0,4})[xX×]([1-9][0-9]{0,4})", text)  # ASCII digits only
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 

@@ -77,6 +77,7 @@ def test_named_missing_file_is_an_error_default_missing_is_not(tmp_path: Path, m
         ({"ZGUARD_GENERATION__DEFAULT_STEPS": "60"}, "default_steps"),
         ({"ZGUARD_RATE_LIMIT": "10/fortnight"}, "rate_limit"),
         ({"ZGUARD_CONSOLE__PORT": "5000"}, "console.port"),
+        ({"ZGUARD_GENERATION__MIN_SIDE": "512", "ZGUARD_GENERATION__MAX_PIXELS": "1024"}, "max_pixels"),
     ],
 )
 def test_bad_value_names_key_and_how_to_set_it(tmp_path: Path, env: dict[str, str], expected: str) -> None:
@@ -148,7 +149,9 @@ def test_parse_size(text: str, size: tuple[int, int]) -> None:
     assert parse_size(text) == size
 
 
-@pytest.mark.parametrize("text", ["", "1024", "0x0", "01x16", "-16x16", "16x16x16", "1e3x16", " 16x16", "999999x16"])
+@pytest.mark.parametrize(
+    "text", ["", "1024", "0x0", "6٤x64", "６４x64", "01x16", "-16x16", "16x16x16", "1e3x16", " 16x16", "999999x16"]
+)
 def test_parse_size_refuses(text: str) -> None:
     assert parse_size(text) is None
 

@@ -18,8 +18,15 @@ from zguard.errors import InternalError, MethodNotAllowed, RequestError, RouteNo
 log = logging.getLogger("zguard.http")
 
 
+def _encodable(text: str) -> str:
+    """`text` with unpaired surrogates (which UTF-8 cannot encode) replaced by U+FFFD."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 def error_response(error: ZguardError) -> JSONResponse:
-    body = {"error": {"message": error.message, "type": error.type, "param": error.param, "code": error.code}}
+    # Messages and params may echo client text (a field name, a model name); keep them encodable.
+    param = None if error.param is None else _encodable(error.param)
+    body = {"error": {"message": _encodable(error.message), "type": error.type, "param": param, "code": error.code}}
     headers = {"Retry-After": str(error.retry_after)} if isinstance(error, ServiceUnavailable) else None
     return JSONResponse(body, status_code=error.status, headers=headers)
 
@@ -32,7 +39,9 @@ async def handle_zguard_error(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, ZguardError):  # pragma: no cover - registered for ZguardError only
         raise exc
     level = logging.INFO if exc.status < 500 else logging.WARNING
-    log.log(level, "request %s refused: %s%s", request.state.request_id, exc.code, f" ({exc.detail})" if exc.detail else "")
+    log.log(
+        level, "request %s refused: %s%s", request.state.request_id, exc.code, f" ({exc.detail})" if exc.detail else ""
+    )
     return error_response(exc)
 
 

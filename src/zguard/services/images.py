@@ -11,6 +11,7 @@ import asyncio
 import base64
 import io
 import json
+import math
 import secrets
 import time
 import unicodedata
@@ -20,8 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from zguard.schemas import ImageData, ImageGenerationRequest, ImageGenerationResponse, OutputFormat, ZguardMeta
-from zguard.config import GenerationSettings, check_size, parse_size
+from zguard.config import SIZE_STEP, GenerationSettings, check_size, parse_size
 from zguard.engine import GenerationJob, ImageEngine
 from zguard.engine.admission import AdmissionQueue
 from zguard.errors import (
@@ -38,14 +38,15 @@ from zguard.errors import (
     UnknownField,
     UnsupportedResponseFormat,
 )
+from zguard.schemas import ImageData, ImageGenerationRequest, ImageGenerationResponse, OutputFormat, ZguardMeta
 from zguard.services.readiness import Readiness
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
 MAX_SEED = 2**63 - 1 - 16  # room for seed + i with i < max_n
-DEMO_DEFAULT_SIZE = "256x256"
-DEFAULT_SIZE = "1024x1024"
+DEMO_DEFAULT_SIDE = 256
+DEFAULT_SIDE = 1024
 DEFAULT_QUALITY = 90
 _ALLOWED_CONTROLS = frozenset("\t\n\r")
 
@@ -75,6 +76,8 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         data = json.loads(body.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=no_constants)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise InvalidJSON("the body is not valid UTF-8 JSON") from None
+    except ValueError:  # an integer literal longer than Python's int conversion limit (4300 digits)
+        raise InvalidJSON("the body contains a number with too many digits") from None
     if not isinstance(data, dict):
         raise InvalidJSON("the body must be a JSON object")
     return data
@@ -95,6 +98,10 @@ def _from_validation_error(error: ValidationError) -> RequestError:
     loc = first["loc"]
     param = str(loc[0]) if loc else None
     kind = first["type"]
+    if kind == "string_unicode":  # an unpaired surrogate where pydantic needs real text
+        if param is None:  # in a field name: no field's name has one
+            return UnknownField("a field name contains an unpaired surrogate", param=None)
+        return InvalidValue(f"'{param}' must not contain unpaired surrogates", param=param)
     if kind == "missing":
         return MissingField(f"'{param}' is required", param=param)
     if kind == "extra_forbidden":
@@ -102,6 +109,20 @@ def _from_validation_error(error: ValidationError) -> RequestError:
     if kind == "literal_error":
         return InvalidValue(f"'{param}' {first['msg'][0].lower()}{first['msg'][1:]}", param=param)
     return InvalidType(f"'{param}' has the wrong type: {first['msg'][0].lower()}{first['msg'][1:]}", param=param)
+
+
+def default_size(limits: GenerationSettings, *, demo: bool) -> tuple[int, int]:
+    """`generation.default_size` (validated against the limits with the settings), else 1024x1024
+    (256x256 on the demo model) shrunk to the largest square the limits allow."""
+    if limits.default_size is not None:
+        size = parse_size(limits.default_size)
+        if size is not None:
+            return size
+    side = DEMO_DEFAULT_SIDE if demo else DEFAULT_SIDE
+    side = min(side, limits.max_side, math.isqrt(limits.max_pixels) // SIZE_STEP * SIZE_STEP)
+    # The settings validators guarantee min_side <= max_side and min_side**2 <= max_pixels.
+    side = max(side, limits.min_side)
+    return side, side
 
 
 class ImageService:
@@ -113,6 +134,7 @@ class ImageService:
         engine: ImageEngine,
         admission: AdmissionQueue,
         readiness: Readiness,
+        *,
         encode: Callable[[list[Image], OutputFormat, int], list[bytes]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -122,11 +144,7 @@ class ImageService:
         self._readiness = readiness
         self._encode = encode or encode_images
         self._clock = clock
-        default = limits.default_size or (DEMO_DEFAULT_SIZE if engine.info.demo else DEFAULT_SIZE)
-        parsed = parse_size(default)
-        if parsed is None or check_size(parsed, limits) is not None:  # a config validator guards this
-            raise ValueError(f"default size {default!r} is outside generation limits")
-        self.default_size = parsed
+        self.default_size = default_size(limits, demo=engine.info.demo)
 
     def plan(self, data: dict[str, Any]) -> GenerationPlan:
         """Validate a parsed body against the schema and the limits; raise a RequestError."""
@@ -148,7 +166,10 @@ class ImageService:
         if req.user is not None and (len(req.user) > 256 or _text_problem(req.user)):
             raise InvalidValue("'user' must be at most 256 characters without control characters", param="user")
         if req.model is not None and req.model != self._engine.info.id:
-            raise ModelNotFound(f"model '{req.model[:64]}' is not served here; this server serves '{self._engine.info.id}'", param="model")
+            raise ModelNotFound(
+                f"model '{req.model[:64]}' is not served here; this server serves '{self._engine.info.id}'",
+                param="model",
+            )
         if req.response_format == "url":
             raise UnsupportedResponseFormat(
                 "response_format 'url' is not supported: zguard never stores images; use 'b64_json'",
@@ -160,7 +181,9 @@ class ImageService:
             raise InvalidValue(f"'n' must be between 1 and {limits.max_n}", param="n")
         steps = limits.default_steps if req.num_inference_steps is None else req.num_inference_steps
         if not 1 <= steps <= limits.max_steps:
-            raise InvalidValue(f"'num_inference_steps' must be between 1 and {limits.max_steps}", param="num_inference_steps")
+            raise InvalidValue(
+                f"'num_inference_steps' must be between 1 and {limits.max_steps}", param="num_inference_steps"
+            )
         if req.seed is not None and not 0 <= req.seed <= MAX_SEED:
             raise InvalidValue(f"'seed' must be between 0 and {MAX_SEED}", param="seed")
         if req.output_compression is not None and not 0 <= req.output_compression <= 100:
@@ -193,7 +216,9 @@ class ImageService:
                 images = await self._admission.run(lambda should_stop: self._engine.generate(job, should_stop))
                 encoded = await asyncio.to_thread(self._encode, images, plan.output_format, plan.quality)
         except TimeoutError:
-            raise GenerationTimeout(f"the generation did not finish within {self._limits.timeout_s:g} s", detail=request_id) from None
+            raise GenerationTimeout(
+                f"the generation did not finish within {self._limits.timeout_s:g} s", detail=request_id
+            ) from None
         return ImageGenerationResponse(
             created=int(self._clock()),
             data=[ImageData(b64_json=base64.b64encode(blob).decode("ascii")) for blob in encoded],
