@@ -90,7 +90,7 @@ from zguard.engine import GenerationJob, ModelInfo
 from zguard.engine.demo import write_demo_model
 from zguard.engine.pipeline import DiffusersEngine
 from zguard.schemas import ImageData, ImageGenerationResponse, OutputFormat, ZguardMeta
-from zguard.server import build_runtime
+from zguard.server import build_runtime, listener_config
 from zguard.services.images import encode_images
 from zguard.services.readiness import ModelState
 
@@ -223,15 +223,7 @@ def http_server(app: ASGIApp) -> Iterator[str]:
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app,
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        timeout_keep_alive=5,
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(listener_config(app, grace_s=5))
     thread = threading.Thread(
         target=lambda: asyncio.run(server.serve(sockets=[sock])), name="bench-uvicorn", daemon=True
     )

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -45,6 +46,19 @@ class _Listener(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def listener_config(app: Any, grace_s: float) -> uvicorn.Config:
+    """How zguard runs uvicorn for each listener (also used by tests and benchmarks)."""
+    return uvicorn.Config(
+        app,
+        lifespan="off",
+        log_config=None,  # zguard's logging setup applies
+        access_log=False,  # requests are recorded by zguard itself, without prompts
+        server_header=False,
+        timeout_graceful_shutdown=math.ceil(grace_s),
+        timeout_keep_alive=5,
+    )
 
 
 def check_safe(settings: Settings) -> None:
@@ -176,16 +190,7 @@ async def serve(settings: Settings, engine: ImageEngine | None = None) -> int:
         ("api", create_api_app(settings, runtime.services)),
         ("console", create_console_app(settings, runtime.services)),
     ):
-        config = uvicorn.Config(
-            app,
-            lifespan="off",
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            timeout_graceful_shutdown=math.ceil(grace),
-            timeout_keep_alive=5,
-        )
-        servers.append((name, _Listener(config)))
+        servers.append((name, _Listener(listener_config(app, grace))))
 
     loop = asyncio.get_running_loop()
     deadline: list[float] = []

@@ -17,6 +17,7 @@ import httpx
 import uvicorn
 
 from tests.common.factories import free_port
+from zguard.server import listener_config
 
 
 class ZguardProcess:
@@ -90,7 +91,8 @@ class ZguardProcess:
 def serve_in_thread(app: Any) -> Iterator[str]:
     """Serve an ASGI app with uvicorn on a free loopback port from a background thread."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_config=None, access_log=False)
+    config = listener_config(app, grace_s=5)
+    config.host, config.port = "127.0.0.1", port
     server = uvicorn.Server(config)  # off the main thread it installs no signal handlers
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
     thread.start()
