@@ -96,7 +96,7 @@ def _text_problem(text: str) -> str | None:
 def _from_validation_error(error: ValidationError) -> RequestError:
     first = error.errors()[0]
     loc = first["loc"]
-    param = str(loc[0]) if loc else None
+    param = str(loc[0])[:64] if loc else None  # field names are client text: echo a bounded part
     kind = first["type"]
     if kind == "string_unicode":  # an unpaired surrogate where pydantic needs real text
         if param is None:  # in a field name: no field's name has one
