@@ -24,5 +24,5 @@ def test_auto_prefers_cuda_with_bfloat16(
 
 def test_cuda_without_gpu_says_how_to_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(RuntimeError, match="model.device"):
+    with pytest.raises(RuntimeError, match=r"model\.device"):
         choose_device("cuda")
