@@ -196,6 +196,12 @@ async def serve(settings: Settings, engine: ImageEngine | None = None) -> int:
     deadline: list[float] = []
 
     def stop(signum: int) -> None:
+        if deadline:  # a second signal: stop waiting for in-flight requests
+            log.warning("received %s again: closing connections now", signal.Signals(signum).name)
+            deadline[0] = time.monotonic()
+            for _, server in servers:
+                server.force_exit = True
+            return
         deadline.append(time.monotonic() + grace)
         log.info(
             "received %s: no new connections; finishing in-flight requests (grace %.0f s)",

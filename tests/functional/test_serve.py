@@ -171,3 +171,31 @@ def test_cold_start_answers_health_while_building_the_demo_model_and_stops_clean
         assert httpx.get(f"{proc.api}/readyz").status_code == 503
         assert proc.stop() == 0
     assert not list((tmp_path / "state").glob(".zguard-demo-*"))
+
+
+def test_second_signal_stops_without_waiting_for_the_generation(tmp_path: Path, demo_model_dir: Path) -> None:
+    env = {
+        "ZGUARD_MODEL__PATH": str(demo_model_dir),
+        "ZGUARD_GENERATION__SHUTDOWN_GRACE_S": "120",
+        "ZGUARD_GENERATION__MAX_STEPS": "200",
+    }
+    with ZguardProcess(tmp_path / "state", env=env) as proc:
+        proc.wait_ready()
+        # About 30 s on a 2-core CPU: far longer than the bound below.
+        body = {"prompt": "slow", "size": "1024x1024", "num_inference_steps": 200, "seed": 1}
+        worker = threading.Thread(
+            target=lambda: httpx.post(f"{proc.api}/v1/images/generations", json=body, timeout=300), daemon=True
+        )
+        worker.start()
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{proc.console}/api/status").json()["generating"] != 1:
+            assert time.monotonic() < deadline, "the generation never started"
+            time.sleep(0.02)
+        assert proc.proc is not None
+        proc.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        started = time.monotonic()
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.proc.wait(30) == 0
+        assert time.monotonic() - started < 10
+        assert "closing connections now" in proc.log()
