@@ -9,14 +9,20 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from zguard.config import Settings, load_settings, masked_settings
 from zguard.errors import ConfigError
 
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
 EXIT_OK = 0
+EXIT_NOT_CURRENT = 1  # `db current`: the database is not at the revision this zguard needs
 EXIT_CONFIG = 2
+EXIT_DATABASE = 3  # the state database cannot be reached or migrated
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -73,6 +79,55 @@ def cmd_model_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_on_database(args: argparse.Namespace, action: Callable[[Engine, str], int]) -> int:
+    """Open the configured state database, run `action(engine, shown_url)`, report failures without a traceback."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from zguard.store.database import create_store_engine, database_url
+
+    settings = _settings(args)
+    _setup_logging("warning")
+    url = database_url(settings)
+    shown = url.render_as_string(hide_password=True)
+    engine = create_store_engine(url)
+    try:
+        return action(engine, shown)
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc.__class__.__name__).strip().splitlines()[0]
+        print(f"zguard: state database {shown}: {reason}", file=sys.stderr)
+        return EXIT_DATABASE
+    finally:
+        engine.dispose()
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from zguard.store import migrate
+
+    def action(engine: Engine, shown: str) -> int:
+        before = migrate.current_revision(engine)
+        after = migrate.upgrade(engine)
+        change = "already at" if before == after else f"upgraded from {before or 'empty'} to"
+        print(f"state database {shown}: {change} revision {after} (head)")
+        return EXIT_OK
+
+    return _run_on_database(args, action)
+
+
+def cmd_db_current(args: argparse.Namespace) -> int:
+    from zguard.store import migrate
+
+    def action(engine: Engine, shown: str) -> int:
+        current, head = migrate.current_revision(engine), migrate.head_revision()
+        if current == head:
+            print(f"state database {shown}: revision {current} (head)")
+            return EXIT_OK
+        print(f"state database {shown}: revision {current or 'none (empty)'}; this zguard needs {head}")
+        print("run `zguard db upgrade`", file=sys.stderr)
+        return EXIT_NOT_CURRENT
+
+    return _run_on_database(args, action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -116,6 +171,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("dir", metavar="DIR", help="new or empty directory to write the model to")
     demo.set_defaults(handler=cmd_model_demo)
+
+    db = commands.add_parser(
+        "db",
+        parents=[common],
+        help="state database tools",
+        description="Create, migrate and inspect the state database.",
+    )
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
+    db_upgrade = db_commands.add_parser(
+        "upgrade",
+        parents=[common],
+        help="create the state database or migrate it to this version's schema",
+        description="Create the state database (database.url, default state_dir/zguard.db) or migrate it to the schema this zguard needs. Safe to run again.",
+    )
+    db_upgrade.set_defaults(handler=cmd_db_upgrade)
+    db_current = db_commands.add_parser(
+        "current",
+        parents=[common],
+        help="show the state database's schema revision",
+        description="Print the state database's schema revision; exit 1 when it is not the one this zguard needs.",
+    )
+    db_current.set_defaults(handler=cmd_db_current)
     return parser
 
 

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from zguard.errors import ConfigError
+from zguard.security.netacl import LOOPBACK_NETWORKS, parse_networks
 from zguard.security.rates import parse_rate
 
 DEFAULT_CONFIG_PATH = Path("config/zguard.yaml")
@@ -41,12 +42,29 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _as_list(value: Any) -> Any:
+    """A single string becomes a list, split at commas and spaces: `ZGUARD_API__ALLOW=10.0.0.0/8`."""
+    return value.replace(",", " ").split() if isinstance(value, str) else value
+
+
+def _canonical_networks(entries: list[str]) -> list[str]:
+    """Each entry as the network it means (`10.0.0.5` → `10.0.0.5/32`); every bad entry named."""
+    return [str(network) for network in parse_networks(entries)]
+
+
 class ListenerSettings(_Section):
     host: str = Field(
         "127.0.0.1",
         description="Address to bind. Loopback by default; a non-loopback address exposes the listener to the network.",
     )
     port: int = Field(5000, ge=1, le=65535, description="TCP port to listen on.")
+    allow: list[str] = Field(
+        default_factory=lambda: list(LOOPBACK_NETWORKS),
+        description="Networks (CIDR, IPv4 or IPv6; a bare address means just that address) whose clients may call this listener; everyone else gets 403 `ip_not_allowed` before any other check, `/healthz` and `/readyz` included. Checked against the TCP peer, or against `X-Forwarded-For` when the peer is in `trusted_proxies`. Loopback only by default; an empty list refuses everyone, and a listener bound to a non-loopback address refuses to start with it.",
+    )
+
+    _allow_as_list = field_validator("allow", mode="before")(_as_list)
+    _allow_networks = field_validator("allow")(_canonical_networks)
 
     @property
     def is_loopback(self) -> bool:
@@ -176,6 +194,34 @@ class ApiAuthSettings(_Section):
     )
 
 
+DATABASE_SCHEMES = ("sqlite", "postgresql+psycopg")
+
+
+class DatabaseSettings(_Section):
+    url: SecretStr | None = Field(
+        None,
+        description="SQLAlchemy URL of the state database: `sqlite:////var/lib/zguard/zguard.db` or `postgresql+psycopg://user:password@host:5432/zguard`. Unset: the SQLite file `zguard.db` in `state_dir` (WAL mode, mode 0600). A secret: it may hold a password, so `zguard config check` masks it.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _supported_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        # Never echo the URL itself in the message: it may carry a password.
+        scheme, sep, rest = value.get_secret_value().partition("://")
+        if not sep or scheme not in DATABASE_SCHEMES:
+            raise ValueError(
+                "must start with sqlite:/// (a file) or postgresql+psycopg:// (PostgreSQL through psycopg 3); "
+                "other databases and drivers are not supported"
+            )
+        if scheme == "sqlite" and rest.lstrip("/") in ("", ":memory:"):
+            raise ValueError(
+                "an in-memory SQLite database loses all state on exit; give a file, sqlite:////path/zguard.db"
+            )
+        return value
+
+
 class Settings(_Section):
     """Everything zguard can be told. Loaded once at start; never created at import time."""
 
@@ -195,10 +241,21 @@ class Settings(_Section):
         default_factory=ApiAuthSettings,
         description="API authentication, in the deployment guide's `config/security.yaml` format. Validated now; enforced by the access-control work.",
     )
+    database: DatabaseSettings = Field(
+        default_factory=DatabaseSettings,
+        description="The state database (principals, API tokens); `zguard db upgrade` creates and migrates it.",
+    )
     rate_limit: str | None = Field(
         None,
         description="Per-user request rate in the deployment guide's format, e.g. `10/分钟` or `10/minute`. Validated now; enforced by the access-control work.",
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Networks (CIDR) of the reverse proxies and load balancers in front of zguard. Only when the TCP peer is one of them is `X-Forwarded-For` read, taking the right-most address that is not a trusted proxy; from anyone else the header is ignored. Empty by default: the peer is always the client.",
+    )
+
+    _proxies_as_list = field_validator("trusted_proxies", mode="before")(_as_list)
+    _proxies_networks = field_validator("trusted_proxies")(_canonical_networks)
 
     @field_validator("rate_limit")
     @classmethod
@@ -277,7 +334,9 @@ def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _env_name(loc: tuple[int | str, ...]) -> str:
-    return ENV_PREFIX + "__".join(str(p).upper() for p in loc)
+    # A list item (`api.allow.0`) is set through the variable holding the whole list.
+    keys = [str(part) for part in loc[: next((i for i, p in enumerate(loc) if isinstance(p, int)), len(loc))]]
+    return ENV_PREFIX + "__".join(key.upper() for key in keys)
 
 
 def _field_help(loc: tuple[int | str, ...]) -> str | None:

@@ -13,7 +13,20 @@ from zguard.cli import main
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("argv", [[], ["serve"], ["config"], ["config", "check"], ["model"], ["model", "demo"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["serve"],
+        ["config"],
+        ["config", "check"],
+        ["model"],
+        ["model", "demo"],
+        ["db"],
+        ["db", "upgrade"],
+        ["db", "current"],
+    ],
+)
 def test_help_on_every_command(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main([*argv, "--help"])

@@ -163,3 +163,77 @@ def test_check_size_limits() -> None:
     assert "between" in (check_size((32, 1024), limits) or "")
     assert "between" in (check_size((4096, 1024), limits) or "")
     assert "pixels" in (check_size((2048, 2048), limits.model_copy(update={"max_pixels": 1024 * 1024})) or "")
+
+
+# --- network allowlists ----------------------------------------------------------------------
+
+
+def test_allowlists_default_to_loopback_and_no_proxies_are_trusted(tmp_path: Path) -> None:
+    s = load(tmp_path)
+    assert s.api.allow == ["127.0.0.0/8", "::1/128"]
+    assert s.console.allow == ["127.0.0.0/8", "::1/128"]
+    assert s.trusted_proxies == []
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ('["10.0.0.0/8"]', ["10.0.0.0/8"]),
+        ('["10.0.0.5", "2001:db8::/32", "::1"]', ["10.0.0.5/32", "2001:db8::/32", "::1/128"]),
+        ("10.0.0.0/8", ["10.0.0.0/8"]),
+        ("10.0.0.0/8, 192.168.1.7 ::1", ["10.0.0.0/8", "192.168.1.7/32", "::1/128"]),
+        ('["::ffff:10.0.0.0/104"]', ["10.0.0.0/8"]),
+        ("[]", []),
+    ],
+)
+def test_allowlist_from_environment_written_as_the_network_it_means(
+    tmp_path: Path, env: str, expected: list[str]
+) -> None:
+    s = load(tmp_path, env={"ZGUARD_API__ALLOW": env, "ZGUARD_CONSOLE__ALLOW": env, "ZGUARD_TRUSTED_PROXIES": env})
+    assert s.api.allow == s.console.allow == s.trusted_proxies == expected
+
+
+def test_allowlist_from_yaml(tmp_path: Path) -> None:
+    s = load(tmp_path, "api:\n  allow: [10.20.0.0/16, '2001:db8::/32']\ntrusted_proxies:\n  - 10.0.0.1\n")
+    assert s.api.allow == ["10.20.0.0/16", "2001:db8::/32"]
+    assert s.console.allow == ["127.0.0.0/8", "::1/128"]
+    assert s.trusted_proxies == ["10.0.0.1/32"]
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"ZGUARD_API__ALLOW": '["10.0.0.0/8", "10.0.0.300"]'},
+            "api.allow: entry 1: '10.0.0.300' is not an IP network",
+        ),
+        ({"ZGUARD_CONSOLE__ALLOW": "localhost"}, "console.allow: entry 0: 'localhost' is not an IP network"),
+        ({"ZGUARD_API__ALLOW": "10.1.2.3/8"}, "write 10.0.0.0/8 for the whole network, or 10.1.2.3 alone"),
+        ({"ZGUARD_TRUSTED_PROXIES": '["lb.internal"]'}, "trusted_proxies: entry 0: 'lb.internal'"),
+        ({"ZGUARD_API__ALLOW": "[1, 2]"}, "api.allow.0"),
+        ({"ZGUARD_API__ALLOW": "{a: 1}"}, "api.allow"),
+    ],
+)
+def test_bad_allowlist_entry_stops_start_up_naming_key_and_entry(
+    tmp_path: Path, env: dict[str, str], expected: str
+) -> None:
+    text = problems(tmp_path, env=env)
+    assert expected in text
+    assert "ZGUARD_" in text
+    assert "For further information" not in text
+
+
+def test_every_bad_allowlist_entry_reported_at_once(tmp_path: Path) -> None:
+    text = problems(tmp_path, "api:\n  allow: [nope, 10.0.0.0/8, 10.1.2.3/8]\nconsole:\n  allow: [x]\n")
+    assert "api.allow: entry 0: 'nope'" in text
+    assert "entry 2: '10.1.2.3/8' has host bits set" in text
+    assert "console.allow: entry 0: 'x'" in text
+    assert "ZGUARD_API__ALLOW" in text
+    assert "CIDR" in text
+
+
+def test_bad_list_item_names_the_variable_holding_the_list(tmp_path: Path) -> None:
+    text = problems(tmp_path, env={"ZGUARD_API__ALLOW": '["10.0.0.0/8", 5]'})
+    assert "api.allow.1:" in text
+    assert "ZGUARD_API__ALLOW)" in text
+    assert "ZGUARD_API__ALLOW__1" not in text

@@ -1,0 +1,123 @@
+"""ORM models of the state database (SQLAlchemy 2, typed).
+
+Every timestamp is stored in UTC and comes back as an aware UTC `datetime` on every backend.
+Constraint names follow one naming convention so migrations name them the same everywhere.
+Secrets are never stored: passwords as bcrypt hashes, API tokens as hex digests (SHA-256 or
+HMAC-SHA-256) with a short non-secret prefix to recognise them by.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    TypeDecorator,
+    true,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+PRINCIPAL_KINDS = ("user", "service")
+NAME_MAX = 128
+ROLE_MAX = 64
+TOKEN_HASH_LEN = 64  # hex of a 256-bit digest
+TOKEN_PREFIX_MAX = 16
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that must be timezone-aware going in and is UTC coming out."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the state store; pass an aware datetime (UTC)")
+        # SQLite keeps no zone: store the UTC wall time and re-attach UTC on the way out.
+        utc = value.astimezone(UTC)
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: dict[Any, Any] = {datetime: UTCDateTime}  # noqa: RUF012  (SQLAlchemy reads it as a class attribute)
+
+
+class Principal(Base):
+    """Someone or something that can be granted roles: a human user or a service account."""
+
+    __tablename__ = "principals"
+    __table_args__ = (
+        CheckConstraint("kind IN ('user', 'service')", name="kind"),
+        # Service accounts authenticate with API tokens only.
+        CheckConstraint("kind = 'user' OR password_hash IS NULL", name="password_users_only"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_MAX), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    enabled: Mapped[bool] = mapped_column(Boolean, server_default=true())
+    password_hash: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+    last_used_at: Mapped[datetime | None]
+
+    roles: Mapped[list[PrincipalRole]] = relationship(
+        back_populates="principal", cascade="all, delete-orphan", order_by="PrincipalRole.role", lazy="selectin"
+    )
+    tokens: Mapped[list[ApiToken]] = relationship(
+        back_populates="principal", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class PrincipalRole(Base):
+    """One role granted to one principal."""
+
+    __tablename__ = "principal_roles"
+
+    principal_id: Mapped[int] = mapped_column(ForeignKey("principals.id", ondelete="CASCADE"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(ROLE_MAX), primary_key=True)
+
+    principal: Mapped[Principal] = relationship(back_populates="roles")
+
+
+class ApiToken(Base):
+    """An API token, known only by the digest of its secret and a short display prefix."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    principal_id: Mapped[int] = mapped_column(ForeignKey("principals.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(TOKEN_HASH_LEN), unique=True, index=True)
+    prefix: Mapped[str] = mapped_column(String(TOKEN_PREFIX_MAX))
+    label: Mapped[str | None] = mapped_column(String(NAME_MAX))
+    # None: the token carries all of its principal's roles; a list narrows them.
+    roles: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+
+    principal: Mapped[Principal] = relationship(back_populates="tokens", lazy="joined")
