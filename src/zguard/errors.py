@@ -14,6 +14,7 @@
     │   └── ModelNotFound              model_not_found
     ├── UnsupportedMediaType (415)     unsupported_media_type
     ├── RequestTooLarge (413)          request_too_large
+    ├── IpNotAllowed (403)             ip_not_allowed: the client address is not in the listener's allowlist
     ├── RouteNotFound (404)            not_found
     ├── MethodNotAllowed (405)         method_not_allowed
     ├── ServiceUnavailable (503)       carries `retry_after` seconds
@@ -105,6 +106,19 @@ class RequestTooLarge(ZguardError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+
+
+class IpNotAllowed(ZguardError):
+    """The client address is outside the listener's allowlist; refused before any other work."""
+
+    status = 403
+    type = "permission_error"
+    code = "ip_not_allowed"
+
+    def __init__(self, message: str, *, listener: str, address: str, detail: str | None = None) -> None:
+        super().__init__(message, detail=detail)
+        self.listener = listener
+        self.address = address
 
 
 class RouteNotFound(ZguardError):

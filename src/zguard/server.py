@@ -26,7 +26,7 @@ import uvicorn
 from zguard.app.api import create_api_app
 from zguard.app.console import create_console_app
 from zguard.app.context import Services
-from zguard.config import ListenerSettings, Settings
+from zguard.config import ENV_PREFIX, ListenerSettings, Settings
 from zguard.engine import GenerationJob, ImageEngine
 from zguard.engine.admission import AdmissionQueue, WorkerThread
 from zguard.errors import ConfigError
@@ -56,21 +56,40 @@ def listener_config(app: Any, grace_s: float) -> uvicorn.Config:
         log_config=None,  # zguard's logging setup applies
         access_log=False,  # requests are recorded by zguard itself, without prompts
         server_header=False,
+        # zguard reads X-Forwarded-For itself, from `trusted_proxies` only (app/netacl.py); uvicorn's
+        # own handling would trust any loopback peer and replace the TCP peer address before we see it.
+        proxy_headers=False,
         timeout_graceful_shutdown=math.ceil(grace_s),
         timeout_keep_alive=5,
     )
 
 
+def _listener_problems(name: str, listener: ListenerSettings) -> list[str]:
+    """Why `listener` is unsafe to serve, one line per rule broken (empty when it is safe)."""
+    if listener.is_loopback:
+        return []
+    problems = [
+        # This rule goes when authentication lands; the allowlist rule below stays.
+        f"{name}.host: {listener.host} is not a loopback address, and this build of zguard does not yet "
+        f"enforce authentication; bind {name}.host to 127.0.0.1 "
+        "(put an authenticating reverse proxy in front if it must be reached from elsewhere)"
+    ]
+    if not listener.allow:
+        problems.append(
+            f"{name}.allow: empty while {name}.host {listener.host} is reachable from the network; "
+            f"list the networks that may call the {name} listener, e.g. {name}.allow: [10.20.0.0/16] "
+            f"(or {ENV_PREFIX}{name.upper()}__ALLOW='[\"10.20.0.0/16\"]')"
+        )
+    return problems
+
+
 def check_safe(settings: Settings) -> None:
-    """Refuse configurations this build cannot serve safely, saying how to fix them."""
-    problems = []
-    for name, listener in (("api", settings.api), ("console", settings.console)):
-        if not listener.is_loopback:
-            problems.append(
-                f"{name}.host: {listener.host} is not a loopback address, and this build of zguard does not yet "
-                f"enforce authentication or network allowlists; bind {name}.host to 127.0.0.1 "
-                "(put an authenticating reverse proxy in front if it must be reached from elsewhere)"
-            )
+    """Refuse configurations this build cannot serve safely, naming every problem and its fix."""
+    problems = [
+        problem
+        for name, listener in (("api", settings.api), ("console", settings.console))
+        for problem in _listener_problems(name, listener)
+    ]
     if problems:
         raise ConfigError(problems)
 

@@ -29,14 +29,19 @@ def ready_runtime(settings: Settings, engine: ImageEngine) -> Runtime:
     return runtime
 
 
-def api_client(settings: Settings, runtime: Runtime) -> httpx.AsyncClient:
+LOOPBACK_PEER = ("127.0.0.1", 50000)
+
+
+def api_client(settings: Settings, runtime: Runtime, peer: tuple[str, int] = LOOPBACK_PEER) -> httpx.AsyncClient:
+    """An in-process client of the API app; `peer` is the TCP peer address the app sees."""
     app = create_api_app(settings, runtime.services)
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://zguard.test")
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=peer), base_url="http://zguard.test")
 
 
-def console_client(settings: Settings, runtime: Runtime) -> httpx.AsyncClient:
+def console_client(settings: Settings, runtime: Runtime, peer: tuple[str, int] = LOOPBACK_PEER) -> httpx.AsyncClient:
+    """An in-process client of the console app; `peer` is the TCP peer address the app sees."""
     app = create_console_app(settings, runtime.services)
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://console.test")
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=peer), base_url="http://console.test")
 
 
 def free_port() -> int:

@@ -15,9 +15,11 @@ from starlette.types import Receive
 from zguard.app.context import Services
 from zguard.app.errors import handle_http_exception, handle_zguard_error
 from zguard.app.middleware import API_SECURITY_HEADERS, BodyLimit, RequestContext
+from zguard.app.netacl import NetworkAcl
 from zguard.config import Settings
 from zguard.errors import UnsupportedMediaType, ZguardError
 from zguard.schemas import ErrorResponse, ImageGenerationRequest, ImageGenerationResponse, ModelCard, ModelList
+from zguard.security.netacl import NetworkAllowlist
 from zguard.services.images import parse_json_object
 
 T = TypeVar("T")
@@ -72,8 +74,15 @@ def create_api_app(settings: Settings, services: Services) -> FastAPI:
     )
     app.add_exception_handler(ZguardError, handle_zguard_error)
     app.add_exception_handler(StarletteHTTPException, handle_http_exception)
-    # Added last = outermost: the request id and headers wrap even the body limit's 413.
+    # Added last = outermost: the request id and headers wrap even the allowlist's 403 and the body
+    # limit's 413; the allowlist refuses before a byte of the body is read.
     app.add_middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)
+    app.add_middleware(
+        NetworkAcl,
+        listener="api",
+        allow=NetworkAllowlist.from_entries(settings.api.allow),
+        trusted_proxies=NetworkAllowlist.from_entries(settings.trusted_proxies),
+    )
     app.add_middleware(RequestContext, headers=API_SECURITY_HEADERS)
     images = services.images
 

@@ -14,8 +14,10 @@ from starlette.responses import HTMLResponse, JSONResponse
 from zguard.app.context import Services
 from zguard.app.errors import handle_http_exception, handle_zguard_error
 from zguard.app.middleware import CONSOLE_SECURITY_HEADERS, BodyLimit, RequestContext
+from zguard.app.netacl import NetworkAcl
 from zguard.config import Settings
 from zguard.errors import ZguardError
+from zguard.security.netacl import NetworkAllowlist
 
 CONSOLE_MAX_BODY = 16 * 1024
 
@@ -35,11 +37,16 @@ def _status(services: Services) -> dict[str, object]:
 
 
 def create_console_app(settings: Settings, services: Services) -> FastAPI:
-    del settings  # the console's own settings arrive with the console work
     app = FastAPI(title="zguard console", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_exception_handler(ZguardError, handle_zguard_error)
     app.add_exception_handler(StarletteHTTPException, handle_http_exception)
     app.add_middleware(BodyLimit, max_bytes=CONSOLE_MAX_BODY)
+    app.add_middleware(
+        NetworkAcl,
+        listener="console",
+        allow=NetworkAllowlist.from_entries(settings.console.allow),
+        trusted_proxies=NetworkAllowlist.from_entries(settings.trusted_proxies),
+    )
     app.add_middleware(RequestContext, headers=CONSOLE_SECURITY_HEADERS)
 
     @app.get("/", response_class=HTMLResponse)
