@@ -396,3 +396,25 @@ def test_cli_db_reports_an_unreachable_database(tmp_path: Path, capsys: pytest.C
     err = capsys.readouterr().err
     assert "state database postgresql+psycopg://zguard:***@127.0.0.1:1/zguard" in err
     assert "s3cret-pw" not in err
+
+
+@backends
+def test_auth_version_grows_with_every_change_that_alters_authentication(store: PrincipalStore) -> None:
+    start = store.auth_version()
+    store.create_principal("ops", "user", roles=["generator"])
+    token = store.add_token("ops", token_hash=HASH_A, prefix="zg_a")
+    store.touch_token(token.id)
+    assert store.auth_version() == start  # creating and using change no cached result
+    versions = []
+    for change in (
+        lambda: store.disable_principal("ops"),
+        lambda: store.enable_principal("ops"),
+        lambda: store.set_roles("ops", ["viewer"]),
+        lambda: store.set_password_hash("ops", "$2b$12$" + "a" * 53),
+        lambda: store.revoke_token(token.id),
+    ):
+        change()
+        versions.append(store.auth_version())
+    assert versions == [start + 1, start + 2, start + 3, start + 4, start + 5]
+    store.revoke_token(token.id)  # already revoked: nothing changes
+    assert store.auth_version() == start + 5

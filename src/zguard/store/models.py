@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
@@ -121,3 +122,17 @@ class ApiToken(Base):
     last_used_at: Mapped[datetime | None]
 
     principal: Mapped[Principal] = relationship(back_populates="tokens", lazy="joined")
+
+
+class AuthState(Base):
+    """One row whose `version` grows with every change that can alter an authentication result
+    (a principal disabled or enabled, its roles or password changed, a token revoked).
+
+    Servers cache verified credentials and compare this number on each request, so a change
+    made by any process (the CLI, another replica) takes effect at the next request.
+    """
+
+    __tablename__ = "auth_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, server_default="0")

@@ -25,6 +25,7 @@ from zguard.store.models import (
     ROLE_MAX,
     TOKEN_PREFIX_MAX,
     ApiToken,
+    AuthState,
     Principal,
     PrincipalRole,
 )
@@ -32,6 +33,9 @@ from zguard.store.models import (
 PrincipalKind = Literal["user", "service"]
 _TOKEN_HASH = re.compile(r"^[0-9a-f]{64}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+_AUTH_VERSION = select(AuthState.version).where(AuthState.id == 1)
 
 
 def utc_now() -> datetime:
@@ -68,6 +72,7 @@ class PrincipalStore:
     """Principals and tokens in the state database. `clock` gives "now" (aware, UTC)."""
 
     def __init__(self, engine: Engine, clock: Callable[[], datetime] = utc_now) -> None:
+        self._engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._clock = clock
 
@@ -151,6 +156,11 @@ class PrincipalStore:
 
         return self._change(name, change)
 
+    def auth_version(self) -> int:
+        """The counter `_bump_auth_version` raises; compare it before trusting a cached result."""
+        with self._engine.connect() as connection:
+            return int(connection.execute(_AUTH_VERSION).scalar_one())
+
     def touch_principal(self, principal_id: int, at: datetime | None = None) -> None:
         """Record a use of the principal (a login, a request); raise `PrincipalNotFound` if absent."""
         with self._sessions.begin() as session:
@@ -166,6 +176,7 @@ class PrincipalStore:
             if principal is None:
                 raise PrincipalNotFound(name)
             change(principal, session)
+            _bump_auth_version(session)
             session.flush()
             return _principal_record(principal)
 
@@ -241,6 +252,7 @@ class PrincipalStore:
                 raise TokenNotFound(token_id)
             if token.revoked_at is None:
                 token.revoked_at = at or self._clock()
+                _bump_auth_version(session)
                 session.flush()
             return _token_record(token)
 
@@ -257,6 +269,11 @@ class PrincipalStore:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+def _bump_auth_version(session: Session) -> None:
+    """In the caller's transaction: every cached authentication result is stale from its commit."""
+    session.execute(update(AuthState).where(AuthState.id == 1).values(version=AuthState.version + 1))
 
 
 def _check_name(value: str, what: str) -> None:
