@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from zguard.errors import ConfigError
 from zguard.security.netacl import LOOPBACK_NETWORKS, parse_networks
-from zguard.security.rates import parse_rate
+from zguard.security.rates import parse_rate, parse_rates
+from zguard.security.rbac import CustomRole, RoleError, RoleRegistry, build_registry, check_assignment
 
 DEFAULT_CONFIG_PATH = Path("config/zguard.yaml")
 ENV_PREFIX = "ZGUARD_"
@@ -174,7 +175,10 @@ class ConfigUser(_Section):
     password: SecretStr = Field(
         description="bcrypt hash (`$2a$`, `$2b$` or `$2y$`) of the password; never the password itself."
     )
-    roles: list[str] = Field(default_factory=list, description="Roles granted to this user.")
+    roles: list[str] = Field(
+        default_factory=lambda: ["generator"],
+        description="Roles granted to this user. Default `[generator]`: the deployment guide's users call the image API.",
+    )
 
     @field_validator("password")
     @classmethod
@@ -182,16 +186,59 @@ class ConfigUser(_Section):
         if not _BCRYPT_HASH.match(value.get_secret_value()):
             raise ValueError(
                 "must be a bcrypt hash ($2a$/$2b$/$2y$...), not a plaintext password; "
-                'hash it, e.g. python -c "import bcrypt,getpass; print(bcrypt.hashpw(getpass.getpass().encode(), bcrypt.gensalt()).decode())"'
+                "hash it with `zguard user hash-password` (reads the password from the terminal or stdin)"
             )
         return value
 
 
 class ApiAuthSettings(_Section):
-    enabled: bool = Field(True, description="Require authentication on the API listener (deployment guide format).")
+    enabled: bool = Field(
+        True,
+        description="Require authentication on both listeners. `false` is allowed only while both are bound to loopback; requests then act as a local `generator` and `viewer`.",
+    )
     users: list[ConfigUser] = Field(
         default_factory=list, description="Users declared in configuration, with bcrypt password hashes."
     )
+    basic_enabled: bool = Field(
+        True, description="Accept `Authorization: Basic` for users with a password (configured or in the database)."
+    )
+    basic_cache_s: float = Field(
+        300.0,
+        ge=0,
+        le=86400,
+        description="How long a verified Basic credential is trusted without another bcrypt check; dropped at once when the user's password, roles or state change. 0 disables the cache.",
+    )
+    failed_logins_per_user: str = Field(
+        "5/minute;20/hour",
+        description="Failed logins allowed per username before further attempts are refused without checking the password (429 `too_many_failed_logins`).",
+    )
+    failed_logins_per_address: str = Field(
+        "20/minute;200/hour",
+        description="Failed logins allowed per client address, counted the same way.",
+    )
+    token_key_file: Path | None = Field(
+        None,
+        description="File with the server key that API tokens are hashed under (HMAC-SHA256), created mode 0600 on first use. Unset: `token.key` in `state_dir`. Replacing it invalidates every token.",
+    )
+
+    @field_validator("failed_logins_per_user", "failed_logins_per_address")
+    @classmethod
+    def _rates(cls, value: str) -> str:
+        parse_rates(value)
+        return value
+
+    @model_validator(mode="after")
+    def _unique_usernames(self) -> ApiAuthSettings:
+        names = [user.username for user in self.users]
+        if duplicates := sorted({name for name in names if names.count(name) > 1}):
+            raise ValueError(f"api_auth.users names {', '.join(duplicates)} more than once")
+        return self
+
+
+class CustomRoleSettings(_Section):
+    name: str = Field(min_length=1, max_length=64, description="Role name; must not be a built-in role's.")
+    permissions: list[str] = Field(default_factory=list, description="Permissions granted, e.g. `images:generate`.")
+    inherits: list[str] = Field(default_factory=list, description="Built-in roles whose permissions it also grants.")
 
 
 DATABASE_SCHEMES = ("sqlite", "postgresql+psycopg")
@@ -239,7 +286,11 @@ class Settings(_Section):
     )
     api_auth: ApiAuthSettings = Field(
         default_factory=ApiAuthSettings,
-        description="API authentication, in the deployment guide's `config/security.yaml` format. Validated now; enforced by the access-control work.",
+        description="Authentication, in the deployment guide's `config/security.yaml` format plus zguard's own keys.",
+    )
+    roles: list[CustomRoleSettings] = Field(
+        default_factory=list,
+        description="Custom roles beside the built-in admin, auditor, approver, generator and viewer; separation of duties applies to them too.",
     )
     database: DatabaseSettings = Field(
         default_factory=DatabaseSettings,
@@ -263,6 +314,32 @@ class Settings(_Section):
         if value is not None:
             parse_rate(value)
         return value
+
+    @model_validator(mode="after")
+    def _known_roles(self) -> Settings:
+        registry = self.role_registry()  # raises on bad custom roles
+        for index, user in enumerate(self.api_auth.users):
+            unknown = sorted(set(user.roles) - set(registry.roles))
+            if unknown:
+                raise ValueError(
+                    f"api_auth.users.{index}.roles: unknown role(s) {', '.join(unknown)}; "
+                    f"known: {', '.join(sorted(registry.roles))}"
+                )
+            try:
+                check_assignment(user.roles, registry)
+            except RoleError as exc:
+                raise ValueError(f"api_auth.users.{index}.roles: {exc}") from None
+        return self
+
+    def role_registry(self) -> RoleRegistry:
+        """Built-in roles plus the configured custom ones."""
+        try:
+            return build_registry(
+                CustomRole(name=r.name, permissions=tuple(r.permissions), inherits=tuple(r.inherits))
+                for r in self.roles
+            )
+        except RoleError as exc:
+            raise ValueError(f"roles: {exc}") from None
 
     @model_validator(mode="after")
     def _distinct_listeners(self) -> Settings:
@@ -362,6 +439,9 @@ def _problems(error: ValidationError, source: Path) -> list[str]:
             problems.append(
                 f"{key}: unknown setting (from {source} or {_env_name(loc)}); remove it or check its spelling in docs/settings.md"
             )
+            continue
+        if not loc:  # a rule across several settings: its message names them
+            problems.append(f"{message} (in {source} or the ZGUARD_* environment)")
             continue
         hint = _field_help(loc)
         fix = f" — {hint}" if hint else ""

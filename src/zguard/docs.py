@@ -16,6 +16,8 @@ from zguard.app.context import Services
 from zguard.config import Settings, iter_settings_fields
 from zguard.engine import GenerationJob, ModelInfo
 from zguard.engine.admission import AdmissionQueue, WorkerThread
+from zguard.security.keys import KEY_BYTES
+from zguard.server import build_auth
 from zguard.services.images import ImageService
 from zguard.services.readiness import Readiness
 
@@ -46,6 +48,7 @@ def openapi_document() -> dict[str, Any]:
         engine=engine,
         images=ImageService(settings.generation, engine, admission, readiness),
         admission=admission,
+        auth=build_auth(settings, None, bytes(KEY_BYTES)),
         readiness=readiness,
         started_at=0,
     )

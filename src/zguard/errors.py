@@ -15,6 +15,12 @@
     ├── UnsupportedMediaType (415)     unsupported_media_type
     ├── RequestTooLarge (413)          request_too_large
     ├── IpNotAllowed (403)             ip_not_allowed: the client address is not in the listener's allowlist
+    ├── AuthenticationError (401)      carries the `WWW-Authenticate` challenge
+    │   ├── MissingCredentials         missing_credentials
+    │   └── InvalidApiKey              invalid_api_key: wrong, unknown, revoked, expired or disabled
+    ├── PermissionDenied (403)         permission_denied: names the missing permission
+    ├── TooManyRequests (429)          carries `retry_after` seconds
+    │   └── TooManyFailedLogins        too_many_failed_logins: checked before any password work
     ├── RouteNotFound (404)            not_found
     ├── MethodNotAllowed (405)         method_not_allowed
     ├── ServiceUnavailable (503)       carries `retry_after` seconds
@@ -42,6 +48,7 @@ class ZguardError(Exception):
         self.message = message
         self.param = param
         self.detail = detail
+        self.headers: dict[str, str] = {}  # extra response headers (e.g. RateLimit-*)
 
 
 class ConfigError(ZguardError):
@@ -119,6 +126,45 @@ class IpNotAllowed(ZguardError):
         super().__init__(message, detail=detail)
         self.listener = listener
         self.address = address
+
+
+class AuthenticationError(ZguardError):
+    status = 401
+    type = "authentication_error"
+    code = "authentication_failed"
+    challenge = 'Bearer realm="zguard", Basic realm="zguard", charset="UTF-8"'
+
+
+class MissingCredentials(AuthenticationError):
+    code = "missing_credentials"
+
+
+class InvalidApiKey(AuthenticationError):
+    code = "invalid_api_key"
+
+
+class PermissionDenied(ZguardError):
+    status = 403
+    type = "permission_error"
+    code = "permission_denied"
+
+    def __init__(self, message: str, *, permission: str, detail: str | None = None) -> None:
+        super().__init__(message, detail=detail)
+        self.permission = permission
+
+
+class TooManyRequests(ZguardError):
+    status = 429
+    type = "rate_limit_error"
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after: int, detail: str | None = None) -> None:
+        super().__init__(message, detail=detail)
+        self.retry_after = max(1, int(retry_after))
+
+
+class TooManyFailedLogins(TooManyRequests):
+    code = "too_many_failed_logins"
 
 
 class RouteNotFound(ZguardError):

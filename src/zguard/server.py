@@ -13,6 +13,7 @@ import contextlib
 import logging
 import math
 import os
+import secrets
 import signal
 import socket
 import time
@@ -26,12 +27,16 @@ import uvicorn
 from zguard.app.api import create_api_app
 from zguard.app.console import create_console_app
 from zguard.app.context import Services
+from zguard.audit import AuditSink, LogAuditSink
 from zguard.config import ENV_PREFIX, ListenerSettings, Settings
 from zguard.engine import GenerationJob, ImageEngine
 from zguard.engine.admission import AdmissionQueue, WorkerThread
 from zguard.errors import ConfigError
+from zguard.security.keys import KEY_BYTES
+from zguard.services.auth import AuthService
 from zguard.services.images import ImageService
 from zguard.services.readiness import ModelState, Readiness
+from zguard.store.principals import PrincipalStore
 
 log = logging.getLogger("zguard.server")
 DEMO_WARNING = (
@@ -147,13 +152,27 @@ class Runtime:
     worker: WorkerThread
 
 
-def build_runtime(settings: Settings, engine: ImageEngine) -> Runtime:
+def build_auth(
+    settings: Settings, store: PrincipalStore | None, token_key: bytes, audit: AuditSink | None = None
+) -> AuthService:
+    return AuthService(
+        settings.api_auth, settings.role_registry(), store=store, token_key=token_key, audit=audit or LogAuditSink()
+    )
+
+
+def build_runtime(settings: Settings, engine: ImageEngine, auth: AuthService | None = None) -> Runtime:
+    """Wire the services. Without `auth`: configured users only, under a throwaway token key."""
     worker = WorkerThread()
     admission = AdmissionQueue(settings.generation.max_queue, worker)
     readiness = Readiness()
     images = ImageService(settings.generation, engine, admission, readiness)
     services = Services(
-        engine=engine, images=images, admission=admission, readiness=readiness, started_at=int(time.time())
+        engine=engine,
+        images=images,
+        admission=admission,
+        auth=auth or build_auth(settings, None, secrets.token_bytes(KEY_BYTES)),
+        readiness=readiness,
+        started_at=int(time.time()),
     )
     return Runtime(services=services, admission=admission, worker=worker)
 

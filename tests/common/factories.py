@@ -13,18 +13,23 @@ from zguard.app.console import create_console_app
 from zguard.config import Settings
 from zguard.engine import ImageEngine
 from zguard.server import Runtime, build_runtime
+from zguard.services.auth import AuthService
 from zguard.services.readiness import ModelState
 
 
 def make_settings(state_dir: Path, **sections: dict[str, Any] | Any) -> Settings:
-    """Settings with `state_dir` and section overrides, e.g. generation={"max_queue": 0}."""
-    data: dict[str, Any] = {"state_dir": str(state_dir)}
+    """Settings with `state_dir` and section overrides, e.g. generation={"max_queue": 0}.
+
+    Authentication is off (the loopback-only local mode) unless `api_auth` is given: tests of
+    other features act as the local generator; tests of access control pass `api_auth`.
+    """
+    data: dict[str, Any] = {"state_dir": str(state_dir), "api_auth": {"enabled": False}}
     data.update(sections)
     return Settings.model_validate(data)
 
 
-def ready_runtime(settings: Settings, engine: ImageEngine) -> Runtime:
-    runtime = build_runtime(settings, engine)
+def ready_runtime(settings: Settings, engine: ImageEngine, auth: AuthService | None = None) -> Runtime:
+    runtime = build_runtime(settings, engine, auth)
     runtime.services.readiness.set(ModelState.READY)
     return runtime
 

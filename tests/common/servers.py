@@ -29,6 +29,7 @@ class ZguardProcess:
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("ZGUARD_")},
             "ZGUARD_STATE_DIR": str(state_dir),
+            "ZGUARD_API_AUTH__ENABLED": "false",  # loopback-only local mode; auth tests override it
             "ZGUARD_API__PORT": str(self.api_port),
             "ZGUARD_CONSOLE__PORT": str(self.console_port),
             **(env or {}),

@@ -237,3 +237,38 @@ def test_bad_list_item_names_the_variable_holding_the_list(tmp_path: Path) -> No
     assert "api.allow.1:" in text
     assert "ZGUARD_API__ALLOW)" in text
     assert "ZGUARD_API__ALLOW__1" not in text
+
+
+def test_guide_users_generate_by_default_and_roles_must_exist(tmp_path: Path) -> None:
+    ok = load(tmp_path, f"api_auth:\n  users:\n    - username: ops\n      password: '{HASH}'\n")
+    assert ok.api_auth.users[0].roles == ["generator"]
+    text = problems(
+        tmp_path, f"api_auth:\n  users:\n    - username: ops\n      password: '{HASH}'\n      roles: [root]\n"
+    )
+    assert "api_auth.users.0.roles: unknown role(s) root" in text
+
+
+def test_user_roles_obey_separation_of_duties(tmp_path: Path) -> None:
+    text = problems(
+        tmp_path, f"api_auth:\n  users:\n    - username: ops\n      password: '{HASH}'\n      roles: [admin, auditor]\n"
+    )
+    assert "api_auth.users.0.roles" in text
+
+
+def test_custom_roles(tmp_path: Path) -> None:
+    s = load(tmp_path, "roles:\n  - name: redteam\n    permissions: [images:generate]\n    inherits: [viewer]\n")
+    assert "redteam" in s.role_registry().roles
+    assert "roles: custom role 'x' combines" in problems(
+        tmp_path, "roles:\n  - name: x\n    permissions: [images:generate, audit:export]\n"
+    )
+    assert "unknown" in problems(tmp_path, "roles:\n  - name: x\n    permissions: [images:destroy]\n")
+
+
+def test_duplicate_config_usernames_refused(tmp_path: Path) -> None:
+    user = f"    - username: ops\n      password: '{HASH}'\n"
+    assert "ops more than once" in problems(tmp_path, "api_auth:\n  users:\n" + user + user)
+
+
+@pytest.mark.parametrize("key", ["FAILED_LOGINS_PER_USER", "FAILED_LOGINS_PER_ADDRESS"])
+def test_failed_login_limits_are_rates(tmp_path: Path, key: str) -> None:
+    assert f"api_auth.{key.lower()}" in problems(tmp_path, env={f"ZGUARD_API_AUTH__{key}": "lots"})

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive
 
+from zguard.app.auth import PUBLIC, requires
 from zguard.app.context import Services
 from zguard.app.errors import handle_http_exception, handle_zguard_error
 from zguard.app.middleware import API_SECURITY_HEADERS, BodyLimit, RequestContext
@@ -20,6 +21,7 @@ from zguard.config import Settings
 from zguard.errors import UnsupportedMediaType, ZguardError
 from zguard.schemas import ErrorResponse, ImageGenerationRequest, ImageGenerationResponse, ModelCard, ModelList
 from zguard.security.netacl import NetworkAllowlist
+from zguard.security.rbac import Permission
 from zguard.services.images import parse_json_object
 
 T = TypeVar("T")
@@ -84,14 +86,17 @@ def create_api_app(settings: Settings, services: Services) -> FastAPI:
         trusted_proxies=NetworkAllowlist.from_entries(settings.trusted_proxies),
     )
     app.add_middleware(RequestContext, headers=API_SECURITY_HEADERS)
+    app.state.auth = services.auth
+    app.state.listener = "api"
     images = services.images
 
     @app.post(
         "/v1/images/generations",
         response_model=ImageGenerationResponse,
-        responses=_error_responses(400, 413, 415, 503, 504, 500),
+        responses=_error_responses(400, 401, 403, 413, 415, 429, 503, 504, 500),
         openapi_extra=_REQUEST_BODY,
         summary="Create images from a prompt",
+        dependencies=[requires(Permission.IMAGES_GENERATE)],
     )
     async def generate_images(request: Request) -> Response:
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -105,17 +110,26 @@ def create_api_app(settings: Settings, services: Services) -> FastAPI:
             return Response(status_code=499)
         return Response(result.model_dump_json(), media_type="application/json")
 
-    @app.get("/v1/models", response_model=ModelList, summary="The served model")
+    @app.get(
+        "/v1/models",
+        response_model=ModelList,
+        summary="The served model",
+        responses=_error_responses(401, 403, 429),
+        dependencies=[requires(Permission.MODELS_READ)],
+    )
     async def list_models() -> ModelList:
         info = services.engine.info
         return ModelList(data=[ModelCard(id=info.id, created=services.started_at, demo=info.demo)])
 
-    @app.get("/healthz", summary="Liveness: the process answers")
+    @app.get("/healthz", summary="Liveness: the process answers", dependencies=[PUBLIC])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get(
-        "/readyz", summary="Readiness: the model is loaded and warmed up", responses={503: {"description": "Not ready"}}
+        "/readyz",
+        summary="Readiness: the model is loaded and warmed up",
+        responses={503: {"description": "Not ready"}},
+        dependencies=[PUBLIC],
     )
     async def readyz() -> JSONResponse:
         state = services.readiness.state.value

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import HTMLResponse, JSONResponse
 
+from zguard.app.auth import PUBLIC, requires
 from zguard.app.context import Services
 from zguard.app.errors import handle_http_exception, handle_zguard_error
 from zguard.app.middleware import CONSOLE_SECURITY_HEADERS, BodyLimit, RequestContext
@@ -18,6 +19,7 @@ from zguard.app.netacl import NetworkAcl
 from zguard.config import Settings
 from zguard.errors import ZguardError
 from zguard.security.netacl import NetworkAllowlist
+from zguard.security.rbac import Permission
 
 CONSOLE_MAX_BODY = 16 * 1024
 
@@ -48,8 +50,10 @@ def create_console_app(settings: Settings, services: Services) -> FastAPI:
         trusted_proxies=NetworkAllowlist.from_entries(settings.trusted_proxies),
     )
     app.add_middleware(RequestContext, headers=CONSOLE_SECURITY_HEADERS)
+    app.state.auth = services.auth
+    app.state.listener = "console"
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.get("/", response_class=HTMLResponse, dependencies=[requires(Permission.SYSTEM_READ)])
     async def status_page() -> HTMLResponse:
         status = _status(services)
         demo = (
@@ -65,11 +69,11 @@ def create_console_app(settings: Settings, services: Services) -> FastAPI:
         )
         return HTMLResponse(page)
 
-    @app.get("/api/status")
+    @app.get("/api/status", dependencies=[requires(Permission.SYSTEM_READ)])
     async def status_json() -> JSONResponse:
         return JSONResponse(_status(services))
 
-    @app.get("/healthz")
+    @app.get("/healthz", dependencies=[PUBLIC])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from zguard.engine import ImageEngine
 from zguard.engine.admission import AdmissionQueue
+from zguard.services.auth import AuthService
 from zguard.services.images import ImageService
 from zguard.services.readiness import Readiness
 
@@ -15,5 +16,6 @@ class Services:
     engine: ImageEngine
     images: ImageService
     admission: AdmissionQueue
+    auth: AuthService
     readiness: Readiness
     started_at: int

@@ -13,7 +13,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from zguard.errors import InternalError, MethodNotAllowed, RequestError, RouteNotFound, ServiceUnavailable, ZguardError
+from zguard.errors import (
+    AuthenticationError,
+    InternalError,
+    MethodNotAllowed,
+    RequestError,
+    RouteNotFound,
+    ServiceUnavailable,
+    TooManyRequests,
+    ZguardError,
+)
 
 log = logging.getLogger("zguard.http")
 
@@ -27,8 +36,13 @@ def error_response(error: ZguardError) -> JSONResponse:
     # Messages and params may echo client text (a field name, a model name); keep them encodable.
     param = None if error.param is None else _encodable(error.param)
     body = {"error": {"message": _encodable(error.message), "type": error.type, "param": param, "code": error.code}}
-    headers = {"Retry-After": str(error.retry_after)} if isinstance(error, ServiceUnavailable) else None
-    return JSONResponse(body, status_code=error.status, headers=headers)
+    headers: dict[str, str] = {}
+    if isinstance(error, ServiceUnavailable | TooManyRequests):
+        headers["Retry-After"] = str(error.retry_after)
+    if isinstance(error, AuthenticationError):
+        headers["WWW-Authenticate"] = error.challenge
+    headers.update(error.headers)
+    return JSONResponse(body, status_code=error.status, headers=headers or None)
 
 
 def internal_error(request_id: str) -> JSONResponse:
