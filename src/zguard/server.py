@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from sqlalchemy.exc import SQLAlchemyError
 
 from zguard.app.api import create_api_app
 from zguard.app.console import create_console_app
@@ -32,13 +33,19 @@ from zguard.config import ENV_PREFIX, ListenerSettings, Settings
 from zguard.engine import GenerationJob, ImageEngine
 from zguard.engine.admission import AdmissionQueue, WorkerThread
 from zguard.errors import ConfigError
-from zguard.security.keys import KEY_BYTES
+from zguard.security.keys import KEY_BYTES, load_or_create_key
+from zguard.security.tokens import new_token, token_digest
 from zguard.services.auth import AuthService
 from zguard.services.images import ImageService
+from zguard.services.ratelimit import RateLimitService
 from zguard.services.readiness import ModelState, Readiness
+from zguard.store import migrate
+from zguard.store.database import create_store_engine, database_url
+from zguard.store.errors import SchemaNotCurrent
 from zguard.store.principals import PrincipalStore
 
 log = logging.getLogger("zguard.server")
+TOKEN_KEY_FILE = "token.key"  # noqa: S105 - a file name, not a secret
 DEMO_WARNING = (
     "SERVING THE DEMO MODEL: random weights, every image is noise. "
     "Set model.path (or ZGUARD_MODEL__PATH) to the Z-Image-Turbo directory to serve real images."
@@ -69,16 +76,16 @@ def listener_config(app: Any, grace_s: float) -> uvicorn.Config:
     )
 
 
-def _listener_problems(name: str, listener: ListenerSettings) -> list[str]:
+def _listener_problems(name: str, listener: ListenerSettings, auth_enabled: bool) -> list[str]:
     """Why `listener` is unsafe to serve, one line per rule broken (empty when it is safe)."""
     if listener.is_loopback:
         return []
-    problems = [
-        # This rule goes when authentication lands; the allowlist rule below stays.
-        f"{name}.host: {listener.host} is not a loopback address, and this build of zguard does not yet "
-        f"enforce authentication; bind {name}.host to 127.0.0.1 "
-        "(put an authenticating reverse proxy in front if it must be reached from elsewhere)"
-    ]
+    problems = []
+    if not auth_enabled:
+        problems.append(
+            f"{name}.host: {listener.host} is not a loopback address while api_auth.enabled is false; "
+            f"set api_auth.enabled: true or bind {name}.host to 127.0.0.1"
+        )
     if not listener.allow:
         problems.append(
             f"{name}.allow: empty while {name}.host {listener.host} is reachable from the network; "
@@ -93,7 +100,7 @@ def check_safe(settings: Settings) -> None:
     problems = [
         problem
         for name, listener in (("api", settings.api), ("console", settings.console))
-        for problem in _listener_problems(name, listener)
+        for problem in _listener_problems(name, listener, settings.api_auth.enabled)
     ]
     if problems:
         raise ConfigError(problems)
@@ -138,7 +145,8 @@ def example_call(settings: Settings) -> str:
     host = settings.api.host if ":" not in settings.api.host else f"[{settings.api.host}]"
     return (
         f"curl -s http://{host}:{settings.api.port}/v1/images/generations -H 'Content-Type: application/json' "
-        f'-d \'{{"prompt": "a lighthouse at dawn", "size": "256x256"}}\'  '
+        + ("-H 'Authorization: Bearer <your zguard API key>' " if settings.api_auth.enabled else "")
+        + f'-d \'{{"prompt": "a lighthouse at dawn", "size": "256x256"}}\'  '
         f"(console: http://{settings.console.host}:{settings.console.port}/)"
     )
 
@@ -152,6 +160,59 @@ class Runtime:
     worker: WorkerThread
 
 
+def token_key_path(settings: Settings) -> Path:
+    return settings.api_auth.token_key_file or prepare_state_dir(settings.state_dir) / TOKEN_KEY_FILE
+
+
+def open_store(settings: Settings) -> PrincipalStore:
+    """The state store, at the schema this build needs.
+
+    The embedded default (SQLite in `state_dir`, no `database.url`) is created and migrated on
+    first start, so `make serve` needs no extra step. A configured database is never changed by
+    `serve`: schema changes are an operator's decision (`zguard init` / `zguard db upgrade`).
+    """
+    embedded = settings.database.url is None
+    if embedded:
+        prepare_state_dir(settings.state_dir)
+    engine = create_store_engine(database_url(settings))
+    try:
+        if embedded and migrate.current_revision(engine) is None:
+            log.info("creating the state database in %s", settings.state_dir)
+            migrate.upgrade(engine)
+        migrate.check_schema_current(engine)
+    except SchemaNotCurrent as exc:
+        raise ConfigError([f"database: {exc.message}"]) from None
+    except SQLAlchemyError as exc:
+        raise ConfigError(
+            [f"database.url: cannot open the state database ({type(exc).__name__}); check the URL and that it is up"]
+        ) from None
+    return PrincipalStore(engine)
+
+
+DEMO_PRINCIPAL = "demo"
+
+
+def issue_demo_token(settings: Settings, store: PrincipalStore, token_key: bytes) -> None:
+    """On the demo model's first start: a `demo` service account with role generator, and its token
+    printed once on stdout (never to the log) with a ready-to-paste command."""
+    if store.get_principal(DEMO_PRINCIPAL) is not None or not settings.api_auth.enabled:
+        return
+    store.create_principal(DEMO_PRINCIPAL, "service", roles=["generator", "viewer"])
+    issued = new_token()
+    store.add_token(
+        DEMO_PRINCIPAL, token_hash=token_digest(issued.plaintext, token_key), prefix=issued.display_prefix, label="demo"
+    )
+    host = settings.api.host if ":" not in settings.api.host else f"[{settings.api.host}]"
+    print(
+        "\n  A demo API token for the service account 'demo' (roles generator, viewer), shown only this once:\n\n"
+        f"    {issued.plaintext}\n\n"
+        f"  curl -s http://{host}:{settings.api.port}/v1/images/generations "
+        f"-H 'Authorization: Bearer {issued.plaintext}' -H 'Content-Type: application/json' "
+        """-d '{"prompt": "a lighthouse at dawn", "size": "256x256"}'\n""",
+        flush=True,
+    )
+
+
 def build_auth(
     settings: Settings, store: PrincipalStore | None, token_key: bytes, audit: AuditSink | None = None
 ) -> AuthService:
@@ -160,8 +221,14 @@ def build_auth(
     )
 
 
-def build_runtime(settings: Settings, engine: ImageEngine, auth: AuthService | None = None) -> Runtime:
-    """Wire the services. Without `auth`: configured users only, under a throwaway token key."""
+def build_runtime(
+    settings: Settings,
+    engine: ImageEngine,
+    auth: AuthService | None = None,
+    rate_limits: RateLimitService | None = None,
+) -> Runtime:
+    """Wire the services. Without `auth`: configured users only, under a throwaway token key.
+    Without `rate_limits`: the configured limits, audited to the log."""
     worker = WorkerThread()
     admission = AdmissionQueue(settings.generation.max_queue, worker)
     readiness = Readiness()
@@ -173,6 +240,7 @@ def build_runtime(settings: Settings, engine: ImageEngine, auth: AuthService | N
         auth=auth or build_auth(settings, None, secrets.token_bytes(KEY_BYTES)),
         readiness=readiness,
         started_at=int(time.time()),
+        rate_limits=rate_limits or RateLimitService.from_settings(settings, LogAuditSink()),
     )
     return Runtime(services=services, admission=admission, worker=worker)
 
@@ -221,7 +289,11 @@ async def serve(settings: Settings, engine: ImageEngine | None = None) -> int:
             demo=demo,
             build_demo=settings.model.path is None,
         )
-    runtime = build_runtime(settings, engine)
+    store = open_store(settings)
+    token_key = load_or_create_key(token_key_path(settings))
+    runtime = build_runtime(settings, engine, build_auth(settings, store, token_key))
+    if engine.info.demo:
+        issue_demo_token(settings, store, token_key)
     grace = settings.generation.shutdown_grace_s
     servers = []
     for name, app in (

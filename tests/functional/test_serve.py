@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import signal
 import subprocess
 import sys
@@ -122,11 +123,39 @@ def test_refuses_port_in_use_naming_the_key(tmp_path: Path) -> None:
     assert "free port" in done.stderr
 
 
-def test_refuses_non_loopback_bind_while_access_control_is_missing(tmp_path: Path) -> None:
-    done = _run_cli({"ZGUARD_API__HOST": "0.0.0.0"}, tmp_path)
+def test_refuses_non_loopback_bind_without_authentication(tmp_path: Path) -> None:
+    done = _run_cli({"ZGUARD_API__HOST": "0.0.0.0", "ZGUARD_API_AUTH__ENABLED": "false"}, tmp_path)
     assert done.returncode == 2
     assert "api.host" in done.stderr
-    assert "127.0.0.1" in done.stderr
+    assert "api_auth.enabled" in done.stderr
+
+
+def test_refuses_non_loopback_bind_with_empty_allowlist(tmp_path: Path) -> None:
+    done = _run_cli({"ZGUARD_CONSOLE__HOST": "0.0.0.0", "ZGUARD_CONSOLE__ALLOW": "[]"}, tmp_path)
+    assert done.returncode == 2
+    assert "console.allow: empty" in done.stderr
+
+
+def test_first_start_prints_a_demo_token_that_works(tmp_path: Path) -> None:
+    with ZguardProcess(tmp_path / "state", env={"ZGUARD_API_AUTH__ENABLED": "true"}) as proc:
+        proc.wait_ready()
+        log = proc.log()
+        tokens = set(re.findall(r"zg_[0-9A-Za-z]{42}", log))
+        assert len(tokens) == 1
+        token = tokens.pop()
+        assert log.count(token) == 2  # on its own line and in the curl command, both on stdout
+        body = {"prompt": "x", "size": "64x64"}
+        url = f"{proc.api}/v1/images/generations"
+        assert httpx.post(url, json=body).status_code == 401
+        assert httpx.post(url, json=body, headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        status = httpx.get(f"{proc.console}/api/status", headers={"Authorization": f"Bearer {token}"})
+        assert status.status_code == 200
+        assert proc.stop() == 0
+    # A second start keeps the store and prints no new token.
+    with ZguardProcess(tmp_path / "state", env={"ZGUARD_API_AUTH__ENABLED": "true"}) as again:
+        again.wait_ready()
+        assert not re.findall(r"zg_[0-9A-Za-z]{42}", again.log())
+        assert again.stop() == 0
 
 
 def test_refuses_bad_setting_naming_key(tmp_path: Path) -> None:
