@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from zguard.admin_cli import add_admin_commands
 from zguard.config import Settings, load_settings, masked_settings
 from zguard.errors import ConfigError
 
@@ -193,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the state database's schema revision; exit 1 when it is not the one this zguard needs.",
     )
     db_current.set_defaults(handler=cmd_db_current)
+    add_admin_commands(commands, common)
     return parser
 
 

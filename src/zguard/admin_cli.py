@@ -1,0 +1,472 @@
+"""The admin commands of `zguard`: init, user, token, role. Parsing and printing only.
+
+The work is done by `zguard.services.admin.AdminService`, which the console will call too.
+Decisions:
+
+- A new token goes to stdout alone, on the last line, so ``zguard token create ... | tail -1``
+  captures it; every other word about it goes to stderr (or, for `init`, to earlier stdout lines).
+- Passwords are read from the terminal (twice, without echo) or as one line of stdin when stdin is
+  not a terminal; never from argv, where `ps` and shell history would keep them.
+- A refused action (unknown name, bad role, schema not current, ...) is one line on stderr and exit
+  2; an unreachable database is exit 3, like `zguard db`. No traceback for either.
+- Audit events go through `audit_sink_factory()`: a JSON line on the `zguard.audit` logger
+  (stderr) until the audit trail lands; tests put a `MemoryAuditSink` there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from zguard.config import Settings, load_settings
+from zguard.errors import ZguardError
+
+if TYPE_CHECKING:
+    from zguard.audit import AuditSink
+    from zguard.services.admin import Actor, AdminService
+    from zguard.store.principals import PrincipalKind
+
+EXIT_OK = 0
+EXIT_REFUSED = 2  # the same code as a configuration error: the operator must change something
+EXIT_DATABASE = 3  # the state database cannot be reached (as in `zguard db`)
+PASSWORD_COST = 12  # bcrypt cost of new hashes (passwords.DEFAULT_COST); tests lower it
+NOT_INITIALIZED_HINT = "run `zguard init` (or `zguard db upgrade`)"
+
+
+def _log_audit_sink() -> AuditSink:
+    from zguard.audit import LogAuditSink
+
+    logger = logging.getLogger("zguard.audit")
+    logger.setLevel(logging.INFO)  # admin actions are always recorded, whatever the root level
+    return LogAuditSink(logger)
+
+
+audit_sink_factory: Callable[[], AuditSink] = _log_audit_sink
+"""Where admin commands report their audit events; replace it to capture them."""
+
+
+def acting_user() -> str:
+    """``cli:<os user>``: who ran the command, as far as the operating system says."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):  # no login name in the environment or the password database
+        import os
+
+        return f"cli:uid={os.getuid()}"
+
+
+@dataclass(frozen=True)
+class _Context:
+    settings: Settings
+    service: AdminService
+    actor: Actor
+    shown_url: str
+    key_path: Path
+
+
+def _run(args: argparse.Namespace, action: Callable[[_Context], int], *, upgrade: bool = False) -> int:
+    """Open the store (migrating it first with `upgrade`, else requiring it at head) and run `action`."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from zguard.security.keys import KeyFileError
+    from zguard.services.admin import Actor, AdminService, load_token_key, token_key_path
+    from zguard.store import migrate
+    from zguard.store.database import create_store_engine, database_url
+    from zguard.store.errors import SchemaNotCurrent
+    from zguard.store.principals import PrincipalStore
+
+    settings = load_settings(getattr(args, "config", None))
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
+    url = database_url(settings)
+    shown = url.render_as_string(hide_password=True)
+    key_path = token_key_path(settings)
+    engine = create_store_engine(url)
+    try:
+        if upgrade:
+            before, after = migrate.current_revision(engine), migrate.upgrade(engine)
+            change = "already at" if before == after else f"upgraded from {before or 'empty'} to"
+            print(f"state database {shown}: {change} revision {after} (head)")
+        else:
+            migrate.check_schema_current(engine)
+        service = AdminService(
+            PrincipalStore(engine),
+            settings.role_registry(),
+            token_key=lambda: load_token_key(key_path),
+            audit=audit_sink_factory(),
+            password_cost=PASSWORD_COST,
+            reserved_names=[user.username for user in settings.api_auth.users],
+        )
+        return action(_Context(settings, service, Actor(acting_user()), shown, key_path))
+    except SchemaNotCurrent as exc:
+        where = "empty" if exc.current is None else f"at revision {exc.current}"
+        reason = f"is {where}, this zguard needs {exc.head}; {NOT_INITIALIZED_HINT}" if exc.known else exc.message
+        print(f"zguard: state database {shown} {reason}", file=sys.stderr)
+        return EXIT_REFUSED
+    except ZguardError as exc:  # admin refusals and store errors: messages written for the operator
+        print(f"zguard: {exc.message}", file=sys.stderr)
+        return EXIT_REFUSED
+    except KeyFileError as exc:
+        print(f"zguard: token key: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc.__class__.__name__).strip().splitlines()[0]
+        print(f"zguard: state database {shown}: {reason}", file=sys.stderr)
+        return EXIT_DATABASE
+    finally:
+        engine.dispose()
+
+
+# --- formatting ------------------------------------------------------------------------------
+
+
+def _when(moment: datetime | None, never: str = "-") -> str:
+    return never if moment is None else moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
+    for row in (headers, *rows):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def _roles_text(roles: Sequence[str] | None) -> str:
+    return "(owner's)" if roles is None else ",".join(roles) or "-"
+
+
+def _duration(text: str) -> timedelta:
+    from zguard.services.admin import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def read_new_password() -> str:
+    """A password from the terminal (asked twice, not echoed) or one line of stdin; checked, not hashed."""
+    from zguard.services.admin import InvalidInput, check_password
+
+    stdin = sys.stdin
+    try:
+        if stdin is not None and stdin.isatty():
+            password = getpass.getpass("New password: ")
+            if getpass.getpass("Repeat the password: ") != password:
+                raise InvalidInput("the two passwords differ; nothing was changed")
+        else:
+            line = stdin.readline() if stdin is not None else ""
+            if not line:
+                raise InvalidInput("no password on stdin: pipe it as one line, or run on a terminal to be asked")
+            password = line.rstrip("\r\n")
+    except (EOFError, KeyboardInterrupt):
+        raise InvalidInput("no password given; nothing was changed") from None
+    check_password(password)
+    return password
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    def action(ctx: _Context) -> int:
+        key_existed = ctx.key_path.exists()
+        issued = ctx.service.initialize(args.admin, actor=ctx.actor)
+        name = issued.record.principal.name
+        print(f"token key: {ctx.key_path} ({'existing' if key_existed else 'created, mode 0600'})")
+        print(f"created user {name!r} with role admin; set its password with `zguard user passwd {name}`")
+        print("admin manages users, tokens and policy but cannot generate images (separation of duties);")
+        print("  for that: `zguard user add NAME --role generator`, then `zguard token create --user NAME`")
+        print(f"API token {issued.record.prefix}… for {name}, shown only now; store it safely:")
+        print(issued.plaintext)
+        return EXIT_OK
+
+    return _run(args, action, upgrade=True)
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    def action(ctx: _Context) -> int:
+        kind: PrincipalKind = "service" if args.service else "user"
+        record = ctx.service.add_principal(args.name, kind=kind, roles=args.roles, actor=ctx.actor)
+        label = "service account" if kind == "service" else "user"
+        print(f"created {label} {record.name!r} with roles {', '.join(record.roles)}")
+        next_step = f"`zguard token create --user {record.name}`"
+        if kind == "user":
+            next_step = f"`zguard user passwd {record.name}` or " + next_step
+        print(f"next: {next_step}", file=sys.stderr)
+        return EXIT_OK
+
+    return _run(args, action)
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    def action(ctx: _Context) -> int:
+        rows = [
+            [
+                p.name,
+                p.kind,
+                ",".join(p.roles) or "-",
+                "yes" if p.enabled else "no",
+                "yes" if p.password_hash else "no",
+                _when(p.created_at),
+                _when(p.last_used_at, "never"),
+            ]
+            for p in ctx.service.list_principals()
+        ]
+        _table(["NAME", "KIND", "ROLES", "ENABLED", "PASSWORD", "CREATED", "LAST-USED"], rows)
+        return EXIT_OK
+
+    return _run(args, action)
+
+
+def cmd_user_enable(args: argparse.Namespace) -> int:
+    enabled: bool = args.enabled
+
+    def action(ctx: _Context) -> int:
+        record = ctx.service.set_enabled(args.name, enabled, actor=ctx.actor)
+        effect = "may sign in again" if enabled else "its password and tokens stop working at the next request"
+        print(f"{'enabled' if enabled else 'disabled'} {record.name!r}: {effect}")
+        return EXIT_OK
+
+    return _run(args, action)
+
+
+def cmd_user_roles(args: argparse.Namespace) -> int:
+    def action(ctx: _Context) -> int:
+        record = ctx.service.set_roles(args.name, args.roles, actor=ctx.actor)
+        print(f"{record.name!r} now has roles {', '.join(record.roles)}")
+        return EXIT_OK
+
+    return _run(args, action)
+
+
+def cmd_user_passwd(args: argparse.Namespace) -> int:
+    def action(ctx: _Context) -> int:
+        ctx.service.require_user(args.name)  # before asking for a password it could not take
+        record = ctx.service.set_password(args.name, read_new_password(), actor=ctx.actor)
+        print(f"password of {record.name!r} changed")
+        return EXIT_OK
+
+    return _run(args, action)
+
+
+def cmd_user_hash_password(args: argparse.Namespace) -> int:
+    from zguard.security.passwords import hash_password
+
+    # No settings are read: the hash is often made for a settings file that is not finished yet.
+    try:
+        password = read_new_password()
+    except ZguardError as exc:
+        print(f"zguard: {exc.message}", file=sys.stderr)
+        return EXIT_REFUSED
+    print(hash_password(password, PASSWORD_COST))
+    return EXIT_OK
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    def action(ctx: _Context) -> int:
+        issued = ctx.service.create_token(
+            args.user, roles=args.roles, expires_in=args.expires_in, label=args.label, actor=ctx.actor
+        )
+        token = issued.record
+        print(
+            f"token {token.id} ({token.prefix}…) for {token.principal.name!r}: roles {_roles_text(token.roles)}, "
+            f"expires {_when(token.expires_at, 'never')}; shown only now, store it safely",
+            file=sys.stderr,
+        )
+        print(issued.plaintext)
+        return EXIT_OK
+
+    return _run(args, action)
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    from zguard.services.admin import token_status
+
+    def action(ctx: _Context) -> int:
+        now = ctx.service.now()
+        rows = [
+            [
+                str(t.id),
+                t.prefix,
+                t.principal.name,
+                _roles_text(t.roles),
+                token_status(t, now),
+                _when(t.created_at),
+                _when(t.expires_at, "never"),
+                _when(t.revoked_at),
+                _when(t.last_used_at, "never"),
+                t.label or "-",
+            ]
+            for t in ctx.service.list_tokens(args.user)
+        ]
+        headers = ["ID", "PREFIX", "OWNER", "ROLES", "STATUS", "CREATED", "EXPIRES", "REVOKED", "LAST-USED", "LABEL"]
+        _table(headers, rows)
+        return EXIT_OK
+
+    return _run(args, action)
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    def action(ctx: _Context) -> int:
+        record, changed = ctx.service.revoke_token(args.id, actor=ctx.actor)
+        what = f"token {record.id} ({record.prefix}…) of {record.principal.name!r}"
+        if changed:
+            print(f"revoked {what}; it stops working at the next request")
+        else:
+            print(f"{what} was already revoked at {_when(record.revoked_at)}")
+        return EXIT_OK
+
+    return _run(args, action)
+
+
+def cmd_role_list(args: argparse.Namespace) -> int:
+    settings = load_settings(getattr(args, "config", None))
+    rows = [
+        [role.name, "built-in" if role.builtin else "custom", ", ".join(sorted(role.permissions))]
+        for role in sorted(settings.role_registry(), key=lambda r: (not r.builtin, r.name))
+    ]
+    _table(["ROLE", "ORIGIN", "PERMISSIONS"], rows)
+    return EXIT_OK
+
+
+# --- the parser ------------------------------------------------------------------------------
+
+
+def _role_option(parser: argparse.ArgumentParser, *, required: bool, help_text: str) -> None:
+    parser.add_argument(
+        "--role", dest="roles", action="append", required=required, default=None, metavar="ROLE", help=help_text
+    )
+
+
+def add_admin_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """Add `init`, `user`, `token` and `role` to the `zguard` parser; `common` carries --config."""
+
+    def group(name: str, help_text: str) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+        parser = commands.add_parser(
+            name, parents=[common], help=help_text, description=help_text[0].upper() + help_text[1:] + "."
+        )
+        return parser.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
+
+    def command(
+        where: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        handler: Callable[..., int],
+        help_text: str,
+        description: str,
+    ) -> argparse.ArgumentParser:
+        parser = where.add_parser(name, parents=[common], help=help_text, description=description)
+        parser.set_defaults(handler=handler)
+        return parser
+
+    init = commands.add_parser(
+        "init",
+        parents=[common],
+        help="create the state store and the first admin, and print its API token once",
+        description="Create or migrate the state database, create the token key if absent, create the first admin "
+        "(a user with role admin) and print an API token for it once, alone on the last line. Refuses when an "
+        "admin already exists: it never creates a second one.",
+    )
+    init.add_argument("--admin", metavar="NAME", default="admin", help="name of the first admin (default: admin)")
+    init.set_defaults(handler=cmd_init)
+
+    users = group("user", "manage users and service accounts")
+    add = command(
+        users,
+        "add",
+        cmd_user_add,
+        "add a user or service account",
+        "Add a user (give it a password with `user passwd`) or, with --service, a service account, which authenticates with API tokens only.",
+    )
+    add.add_argument("name", metavar="NAME", help="login name")
+    _role_option(add, required=True, help_text="role to grant; repeat for more (see `zguard role list`)")
+    add.add_argument("--service", action="store_true", help="a service account: no password, API tokens only")
+    command(
+        users,
+        "list",
+        cmd_user_list,
+        "list users and service accounts",
+        "List every user and service account with its roles, state, creation and last use.",
+    )
+    for name, enabled, text in (
+        ("disable", False, "disable a user or service account: its password and tokens stop working"),
+        ("enable", True, "enable a disabled user or service account again"),
+    ):
+        parser = command(users, name, cmd_user_enable, text, text[0].upper() + text[1:] + ".")
+        parser.add_argument("name", metavar="NAME", help="user or service account")
+        parser.set_defaults(enabled=enabled)
+    passwd = command(
+        users,
+        "passwd",
+        cmd_user_passwd,
+        "set a user's password",
+        "Set a user's password: asked twice on the terminal, or read as one line from stdin when it is not a terminal. Never taken from the command line.",
+    )
+    passwd.add_argument("name", metavar="NAME", help="user")
+    roles = command(
+        users,
+        "roles",
+        cmd_user_roles,
+        "replace a principal's roles",
+        "Replace the roles of a user or service account with the ones given.",
+    )
+    roles.add_argument("name", metavar="NAME", help="user or service account")
+    _role_option(roles, required=True, help_text="role it should hold; repeat for more")
+    command(
+        users,
+        "hash-password",
+        cmd_user_hash_password,
+        "print the bcrypt hash of a password for api_auth.users",
+        "Read a password from the terminal (asked twice) or as one line of stdin, and print its bcrypt hash for `api_auth.users[].password`. No settings are read. There is deliberately no option to pass the password on the command line.",
+    )
+
+    tokens = group("token", "manage API tokens")
+    create = command(
+        tokens,
+        "create",
+        cmd_token_create,
+        "create an API token and print it once",
+        "Create an API token for a user or service account. The token is printed once, alone on the last line of stdout; only its digest is stored.",
+    )
+    create.add_argument("--user", required=True, metavar="NAME", help="owner of the token")
+    create.add_argument(
+        "--expires-in", type=_duration, metavar="DURATION", help="lifetime: 90m, 12h, 30d (default: no expiry)"
+    )
+    _role_option(
+        create,
+        required=False,
+        help_text="narrow the token to this role of its owner; repeat for more (default: all the owner's roles)",
+    )
+    create.add_argument("--label", metavar="TEXT", help="a note to recognise the token by, e.g. where it is used")
+    listing = command(
+        tokens,
+        "list",
+        cmd_token_list,
+        "list API tokens",
+        "List API tokens (never the tokens themselves): id, display prefix, owner, roles, status and times.",
+    )
+    listing.add_argument("--user", metavar="NAME", help="only this owner's tokens")
+    revoke = command(
+        tokens,
+        "revoke",
+        cmd_token_revoke,
+        "revoke an API token",
+        "Revoke an API token by id (see `zguard token list`); it stops working at the next request.",
+    )
+    revoke.add_argument("id", type=int, metavar="ID", help="token id")
+
+    role = group("role", "inspect roles")
+    command(
+        role,
+        "list",
+        cmd_role_list,
+        "list roles and their permissions",
+        "List the built-in and configured custom roles with the permissions each grants.",
+    )

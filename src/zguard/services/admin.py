@@ -1,0 +1,407 @@
+"""Administration of principals, roles and API tokens: the code behind `zguard init|user|token`.
+
+The command line and (later) the console call the same methods, so both check roles the same way
+and report the same audit events. Decisions written here:
+
+- Every grant is checked against the role registry (built-in and custom roles) and separation of
+  duties (`rbac.check_assignment`) before anything is written; a principal gets at least one role.
+  A token may only narrow its owner's roles, never name one the owner lacks.
+- Every change emits one `AuditEvent` (outcome ``done``) after it is committed, naming the actor
+  and the target. A token appears by id and display prefix only: never its plaintext, its digest,
+  or a password or hash. An exception from the sink reaches the caller, which reports the action
+  as failed (fail closed: the operator learns the record may be missing).
+- A new token's plaintext leaves this module once, in `IssuedApiToken.plaintext`; the store keeps
+  only `token_digest(plaintext, key)`.
+- `initialize` refuses when an admin already exists or the name is taken, so running it again can
+  never create a second admin silently. Other principals (the demo account `serve` creates) do not
+  count: they cannot administer anything.
+- Names declared in `api_auth.users` are refused for new principals: the configured user would
+  shadow the stored one at login.
+
+Errors (each a `ZguardError` with a stable code; store errors pass through unchanged)::
+
+    AdminError                 admin_refused
+    ├── RolesRefused           roles_refused: `roles` and one `problems` line each
+    ├── AlreadyInitialized     already_initialized: `admins` already in the store
+    ├── NameReserved           name_reserved: `name` is a configured user
+    ├── PrincipalDisabled      principal_disabled: no tokens for a disabled principal
+    ├── NotAUser               not_a_user: service accounts have no password
+    └── InvalidInput           invalid_input: a password, name, label or duration that cannot be used
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from itertools import combinations
+from pathlib import Path
+
+from zguard.audit import AuditEvent, AuditSink, DetailValue
+from zguard.config import Settings
+from zguard.errors import ZguardError
+from zguard.security.keys import load_or_create_key
+from zguard.security.passwords import DEFAULT_COST, MAX_PASSWORD_BYTES, hash_password
+from zguard.security.rbac import FORBIDDEN_PAIRS, RoleError, RoleRegistry, check_assignment, permissions_of
+from zguard.security.tokens import new_token, token_digest
+from zguard.store.errors import PrincipalNotFound, TokenNotFound
+from zguard.store.principals import PrincipalKind, PrincipalRecord, PrincipalStore, TokenRecord, utc_now
+
+ADMIN_ROLE = "admin"
+INIT_TOKEN_LABEL = "zguard init"  # noqa: S105 - a label shown in `token list`, not a secret
+TOKEN_KEY_FILE = "token.key"  # noqa: S105 - a file name, not a secret
+MAX_TOKEN_LIFETIME = timedelta(days=3650)
+_DURATION = re.compile(r"([1-9][0-9]{0,6})([mhd])")
+_DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+class AdminError(ZguardError):
+    code = "admin_refused"
+
+
+class RolesRefused(AdminError):
+    code = "roles_refused"
+
+    def __init__(self, message: str, *, roles: Sequence[str], problems: Sequence[str]) -> None:
+        super().__init__(message)
+        self.roles = tuple(roles)
+        self.problems = tuple(problems)
+
+
+class AlreadyInitialized(AdminError):
+    code = "already_initialized"
+
+    def __init__(self, admins: Sequence[str], wanted: str) -> None:
+        if admins:
+            message = (
+                f"the state store is already initialized (admin: {', '.join(admins)}); `zguard init` never creates "
+                f"a second admin. For a new admin token run `zguard token create --user {admins[0]}`; "
+                "for another admin, `zguard user add NAME --role admin`"
+            )
+        else:
+            message = f"a principal named {wanted!r} already exists; choose another admin name with --admin NAME"
+        super().__init__(message)
+        self.admins = tuple(admins)
+
+
+class NameReserved(AdminError):
+    code = "name_reserved"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"{name!r} is a user declared in the configuration (api_auth.users), which would shadow it at login; "
+            "choose another name"
+        )
+        self.name = name
+
+
+class PrincipalDisabled(AdminError):
+    code = "principal_disabled"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{name!r} is disabled and its tokens would not work; `zguard user enable {name}` first")
+        self.name = name
+
+
+class NotAUser(AdminError):
+    code = "not_a_user"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{name!r} is a service account; service accounts have no password, they use API tokens")
+        self.name = name
+
+
+class InvalidInput(AdminError):
+    code = "invalid_input"
+
+
+# --- values ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts, for the audit events: ``cli:<os user>`` on the command line, a principal in the console."""
+
+    principal: str
+    roles: tuple[str, ...] = ()
+    client: str | None = None
+    request_id: str | None = None
+    listener: str | None = None
+
+
+@dataclass(frozen=True)
+class IssuedApiToken:
+    """A stored token and, once, its plaintext: show it to its owner and drop it. Not in ``repr``."""
+
+    record: TokenRecord
+    plaintext: str = field(repr=False)
+
+
+def token_key_path(settings: Settings) -> Path:
+    """`api_auth.token_key_file`, else ``token.key`` in `state_dir` (the same file `serve` reads)."""
+    return settings.api_auth.token_key_file or settings.state_dir / TOKEN_KEY_FILE
+
+
+def load_token_key(path: Path) -> bytes:
+    """The token key in `path`, created (mode 0600, its new directory 0700) when absent."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return load_or_create_key(path)
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90m``, ``12h``, ``30d`` → a timedelta; ValueError naming the accepted forms otherwise."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration; write a whole number and m, h or d: 90m, 12h, 30d")
+    value = timedelta(**{_DURATION_UNITS[match.group(2)]: int(match.group(1))})
+    if value > MAX_TOKEN_LIFETIME:
+        raise ValueError(f"{text!r} is longer than the {MAX_TOKEN_LIFETIME.days}d a token may live")
+    return value
+
+
+def token_status(token: TokenRecord, now: datetime) -> str:
+    """Whether `token` would authenticate now, in the words `AuthService` uses for its refusals."""
+    if token.revoked_at is not None:
+        return "revoked"
+    if token.expires_at is not None and token.expires_at <= now:
+        return "expired"
+    if not token.principal.enabled:
+        return "owner disabled"
+    return "active"
+
+
+def check_password(password: str) -> None:
+    """Raise InvalidInput for a password bcrypt cannot take whole (empty, or over 72 bytes)."""
+    if not password:
+        raise InvalidInput("the password is empty")
+    if len(password.encode("utf-8", "surrogatepass")) > MAX_PASSWORD_BYTES:
+        raise InvalidInput(
+            f"the password is longer than {MAX_PASSWORD_BYTES} bytes (UTF-8), which bcrypt would truncate; choose a shorter one"
+        )
+
+
+# --- the service -----------------------------------------------------------------------------
+
+
+class AdminService:
+    """Create and change principals and tokens; every change is checked, then audited.
+
+    `token_key` is called only when a token is made, so commands that make none never touch the
+    key file. `reserved_names` are the configured users' names.
+    """
+
+    def __init__(
+        self,
+        store: PrincipalStore,
+        registry: RoleRegistry,
+        *,
+        token_key: Callable[[], bytes],
+        audit: AuditSink,
+        clock: Callable[[], datetime] = utc_now,
+        password_cost: int = DEFAULT_COST,
+        reserved_names: Iterable[str] = (),
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._token_key = token_key
+        self._audit = audit
+        self._clock = clock
+        self._password_cost = password_cost
+        self._reserved = frozenset(reserved_names)
+
+    @property
+    def registry(self) -> RoleRegistry:
+        return self._registry
+
+    def now(self) -> datetime:
+        return self._clock()
+
+    # --- the first admin ----------------------------------------------------------------
+
+    def initialize(self, admin_name: str, *, actor: Actor) -> IssuedApiToken:
+        """Create the first admin (a user with role admin) and a token for it; refuse if one exists."""
+        admins = [p.name for p in self._store.list_principals() if ADMIN_ROLE in p.roles]
+        if admins or self._store.get_principal(admin_name) is not None:
+            raise AlreadyInitialized(admins, admin_name)
+        self.add_principal(admin_name, kind="user", roles=[ADMIN_ROLE], actor=actor)
+        issued = self.create_token(admin_name, label=INIT_TOKEN_LABEL, actor=actor)
+        self._emit("store.initialized", actor, {"target": admin_name, "token": issued.record.prefix})
+        return issued
+
+    # --- principals ---------------------------------------------------------------------
+
+    def add_principal(self, name: str, *, kind: PrincipalKind, roles: Sequence[str], actor: Actor) -> PrincipalRecord:
+        """A new user (no password until `set_password`) or service account with `roles`."""
+        granted = self._checked_roles(name, roles)
+        if name in self._reserved:
+            raise NameReserved(name)
+        try:
+            record = self._store.create_principal(name, kind, roles=granted)
+        except ValueError as exc:  # the store's own checks of the name; its messages hold no secret
+            raise InvalidInput(str(exc)) from None
+        self._emit("user.created", actor, {"target": name, "kind": kind, "roles": ",".join(record.roles)})
+        return record
+
+    def list_principals(self) -> list[PrincipalRecord]:
+        return self._store.list_principals()
+
+    def get_principal(self, name: str) -> PrincipalRecord:
+        record = self._store.get_principal(name)
+        if record is None:
+            raise PrincipalNotFound(name)
+        return record
+
+    def require_user(self, name: str) -> PrincipalRecord:
+        """The user `name`; raise PrincipalNotFound or NotAUser (ask before prompting for a password)."""
+        record = self.get_principal(name)
+        if record.kind != "user":
+            raise NotAUser(name)
+        return record
+
+    def set_enabled(self, name: str, enabled: bool, *, actor: Actor) -> PrincipalRecord:
+        change = self._store.enable_principal if enabled else self._store.disable_principal
+        record = change(name)
+        self._emit("user.enabled" if enabled else "user.disabled", actor, {"target": name})
+        return record
+
+    def set_roles(self, name: str, roles: Sequence[str], *, actor: Actor) -> PrincipalRecord:
+        """Replace the principal's roles. Tokens narrowed to a role it loses stop carrying that role."""
+        granted = self._checked_roles(name, roles)
+        before = self.get_principal(name)
+        record = self._store.set_roles(name, granted)
+        self._emit(
+            "user.roles_changed",
+            actor,
+            {"target": name, "roles": ",".join(record.roles), "previous_roles": ",".join(before.roles)},
+        )
+        return record
+
+    def set_password(self, name: str, password: str, *, actor: Actor) -> PrincipalRecord:
+        self.require_user(name)
+        check_password(password)
+        record = self._store.set_password_hash(name, hash_password(password, self._password_cost))
+        self._emit("user.password_changed", actor, {"target": name})
+        return record
+
+    # --- tokens -------------------------------------------------------------------------
+
+    def create_token(
+        self,
+        owner: str,
+        *,
+        roles: Sequence[str] | None = None,
+        expires_in: timedelta | None = None,
+        label: str | None = None,
+        actor: Actor,
+    ) -> IssuedApiToken:
+        """A new token for `owner`, carrying all its roles or, with `roles`, only those."""
+        principal = self.get_principal(owner)
+        if not principal.enabled:
+            raise PrincipalDisabled(owner)
+        narrowed = None if roles is None else self._narrowed_roles(principal, roles)
+        expires_at = None if expires_in is None else self._clock() + expires_in
+        issued = new_token()
+        digest = token_digest(issued.plaintext, self._token_key())
+        try:
+            record = self._store.add_token(
+                owner,
+                token_hash=digest,
+                prefix=issued.display_prefix,
+                roles=narrowed,
+                expires_at=expires_at,
+                label=label,
+            )
+        except ValueError as exc:  # a label the store refuses
+            raise InvalidInput(str(exc)) from None
+        self._emit(
+            "token.created",
+            actor,
+            {
+                "target": owner,
+                "token": record.prefix,
+                "token_id": record.id,
+                "roles": None if record.roles is None else ",".join(record.roles),
+                "expires_at": None if expires_at is None else expires_at.isoformat(),
+                "label": label,
+            },
+        )
+        return IssuedApiToken(record=record, plaintext=issued.plaintext)
+
+    def list_tokens(self, owner: str | None = None) -> list[TokenRecord]:
+        if owner is not None:
+            self.get_principal(owner)  # an unknown name is an error, not an empty list
+        return self._store.list_tokens(owner)
+
+    def revoke_token(self, token_id: int, *, actor: Actor) -> tuple[TokenRecord, bool]:
+        """Revoke; (record, False) when it already was, with no second event."""
+        token = self._store.get_token(token_id)
+        if token is None:
+            raise TokenNotFound(token_id)
+        if token.revoked_at is not None:
+            return token, False
+        record = self._store.revoke_token(token_id)
+        self._emit(
+            "token.revoked", actor, {"target": record.principal.name, "token": record.prefix, "token_id": record.id}
+        )
+        return record, True
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _checked_roles(self, target: str, roles: Sequence[str]) -> tuple[str, ...]:
+        wanted = tuple(sorted(set(roles)))
+        if not wanted:
+            raise RolesRefused(f"give {target!r} at least one role (--role)", roles=wanted, problems=["no roles"])
+        try:
+            check_assignment(wanted, self._registry)
+        except RoleError as exc:
+            raise RolesRefused(
+                f"cannot give {target!r} the roles {', '.join(wanted)}: {self._explain(wanted)}",
+                roles=wanted,
+                problems=exc.problems,
+            ) from None
+        return wanted
+
+    def _explain(self, roles: Sequence[str]) -> str:
+        """Why `roles` cannot go together, one clause per unknown role or separated duty."""
+        unknown = [role for role in roles if self._registry.get(role) is None]
+        if unknown:
+            known = ", ".join(sorted(self._registry.roles))
+            return f"unknown role {', '.join(repr(r) for r in unknown)} (known: {known}; see `zguard role list`)"
+        pairs: dict[str, list[str]] = {}
+        for a, b in combinations(sorted(permissions_of(roles, self._registry)), 2):
+            reason = FORBIDDEN_PAIRS.get(frozenset({a, b}))
+            if reason is not None:
+                pairs.setdefault(reason, []).append(f"{a} with {b}")
+        clauses = [f"{reason} ({'; '.join(held)})" for reason, held in pairs.items()]
+        return "separation of duties: " + "; ".join(clauses) + "; give these duties to different principals"
+
+    def _narrowed_roles(self, principal: PrincipalRecord, roles: Sequence[str]) -> tuple[str, ...]:
+        wanted = tuple(sorted(set(roles)))
+        lacking = [role for role in wanted if role not in principal.roles]
+        if lacking:
+            held = ", ".join(principal.roles) or "none"
+            raise RolesRefused(
+                f"{principal.name!r} does not hold the role(s) {', '.join(lacking)} (it holds: {held}); "
+                "a token can only narrow its owner's roles",
+                roles=wanted,
+                problems=[f"owner lacks role {role!r}" for role in lacking],
+            )
+        return self._checked_roles(principal.name, wanted)
+
+    def _emit(self, kind: str, actor: Actor, detail: dict[str, DetailValue]) -> None:
+        self._audit.emit(
+            AuditEvent(
+                type=kind,
+                outcome="done",
+                request_id=actor.request_id,
+                listener=actor.listener,
+                client=actor.client,
+                principal=actor.principal,
+                roles=actor.roles,
+                detail=detail,
+            )
+        )
