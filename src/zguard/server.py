@@ -33,8 +33,9 @@ from zguard.config import ENV_PREFIX, ListenerSettings, Settings
 from zguard.engine import GenerationJob, ImageEngine
 from zguard.engine.admission import AdmissionQueue, WorkerThread
 from zguard.errors import ConfigError
-from zguard.security.keys import KEY_BYTES, load_or_create_key
+from zguard.security.keys import KEY_BYTES
 from zguard.security.tokens import new_token, token_digest
+from zguard.services.admin import load_token_key, token_key_path
 from zguard.services.auth import AuthService
 from zguard.services.images import ImageService
 from zguard.services.ratelimit import RateLimitService
@@ -45,7 +46,6 @@ from zguard.store.errors import SchemaNotCurrent
 from zguard.store.principals import PrincipalStore
 
 log = logging.getLogger("zguard.server")
-TOKEN_KEY_FILE = "token.key"  # noqa: S105 - a file name, not a secret
 DEMO_WARNING = (
     "SERVING THE DEMO MODEL: random weights, every image is noise. "
     "Set model.path (or ZGUARD_MODEL__PATH) to the Z-Image-Turbo directory to serve real images."
@@ -158,10 +158,6 @@ class Runtime:
     services: Services
     admission: AdmissionQueue
     worker: WorkerThread
-
-
-def token_key_path(settings: Settings) -> Path:
-    return settings.api_auth.token_key_file or prepare_state_dir(settings.state_dir) / TOKEN_KEY_FILE
 
 
 def open_store(settings: Settings) -> PrincipalStore:
@@ -290,7 +286,7 @@ async def serve(settings: Settings, engine: ImageEngine | None = None) -> int:
             build_demo=settings.model.path is None,
         )
     store = open_store(settings)
-    token_key = load_or_create_key(token_key_path(settings))
+    token_key = load_token_key(token_key_path(settings))
     runtime = build_runtime(settings, engine, build_auth(settings, store, token_key))
     if engine.info.demo:
         issue_demo_token(settings, store, token_key)
