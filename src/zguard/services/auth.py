@@ -200,10 +200,10 @@ class AuthService:
                 "send credentials: 'Authorization: Bearer <zguard API key>'"
                 + (" or HTTP Basic with a username and password" if self._settings.basic_enabled else "")
             )
-        self._refresh_caches()
         if scheme == "bearer":
             return self._bearer(credential, info)
         if scheme == "basic" and self._settings.basic_enabled:
+            self._refresh_caches()
             return await self._basic_auth(credential, info)
         self._deny("invalid_api_key", info, method=scheme[:16])
         accepted = "Bearer or Basic" if self._settings.basic_enabled else "Bearer"
@@ -245,6 +245,7 @@ class AuthService:
         if (retry := self._address_failures.retry_after(info.client)) is not None:
             self._deny("too_many_failed_logins", info, method="bearer", token=prefix)
             raise TooManyFailedLogins("too many failed attempts from this address; retry later", retry_after=retry)
+        self._refresh_caches()  # the first database work, only for a well-formed token
         digest = token_digest(token, self._key)
         cached = self._tokens.get(digest)
         if cached is None and not self._recently_unknown(digest):
@@ -319,14 +320,11 @@ class AuthService:
         if cached is not None and self._clock() < cached[1]:
             return cached[0]
         user_key = "user:" + username.casefold()
-        for limiter, key in ((self._user_failures, user_key), (self._address_failures, info.client)):
-            if (retry := limiter.retry_after(key)) is not None:
-                self._deny("too_many_failed_logins", info, method="basic", principal=username)
-                raise TooManyFailedLogins(
-                    "too many failed logins for this user or from this address; retry later", retry_after=retry
-                )
+        self._refuse_over_limits(user_key, username, info)
         identity, password_hash = self._basic_candidate(username)
         async with self._bcrypt:
+            # Again: the attempts this one queued behind may have used up the limit meanwhile.
+            self._refuse_over_limits(user_key, username, info)
             if password_hash is None:
                 password_hash = await self._dummy_hash()
             matched = await asyncio.to_thread(verify_password, password, password_hash)
@@ -343,6 +341,14 @@ class AuthService:
             store, principal_id = self._store, identity.principal_id
             _in_background(lambda: store.touch_principal(principal_id), f"the last login of {identity.name}")
         return identity
+
+    def _refuse_over_limits(self, user_key: str, username: str, info: RequestInfo) -> None:
+        for limiter, key in ((self._user_failures, user_key), (self._address_failures, info.client)):
+            if (retry := limiter.retry_after(key)) is not None:
+                self._deny("too_many_failed_logins", info, method="basic", principal=username)
+                raise TooManyFailedLogins(
+                    "too many failed logins for this user or from this address; retry later", retry_after=retry
+                )
 
     def _basic_candidate(self, username: str) -> tuple[Identity | None, str | None]:
         """The identity and hash to check for `username`; (None, None) when there is none."""
