@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from zguard.errors import ConfigError
 from zguard.security.netacl import LOOPBACK_NETWORKS, parse_networks
-from zguard.security.rates import parse_rate, parse_rates
+from zguard.security.rates import parse_rates
 from zguard.security.rbac import CustomRole, RoleError, RoleRegistry, build_registry, check_assignment
 
 DEFAULT_CONFIG_PATH = Path("config/zguard.yaml")
@@ -269,6 +269,70 @@ class DatabaseSettings(_Section):
         return value
 
 
+RATE_LIMIT_SCHEMES = ("memory", "redis", "rediss")
+
+
+def _rate_map(value: dict[str, str]) -> dict[str, str]:
+    """Every value a valid rate list and every key non-empty; each bad entry named."""
+    problems = []
+    for name, rates in value.items():
+        if not name.strip():
+            problems.append("an empty name")
+            continue
+        try:
+            parse_rates(rates)
+        except ValueError as exc:
+            problems.append(f"{name}: {exc}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return value
+
+
+class RateLimitSettings(_Section):
+    storage: SecretStr = Field(
+        SecretStr("memory://"),
+        description="Where request counters live: `memory://` (the default: this process only) or `redis://host:6379/0` (`rediss://` for TLS) so every replica shares them. A secret: the URL may hold a password. When Redis cannot be reached, requests that need a permission get 503 `rate_limiter_unavailable` (fail closed).",
+    )
+    strategy: Literal["moving-window", "sliding-window-counter"] = Field(
+        "moving-window",
+        description="`moving-window` counts every request of the last period exactly; `sliding-window-counter` approximates it from two fixed windows with less storage.",
+    )
+    key_prefix: str = Field(
+        "zguard",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._:-]+$",
+        description="Prefix of every counter key in the storage; replicas that share counters must use the same one.",
+    )
+    per_role: dict[str, str] = Field(
+        default_factory=dict,
+        description="Rates per role, e.g. `{generator: 10/minute;100/hour}`. A principal must stay within the rates of every role it holds and the top-level `rate_limit`.",
+    )
+    per_principal: dict[str, str] = Field(
+        default_factory=dict,
+        description="Rates per principal name, e.g. `{batch-service: 1000/hour}`; replaces that principal's role rates and the top-level `rate_limit` entirely. The local identity of `api_auth.enabled: false` is named `local`.",
+    )
+    max_concurrent_per_principal: int = Field(
+        2,
+        ge=1,
+        le=1000,
+        description="Generations one principal may have queued or running at once in one process; the next gets 429 `too_many_concurrent_requests`.",
+    )
+
+    _rates = field_validator("per_role", "per_principal")(_rate_map)
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_scheme(cls, value: SecretStr) -> SecretStr:
+        # Never echo the URL itself in the message: it may carry a password.
+        scheme, sep, rest = value.get_secret_value().partition("://")
+        if not sep or scheme not in RATE_LIMIT_SCHEMES:
+            raise ValueError("must be memory:// or a Redis URL, redis://host:6379/0 (rediss:// for TLS)")
+        if scheme != "memory" and not rest.strip("/"):
+            raise ValueError("a Redis URL needs a host, e.g. redis://127.0.0.1:6379/0")
+        return value
+
+
 class Settings(_Section):
     """Everything zguard can be told. Loaded once at start; never created at import time."""
 
@@ -298,7 +362,11 @@ class Settings(_Section):
     )
     rate_limit: str | None = Field(
         None,
-        description="Per-user request rate in the deployment guide's format, e.g. `10/分钟` or `10/minute`. Validated now; enforced by the access-control work.",
+        description="Request rate every principal must stay within, in the deployment guide's format: `10/分钟`, `10/minute`, `100/hour;1000/天`. Applies to routes that need a permission; `rate_limits.per_principal` replaces it for the principals it names. Unset: no baseline rate.",
+    )
+    rate_limits: RateLimitSettings = Field(
+        default_factory=RateLimitSettings,
+        description="Per-principal request rates and in-flight caps, and where the counters are kept.",
     )
     trusted_proxies: list[str] = Field(
         default_factory=list,
@@ -312,8 +380,18 @@ class Settings(_Section):
     @classmethod
     def _rate(cls, value: str | None) -> str | None:
         if value is not None:
-            parse_rate(value)
+            parse_rates(value)
         return value
+
+    @model_validator(mode="after")
+    def _rate_limit_roles(self) -> Settings:
+        known = set(self.role_registry().roles)
+        unknown = sorted(set(self.rate_limits.per_role) - known)
+        if unknown:
+            raise ValueError(
+                f"rate_limits.per_role: unknown role(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _known_roles(self) -> Settings:

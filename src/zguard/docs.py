@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from zguard.app.api import create_api_app
 from zguard.app.context import Services
+from zguard.audit import LogAuditSink
 from zguard.config import Settings, iter_settings_fields
 from zguard.engine import GenerationJob, ModelInfo
 from zguard.engine.admission import AdmissionQueue, WorkerThread
 from zguard.security.keys import KEY_BYTES
 from zguard.server import build_auth
 from zguard.services.images import ImageService
+from zguard.services.ratelimit import RateLimitService
 from zguard.services.readiness import Readiness
 
 if TYPE_CHECKING:
@@ -51,6 +53,7 @@ def openapi_document() -> dict[str, Any]:
         auth=build_auth(settings, None, bytes(KEY_BYTES)),
         readiness=readiness,
         started_at=0,
+        rate_limits=RateLimitService.from_settings(settings, LogAuditSink()),
     )
     document: dict[str, Any] = create_api_app(settings, services).openapi()
     return document

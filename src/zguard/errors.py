@@ -20,12 +20,15 @@
     │   └── InvalidApiKey              invalid_api_key: wrong, unknown, revoked, expired or disabled
     ├── PermissionDenied (403)         permission_denied: names the missing permission
     ├── TooManyRequests (429)          carries `retry_after` seconds
-    │   └── TooManyFailedLogins        too_many_failed_logins: checked before any password work
+    │   ├── TooManyFailedLogins        too_many_failed_logins: checked before any password work
+    │   ├── RateLimitExceeded          rate_limit_exceeded: the principal's request rate; RateLimit-* headers
+    │   └── TooManyConcurrentRequests  too_many_concurrent_requests: the principal's in-flight generations
     ├── RouteNotFound (404)            not_found
     ├── MethodNotAllowed (405)         method_not_allowed
     ├── ServiceUnavailable (503)       carries `retry_after` seconds
     │   ├── ServerBusy                 server_busy: the admission queue is full
-    │   └── NotReady                   model_not_ready: loading or warming up
+    │   ├── NotReady                   model_not_ready: loading or warming up
+    │   └── RateLimiterUnavailable     rate_limiter_unavailable: the counter storage (Redis) failed; fail closed
     ├── GenerationTimeout (504)        generation_timeout
     └── InternalError (500)            internal_error: details go to the log, never to the client
 
@@ -167,6 +170,18 @@ class TooManyFailedLogins(TooManyRequests):
     code = "too_many_failed_logins"
 
 
+class RateLimitExceeded(TooManyRequests):
+    """Over one of the principal's rates; `headers` carries RateLimit-Limit/-Remaining/-Reset."""
+
+    code = "rate_limit_exceeded"
+
+
+class TooManyConcurrentRequests(TooManyRequests):
+    """The principal already has its maximum of generations in flight."""
+
+    code = "too_many_concurrent_requests"
+
+
 class RouteNotFound(ZguardError):
     status = 404
     type = "invalid_request_error"
@@ -195,6 +210,12 @@ class ServerBusy(ServiceUnavailable):
 
 class NotReady(ServiceUnavailable):
     code = "model_not_ready"
+
+
+class RateLimiterUnavailable(ServiceUnavailable):
+    """The rate limiter's storage could not be asked; requests are refused rather than let through."""
+
+    code = "rate_limiter_unavailable"
 
 
 class GenerationTimeout(ZguardError):

@@ -272,3 +272,47 @@ def test_duplicate_config_usernames_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize("key", ["FAILED_LOGINS_PER_USER", "FAILED_LOGINS_PER_ADDRESS"])
 def test_failed_login_limits_are_rates(tmp_path: Path, key: str) -> None:
     assert f"api_auth.{key.lower()}" in problems(tmp_path, env={f"ZGUARD_API_AUTH__{key}": "lots"})
+
+
+# --- rate limits -----------------------------------------------------------------------------
+
+
+def test_rate_limits_defaults_and_environment(tmp_path: Path) -> None:
+    s = load(tmp_path)
+    assert s.rate_limits.storage.get_secret_value() == "memory://"
+    assert (s.rate_limits.strategy, s.rate_limits.max_concurrent_per_principal) == ("moving-window", 2)
+    assert (s.rate_limits.per_role, s.rate_limits.per_principal) == ({}, {})
+    s = load(
+        tmp_path,
+        env={
+            "ZGUARD_RATE_LIMIT": "10/分钟;100/小时;1000/天",
+            "ZGUARD_RATE_LIMITS__STORAGE": "redis://:pw@127.0.0.1:6379/3",
+            "ZGUARD_RATE_LIMITS__PER_ROLE": "{generator: 5/minute}",
+            "ZGUARD_RATE_LIMITS__STRATEGY": "sliding-window-counter",
+        },
+    )
+    assert s.rate_limit == "10/分钟;100/小时;1000/天"
+    assert s.rate_limits.per_role == {"generator": "5/minute"}
+    assert "pw" not in str(masked_settings(s))  # the Redis URL may hold a password
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("rate_limits:\n  storage: memcached://127.0.0.1:11211\n", "rate_limits.storage: must be memory://"),
+        ("rate_limits:\n  storage: 'redis://'\n", "needs a host"),
+        ("rate_limits:\n  strategy: fixed-window\n", "rate_limits.strategy"),
+        ("rate_limits:\n  max_concurrent_per_principal: 0\n", "rate_limits.max_concurrent_per_principal"),
+        ("rate_limits:\n  per_role:\n    generator: 10/fortnight\n", "generator: unknown time unit"),
+        ("rate_limits:\n  per_role:\n    wizard: 10/minute\n", "unknown role(s) wizard"),
+        ("rate_limits:\n  per_principal:\n    svc: '10,000/day'\n", "svc:"),
+        ("rate_limit: 10/minute;20/minute\n", "rate_limit"),
+    ],
+)
+def test_bad_rate_limit_settings_are_named(tmp_path: Path, text: str, expected: str) -> None:
+    assert expected in problems(tmp_path, text)
+
+
+def test_bad_redis_url_is_not_echoed(tmp_path: Path) -> None:
+    text = problems(tmp_path, env={"ZGUARD_RATE_LIMITS__STORAGE": "http://user:s3cret@example"})
+    assert "s3cret" not in text

@@ -12,16 +12,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive
 
-from zguard.app.auth import PUBLIC, requires
+from zguard.app.auth import PUBLIC, request_info, requires
 from zguard.app.context import Services
 from zguard.app.errors import handle_http_exception, handle_zguard_error
 from zguard.app.middleware import API_SECURITY_HEADERS, BodyLimit, RequestContext
 from zguard.app.netacl import NetworkAcl
+from zguard.app.ratelimit import RateLimitHeaders
 from zguard.config import Settings
 from zguard.errors import UnsupportedMediaType, ZguardError
 from zguard.schemas import ErrorResponse, ImageGenerationRequest, ImageGenerationResponse, ModelCard, ModelList
 from zguard.security.netacl import NetworkAllowlist
 from zguard.security.rbac import Permission
+from zguard.services.auth import Identity
 from zguard.services.images import parse_json_object
 
 T = TypeVar("T")
@@ -78,6 +80,7 @@ def create_api_app(settings: Settings, services: Services) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, handle_http_exception)
     # Added last = outermost: the request id and headers wrap even the allowlist's 403 and the body
     # limit's 413; the allowlist refuses before a byte of the body is read.
+    app.add_middleware(RateLimitHeaders)
     app.add_middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)
     app.add_middleware(
         NetworkAcl,
@@ -87,6 +90,7 @@ def create_api_app(settings: Settings, services: Services) -> FastAPI:
     )
     app.add_middleware(RequestContext, headers=API_SECURITY_HEADERS)
     app.state.auth = services.auth
+    app.state.rate_limits = services.rate_limits
     app.state.listener = "api"
     images = services.images
 
@@ -104,8 +108,10 @@ def create_api_app(settings: Settings, services: Services) -> FastAPI:
             raise UnsupportedMediaType("send the body as application/json")
         plan = images.plan(parse_json_object(await request.body()))
         request_id: str = request.state.request_id
+        identity: Identity = request.state.identity
         try:
-            result = await run_unless_disconnected(request.receive, images.generate(plan, request_id))
+            async with services.rate_limits.concurrency(identity, request_info(request)):
+                result = await run_unless_disconnected(request.receive, images.generate(plan, request_id))
         except ClientDisconnected:
             return Response(status_code=499)
         return Response(result.model_dump_json(), media_type="application/json")

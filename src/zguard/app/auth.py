@@ -15,14 +15,17 @@ from fastapi import Depends
 from fastapi.routing import APIRoute
 from starlette.requests import Request
 
+from zguard.app.ratelimit import STATE_KEY as RATE_LIMIT_STATE
 from zguard.security.rbac import Permission
 from zguard.services.auth import AuthService, Identity, RequestInfo
+from zguard.services.ratelimit import RateLimitService
 
 UNSET = object()
 
 
 class Requires:
-    """A FastAPI dependency: authenticate, then authorize `permission` (None: public route)."""
+    """A FastAPI dependency: authenticate, authorize `permission`, then count the request against
+    the principal's rates (None: a public route, none of these)."""
 
     def __init__(self, permission: Permission | None) -> None:
         self.permission = permission
@@ -35,6 +38,9 @@ class Requires:
         identity = await auth.authenticate(request.headers.get("authorization"), info)
         auth.authorize(identity, self.permission, info)
         request.state.identity = identity
+        # Only routes with a permission are rate limited; RateLimitHeaders puts the state on the response.
+        rate_limits: RateLimitService = request.app.state.rate_limits
+        setattr(request.state, RATE_LIMIT_STATE, await rate_limits.check(identity, info))
         return identity
 
 

@@ -16,6 +16,7 @@ from zguard.app.context import Services
 from zguard.app.errors import handle_http_exception, handle_zguard_error
 from zguard.app.middleware import CONSOLE_SECURITY_HEADERS, BodyLimit, RequestContext
 from zguard.app.netacl import NetworkAcl
+from zguard.app.ratelimit import RateLimitHeaders
 from zguard.config import Settings
 from zguard.errors import ZguardError
 from zguard.security.netacl import NetworkAllowlist
@@ -42,6 +43,7 @@ def create_console_app(settings: Settings, services: Services) -> FastAPI:
     app = FastAPI(title="zguard console", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_exception_handler(ZguardError, handle_zguard_error)
     app.add_exception_handler(StarletteHTTPException, handle_http_exception)
+    app.add_middleware(RateLimitHeaders)
     app.add_middleware(BodyLimit, max_bytes=CONSOLE_MAX_BODY)
     app.add_middleware(
         NetworkAcl,
@@ -51,6 +53,7 @@ def create_console_app(settings: Settings, services: Services) -> FastAPI:
     )
     app.add_middleware(RequestContext, headers=CONSOLE_SECURITY_HEADERS)
     app.state.auth = services.auth
+    app.state.rate_limits = services.rate_limits
     app.state.listener = "console"
 
     @app.get("/", response_class=HTMLResponse, dependencies=[requires(Permission.SYSTEM_READ)])

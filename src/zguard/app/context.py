@@ -8,6 +8,7 @@ from zguard.engine import ImageEngine
 from zguard.engine.admission import AdmissionQueue
 from zguard.services.auth import AuthService
 from zguard.services.images import ImageService
+from zguard.services.ratelimit import RateLimitService
 from zguard.services.readiness import Readiness
 
 
@@ -19,3 +20,4 @@ class Services:
     auth: AuthService
     readiness: Readiness
     started_at: int
+    rate_limits: RateLimitService

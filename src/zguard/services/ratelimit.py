@@ -1,0 +1,334 @@
+"""Per-principal request rates and in-flight generation caps.
+
+Decisions written here:
+- Which rates apply (`RatePolicy`): a principal named in `rate_limits.per_principal` gets exactly
+  those rates; they *replace* its role rates and the top-level `rate_limit`, so an operator can
+  give one service more (or less) than the baseline. Anyone else must stay within the rates of
+  every role it holds (`rate_limits.per_role`) *and* the top-level `rate_limit`: all must pass, so
+  a role can only tighten the baseline. Of two rates over the same period the smaller count is
+  kept (the other could never refuse anything). No rate at all: the principal is not rate limited
+  (the in-flight cap still applies). Counters are keyed by principal name (the local identity of
+  `api_auth.enabled: false` is `local`), so every token of one principal shares them.
+- Counting uses the `limits` library (moving window, or the sliding-window counter) on
+  `memory://` (this process) or Redis (shared by every replica). A refused request consumes
+  nothing: with several rates, every one is tested before any is counted, so a client that waits
+  `Retry-After` is let in. Counting is atomic per rate in Redis; between the test and the count a
+  request racing on another replica can still be refused by a later rate after an earlier one
+  counted it — a rare over-count, never an under-count.
+- Headers follow the IETF RateLimit header draft: `RateLimit-Limit`, `RateLimit-Remaining` and
+  `RateLimit-Reset` (seconds) of the rate closest to exhaustion; with the moving window the reset
+  is when the oldest counted request leaves the window, i.e. when one more request is allowed.
+  Refusals carry them in the error; successes get them from the `RateLimitHeaders` middleware,
+  which reads the `RateLimitState` that `Requires` leaves on the request.
+- Storage failure FAILS CLOSED: if Redis cannot be asked, the request is refused with 503
+  `rate_limiter_unavailable` and `Retry-After`, logged and emitted as a `rate_limit.unavailable`
+  audit event. For a bank an unenforced limit is a silent policy gap; the price is availability
+  while Redis is down, so run it replicated. Its connect and read timeouts are short
+  (`REDIS_TIMEOUT_S`) so a dead Redis is not a slow one too.
+- The in-flight cap is per process, in memory: with N replicas a principal may run N × the cap
+  at once. Counting it in Redis would leak slots whenever a process dies mid-generation, and
+  each process's admission queue already bounds its own GPU work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from limits import RateLimitItem, parse
+from limits.aio.strategies import MovingWindowRateLimiter, RateLimiter, SlidingWindowCounterRateLimiter
+from limits.errors import StorageError
+from limits.storage import storage_from_string
+
+from zguard.audit import AuditEvent, AuditSink, DetailValue, Outcome
+from zguard.config import RateLimitSettings, Settings
+from zguard.errors import RateLimiterUnavailable, RateLimitExceeded, TooManyConcurrentRequests
+from zguard.security.rates import Rate, limits_notation, parse_rates
+from zguard.services.auth import Identity, RequestInfo
+
+log = logging.getLogger("zguard.ratelimit")
+
+REDIS_TIMEOUT_S = 2.0
+UNAVAILABLE_RETRY_AFTER_S = 5  # what a client is told to wait while the storage is down
+CONCURRENCY_RETRY_AFTER_S = 2  # a generation takes seconds; poll no faster than this
+_STRATEGIES: Mapping[str, Callable[..., RateLimiter]] = {
+    "moving-window": MovingWindowRateLimiter,
+    "sliding-window-counter": SlidingWindowCounterRateLimiter,
+}
+_UNITS = ((86400, "day"), (3600, "hour"), (60, "minute"), (1, "second"))
+
+
+def describe_period(period_s: int) -> str:
+    """``60`` → ``minute``, ``300`` → ``5 minutes``, ``90`` → ``90 seconds``."""
+    seconds, unit = next((s, u) for s, u in _UNITS if period_s % s == 0)
+    count = period_s // seconds
+    return unit if count == 1 else f"{count} {unit}s"
+
+
+class RatePolicy:
+    """Which rates apply to a principal (pure; see the module doc for the precedence)."""
+
+    def __init__(
+        self,
+        baseline: Iterable[Rate] = (),
+        per_role: Mapping[str, Iterable[Rate]] | None = None,
+        per_principal: Mapping[str, Iterable[Rate]] | None = None,
+    ) -> None:
+        self._baseline = tuple(baseline)
+        self._per_role = {role: tuple(rates) for role, rates in (per_role or {}).items()}
+        self._per_principal = {name: _strictest(rates) for name, rates in (per_principal or {}).items()}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RatePolicy:
+        section = settings.rate_limits
+        return cls(
+            baseline=parse_rates(settings.rate_limit) if settings.rate_limit else (),
+            per_role={role: parse_rates(text) for role, text in section.per_role.items()},
+            per_principal={name: parse_rates(text) for name, text in section.per_principal.items()},
+        )
+
+    def rates_for(self, name: str, roles: Iterable[str]) -> tuple[Rate, ...]:
+        """Every rate `name` must stay within, shortest period first; empty means unlimited."""
+        override = self._per_principal.get(name)
+        if override is not None:
+            return override
+        rates = list(self._baseline)
+        for role in sorted(roles):
+            rates.extend(self._per_role.get(role, ()))
+        return _strictest(rates)
+
+
+def _seconds_until(reset_time: float, now: float) -> int:
+    """Whole seconds until strictly after `reset_time`: the library still refuses at the instant itself."""
+    return math.floor(reset_time - now) + 1 if reset_time > now else 0
+
+
+def _strictest(rates: Iterable[Rate]) -> tuple[Rate, ...]:
+    """One rate per period, the smallest count; shortest period first."""
+    best: dict[int, Rate] = {}
+    for rate in rates:
+        if rate.period_s not in best or rate.limit < best[rate.period_s].limit:
+            best[rate.period_s] = rate
+    return tuple(best[period] for period in sorted(best))
+
+
+@dataclass(frozen=True)
+class RateLimitState:
+    """Where a principal stands against one rate: the numbers for the RateLimit-* headers."""
+
+    limit: int
+    remaining: int
+    reset_s: int
+    period_s: int
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(self.reset_s),
+        }
+
+
+class RateLimitService:
+    """Counts requests per principal against its rates, and caps its in-flight generations."""
+
+    def __init__(
+        self,
+        policy: RatePolicy,
+        *,
+        storage: str = "memory://",
+        strategy: str = "moving-window",
+        key_prefix: str = "zguard",
+        max_concurrent: int = 2,
+        audit: AuditSink,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._policy = policy
+        scheme = storage.partition("://")[0]
+        options: dict[str, float | str | bool] = {"wrap_exceptions": True}
+        if scheme != "memory":
+            options.update(
+                implementation="redispy", socket_connect_timeout=REDIS_TIMEOUT_S, socket_timeout=REDIS_TIMEOUT_S
+            )
+        self._storage = storage_from_string("async+" + storage, **options)
+        self._limiter = _STRATEGIES[strategy](self._storage)
+        base = self._storage.base_exceptions
+        self._storage_errors: tuple[type[BaseException], ...] = (
+            StorageError,
+            OSError,
+            TimeoutError,
+            *(base if isinstance(base, tuple) else (base,)),
+        )
+        self._prefix = key_prefix
+        self._max_concurrent = max_concurrent
+        self._audit = audit
+        self._clock = clock  # wall time: the library's reset times are epoch seconds
+        self._items: dict[Rate, RateLimitItem] = {}
+        self._in_flight: dict[str, int] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings, audit: AuditSink) -> RateLimitService:
+        section: RateLimitSettings = settings.rate_limits
+        return cls(
+            RatePolicy.from_settings(settings),
+            storage=section.storage.get_secret_value(),
+            strategy=section.strategy,
+            key_prefix=section.key_prefix,
+            max_concurrent=section.max_concurrent_per_principal,
+            audit=audit,
+        )
+
+    @property
+    def policy(self) -> RatePolicy:
+        return self._policy
+
+    # --- rates ----------------------------------------------------------------------------
+
+    async def check(self, identity: Identity, info: RequestInfo) -> RateLimitState | None:
+        """Count one request; its state for the headers, or None when no rate applies.
+
+        Raises RateLimitExceeded (nothing counted) or RateLimiterUnavailable (storage failed).
+        """
+        rates = self._policy.rates_for(identity.name, identity.roles)
+        if not rates:
+            return None
+        key = (self._prefix, quote(identity.name, safe=""))
+        items = [self._item(rate) for rate in rates]
+        try:
+            refused: list[Rate] = []
+            if len(rates) > 1:  # test all first, so a refusal counts against none of them
+                refused = [
+                    rate for rate, item in zip(rates, items, strict=True) if not await self._limiter.test(item, *key)
+                ]
+            if not refused:
+                for rate, item in zip(rates, items, strict=True):
+                    if not await self._limiter.hit(item, *key):
+                        refused.append(rate)
+                        break
+            stats = [await self._limiter.get_window_stats(item, *key) for item in items]
+        except self._storage_errors as exc:
+            raise self._unavailable(identity, info, exc) from None
+        now = self._clock()
+        states = {
+            rate: RateLimitState(
+                limit=rate.limit,
+                remaining=max(0, stat.remaining),
+                reset_s=_seconds_until(stat.reset_time, now),
+                period_s=rate.period_s,
+            )
+            for rate, stat in zip(rates, stats, strict=True)
+        }
+        if refused:
+            # The request may pass only once every exhausted rate has room again.
+            blocking = max((states[rate] for rate in refused), key=lambda s: s.reset_s)
+            raise self._exceeded(identity, info, blocking)
+        return min(states.values(), key=lambda s: (s.remaining, -s.reset_s))
+
+    def _item(self, rate: Rate) -> RateLimitItem:
+        item = self._items.get(rate)
+        if item is None:
+            item = self._items[rate] = parse(limits_notation(rate))
+        return item
+
+    def _exceeded(self, identity: Identity, info: RequestInfo, state: RateLimitState) -> RateLimitExceeded:
+        wait = max(1, state.reset_s)
+        self._emit(
+            "rate_limit.exceeded",
+            outcome="denied",
+            code="rate_limit_exceeded",
+            identity=identity,
+            info=info,
+            detail={"limit": state.limit, "period_s": state.period_s, "retry_after": wait},
+        )
+        error = RateLimitExceeded(
+            f"rate limit exceeded: at most {state.limit} requests per {describe_period(state.period_s)}; "
+            f"retry after {wait} s",
+            retry_after=wait,
+            detail=f"{identity.name}: {state.limit}/{state.period_s}s",
+        )
+        error.headers.update(RateLimitState(state.limit, 0, wait, state.period_s).headers())
+        return error
+
+    def _unavailable(self, identity: Identity, info: RequestInfo, exc: BaseException) -> RateLimiterUnavailable:
+        cause = exc.storage_error if isinstance(exc, StorageError) else exc
+        reason = f"{type(cause).__name__}: {cause}"[:200]
+        log.error("rate limit storage failed; refusing requests until it answers (fail closed): %s", reason)
+        self._emit(
+            "rate_limit.unavailable",
+            outcome="failed",
+            code="rate_limiter_unavailable",
+            identity=identity,
+            info=info,
+            detail={"error": reason},
+        )
+        return RateLimiterUnavailable(
+            "the rate limiter is unavailable, so requests are refused; retry later",
+            retry_after=UNAVAILABLE_RETRY_AFTER_S,
+            detail=reason,
+        )
+
+    # --- in-flight cap --------------------------------------------------------------------
+
+    def in_flight(self, name: str) -> int:
+        return self._in_flight.get(name, 0)
+
+    @contextlib.asynccontextmanager
+    async def concurrency(self, identity: Identity, info: RequestInfo) -> AsyncIterator[None]:
+        """Hold one of the principal's in-flight slots; raise TooManyConcurrentRequests if none is free."""
+        name = identity.name
+        held = self._in_flight.get(name, 0)
+        if held >= self._max_concurrent:  # no await since the read: the event loop makes this atomic
+            self._emit(
+                "rate_limit.concurrency",
+                outcome="denied",
+                code="too_many_concurrent_requests",
+                identity=identity,
+                info=info,
+                detail={"in_flight": held, "max": self._max_concurrent},
+            )
+            raise TooManyConcurrentRequests(
+                f"you already have {held} generations in progress, the most allowed at once; wait for one to finish",
+                retry_after=CONCURRENCY_RETRY_AFTER_S,
+                detail=f"{name}: {held} in flight",
+            )
+        self._in_flight[name] = held + 1
+        try:
+            yield
+        finally:
+            left = self._in_flight[name] - 1
+            if left:
+                self._in_flight[name] = left
+            else:
+                del self._in_flight[name]
+
+    # --- audit ----------------------------------------------------------------------------
+
+    def _emit(
+        self,
+        type_: str,
+        *,
+        outcome: Outcome,
+        code: str,
+        identity: Identity,
+        info: RequestInfo,
+        detail: Mapping[str, DetailValue],
+    ) -> None:
+        self._audit.emit(
+            AuditEvent(
+                type=type_,
+                outcome=outcome,
+                code=code,
+                request_id=info.request_id,
+                listener=info.listener,
+                client=info.client,
+                principal=identity.name,
+                roles=tuple(sorted(identity.roles)),
+                auth_method=identity.method,
+                detail=detail,
+            )
+        )
