@@ -12,16 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zguard.app.api import create_api_app
-from zguard.app.context import Services
-from zguard.audit import LogAuditSink
+from zguard.audit import MemoryAuditSink
 from zguard.config import Settings, iter_settings_fields
 from zguard.engine import GenerationJob, ModelInfo
-from zguard.engine.admission import AdmissionQueue, WorkerThread
-from zguard.security.keys import KEY_BYTES
-from zguard.server import build_auth
-from zguard.services.images import ImageService
-from zguard.services.ratelimit import RateLimitService
-from zguard.services.readiness import Readiness
+from zguard.server import build_runtime
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -43,19 +37,11 @@ class _NoEngine:
 
 def openapi_document() -> dict[str, Any]:
     settings = Settings()
-    engine = _NoEngine()
-    readiness = Readiness()
-    admission = AdmissionQueue(0, WorkerThread(name="zguard-docs"))
-    services = Services(
-        engine=engine,
-        images=ImageService(settings.generation, engine, admission, readiness),
-        admission=admission,
-        auth=build_auth(settings, None, bytes(KEY_BYTES)),
-        readiness=readiness,
-        started_at=0,
-        rate_limits=RateLimitService.from_settings(settings, LogAuditSink()),
-    )
-    document: dict[str, Any] = create_api_app(settings, services).openapi()
+    runtime = build_runtime(settings, _NoEngine(), audit=MemoryAuditSink())
+    try:
+        document: dict[str, Any] = create_api_app(settings, runtime.services).openapi()
+    finally:
+        runtime.worker.stop(timeout=1)
     return document
 
 

@@ -224,9 +224,12 @@ def build_runtime(
     engine: ImageEngine,
     auth: AuthService | None = None,
     rate_limits: RateLimitService | None = None,
+    audit: AuditSink | None = None,
 ) -> Runtime:
-    """Wire the services. Without `auth`: configured users only, under a throwaway token key.
-    Without `rate_limits`: the configured limits, audited to the log."""
+    """Wire the services around one audit sink (default: the JSON log, written at once).
+    Without `auth`: configured users only, under a throwaway token key.
+    Without `rate_limits`: the configured limits."""
+    audit = audit or LogAuditSink()
     worker = WorkerThread()
     admission = AdmissionQueue(settings.generation.max_queue, worker)
     readiness = Readiness()
@@ -235,10 +238,11 @@ def build_runtime(
         engine=engine,
         images=images,
         admission=admission,
-        auth=auth or build_auth(settings, None, secrets.token_bytes(KEY_BYTES)),
+        auth=auth or build_auth(settings, None, secrets.token_bytes(KEY_BYTES), audit),
+        audit=audit,
         readiness=readiness,
         started_at=int(time.time()),
-        rate_limits=rate_limits or RateLimitService.from_settings(settings, LogAuditSink()),
+        rate_limits=rate_limits or RateLimitService.from_settings(settings, audit),
     )
     return Runtime(services=services, admission=admission, worker=worker)
 
@@ -289,7 +293,8 @@ async def serve(settings: Settings, engine: ImageEngine | None = None) -> int:
         )
     store = open_store(settings)
     token_key = load_token_key(token_key_path(settings))
-    runtime = build_runtime(settings, engine, build_auth(settings, store, token_key))
+    audit = LogAuditSink(background=True)
+    runtime = build_runtime(settings, engine, build_auth(settings, store, token_key, audit), audit=audit)
     if engine.info.demo:
         issue_demo_token(settings, store, token_key)
     grace = settings.generation.shutdown_grace_s
@@ -347,5 +352,6 @@ async def serve(settings: Settings, engine: ImageEngine | None = None) -> int:
             log.warning("a generation was still running after the grace period; exiting anyway")
         for sock in sockets.values():
             sock.close()
+        audit.close()
     log.info("stopped (pid %d, exit %d)", os.getpid(), exit_code)
     return exit_code

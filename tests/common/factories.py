@@ -10,6 +10,7 @@ import httpx
 
 from zguard.app.api import create_api_app
 from zguard.app.console import create_console_app
+from zguard.audit import AuditSink
 from zguard.config import Settings
 from zguard.engine import ImageEngine
 from zguard.server import Runtime, build_runtime
@@ -28,8 +29,10 @@ def make_settings(state_dir: Path, **sections: dict[str, Any] | Any) -> Settings
     return Settings.model_validate(data)
 
 
-def ready_runtime(settings: Settings, engine: ImageEngine, auth: AuthService | None = None) -> Runtime:
-    runtime = build_runtime(settings, engine, auth)
+def ready_runtime(
+    settings: Settings, engine: ImageEngine, auth: AuthService | None = None, audit: AuditSink | None = None
+) -> Runtime:
+    runtime = build_runtime(settings, engine, auth, audit=audit)
     runtime.services.readiness.set(ModelState.READY)
     return runtime
 

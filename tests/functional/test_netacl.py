@@ -21,6 +21,7 @@ from tests.common.factories import api_client, console_client, make_settings, re
 from tests.common.servers import ZguardProcess
 from tests.functional.test_errors import GENERATIONS, assert_error
 from zguard.app.netacl import NetworkAcl
+from zguard.audit import MemoryAuditSink
 from zguard.security.netacl import NetworkAllowlist
 from zguard.server import Runtime
 
@@ -156,13 +157,33 @@ async def test_refusal_is_logged_without_secrets(tmp_path: Path, caplog: pytest.
     async with clients(tmp_path, "10.1.2.3") as (api, _, _):
         resp = await api.get("/v1/models", headers={"authorization": secret, "x-forwarded-for": "127.0.0.1"})
     assert resp.status_code == 403
-    [record] = [r for r in caplog.records if "ip_not_allowed" in r.getMessage()]
+    [record] = [r for r in caplog.records if r.name == "zguard.http" and "ip_not_allowed" in r.getMessage()]
     line = record.getMessage()
     assert record.levelno == logging.WARNING
     assert resp.headers["x-request-id"] in line
     assert "api listener" in line
     assert "client 10.1.2.3, TCP peer 10.1.2.3, 1 X-Forwarded-For header(s)" in line
     assert "do-not-log-me" not in caplog.text
+
+
+@pytest.mark.anyio
+async def test_refusal_is_an_audit_event(tmp_path: Path) -> None:
+    audit = MemoryAuditSink()
+    settings = make_settings(tmp_path / "state")
+    runtime = ready_runtime(settings, GatedEngine(), audit=audit)
+    async with (
+        api_client(settings, runtime, peer=("10.1.2.3", 40000)) as api,
+        console_client(settings, runtime, peer=("10.1.2.4", 40000)) as console,
+    ):
+        first = await api.get("/healthz")
+        second = await console.get("/")
+    runtime.worker.stop(timeout=5)
+    events = audit.of_type("network.denied")
+    assert [(e.listener, e.client, e.code, e.outcome) for e in events] == [
+        ("api", "10.1.2.3", "ip_not_allowed", "denied"),
+        ("console", "10.1.2.4", "ip_not_allowed", "denied"),
+    ]
+    assert [e.request_id for e in events] == [first.headers["x-request-id"], second.headers["x-request-id"]]
 
 
 # --- X-Forwarded-For -------------------------------------------------------------------------

@@ -87,6 +87,7 @@ def create_api_app(settings: Settings, services: Services) -> FastAPI:
         listener="api",
         allow=NetworkAllowlist.from_entries(settings.api.allow),
         trusted_proxies=NetworkAllowlist.from_entries(settings.trusted_proxies),
+        audit=services.audit,
     )
     app.add_middleware(RequestContext, headers=API_SECURITY_HEADERS)
     app.state.auth = services.auth

@@ -50,6 +50,7 @@ def create_console_app(settings: Settings, services: Services) -> FastAPI:
         listener="console",
         allow=NetworkAllowlist.from_entries(settings.console.allow),
         trusted_proxies=NetworkAllowlist.from_entries(settings.trusted_proxies),
+        audit=services.audit,
     )
     app.add_middleware(RequestContext, headers=CONSOLE_SECURITY_HEADERS)
     app.state.auth = services.auth

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from zguard.audit import AuditSink
 from zguard.engine import ImageEngine
 from zguard.engine.admission import AdmissionQueue
 from zguard.services.auth import AuthService
@@ -18,6 +19,7 @@ class Services:
     images: ImageService
     admission: AdmissionQueue
     auth: AuthService
+    audit: AuditSink
     readiness: Readiness
     started_at: int
     rate_limits: RateLimitService

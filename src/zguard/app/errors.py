@@ -52,7 +52,8 @@ def internal_error(request_id: str) -> JSONResponse:
 async def handle_zguard_error(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, ZguardError):  # pragma: no cover - registered for ZguardError only
         raise exc
-    level = logging.INFO if exc.status < 500 else logging.WARNING
+    # Refusals are evidence in the audit trail; in the operational log they are debug detail.
+    level = logging.DEBUG if exc.status < 500 else logging.WARNING
     log.log(
         level, "request %s refused: %s%s", request.state.request_id, exc.code, f" ({exc.detail})" if exc.detail else ""
     )

@@ -16,6 +16,7 @@ import logging
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from zguard.app.errors import error_response
+from zguard.audit import AuditEvent, AuditSink
 from zguard.errors import IpNotAllowed
 from zguard.security.netacl import Client, NetworkAllowlist, client_address
 
@@ -44,8 +45,16 @@ def refusal(listener: str, client: Client) -> IpNotAllowed:
 class NetworkAcl:
     """Answer 403 `ip_not_allowed` to any client outside `allow`; pass everyone else on."""
 
-    def __init__(self, app: ASGIApp, listener: str, allow: NetworkAllowlist, trusted_proxies: NetworkAllowlist) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        listener: str,
+        allow: NetworkAllowlist,
+        trusted_proxies: NetworkAllowlist,
+        audit: AuditSink | None = None,
+    ) -> None:
         self.app = app
+        self.audit = audit
         self.listener = listener
         self.allow = allow
         self.trusted_proxies = trusted_proxies
@@ -70,6 +79,18 @@ class NetworkAcl:
             peer[0] if peer else None,
             len(forwarded),
         )
+        if self.audit is not None:
+            self.audit.emit(
+                AuditEvent(
+                    type="network.denied",
+                    outcome="denied",
+                    code=error.code,
+                    request_id=scope.get("state", {}).get("request_id"),
+                    listener=self.listener,
+                    client=client.shown,
+                    detail={"peer": peer[0] if peer else None, "forwarded_headers": len(forwarded)},
+                )
+            )
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": WEBSOCKET_POLICY_VIOLATION})
             return
