@@ -165,12 +165,12 @@ def deploy(work_dir: Path, password_hash: str) -> Deployment:
         token = new_token()
         store.add_token(name, token_hash=token_digest(token.plaintext, key), prefix=token.display_prefix)
         tokens[name] = token.plaintext
-    auth = build_auth(settings, store, key, audit=LogAuditSink())
+    auth = build_auth(settings, store, key, audit=LogAuditSink(background=True))
     rate_limits = None
     if HAS_RATE_LIMITS:
         from zguard.services.ratelimit import RateLimitService
 
-        rate_limits = RateLimitService.from_settings(settings, LogAuditSink())
+        rate_limits = RateLimitService.from_settings(settings, LogAuditSink(background=True))
     return Deployment(settings, store, auth, rate_limits, tokens, password_hash, key)
 
 
@@ -526,7 +526,7 @@ async def measure_flood(d: Deployment, attempts: int) -> dict[str, Any]:
         settings = d.settings
         runs: dict[str, Any] = {}
         for mode in ("sequential", "concurrent"):
-            auth = build_auth(settings, d.store, os.urandom(KEY_BYTES), audit=LogAuditSink())  # fresh limits
+            auth = build_auth(settings, d.store, os.urandom(KEY_BYTES), audit=LogAuditSink(background=True))  # fresh limits
             counted.cpu_s.clear()
             # One correct login first: the CPU of one verification, measured the same way.
             await auth.authenticate(basic_header(USER, PASSWORD), RequestInfo(client="127.0.0.2"))

@@ -418,3 +418,17 @@ def test_auth_version_grows_with_every_change_that_alters_authentication(store: 
     assert versions == [start + 1, start + 2, start + 3, start + 4, start + 5]
     store.revoke_token(token.id)  # already revoked: nothing changes
     assert store.auth_version() == start + 5
+
+
+@backends
+def test_auth_version_survives_a_dropped_connection_and_sees_other_writers(
+    store: PrincipalStore, engine: Engine
+) -> None:
+    other = PrincipalStore(engine)
+    other.create_principal("ops", "user", roles=["generator"])
+    before = store.auth_version()
+    store._version_probe._connection.driver_connection.close()  # the server side went away
+    other.disable_principal("ops")
+    assert store.auth_version() == before + 1  # reconnected, and sees the other writer's commit
+    other.enable_principal("ops")
+    assert store.auth_version() == before + 2  # no transaction left open between reads
