@@ -12,10 +12,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive
 
+from zguard.app.access import AccessControl
 from zguard.app.auth import PUBLIC, request_info, requires
 from zguard.app.context import Services
 from zguard.app.errors import handle_http_exception, handle_zguard_error
-from zguard.app.middleware import API_SECURITY_HEADERS, BodyLimit, RequestContext
+from zguard.app.middleware import API_SECURITY_HEADERS, NO_TELEMETRY, BodyLimit, RequestContext
 from zguard.app.netacl import NetworkAcl
 from zguard.app.ratelimit import RateLimitHeaders
 from zguard.config import Settings
@@ -75,6 +76,7 @@ def create_api_app(settings: Settings, services: Services) -> FastAPI:
         docs_url="/docs" if docs else None,
         redoc_url="/redoc" if docs else None,
         openapi_url="/openapi.json" if docs else None,
+        telemetry=NO_TELEMETRY,
     )
     app.add_exception_handler(ZguardError, handle_zguard_error)
     app.add_exception_handler(StarletteHTTPException, handle_http_exception)
@@ -83,6 +85,13 @@ def create_api_app(settings: Settings, services: Services) -> FastAPI:
     app.add_middleware(RateLimitHeaders)
     app.add_middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)
     app.add_middleware(
+        AccessControl,
+        router=app.router,
+        auth=services.auth,
+        rate_limits=services.rate_limits,
+        listener="api",
+    )
+    app.add_middleware(
         NetworkAcl,
         listener="api",
         allow=NetworkAllowlist.from_entries(settings.api.allow),
@@ -90,8 +99,6 @@ def create_api_app(settings: Settings, services: Services) -> FastAPI:
         audit=services.audit,
     )
     app.add_middleware(RequestContext, headers=API_SECURITY_HEADERS)
-    app.state.auth = services.auth
-    app.state.rate_limits = services.rate_limits
     app.state.listener = "api"
     images = services.images
 

@@ -1,4 +1,4 @@
-"""Route guards: every route declares the permission it needs, or that it is public.
+"""Route access declarations: every route declares the permission it needs, or that it is public.
 
     @app.get("/v1/models", dependencies=[requires(Permission.MODELS_READ)])
     @app.get("/healthz", dependencies=[PUBLIC])
@@ -15,17 +15,21 @@ from fastapi import Depends
 from fastapi.routing import APIRoute
 from starlette.requests import Request
 
-from zguard.app.ratelimit import STATE_KEY as RATE_LIMIT_STATE
 from zguard.security.rbac import Permission
-from zguard.services.auth import AuthService, Identity, RequestInfo
-from zguard.services.ratelimit import RateLimitService
+from zguard.services.auth import Identity, RequestInfo
 
 UNSET = object()
 
 
+IDENTITY_KEY = "identity"
+
+
 class Requires:
-    """A FastAPI dependency: authenticate, authorize `permission`, then count the request against
-    the principal's rates (None: a public route, none of these)."""
+    """A route's access declaration, as a FastAPI dependency (None: a public route).
+
+    `zguard.app.access.AccessControl` enforces the declarations before routing; here a protected
+    route only checks that it did, failing closed if the middleware was left out.
+    """
 
     def __init__(self, permission: Permission | None) -> None:
         self.permission = permission
@@ -33,14 +37,9 @@ class Requires:
     async def __call__(self, request: Request) -> Identity | None:
         if self.permission is None:
             return None
-        auth: AuthService = request.app.state.auth
-        info = request_info(request)
-        identity = await auth.authenticate(request.headers.get("authorization"), info)
-        auth.authorize(identity, self.permission, info)
-        request.state.identity = identity
-        # Only routes with a permission are rate limited; RateLimitHeaders puts the state on the response.
-        rate_limits: RateLimitService = request.app.state.rate_limits
-        setattr(request.state, RATE_LIMIT_STATE, await rate_limits.check(identity, info))
+        identity: Identity | None = getattr(request.state, IDENTITY_KEY, None)
+        if identity is None:
+            raise RuntimeError(f"{request.url.path} needs {self.permission} but AccessControl did not run")
         return identity
 
 

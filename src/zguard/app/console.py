@@ -11,10 +11,11 @@ from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import HTMLResponse, JSONResponse
 
+from zguard.app.access import AccessControl
 from zguard.app.auth import PUBLIC, requires
 from zguard.app.context import Services
 from zguard.app.errors import handle_http_exception, handle_zguard_error
-from zguard.app.middleware import CONSOLE_SECURITY_HEADERS, BodyLimit, RequestContext
+from zguard.app.middleware import CONSOLE_SECURITY_HEADERS, NO_TELEMETRY, BodyLimit, RequestContext
 from zguard.app.netacl import NetworkAcl
 from zguard.app.ratelimit import RateLimitHeaders
 from zguard.config import Settings
@@ -40,11 +41,18 @@ def _status(services: Services) -> dict[str, object]:
 
 
 def create_console_app(settings: Settings, services: Services) -> FastAPI:
-    app = FastAPI(title="zguard console", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="zguard console", docs_url=None, redoc_url=None, openapi_url=None, telemetry=NO_TELEMETRY)
     app.add_exception_handler(ZguardError, handle_zguard_error)
     app.add_exception_handler(StarletteHTTPException, handle_http_exception)
     app.add_middleware(RateLimitHeaders)
     app.add_middleware(BodyLimit, max_bytes=CONSOLE_MAX_BODY)
+    app.add_middleware(
+        AccessControl,
+        router=app.router,
+        auth=services.auth,
+        rate_limits=services.rate_limits,
+        listener="console",
+    )
     app.add_middleware(
         NetworkAcl,
         listener="console",
@@ -53,8 +61,6 @@ def create_console_app(settings: Settings, services: Services) -> FastAPI:
         audit=services.audit,
     )
     app.add_middleware(RequestContext, headers=CONSOLE_SECURITY_HEADERS)
-    app.state.auth = services.auth
-    app.state.rate_limits = services.rate_limits
     app.state.listener = "console"
 
     @app.get("/", response_class=HTMLResponse, dependencies=[requires(Permission.SYSTEM_READ)])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Mapping
+from typing import Any
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -18,6 +19,18 @@ from zguard.app.errors import error_response, internal_error
 from zguard.errors import RequestTooLarge
 
 log = logging.getLogger("zguard.http")
+
+# FastAPI's built-in OpenTelemetry instrumentation, all off. Its logs record exception messages
+# and stack traces (which may quote client input), and FASTAPI_OTEL_AUTO_CONFIGURE=true in the
+# environment would add OTLP exporters sending them off the host. Observability for zguard is
+# its own audit trail and logs; it also cost ~100 µs a request.
+NO_TELEMETRY: Any = {
+    "tracing": False,
+    "metrics": False,
+    "logs": False,
+    "operation_spans": False,
+    "auto_configure": False,
+}
 
 API_SECURITY_HEADERS: Mapping[str, str] = {
     "X-Content-Type-Options": "nosniff",

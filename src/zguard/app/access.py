@@ -1,0 +1,88 @@
+"""`AccessControl`: authentication, authorization and rate limits, before routing.
+
+Each route declares the permission it needs (or that it is public) with `requires(...)` /
+`PUBLIC` from `zguard.app.auth`. This middleware reads those declarations from the app's routes
+once, and for a request that matches a protected route it authenticates, authorizes and counts
+it before FastAPI routes it, answering a refusal directly in the error shape. Refusals thus cost
+no dependency resolution and no exception unwinding through the framework (they must stay cheap:
+they are what an attacker can send at will), and no route body or request body is touched for
+an unauthenticated caller. A request that matches no route passes on and gets FastAPI's 404/405.
+
+The route's own `Requires` dependency then only checks that this middleware ran (fail closed).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from fastapi.routing import APIRoute
+from starlette.routing import Router
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from zguard.app.auth import IDENTITY_KEY, UNSET, declared_access
+from zguard.app.errors import error_response
+from zguard.app.ratelimit import STATE_KEY as RATE_LIMIT_STATE
+from zguard.errors import ZguardError
+from zguard.security.rbac import Permission
+from zguard.services.auth import AuthService, RequestInfo
+from zguard.services.ratelimit import RateLimitService
+
+
+@dataclass(frozen=True)
+class _Guard:
+    pattern: re.Pattern[str]
+    methods: frozenset[str]
+    permission: Permission | None
+
+
+class AccessControl:
+    def __init__(
+        self, app: ASGIApp, *, router: Router, auth: AuthService, rate_limits: RateLimitService, listener: str
+    ) -> None:
+        self.app = app
+        self.router = router
+        self.auth = auth
+        self.rate_limits = rate_limits
+        self.listener = listener
+        self._guards: list[_Guard] | None = None
+
+    def _permission(self, method: str, path: str) -> Permission | None:
+        if self._guards is None:
+            self._guards = [
+                _Guard(route.path_regex, frozenset(route.methods or ()), declared)  # type: ignore[arg-type]
+                for route in self.router.routes
+                if isinstance(route, APIRoute) and (declared := declared_access(route)) is not UNSET
+            ]
+        for guard in self._guards:
+            if method in guard.methods and guard.pattern.match(path):
+                return guard.permission
+        return None  # public, or no such route: FastAPI answers 404/405
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        permission = self._permission(scope["method"], scope["path"])
+        if permission is None:
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        headers = dict(scope["headers"])
+        authorization = headers.get(b"authorization")
+        info = RequestInfo(
+            client=state.get("client_address") or (scope["client"][0] if scope.get("client") else "unknown"),
+            request_id=state.get("request_id"),
+            listener=self.listener,
+        )
+        try:
+            identity = await self.auth.authenticate(
+                authorization.decode("latin-1") if authorization is not None else None, info
+            )
+            self.auth.authorize(identity, permission, info)
+            state[RATE_LIMIT_STATE] = await self.rate_limits.check(identity, info)
+        except ZguardError as error:
+            await error_response(error)(scope, receive, send)
+            return
+        state[IDENTITY_KEY] = identity
+        await self.app(scope, receive, send)
