@@ -85,7 +85,7 @@ from zguard.security.keys import KEY_BYTES
 from zguard.security.passwords import DEFAULT_COST, hash_password, verify_password
 from zguard.security.rbac import Permission
 from zguard.security.tokens import new_token, token_digest
-from zguard.server import bind, build_auth, build_runtime, listener_config
+from zguard.server import bind, build_auth, build_runtime, listen_socket, listener_config
 from zguard.services.auth import BCRYPT_SLOTS, AuthService, RequestInfo
 from zguard.services.readiness import ModelState
 from zguard.store import migrate
@@ -257,11 +257,7 @@ def without_audit(d: Deployment) -> Deployment:
 def http_server(app: Any, sock: socket.socket | None = None) -> Iterator[int]:
     """Serve `app` on `sock` (default: a loopback socket made as asyncio makes its own)."""
     if sock is None:
-        # IPPROTO_TCP, not 0: asyncio turns on TCP_NODELAY only for sockets whose proto says TCP.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(2048)
+        sock = listen_socket("127.0.0.1", 0)  # made exactly as `zguard serve` makes its own
     port = int(sock.getsockname()[1])
     server = uvicorn.Server(listener_config(app, grace_s=5))
     thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
@@ -526,7 +522,9 @@ async def measure_flood(d: Deployment, attempts: int) -> dict[str, Any]:
         settings = d.settings
         runs: dict[str, Any] = {}
         for mode in ("sequential", "concurrent"):
-            auth = build_auth(settings, d.store, os.urandom(KEY_BYTES), audit=LogAuditSink(background=True))  # fresh limits
+            auth = build_auth(
+                settings, d.store, os.urandom(KEY_BYTES), audit=LogAuditSink(background=True)
+            )  # fresh limits
             counted.cpu_s.clear()
             # One correct login first: the CPU of one verification, measured the same way.
             await auth.authenticate(basic_header(USER, PASSWORD), RequestInfo(client="127.0.0.2"))

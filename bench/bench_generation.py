@@ -90,7 +90,7 @@ from zguard.engine import GenerationJob, ModelInfo
 from zguard.engine.demo import write_demo_model
 from zguard.engine.pipeline import DiffusersEngine
 from zguard.schemas import ImageData, ImageGenerationResponse, OutputFormat, ZguardMeta
-from zguard.server import build_runtime, listener_config
+from zguard.server import build_runtime, listen_socket, listener_config
 from zguard.services.images import encode_images
 from zguard.services.readiness import ModelState
 
@@ -218,10 +218,7 @@ def http_server(app: ASGIApp) -> Iterator[str]:
     The uvicorn options are those of `zguard.server.serve`, and like it the server runs on a
     plain `asyncio.run` loop with the default HTTP implementation.
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
+    sock = listen_socket("127.0.0.1", 0)  # made exactly as `zguard serve` makes its own
     port = sock.getsockname()[1]
     server = uvicorn.Server(listener_config(app, grace_s=5))
     thread = threading.Thread(

@@ -125,22 +125,30 @@ def resolve_model_dir(settings: Settings) -> tuple[Path, bool]:
     return prepare_state_dir(settings.state_dir) / "demo-model", True
 
 
-def bind(listener: ListenerSettings, name: str) -> socket.socket:
-    family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket as zguard serves on (benchmarks use it too); raises OSError."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only when the
     # listening socket says TCP; without it Nagle and delayed ACKs add ~40 ms per keep-alive request.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((listener.host, listener.port))
-    except OSError as exc:
+        sock.bind((host, port))
+    except OSError:
         sock.close()
-        raise ConfigError(
-            [f"{name}.port: cannot listen on {listener.host}:{listener.port} ({exc.strerror}); choose a free port"]
-        ) from None
+        raise
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+def bind(listener: ListenerSettings, name: str) -> socket.socket:
+    try:
+        return listen_socket(listener.host, listener.port)
+    except OSError as exc:
+        raise ConfigError(
+            [f"{name}.port: cannot listen on {listener.host}:{listener.port} ({exc.strerror}); choose a free port"]
+        ) from None
 
 
 def example_call(settings: Settings) -> str:

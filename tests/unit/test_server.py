@@ -61,3 +61,15 @@ def test_every_problem_of_both_listeners_reported_at_once() -> None:
         api={"host": "0.0.0.0", "allow": []}, console={"host": "::", "allow": []}, api_auth={"enabled": False}
     )
     assert [p.split(":")[0] for p in problems] == ["api.host", "api.allow", "console.host", "console.allow"]
+
+
+def test_listening_socket_is_tcp_so_asyncio_sets_nodelay() -> None:
+    import socket
+
+    from zguard.server import listen_socket
+
+    sock = listen_socket("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
