@@ -85,12 +85,15 @@ import httpx
 import uvicorn
 
 from zguard.app.api import create_api_app
+from zguard.audit import LogAuditSink
 from zguard.config import Settings
 from zguard.engine import GenerationJob, ModelInfo
 from zguard.engine.demo import write_demo_model
 from zguard.engine.pipeline import DiffusersEngine
 from zguard.schemas import ImageData, ImageGenerationResponse, OutputFormat, ZguardMeta
-from zguard.server import build_runtime, listen_socket, listener_config
+from zguard.security.tokens import new_token, token_digest
+from zguard.server import build_auth, build_runtime, listen_socket, listener_config, open_store
+from zguard.services.admin import load_token_key, token_key_path
 from zguard.services.images import encode_images
 from zguard.services.readiness import ModelState
 
@@ -389,7 +392,13 @@ def measure_generation(model_dir: Path, state_dir: Path, args: argparse.Namespac
 
     settings = Settings.model_validate({"state_dir": str(state_dir)})
     timed_engine = TimedEngine(engine)
-    runtime = build_runtime(settings, timed_engine)
+    # As served: authentication on (a bearer token checked per request), audit events queued.
+    store, token_key = open_store(settings), load_token_key(token_key_path(settings))
+    store.create_principal("bench", "service", roles=["generator"])
+    issued = new_token()
+    store.add_token("bench", token_hash=token_digest(issued.plaintext, token_key), prefix=issued.display_prefix)
+    audit = LogAuditSink(background=True)
+    runtime = build_runtime(settings, timed_engine, build_auth(settings, store, token_key, audit), audit=audit)
     runtime.services.readiness.set(ModelState.READY)  # as tests/common/factories.ready_runtime
     timed_app = TimedApp(create_api_app(settings, runtime.services))
     job = GenerationJob(
@@ -399,7 +408,12 @@ def measure_generation(model_dir: Path, state_dir: Path, args: argparse.Namespac
     try:
         with (
             http_server(timed_app) as base_url,
-            httpx.Client(base_url=base_url, timeout=120.0, trust_env=False) as client,
+            httpx.Client(
+                base_url=base_url,
+                timeout=120.0,
+                trust_env=False,
+                headers={"Authorization": f"Bearer {issued.plaintext}"},
+            ) as client,
         ):
             log(f"API listening on {base_url}")
             runner = Runner(
