@@ -7,22 +7,17 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from fastapi import FastAPI
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive
 
-from zguard.app.access import AccessControl
 from zguard.app.auth import PUBLIC, request_info, requires
 from zguard.app.context import Services
-from zguard.app.errors import handle_http_exception, handle_zguard_error
-from zguard.app.middleware import API_SECURITY_HEADERS, NO_TELEMETRY, BodyLimit, RequestContext
-from zguard.app.netacl import NetworkAcl
-from zguard.app.ratelimit import RateLimitHeaders
+from zguard.app.middleware import API_SECURITY_HEADERS, NO_TELEMETRY
+from zguard.app.stack import install_listener_stack
 from zguard.config import Settings
-from zguard.errors import UnsupportedMediaType, ZguardError
+from zguard.errors import UnsupportedMediaType
 from zguard.schemas import ErrorResponse, ImageGenerationRequest, ImageGenerationResponse, ModelCard, ModelList
-from zguard.security.netacl import NetworkAllowlist
 from zguard.security.rbac import Permission
 from zguard.services.auth import Identity
 from zguard.services.images import parse_json_object
@@ -78,28 +73,15 @@ def create_api_app(settings: Settings, services: Services) -> FastAPI:
         openapi_url="/openapi.json" if docs else None,
         telemetry=NO_TELEMETRY,
     )
-    app.add_exception_handler(ZguardError, handle_zguard_error)
-    app.add_exception_handler(StarletteHTTPException, handle_http_exception)
-    # Added last = outermost: the request id and headers wrap even the allowlist's 403 and the body
-    # limit's 413; the allowlist refuses before a byte of the body is read.
-    app.add_middleware(RateLimitHeaders)
-    app.add_middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)
-    app.add_middleware(
-        AccessControl,
-        router=app.router,
-        auth=services.auth,
-        rate_limits=services.rate_limits,
+    install_listener_stack(
+        app,
         listener="api",
+        allow=settings.api.allow,
+        trusted_proxies=settings.trusted_proxies,
+        max_body_bytes=settings.api.max_body_bytes,
+        headers=API_SECURITY_HEADERS,
+        services=services,
     )
-    app.add_middleware(
-        NetworkAcl,
-        listener="api",
-        allow=NetworkAllowlist.from_entries(settings.api.allow),
-        trusted_proxies=NetworkAllowlist.from_entries(settings.trusted_proxies),
-        audit=services.audit,
-    )
-    app.add_middleware(RequestContext, headers=API_SECURITY_HEADERS)
-    app.state.listener = "api"
     images = services.images
 
     @app.post(

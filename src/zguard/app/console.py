@@ -8,19 +8,13 @@ from __future__ import annotations
 from html import escape
 
 from fastapi import FastAPI
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import HTMLResponse, JSONResponse
 
-from zguard.app.access import AccessControl
 from zguard.app.auth import PUBLIC, requires
 from zguard.app.context import Services
-from zguard.app.errors import handle_http_exception, handle_zguard_error
-from zguard.app.middleware import CONSOLE_SECURITY_HEADERS, NO_TELEMETRY, BodyLimit, RequestContext
-from zguard.app.netacl import NetworkAcl
-from zguard.app.ratelimit import RateLimitHeaders
+from zguard.app.middleware import CONSOLE_SECURITY_HEADERS, NO_TELEMETRY
+from zguard.app.stack import install_listener_stack
 from zguard.config import Settings
-from zguard.errors import ZguardError
-from zguard.security.netacl import NetworkAllowlist
 from zguard.security.rbac import Permission
 
 CONSOLE_MAX_BODY = 16 * 1024
@@ -42,26 +36,15 @@ def _status(services: Services) -> dict[str, object]:
 
 def create_console_app(settings: Settings, services: Services) -> FastAPI:
     app = FastAPI(title="zguard console", docs_url=None, redoc_url=None, openapi_url=None, telemetry=NO_TELEMETRY)
-    app.add_exception_handler(ZguardError, handle_zguard_error)
-    app.add_exception_handler(StarletteHTTPException, handle_http_exception)
-    app.add_middleware(RateLimitHeaders)
-    app.add_middleware(BodyLimit, max_bytes=CONSOLE_MAX_BODY)
-    app.add_middleware(
-        AccessControl,
-        router=app.router,
-        auth=services.auth,
-        rate_limits=services.rate_limits,
+    install_listener_stack(
+        app,
         listener="console",
+        allow=settings.console.allow,
+        trusted_proxies=settings.trusted_proxies,
+        max_body_bytes=CONSOLE_MAX_BODY,
+        headers=CONSOLE_SECURITY_HEADERS,
+        services=services,
     )
-    app.add_middleware(
-        NetworkAcl,
-        listener="console",
-        allow=NetworkAllowlist.from_entries(settings.console.allow),
-        trusted_proxies=NetworkAllowlist.from_entries(settings.trusted_proxies),
-        audit=services.audit,
-    )
-    app.add_middleware(RequestContext, headers=CONSOLE_SECURITY_HEADERS)
-    app.state.listener = "console"
 
     @app.get("/", response_class=HTMLResponse, dependencies=[requires(Permission.SYSTEM_READ)])
     async def status_page() -> HTMLResponse:

@@ -1,0 +1,55 @@
+"""The middleware stack and error handling every listener runs, in one place.
+
+Outermost first, as a request meets them:
+  RequestContext   request id, security headers, last-resort 500 in the error shape
+  NetworkAcl       the listener's allowlist, before any other work (403 ip_not_allowed)
+  AccessControl    authentication, the route's permission, rate limits (401/403/429)
+  BodyLimit        413 for bodies over the listener's cap
+  RateLimitHeaders RateLimit-* on the response
+then FastAPI's routing, with ZguardError and HTTP errors mapped to the OpenAI error shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from zguard.app.access import AccessControl
+from zguard.app.context import Services
+from zguard.app.errors import handle_http_exception, handle_zguard_error
+from zguard.app.middleware import BodyLimit, RequestContext
+from zguard.app.netacl import NetworkAcl
+from zguard.app.ratelimit import RateLimitHeaders
+from zguard.errors import ZguardError
+from zguard.security.netacl import NetworkAllowlist
+
+
+def install_listener_stack(
+    app: FastAPI,
+    *,
+    listener: str,
+    allow: list[str],
+    trusted_proxies: list[str],
+    max_body_bytes: int,
+    headers: Mapping[str, str],
+    services: Services,
+) -> None:
+    app.add_exception_handler(ZguardError, handle_zguard_error)
+    app.add_exception_handler(StarletteHTTPException, handle_http_exception)
+    # add_middleware puts each new layer outside the previous ones: innermost first.
+    app.add_middleware(RateLimitHeaders)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(
+        AccessControl, router=app.router, auth=services.auth, rate_limits=services.rate_limits, listener=listener
+    )
+    app.add_middleware(
+        NetworkAcl,
+        listener=listener,
+        allow=NetworkAllowlist.from_entries(allow),
+        trusted_proxies=NetworkAllowlist.from_entries(trusted_proxies),
+        audit=services.audit,
+    )
+    app.add_middleware(RequestContext, headers=headers)
+    app.state.listener = listener
