@@ -25,9 +25,18 @@ makes it.
 ``http``
     A real uvicorn server (``listener_config``, as ``zguard serve`` configures it) in a thread of
     this process serving ``create_api_app``; the load comes from a separate process (so the
-    client does not compete for this process's GIL): ``--connections`` keep-alive connections of
-    a minimal asyncio HTTP/1.1 client, each sending its next request as soon as the last answer
-    is read. Scenarios, ``--duration`` seconds each per round, answered
+    client does not compete for this process's GIL) over ``--connections`` keep-alive connections,
+    each sending its next request as soon as the last answer is read. The client is ``wrk``
+    (``-t1``, ``--latency``; headers with ``-H``, a POST's method and body from a small Lua
+    script) when it is on ``PATH``, and ``http`` then says ``"client": "wrk"``. wrk is preferred
+    because it is written in C: it spends a small fraction of the CPU per request that the
+    server does, so the rates measure the server. The fallback, a minimal asyncio HTTP/1.1 client
+    in a spawned Python process (``"client": "python-asyncio-process"``), spends about as much
+    CPU per request as the server, so on a small machine it competes with the server for cores
+    and its rates and ratios partly measure the client. wrk times
+    whole seconds: ``--duration`` is rounded to at least 1 s for it. wrk only tells 2xx/3xx from
+    the rest, so before the timed rounds (after the warm-up) one httpx request per scenario checks
+    the exact status. Scenarios, ``--duration`` seconds each per round, answered
     with the expected status only: ``/healthz`` 200 (the baseline), ``/v1/models`` with a valid
     token (200, for reference), a malformed token (401), a client address outside ``api.allow``
     (403 ``ip_not_allowed``; the address comes in ``X-Forwarded-For`` from ``127.0.0.1``, which
@@ -60,8 +69,11 @@ import logging
 import multiprocessing
 import os
 import platform
+import re
+import shutil
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -366,6 +378,150 @@ def load_from_another_process(
     return results
 
 
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    status: int
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    what: str
+
+    def raw(self) -> bytes:
+        return request_bytes(self.method, self.path, self.headers, self.body)
+
+
+WRK_REQUESTS = re.compile(r"^\s*(\d+) requests in ([\d.]+)(us|ms|s|m)\b", re.MULTILINE)
+WRK_RPS = re.compile(r"^Requests/sec:\s+([\d.]+)", re.MULTILINE)
+WRK_NON_2XX = re.compile(r"^\s*Non-2xx or 3xx responses: (\d+)", re.MULTILINE)
+WRK_SOCKET_ERRORS = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+WRK_LATENCY = re.compile(r"^\s*(50|99)%\s+([\d.]+)(us|ms|s|m)\s*$", re.MULTILINE)
+TO_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def wrk_seconds(seconds: float) -> int:
+    return max(1, round(seconds))  # wrk's -d takes whole seconds
+
+
+def wrk_once(port: int, scenario: Scenario, seconds: int, connections: int, script_dir: Path) -> dict[str, Any]:
+    """One wrk run of `scenario`: the rate answered with its status class, and what was not."""
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    for name, value in scenario.headers.items():
+        command += ["-H", f"{name}: {value}"]
+    if scenario.method != "GET" or scenario.body:
+        script = script_dir / f"{scenario.name}.lua"
+        if not script.exists():
+            body = scenario.body.decode("ascii")
+            assert "]==]" not in body
+            script.write_text(
+                f'wrk.method = "{scenario.method}"\n'
+                f"wrk.body = [==[{body}]==]\n"
+                'wrk.headers["Content-Type"] = "application/json"\n',
+                encoding="utf-8",
+            )
+        command += ["-s", str(script)]
+    command.append(f"http://127.0.0.1:{port}{scenario.path}")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30, check=False)
+    out = done.stdout
+    requests, rps = WRK_REQUESTS.search(out), WRK_RPS.search(out)
+    if done.returncode != 0 or requests is None or rps is None:
+        raise RuntimeError(
+            f"wrk failed for {scenario.name} (exit {done.returncode}): {out[-500:]} {done.stderr[-500:]}"
+        )
+    total = int(requests.group(1))
+    non_2xx_match = WRK_NON_2XX.search(out)
+    non_2xx = int(non_2xx_match.group(1)) if non_2xx_match else 0
+    unexpected: collections.Counter[str] = collections.Counter()
+    if scenario.status < 400:
+        unexpected["non-2xx/3xx"] = non_2xx
+    else:
+        unexpected["2xx/3xx"] = total - non_2xx
+    errors = WRK_SOCKET_ERRORS.search(out)
+    if errors:
+        for kind, count in zip(("connect", "read", "write", "timeout"), errors.groups(), strict=True):
+            unexpected[f"socket_error_{kind}"] = int(count)
+    expected = total - sum(v for k, v in unexpected.items() if not k.startswith("socket_error"))
+    latency = {f"p{q}": float(v) * TO_MS[unit] for q, v, unit in WRK_LATENCY.findall(out)}
+    return {
+        "rps": float(rps.group(1)) * expected / total if total else 0.0,
+        "unexpected": +unexpected,
+        "latency_ms": latency,
+    }
+
+
+def check_status(port: int, scenario: Scenario) -> None:
+    """One request with httpx: wrk only tells 2xx/3xx from the rest, this checks the exact status."""
+    import httpx
+
+    response = httpx.request(
+        scenario.method,
+        f"http://127.0.0.1:{port}{scenario.path}",
+        headers={**scenario.headers, **({"Content-Type": "application/json"} if scenario.body else {})},
+        content=scenario.body or None,
+        timeout=10,
+    )
+    if response.status_code != scenario.status:
+        raise RuntimeError(
+            f"{scenario.name}: expected {scenario.status}, got {response.status_code} {response.text[:200]}"
+        )
+
+
+def load_with_wrk(
+    port: int, scenarios: list[Scenario], rounds: int, seconds: float, connections: int
+) -> dict[str, Any]:
+    """What `load_from_another_process` measures, with wrk as the client."""
+    secs = wrk_seconds(seconds)
+    results: dict[str, Any] = {
+        s.name: {"rps": [], "ratios": [], "unexpected": collections.Counter(), "p50": [], "p99": []} for s in scenarios
+    }
+    with tempfile.TemporaryDirectory(prefix="zguard-bench-wrk-") as tmp:
+        script_dir = Path(tmp)
+
+        def run(scenario: Scenario) -> float:
+            once = wrk_once(port, scenario, secs, connections, script_dir)
+            r = results[scenario.name]
+            r["rps"].append(once["rps"])
+            r["unexpected"].update(once["unexpected"])
+            for q in ("p50", "p99"):
+                if q in once["latency_ms"]:
+                    r[q].append(once["latency_ms"][q])
+            rps: float = once["rps"]
+            return rps
+
+        for scenario in scenarios:  # warm-up: caches, lock-outs, connections
+            wrk_once(port, scenario, 1, connections, script_dir)
+            check_status(port, scenario)
+        baseline, others = scenarios[0], scenarios[1:]
+        for _ in range(rounds):
+            # Each scenario right after a baseline slice, compared with it (see run_client).
+            for scenario in others:
+                before = run(baseline)
+                rps = run(scenario)
+                results[scenario.name]["ratios"].append(rps / before if before else 0.0)
+            if not others:
+                run(baseline)
+    return {
+        name: {
+            "rps": r["rps"],
+            "ratios": r["ratios"],
+            "unexpected": dict(r["unexpected"]),
+            "latency_ms_p50_median": round(statistics.median(r["p50"]), 3) if r["p50"] else None,
+            "latency_ms_p99_median": round(statistics.median(r["p99"]), 3) if r["p99"] else None,
+        }
+        for name, r in results.items()
+    }
+
+
+def load(  # noqa: PLR0917 - positional like load_from_another_process
+    client: str, port: int, scenarios: list[Scenario], rounds: int, seconds: float, connections: int
+) -> dict[str, Any]:
+    if client == "wrk":
+        return load_with_wrk(port, scenarios, rounds, seconds, connections)
+    spec = [{"name": s.name, "status": s.status, "request": s.raw().hex()} for s in scenarios]
+    return load_from_another_process(port, spec, rounds, seconds, connections)
+
+
 def measure_http(d: Deployment, rounds: int, seconds: float, connections: int) -> dict[str, Any]:
     kwargs = {"rate_limits": d.rate_limits} if "rate_limits" in inspect.signature(build_runtime).parameters else {}
     runtime = build_runtime(d.settings, NullEngine(), d.auth, **kwargs)
@@ -373,71 +529,91 @@ def measure_http(d: Deployment, rounds: int, seconds: float, connections: int) -
     app = create_api_app(d.settings, runtime.services)
     bad = d.tokens["bench-service"]
     bad = bad[:20] + ("A" if bad[20] != "A" else "B") + bad[21:]  # one character off: a bad checksum
-    scenarios: list[tuple[str, int, bytes, str]] = [
-        ("healthz_200", 200, request_bytes("GET", "/healthz", {}), "GET /healthz, public"),
-        (
+    scenarios = [
+        Scenario("healthz_200", 200, "GET", "/healthz", {}, b"", "GET /healthz, public"),
+        Scenario(
             "valid_token_200",
             200,
-            request_bytes("GET", "/v1/models", {"Authorization": f"Bearer {d.tokens['bench-service']}"}),
+            "GET",
+            "/v1/models",
+            {"Authorization": f"Bearer {d.tokens['bench-service']}"},
+            b"",
             "GET /v1/models, valid token (reference, not a refusal)",
         ),
-        (
+        Scenario(
             "bad_token_401",
             401,
-            request_bytes("GET", "/v1/models", {"Authorization": f"Bearer {bad}"}),
+            "GET",
+            "/v1/models",
+            {"Authorization": f"Bearer {bad}"},
+            b"",
             "GET /v1/models, token with a bad checksum",
         ),
-        (
+        Scenario(
             "denied_address_403",
             403,
-            request_bytes("GET", "/healthz", {"X-Forwarded-For": "10.9.9.9"}),
+            "GET",
+            "/healthz",
+            {"X-Forwarded-For": "10.9.9.9"},
+            b"",
             "GET /healthz from 10.9.9.9 (X-Forwarded-For via trusted proxy 127.0.0.1), not in api.allow",
         ),
-        (
+        Scenario(
             "permission_denied_403",
             403,
-            request_bytes(
-                "POST", GENERATIONS_PATH, {"Authorization": f"Bearer {d.tokens['watcher']}"}, b'{"prompt": "x"}'
-            ),
+            "POST",
+            GENERATIONS_PATH,
+            {"Authorization": f"Bearer {d.tokens['watcher']}"},
+            b'{"prompt": "x"}',
             "POST /v1/images/generations with a viewer's token",
         ),
-        (
+        Scenario(
             "failed_logins_429",
             429,
-            request_bytes(
-                "GET",
-                "/v1/models",
-                {"Authorization": f"Bearer {new_token().plaintext}", "X-Forwarded-For": "127.0.0.77"},
-            ),
+            "GET",
+            "/v1/models",
+            {"Authorization": f"Bearer {new_token().plaintext}", "X-Forwarded-For": "127.0.0.77"},
+            b"",
             "GET /v1/models, unknown token from an address locked out after failed logins",
         ),
     ]
     if d.rate_limits is not None:
         scenarios.append(
-            (
+            Scenario(
                 "rate_limited_429",
                 429,
-                request_bytes("GET", "/v1/models", {"Authorization": f"Bearer {d.tokens[LIMITED]}"}),
+                "GET",
+                "/v1/models",
+                {"Authorization": f"Bearer {d.tokens[LIMITED]}"},
+                b"",
                 f"GET /v1/models by a principal allowed 1/day (rate_limits.per_principal.{LIMITED})",
             )
         )
-    spec = [{"name": name, "status": status, "request": raw.hex()} for name, status, raw, _ in scenarios]
+    client = "wrk" if shutil.which("wrk") else "python-asyncio-process"
+    secs = wrk_seconds(seconds) if client == "wrk" else seconds
     try:
         with http_server(app) as port:
-            log(f"HTTP load: {len(spec)} scenarios x {rounds} rounds x {seconds} s, {connections} connections")
-            raw_results = load_from_another_process(port, spec, rounds, seconds, connections)
+            log(
+                f"HTTP load ({client}): {len(scenarios)} scenarios x {rounds} rounds x {secs} s, {connections} connections"
+            )
+            raw_results = load(client, port, scenarios, rounds, seconds, connections)
         # The same /healthz on a socket made by zguard.server.bind, as `zguard serve` makes it.
         free = socket.socket()
         free.bind(("127.0.0.1", 0))
         listener = ListenerSettings(host="127.0.0.1", port=int(free.getsockname()[1]))
         free.close()
         with http_server(app, bind(listener, "api")) as port:
-            log("HTTP load: /healthz on a socket from zguard.server.bind")
-            serve_bind = load_from_another_process(port, spec[:1], 1, seconds, connections)["healthz_200"]
+            log(f"HTTP load ({client}): /healthz on a socket from zguard.server.bind")
+            serve_bind = load(client, port, scenarios[:1], 1, seconds, connections)["healthz_200"]
     finally:
         runtime.worker.stop(timeout=10)
     baseline = statistics.median(raw_results["healthz_200"]["rps"])
     result: dict[str, Any] = {
+        "client": client,
+        "client_command": f"wrk -t1 -c{connections} -d{secs}s --latency [-H ...] [-s post.lua] URL"
+        if client == "wrk"
+        else f"asyncio HTTP/1.1 client in a spawned process, {connections} connections, {secs} s slices",
+        "seconds_per_slice": secs,
         "measures": "requests answered per second with the expected status; uvicorn (listener_config) in a "
         f"thread of this process, load from another process over {connections} keep-alive connections",
         "target_ratio": TARGET_RATIO,
@@ -445,20 +621,24 @@ def measure_http(d: Deployment, rounds: int, seconds: float, connections: int) -
         "scenarios": {},
     }
     ratios = []
-    for name, status, _, description in scenarios:
+    for scenario in scenarios:
+        name = scenario.name
         rps = raw_results[name]["rps"]
         ratio = statistics.median(raw_results[name]["ratios"]) if name != "healthz_200" else 1.0
         if name not in ("healthz_200", "valid_token_200"):
             ratios.append(ratio)
         result["scenarios"][name] = {
-            "what": description,
-            "status": status,
+            "what": scenario.what,
+            "status": scenario.status,
             "rps_median": round(statistics.median(rps), 1),
             "rps_rounds": [round(x, 1) for x in rps],
             "ratio_to_healthz": round(ratio, 3),
             "ratio_rounds": [round(x, 3) for x in raw_results[name]["ratios"]],
             "unexpected_statuses": raw_results[name]["unexpected"],
         }
+        if client == "wrk":
+            result["scenarios"][name]["latency_ms_p50_median"] = raw_results[name]["latency_ms_p50_median"]
+            result["scenarios"][name]["latency_ms_p99_median"] = raw_results[name]["latency_ms_p99_median"]
     bind_rps = statistics.median(serve_bind["rps"])
     result["healthz_on_zguard_serve_socket"] = {
         "what": "GET /healthz, the same app, on a listening socket made by zguard.server.bind (proto 0): "
@@ -640,7 +820,6 @@ def main(argv: list[str] | None = None) -> int:
         "bench_wall_s": round(time.perf_counter() - started, 1),
     }
     print(json.dumps(result, indent=2, ensure_ascii=False))
-    devnull.close()
     return 0
 
 
