@@ -17,7 +17,7 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -256,6 +256,7 @@ def build_runtime(
 
 
 EXIT_MODEL_FAILED = 3
+DUPLICATE_SIGNAL_S = 1.0  # a second stop signal within this is the first one delivered twice
 
 
 async def load_and_warm_up(runtime: Runtime, settings: Settings) -> bool:
@@ -283,6 +284,50 @@ async def load_and_warm_up(runtime: Runtime, settings: Settings) -> bool:
     return True
 
 
+class StopSignals:
+    """SIGTERM/SIGINT for `serve`: the first stops accepting and lets in-flight work finish within
+    the grace period; a second, a second or more later, closes connections at once. One arriving
+    sooner is the first delivered twice (make, timeout and terminals signal the whole group)."""
+
+    def __init__(
+        self,
+        servers: list[uvicorn.Server],
+        readiness: Readiness,
+        grace_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
+        self._servers = servers
+        self._readiness = readiness
+        self._grace_s = grace_s
+        self._first: float | None = None
+        self._deadline: float | None = None
+
+    def __call__(self, signum: int) -> None:
+        now = self._clock()
+        name = signal.Signals(signum).name
+        if self._first is None:
+            self._first, self._deadline = now, now + self._grace_s
+            log.info(
+                "received %s: no new connections; finishing in-flight requests (grace %.0f s)", name, self._grace_s
+            )
+            self._readiness.set(ModelState.STOPPING)
+            self.stop_serving()
+        elif now >= self._first + DUPLICATE_SIGNAL_S:
+            log.warning("received %s again: closing connections now", name)
+            self._deadline = now
+            for server in self._servers:
+                server.force_exit = True
+
+    def stop_serving(self) -> None:
+        for server in self._servers:
+            server.should_exit = True
+
+    def remaining_s(self) -> float:
+        """Grace left for in-flight work (all of it when no signal came)."""
+        return self._grace_s if self._deadline is None else max(0.0, self._deadline - self._clock())
+
+
 async def serve(settings: Settings, engine: ImageEngine | None = None) -> int:
     check_safe(settings)
     sockets = {"api": bind(settings.api, "api"), "console": bind(settings.console, "console")}
@@ -306,35 +351,14 @@ async def serve(settings: Settings, engine: ImageEngine | None = None) -> int:
     if engine.info.demo:
         issue_demo_token(settings, store, token_key)
     grace = settings.generation.shutdown_grace_s
-    servers = []
-    for name, app in (
-        ("api", create_api_app(settings, runtime.services)),
-        ("console", create_console_app(settings, runtime.services)),
-    ):
-        servers.append((name, _Listener(listener_config(app, grace))))
-
+    servers = {
+        "api": _Listener(listener_config(create_api_app(settings, runtime.services), grace)),
+        "console": _Listener(listener_config(create_console_app(settings, runtime.services), grace)),
+    }
+    signals = StopSignals(list(servers.values()), runtime.services.readiness, grace)
     loop = asyncio.get_running_loop()
-    deadline: list[float] = []
-
-    def stop(signum: int) -> None:
-        if deadline:  # a second signal: stop waiting for in-flight requests
-            log.warning("received %s again: closing connections now", signal.Signals(signum).name)
-            deadline[0] = time.monotonic()
-            for _, server in servers:
-                server.force_exit = True
-            return
-        deadline.append(time.monotonic() + grace)
-        log.info(
-            "received %s: no new connections; finishing in-flight requests (grace %.0f s)",
-            signal.Signals(signum).name,
-            grace,
-        )
-        runtime.services.readiness.set(ModelState.STOPPING)
-        for _, server in servers:
-            server.should_exit = True
-
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop, signum)
+        loop.add_signal_handler(signum, signals, signum)
     exit_code = 0
 
     async def start_model() -> None:
@@ -342,21 +366,19 @@ async def serve(settings: Settings, engine: ImageEngine | None = None) -> int:
         if not await load_and_warm_up(runtime, settings):
             # Fail closed: a process that cannot serve its model exits, so the supervisor sees it.
             exit_code = EXIT_MODEL_FAILED
-            for _, server in servers:
-                server.should_exit = True
+            signals.stop_serving()
 
     warm = asyncio.create_task(start_model())
     for name, sock in sockets.items():
         host, port = sock.getsockname()[:2]
         log.info("%s listening on http://%s:%d", name, host if ":" not in host else f"[{host}]", port)
     try:
-        await asyncio.gather(*(server.serve(sockets=[sockets[name]]) for name, server in servers))
+        await asyncio.gather(*(server.serve(sockets=[sockets[name]]) for name, server in servers.items()))
     finally:
         warm.cancel()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
-        remaining = max(0.0, deadline[0] - time.monotonic()) if deadline else grace
-        if not runtime.worker.stop(timeout=remaining):
+        if not runtime.worker.stop(timeout=signals.remaining_s()) and runtime.admission.running:
             log.warning("a generation was still running after the grace period; exiting anyway")
         for sock in sockets.values():
             sock.close()
