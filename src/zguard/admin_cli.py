@@ -25,8 +25,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from zguard.config import Settings, load_settings
+from zguard.config import Settings
 from zguard.errors import ZguardError
+from zguard.settings_loader import load_settings
 
 if TYPE_CHECKING:
     from zguard.audit import AuditSink

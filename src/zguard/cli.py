@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 import yaml
 
 from zguard.admin_cli import add_admin_commands
-from zguard.config import Settings, load_settings, masked_settings
+from zguard.config import Settings
 from zguard.errors import ConfigError
+from zguard.settings_loader import load_settings, masked_settings
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine

@@ -37,7 +37,7 @@ from zguard.app.api import create_api_app
 from zguard.app.auth import UNSET, declared_access
 from zguard.app.console import create_console_app
 from zguard.audit import MemoryAuditSink
-from zguard.config import Settings, load_settings
+from zguard.config import Settings
 from zguard.engine.pipeline import DiffusersEngine
 from zguard.errors import PermissionDenied
 from zguard.security.passwords import cost_of, hash_password, verify_password
@@ -45,6 +45,7 @@ from zguard.security.rbac import BUILTIN_ROLES, Permission
 from zguard.security.tokens import new_token, token_digest
 from zguard.server import Runtime, build_auth
 from zguard.services.auth import BCRYPT_SLOTS, INVALID, AuthService, RequestInfo
+from zguard.settings_loader import load_settings
 from zguard.store import migrate
 from zguard.store.database import create_store_engine
 from zguard.store.principals import PrincipalStore

@@ -10,8 +10,8 @@ import pytest
 from tests.common.engines import GatedEngine
 from tests.common.factories import api_client, make_settings, ready_runtime
 from zguard import errors
-from zguard.config import iter_settings_fields
 from zguard.docs import render_openapi, render_settings_reference
+from zguard.settings_loader import iter_settings_fields
 
 REPO = Path(__file__).resolve().parents[2]
 
