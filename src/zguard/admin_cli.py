@@ -30,6 +30,8 @@ from zguard.errors import ZguardError
 from zguard.settings_loader import load_settings
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from zguard.audit import AuditSink
     from zguard.services.admin import Actor, AdminService
     from zguard.store.principals import PrincipalKind
@@ -72,56 +74,68 @@ class _Context:
     key_path: Path
 
 
-def _run(args: argparse.Namespace, action: Callable[[_Context], int], *, upgrade: bool = False) -> int:
-    """Open the store (migrating it first with `upgrade`, else requiring it at head) and run `action`."""
+def run_on_database(settings: Settings, action: Callable[[Engine, str], int]) -> int:
+    """Open the state database of `settings` and run `action(engine, url with the password hidden)`;
+    a database failure is one line on stderr and exit 3, never a traceback. `zguard db` uses it too."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from zguard.security.keys import KeyFileError
-    from zguard.services.admin import Actor, AdminService, load_token_key, token_key_path
-    from zguard.store import migrate
     from zguard.store.database import create_store_engine, database_url
-    from zguard.store.errors import SchemaNotCurrent
-    from zguard.store.principals import PrincipalStore
 
-    settings = load_settings(getattr(args, "config", None))
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
     url = database_url(settings)
     shown = url.render_as_string(hide_password=True)
-    key_path = token_key_path(settings)
     engine = create_store_engine(url)
     try:
-        if upgrade:
-            before, after = migrate.current_revision(engine), migrate.upgrade(engine)
-            change = "already at" if before == after else f"upgraded from {before or 'empty'} to"
-            print(f"state database {shown}: {change} revision {after} (head)")
-        else:
-            migrate.check_schema_current(engine)
-        service = AdminService(
-            PrincipalStore(engine),
-            settings.role_registry(),
-            token_key=lambda: load_token_key(key_path),
-            audit=audit_sink_factory(),
-            password_cost=PASSWORD_COST,
-            reserved_names=[user.username for user in settings.api_auth.users],
-        )
-        return action(_Context(settings, service, Actor(acting_user()), shown, key_path))
-    except SchemaNotCurrent as exc:
-        where = "empty" if exc.current is None else f"at revision {exc.current}"
-        reason = f"is {where}, this zguard needs {exc.head}; {NOT_INITIALIZED_HINT}" if exc.known else exc.message
-        print(f"zguard: state database {shown} {reason}", file=sys.stderr)
-        return EXIT_REFUSED
-    except ZguardError as exc:  # admin refusals and store errors: messages written for the operator
-        print(f"zguard: {exc.message}", file=sys.stderr)
-        return EXIT_REFUSED
-    except KeyFileError as exc:
-        print(f"zguard: token key: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
+        return action(engine, shown)
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or exc.__class__.__name__).strip().splitlines()[0]
         print(f"zguard: state database {shown}: {reason}", file=sys.stderr)
         return EXIT_DATABASE
     finally:
         engine.dispose()
+
+
+def _run(args: argparse.Namespace, action: Callable[[_Context], int], *, upgrade: bool = False) -> int:
+    """Open the store (migrating it first with `upgrade`, else requiring it at head) and run `action`."""
+    from zguard.security.keys import KeyFileError
+    from zguard.services.admin import Actor, AdminService, load_token_key, token_key_path
+    from zguard.store import migrate
+    from zguard.store.errors import SchemaNotCurrent
+    from zguard.store.principals import PrincipalStore
+
+    settings = load_settings(getattr(args, "config", None))
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
+    key_path = token_key_path(settings)
+
+    def on_store(engine: Engine, shown: str) -> int:
+        try:
+            if upgrade:
+                before, after = migrate.current_revision(engine), migrate.upgrade(engine)
+                change = "already at" if before == after else f"upgraded from {before or 'empty'} to"
+                print(f"state database {shown}: {change} revision {after} (head)")
+            else:
+                migrate.check_schema_current(engine)
+            service = AdminService(
+                PrincipalStore(engine),
+                settings.role_registry(),
+                token_key=lambda: load_token_key(key_path),
+                audit=audit_sink_factory(),
+                password_cost=PASSWORD_COST,
+                reserved_names=[user.username for user in settings.api_auth.users],
+            )
+            return action(_Context(settings, service, Actor(acting_user()), shown, key_path))
+        except SchemaNotCurrent as exc:
+            where = "empty" if exc.current is None else f"at revision {exc.current}"
+            reason = f"is {where}, this zguard needs {exc.head}; {NOT_INITIALIZED_HINT}" if exc.known else exc.message
+            print(f"zguard: state database {shown} {reason}", file=sys.stderr)
+            return EXIT_REFUSED
+        except ZguardError as exc:  # admin refusals and store errors: messages written for the operator
+            print(f"zguard: {exc.message}", file=sys.stderr)
+            return EXIT_REFUSED
+        except KeyFileError as exc:
+            print(f"zguard: token key: {exc}", file=sys.stderr)
+            return EXIT_REFUSED
+
+    return run_on_database(settings, on_store)
 
 
 # --- formatting ------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from zguard.admin_cli import add_admin_commands
+from zguard.admin_cli import add_admin_commands, run_on_database
 from zguard.config import Settings
 from zguard.errors import ConfigError
 from zguard.settings_loader import load_settings, masked_settings
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_NOT_CURRENT = 1  # `db current`: the database is not at the revision this zguard needs
 EXIT_CONFIG = 2
-EXIT_DATABASE = 3  # the state database cannot be reached or migrated
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -83,23 +82,9 @@ def cmd_model_demo(args: argparse.Namespace) -> int:
 
 def _run_on_database(args: argparse.Namespace, action: Callable[[Engine, str], int]) -> int:
     """Open the configured state database, run `action(engine, shown_url)`, report failures without a traceback."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from zguard.store.database import create_store_engine, database_url
-
     settings = _settings(args)
     _setup_logging("warning")
-    url = database_url(settings)
-    shown = url.render_as_string(hide_password=True)
-    engine = create_store_engine(url)
-    try:
-        return action(engine, shown)
-    except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc.__class__.__name__).strip().splitlines()[0]
-        print(f"zguard: state database {shown}: {reason}", file=sys.stderr)
-        return EXIT_DATABASE
-    finally:
-        engine.dispose()
+    return run_on_database(settings, action)
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
