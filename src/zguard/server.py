@@ -16,6 +16,7 @@ import os
 import secrets
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -198,9 +199,16 @@ def open_store(settings: Settings) -> PrincipalStore:
 DEMO_PRINCIPAL = "demo"
 
 
+DEMO_TOKEN_FILE = "demo-token"  # noqa: S105 - a file name, not a secret
+
+
 def issue_demo_token(settings: Settings, store: PrincipalStore, token_key: bytes) -> None:
-    """On the demo model's first start: a `demo` service account with role generator, and its token
-    printed once on stdout (never to the log) with a ready-to-paste command."""
+    """On the demo model's first start: a `demo` service account (generator, viewer) and its token.
+
+    On a terminal (`make serve`) the token is printed once with a ready-to-paste command. Anywhere
+    else stdout may be a log (systemd sends it to the journal), so the token goes to the file
+    `state_dir/demo-token` (mode 0600) instead and only that path is logged.
+    """
     if store.get_principal(DEMO_PRINCIPAL) is not None or not settings.api_auth.enabled:
         return
     store.create_principal(DEMO_PRINCIPAL, "service", roles=["generator", "viewer"])
@@ -208,6 +216,13 @@ def issue_demo_token(settings: Settings, store: PrincipalStore, token_key: bytes
     store.add_token(
         DEMO_PRINCIPAL, token_hash=token_digest(issued.plaintext, token_key), prefix=issued.display_prefix, label="demo"
     )
+    if not sys.stdout.isatty():
+        path = prepare_state_dir(settings.state_dir) / DEMO_TOKEN_FILE
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(issued.plaintext + "\n")
+        log.warning("a demo API token (service account 'demo') was written to %s (mode 0600)", path)
+        return
     host = settings.api.host if ":" not in settings.api.host else f"[{settings.api.host}]"
     print(
         "\n  A demo API token for the service account 'demo' (roles generator, viewer), shown only this once:\n\n"

@@ -139,11 +139,12 @@ def test_refuses_non_loopback_bind_with_empty_allowlist(tmp_path: Path) -> None:
 def test_first_start_prints_a_demo_token_that_works(tmp_path: Path) -> None:
     with ZguardProcess(tmp_path / "state", env={"ZGUARD_API_AUTH__ENABLED": "true"}) as proc:
         proc.wait_ready()
-        log = proc.log()
-        tokens = set(re.findall(r"zg_[0-9A-Za-z]{42}", log))
-        assert len(tokens) == 1
-        token = tokens.pop()
-        assert log.count(token) == 2  # on its own line and in the curl command, both on stdout
+        # Not a terminal (stdout may be a journal): the token is in a private file, never in the output.
+        token_file = tmp_path / "state" / "demo-token"
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        token = token_file.read_text(encoding="ascii").strip()
+        assert re.fullmatch(r"zg_[0-9A-Za-z]{42}", token)
+        assert str(token_file) in proc.log()
         body = {"prompt": "x", "size": "64x64"}
         url = f"{proc.api}/v1/images/generations"
         assert httpx.post(url, json=body).status_code == 401
@@ -151,6 +152,7 @@ def test_first_start_prints_a_demo_token_that_works(tmp_path: Path) -> None:
         status = httpx.get(f"{proc.console}/api/status", headers={"Authorization": f"Bearer {token}"})
         assert status.status_code == 200
         assert proc.stop() == 0
+        assert token not in proc.log()
     # A second start keeps the store and prints no new token.
     with ZguardProcess(tmp_path / "state", env={"ZGUARD_API_AUTH__ENABLED": "true"}) as again:
         again.wait_ready()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -102,3 +103,28 @@ def test_stop_signals_first_drains_second_forces_duplicate_ignored() -> None:
     signals(signal.SIGTERM)  # an operator's second signal: stop now
     assert all(s.force_exit for s in servers)
     assert signals.remaining_s() == 0
+
+
+def test_demo_token_printed_on_a_terminal_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import re
+
+    from zguard.server import issue_demo_token
+    from zguard.store.database import create_store_engine
+    from zguard.store.migrate import upgrade
+    from zguard.store.principals import PrincipalStore
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    engine = create_store_engine(f"sqlite:///{tmp_path}/z.db")
+    upgrade(engine)
+    store = PrincipalStore(engine)
+    out = Terminal()
+    monkeypatch.setattr("sys.stdout", out)
+    issue_demo_token(Settings.model_validate({"state_dir": str(tmp_path / "state")}), store, bytes(32))
+    [token] = set(re.findall(r"zg_[0-9A-Za-z]{42}", out.getvalue()))
+    assert f"Authorization: Bearer {token}" in out.getvalue()
+    assert not (tmp_path / "state" / "demo-token").exists()
+    engine.dispose()
