@@ -327,6 +327,93 @@ class RateLimitSettings(_Section):
         return value
 
 
+RETENTION_FLOOR_DAYS = 180
+
+
+class SyslogSettings(_Section):
+    transport: Literal["off", "udp", "tcp", "tls"] = Field(
+        "off",
+        description="How audit events are forwarded to the central log server: `udp`, `tcp` (RFC 6587 octet counting) or `tls` (RFC 5425). `off` keeps them only in the audit store; a bank's deployment should forward them.",
+    )
+    host: str = Field("127.0.0.1", min_length=1, description="The syslog collector's host name or address.")
+    port: int = Field(
+        6514, ge=1, le=65535, description="The collector's port (514 for UDP/TCP by convention, 6514 for TLS)."
+    )
+    ca_file: Path | None = Field(
+        None,
+        description="CA certificate(s) (PEM) that the collector's TLS certificate must chain to; unset: the system's CAs.",
+    )
+    cert_file: Path | None = Field(
+        None, description="Client certificate (PEM) for TLS mutual authentication; optional."
+    )
+    key_file: Path | None = Field(None, description="Private key (PEM) of `cert_file`; kept mode 0600.")
+    server_name: str | None = Field(
+        None,
+        description="Name the collector's certificate must carry; unset: `host`. Verification is never switched off.",
+    )
+    enterprise_number: int = Field(
+        32473,
+        ge=1,
+        description="IANA private enterprise number in the structured-data id `zguard@<number>`; 32473 is the number IANA reserves for documentation: set your organisation's.",
+    )
+    app_name: str = Field(
+        "zguard", min_length=1, max_length=48, pattern=r"^[!-~]+$", description="APP-NAME of every message."
+    )
+    facility: int = Field(13, ge=0, le=23, description="Syslog facility number (13: log audit).")
+    batch_size: int = Field(500, ge=1, le=10_000, description="Events sent per round from the outbox.")
+    max_backoff_s: float = Field(
+        30.0, gt=0, le=3600, description="Longest wait between retries while the collector is down."
+    )
+
+
+class AuditSettings(_Section):
+    retention_days: int = Field(
+        RETENTION_FLOOR_DAYS,
+        description=f"Days audit events are kept in the audit store before `zguard audit purge` archives and deletes them; at least {RETENTION_FLOOR_DAYS} (the deployment guide's floor).",
+    )
+    prompt_capture: Literal["hmac", "none", "encrypted"] = Field(
+        "hmac",
+        description="What the audit trail keeps of a prompt: `hmac` (a keyed HMAC-SHA256 and the length: an investigator holding a suspect prompt can confirm it, the log alone reveals nothing), `none` (the length only), or `encrypted` (sealed to `auditor_public_key_file`, so the server cannot read it back; `zguard audit reveal` opens it).",
+    )
+    auditor_public_key_file: Path | None = Field(
+        None,
+        description="The auditor's X25519 public key (PEM) that prompts are sealed to when `prompt_capture` is `encrypted`; its private key never belongs on this server.",
+    )
+    checkpoint_every: int = Field(
+        1000, ge=1, le=1_000_000, description="Write a signed checkpoint of the chain head after this many events."
+    )
+    checkpoint_interval_s: float = Field(
+        300.0, gt=0, le=86_400, description="…and at least this often while events arrive (seconds)."
+    )
+    signing_key_file: Path | None = Field(
+        None,
+        description="Ed25519 private key (PEM, mode 0600) that signs checkpoints; unset: `audit-signing.pem` in `state_dir`, created at first start. Keep a copy of its public key (`zguard audit public-key`) off-host.",
+    )
+    archive_dir: Path | None = Field(
+        None, description="Where `zguard audit purge` writes signed archives; unset: `audit-archive` in `state_dir`."
+    )
+    syslog: SyslogSettings = Field(default_factory=SyslogSettings, description="Forwarding to a central syslog server.")
+
+    @field_validator("retention_days")
+    @classmethod
+    def _retention_floor(cls, value: int) -> int:
+        if value < RETENTION_FLOOR_DAYS:
+            raise ValueError(
+                f"{value} days is below the {RETENTION_FLOOR_DAYS}-day floor audit records must be kept; "
+                f"set it to {RETENTION_FLOOR_DAYS} or more"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _encrypted_needs_key(self) -> AuditSettings:
+        if self.prompt_capture == "encrypted" and self.auditor_public_key_file is None:
+            raise ValueError(
+                "prompt_capture 'encrypted' needs audit.auditor_public_key_file: the auditor's X25519 public key (PEM); "
+                "`zguard audit keygen DIR` makes a pair"
+            )
+        return self
+
+
 class Settings(_Section):
     """Everything zguard can be told. Loaded once at start; never created at import time."""
 
@@ -361,6 +448,10 @@ class Settings(_Section):
     rate_limits: RateLimitSettings = Field(
         default_factory=RateLimitSettings,
         description="Per-principal request rates and in-flight caps, and where the counters are kept.",
+    )
+    audit: AuditSettings = Field(
+        default_factory=AuditSettings,
+        description="The tamper-evident audit trail: retention, prompt capture, checkpoints, syslog forwarding.",
     )
     trusted_proxies: list[str] = Field(
         default_factory=list,
