@@ -364,6 +364,18 @@ class SyslogSettings(_Section):
     max_backoff_s: float = Field(
         30.0, gt=0, le=3600, description="Longest wait between retries while the collector is down."
     )
+    timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="Seconds to connect (TLS handshake included) or send before the collector counts as down, and the longest it may leave sent bytes unacknowledged.",
+    )
+
+    @model_validator(mode="after")
+    def _key_needs_cert(self) -> SyslogSettings:
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("audit.syslog.key_file is set without cert_file: set cert_file to its certificate (PEM)")
+        return self
 
 
 class AuditSettings(_Section):
