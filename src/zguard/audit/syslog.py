@@ -54,7 +54,6 @@ _MAX_LEN = {"hostname": 255, "app_name": 48, "procid": 128, "msgid": 32, "sd_nam
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _NOT_PRINTABLE_ASCII = re.compile("[^!-~]")
 _NOT_SD_NAME = re.compile('[^!-~]|[= \\]"]')
-_SD_SPECIAL = re.compile(r'(["\\\]])')
 _SD_ESCAPE = re.compile(r'\\(["\\\]]|u[0-9a-f]{4})')
 
 
@@ -94,9 +93,16 @@ def sd_name(value: str) -> str:
     return cleaned
 
 
+def _plain(text: str) -> bool:
+    """Printable ASCII only: nothing to escape (checked at C speed; most values are like this)."""
+    return text.isascii() and text.isprintable()
+
+
 def encode_param_value(value: str) -> str:
     """PARAM-VALUE: `"`, `\\` and `]` escaped with a backslash, unsafe characters as `\\uXXXX`."""
-    return _UNSAFE.sub(_unicode_escape, _SD_SPECIAL.sub(r"\\\1", value))
+    if '"' in value or "\\" in value or "]" in value:
+        value = value.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
+    return value if _plain(value) else _UNSAFE.sub(_unicode_escape, value)
 
 
 def decode_param_value(text: str) -> str:
@@ -115,7 +121,7 @@ def safe_json(body: str) -> str:
     Canonical JSON carries control characters only inside strings, where json.dumps already
     escapes C0; this escapes what it leaves raw (DEL, C1, U+2028/U+2029, lone surrogates).
     """
-    return _UNSAFE.sub(_unicode_escape, body)
+    return body if _plain(body) else _UNSAFE.sub(_unicode_escape, body)
 
 
 def severity_for(outcome: str) -> int:
@@ -143,10 +149,10 @@ def structured_data(event: SyslogEvent, body: dict[str, object], enterprise_numb
     values = [(name, getattr(event, attribute)) for name, attribute in SD_EVENT_PARAMS]
     values += [(name, body.get(name)) for name in SD_BODY_PARAMS]
     parts = [f"zguard@{enterprise_number}"]
-    for name, value in values:
+    for name, value in values:  # constant names, valid SD-NAMEs (a unit test checks)
         text = _param_text(value)
         if text is not None:
-            parts.append(f'{sd_name(name)}="{encode_param_value(text)}"')
+            parts.append(f'{name}="{encode_param_value(text)}"')
     return "[" + " ".join(parts) + "]"
 
 
