@@ -52,8 +52,8 @@ def _rsyslogd_path() -> str | None:
 
 
 @cache
-def _install() -> str | None:
-    """Why rsyslogd cannot be had, or None once it is installed (tried once per run)."""
+def rsyslogd_unavailable() -> str | None:
+    """Why rsyslogd cannot be had, or None once it is installed (installs at most once per run)."""
     if _rsyslogd_path() is not None:
         return None
     if shutil.which("apt-get") is None:
@@ -74,7 +74,7 @@ def _install() -> str | None:
 
 def require_rsyslogd() -> str:
     """The path of rsyslogd, installed if need be; skip (fail under CI=true) when it cannot be."""
-    reason = _install()
+    reason = rsyslogd_unavailable()
     path = _rsyslogd_path()
     if reason is None and path is not None:
         return path
