@@ -9,8 +9,8 @@ Decisions:
   not a terminal; never from argv, where `ps` and shell history would keep them.
 - A refused action (unknown name, bad role, schema not current, ...) is one line on stderr and exit
   2; an unreachable database is exit 3, like `zguard db`. No traceback for either.
-- Audit events go through `audit_sink_factory()`: a JSON line on the `zguard.audit` logger
-  (stderr) until the audit trail lands; tests put a `MemoryAuditSink` there.
+- Audit events go through `audit_sink_factory(settings, engine)`: committed to the audit trail
+  in the same database before the command reports success; tests put a `MemoryAuditSink` there.
 """
 
 from __future__ import annotations
@@ -43,15 +43,13 @@ PASSWORD_COST = 12  # bcrypt cost of new hashes (passwords.DEFAULT_COST); tests 
 NOT_INITIALIZED_HINT = "run `zguard init` (or `zguard db upgrade`)"
 
 
-def _log_audit_sink() -> AuditSink:
-    from zguard.audit import LogAuditSink
+def _trail_sink(settings: Settings, engine: Engine) -> AuditSink:
+    from zguard.audit.setup import StoreSink, open_audit_store
 
-    logger = logging.getLogger("zguard.audit")
-    logger.setLevel(logging.INFO)  # admin actions are always recorded, whatever the root level
-    return LogAuditSink(logger)
+    return StoreSink(open_audit_store(settings, engine))
 
 
-audit_sink_factory: Callable[[], AuditSink] = _log_audit_sink
+audit_sink_factory: Callable[[Settings, Engine], AuditSink] = _trail_sink
 """Where admin commands report their audit events; replace it to capture them."""
 
 
@@ -118,7 +116,7 @@ def _run(args: argparse.Namespace, action: Callable[[_Context], int], *, upgrade
                 PrincipalStore(engine),
                 settings.role_registry(),
                 token_key=lambda: load_token_key(key_path),
-                audit=audit_sink_factory(),
+                audit=audit_sink_factory(settings, engine),
                 password_cost=PASSWORD_COST,
                 reserved_names=[user.username for user in settings.api_auth.users],
             )

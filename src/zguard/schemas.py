@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -82,3 +82,13 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+class AuditEventList(BaseModel):
+    """A page of audit events, oldest first; pass `next_after` as `after` for the next page."""
+
+    object: Literal["list"] = "list"
+    data: list[dict[str, Any]] = Field(
+        description="Each event's hashed body (metadata only: never a prompt, an image or a credential) with its `hash`."
+    )
+    next_after: int | None = Field(description="The cursor for the next page; null on the last page.")

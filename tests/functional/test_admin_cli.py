@@ -109,7 +109,7 @@ def db_url(backend: str, tmp_path: Path) -> Iterator[URL]:
 @pytest.fixture
 def sink(monkeypatch: pytest.MonkeyPatch) -> MemoryAuditSink:
     memory = MemoryAuditSink()
-    monkeypatch.setattr(admin_cli, "audit_sink_factory", lambda: memory)
+    monkeypatch.setattr(admin_cli, "audit_sink_factory", lambda settings, engine: memory)
     monkeypatch.setattr(admin_cli, "PASSWORD_COST", 4)  # bcrypt's lowest: the tests check behaviour, not cost
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     return memory
@@ -532,16 +532,25 @@ def test_help_on_every_admin_command(argv: list[str], capsys: pytest.CaptureFixt
     assert "--config FILE" in out
 
 
-def test_events_are_logged_by_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_admin_events_are_committed_to_the_audit_trail_by_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from zguard.audit.setup import open_audit_store
+    from zguard.audit.verify import verify_store
+
     config = str(write_config(tmp_path))
-    audit_log = logging.getLogger("zguard.audit")
-    level = audit_log.level
+    assert main(["init", "--config", config]) == 0
+    token = last_line(capsys.readouterr().out)
+    settings = load_settings(config)
+    engine = create_store_engine(database_url(settings))
     try:
-        assert main(["init", "--config", config]) == 0
+        store = open_audit_store(settings, engine)
+        events = [json.loads(e.body) for e in store.iter_events()]
+        assert [e["type"] for e in events] == ["user.created", "token.created", "store.initialized"]
+        assert all(e["principal"].startswith("cli:") for e in events)
+        assert verify_store(store, store.signer.public_key if store.signer else None).ok
     finally:
-        audit_log.setLevel(level)
-    out, err = capsys.readouterr()
-    token = last_line(out)
-    events = [json.loads(line.partition(": ")[2]) for line in err.splitlines() if "zguard.audit" in line]
-    assert [event["type"] for event in events] == ["user.created", "token.created", "store.initialized"]
-    assert token not in err
+        engine.dispose()
+    database = settings.state_dir / "zguard.db"
+    raw = b"".join(p.read_bytes() for p in database.parent.glob("zguard.db*"))
+    assert token.encode() not in raw

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -245,17 +244,19 @@ async def test_redis_down_fails_closed_with_503(tmp_path: Path, caplog: pytest.L
     assert "fail closed" in failures[0].getMessage()
 
 
-async def test_redis_down_is_audited_through_the_default_log_sink(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_redis_down_is_one_failed_request_event_naming_the_decision(tmp_path: Path) -> None:
     settings = settings_for(tmp_path, rate_limit="2/minute", rate_limits={"storage": "redis://127.0.0.1:1/0"})
     runtime = build_runtime(settings, GatedEngine())
     runtime.services.readiness.set(ModelState.READY)
     try:
-        with caplog.at_level(logging.INFO, logger="zguard.audit"):
-            async with api_client(settings, runtime) as api:
-                assert_error(await api.get("/v1/models"), 503, "rate_limiter_unavailable")
+        async with api_client(settings, runtime) as api:
+            assert_error(await api.get("/v1/models"), 503, "rate_limiter_unavailable")
     finally:
         assert runtime.worker.stop(timeout=5)
-    events = [json.loads(r.getMessage()) for r in caplog.records if r.name == "zguard.audit"]
-    assert any(e["type"] == "rate_limit.unavailable" and e["outcome"] == "failed" for e in events)
+    audit = runtime.services.audit
+    assert isinstance(audit, MemoryAuditSink)
+    (event,) = audit.events  # one request, one event
+    assert (event.type, event.outcome, event.code) == ("http.request", "failed", "rate_limiter_unavailable")
+    assert "rate_limit.unavailable" in str(event.detail["decisions"])
+    assert event.http is not None
+    assert event.http["status"] == 503

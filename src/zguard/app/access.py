@@ -20,6 +20,7 @@ from fastapi.routing import APIRoute
 from starlette.routing import Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from zguard.app.audit import request_record
 from zguard.app.auth import IDENTITY_KEY, UNSET, declared_access
 from zguard.app.errors import error_response
 from zguard.app.ratelimit import STATE_KEY as RATE_LIMIT_STATE
@@ -74,6 +75,7 @@ class AccessControl:
             client=state.get("client_address") or (scope["client"][0] if scope.get("client") else "unknown"),
             request_id=state.get("request_id"),
             listener=self.listener,
+            record=request_record(scope),
         )
         try:
             identity = await self.auth.authenticate(

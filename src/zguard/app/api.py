@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Coroutine
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from fastapi import FastAPI
@@ -11,16 +13,25 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive
 
+from zguard.app.audit import request_record
 from zguard.app.auth import PUBLIC, request_info, requires
 from zguard.app.context import Services
 from zguard.app.middleware import API_SECURITY_HEADERS, NO_TELEMETRY
 from zguard.app.stack import install_listener_stack
+from zguard.audit import AuditEvent, AuditReader, DetailValue, RequestRecord
 from zguard.config import Settings
-from zguard.errors import UnsupportedMediaType
-from zguard.schemas import ErrorResponse, ImageGenerationRequest, ImageGenerationResponse, ModelCard, ModelList
+from zguard.errors import AuditUnavailable, InvalidValue, UnsupportedMediaType
+from zguard.schemas import (
+    AuditEventList,
+    ErrorResponse,
+    ImageGenerationRequest,
+    ImageGenerationResponse,
+    ModelCard,
+    ModelList,
+)
 from zguard.security.rbac import Permission
-from zguard.services.auth import Identity
-from zguard.services.images import parse_json_object
+from zguard.services.auth import Identity, RequestInfo
+from zguard.services.images import GenerationPlan, parse_json_object
 
 T = TypeVar("T")
 API_TITLE = "zguard image API"
@@ -62,6 +73,68 @@ async def run_unless_disconnected(receive: Receive, work: Coroutine[Any, Any, T]
     return task.result()
 
 
+AUDIT_PAGE_MAX = 1000
+
+
+def parse_time_ms(value: str | None, param: str) -> int | None:
+    """ISO 8601 (UTC when no zone is given) or UNIX milliseconds."""
+    if value is None:
+        return None
+    if value.isdigit():
+        return int(value)
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidValue(
+            f"'{param}' must be ISO 8601 (2026-11-26T09:00:00Z) or UNIX milliseconds", param=param
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+async def record_accepted(
+    services: Services, record: RequestRecord | None, plan: GenerationPlan, where: RequestInfo, identity: Identity
+) -> None:
+    """Describe the generation on the request's record and commit its `generation.accepted` event.
+
+    The prompt itself is never recorded: `audit.prompt_capture` decides what stands for it.
+    """
+    job = plan.job
+    info = services.engine.info
+    generation: dict[str, DetailValue] = {
+        "size": f"{job.width}x{job.height}",
+        "steps": job.steps,
+        "seed": job.seed,
+        "n": job.n,
+        "output_format": plan.output_format,
+    }
+    prompt = services.prompts.fields(job.prompt, job.negative_prompt)
+    verdict = getattr(plan, "verdict", None)
+    policy = verdict.audit_fields() if verdict is not None else None
+    if record is not None:
+        record.type = "generation"
+        record.model, record.manifest = info.id, info.manifest
+        record.generation, record.prompt, record.policy = generation, prompt, policy
+    await services.audit.record(
+        AuditEvent(
+            type="generation.accepted",
+            outcome="allowed",
+            request_id=where.request_id,
+            listener=where.listener,
+            client=where.client,
+            principal=identity.name,
+            roles=tuple(sorted(identity.roles)),
+            auth_method=identity.method,
+            model=info.id,
+            manifest=info.manifest,
+            generation=generation,
+            prompt=prompt,
+            policy=policy,
+        )
+    )
+
+
 def create_api_app(settings: Settings, services: Services) -> FastAPI:
     docs = settings.api.docs_enabled
     app = FastAPI(
@@ -96,14 +169,28 @@ def create_api_app(settings: Settings, services: Services) -> FastAPI:
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type != "application/json":
             raise UnsupportedMediaType("send the body as application/json")
-        plan = images.plan(parse_json_object(await request.body()))
+        plan = images.plan(parse_json_object(await request.body()), roles=request.state.identity.roles)
         request_id: str = request.state.request_id
         identity: Identity = request.state.identity
+        record = request_record(request.scope)
         try:
-            async with services.rate_limits.concurrency(identity, request_info(request)):
-                result = await run_unless_disconnected(request.receive, images.generate(plan, request_id))
+            where = request_info(request)
+            async with services.rate_limits.concurrency(identity, where):
+                # Committed before any GPU work; AuditUnavailable (503) stops the request here.
+                await record_accepted(services, record, plan, where, identity)
+                result = await run_unless_disconnected(request.receive, images.generate(plan, request_id, record))
         except ClientDisconnected:
+            if record is not None:
+                record.type = "generation.failed"
+                record.set_outcome("failed", "client_disconnected")
             return Response(status_code=499)
+        except BaseException:
+            if record is not None:
+                record.type = "generation.failed"
+            raise
+        if record is not None:
+            record.type = "generation.completed"
+            record.set_outcome("done")
         return Response(result.model_dump_json(), media_type="application/json")
 
     @app.get(
@@ -116,6 +203,44 @@ def create_api_app(settings: Settings, services: Services) -> FastAPI:
     async def list_models() -> ModelList:
         info = services.engine.info
         return ModelList(data=[ModelCard(id=info.id, created=services.started_at, demo=info.demo)])
+
+    @app.get(
+        "/v1/audit/events",
+        response_model=AuditEventList,
+        summary="Read the audit trail (auditors)",
+        responses=_error_responses(400, 401, 403, 429, 503),
+        dependencies=[requires(Permission.AUDIT_READ)],
+    )
+    async def audit_events(
+        *,
+        since: str | None = None,
+        until: str | None = None,
+        principal: str | None = None,
+        outcome: str | None = None,
+        type: str | None = None,
+        request_id: str | None = None,
+        after: int | None = None,
+        limit: int = 100,
+    ) -> AuditEventList:
+        reader = services.audit
+        if not isinstance(reader, AuditReader):
+            raise AuditUnavailable("this server keeps no readable audit store")
+        if not 1 <= limit <= AUDIT_PAGE_MAX:
+            raise InvalidValue(f"'limit' must be between 1 and {AUDIT_PAGE_MAX}", param="limit")
+        filters = {
+            "since_ms": parse_time_ms(since, "since"),
+            "until_ms": parse_time_ms(until, "until"),
+            "principal": principal,
+            "outcome": outcome,
+            "type_prefix": type,
+            "request_id": request_id,
+            "after_seq": after,
+            "limit": limit + 1,
+        }
+        events = await asyncio.to_thread(reader.search, **filters)
+        page = events[:limit]
+        data = [{**json.loads(e.body), "hash": e.hash} for e in page]
+        return AuditEventList(data=data, next_after=page[-1].seq if len(events) > limit else None)
 
     @app.get("/healthz", summary="Liveness: the process answers", dependencies=[PUBLIC])
     async def healthz() -> dict[str, str]:

@@ -15,6 +15,7 @@ from fastapi import Depends
 from fastapi.routing import APIRoute
 from starlette.requests import Request
 
+from zguard.app.audit import request_record
 from zguard.security.rbac import Permission
 from zguard.services.auth import Identity, RequestInfo
 
@@ -50,6 +51,7 @@ def request_info(request: Request) -> RequestInfo:
         client=client,
         request_id=getattr(state, "request_id", None),
         listener=getattr(request.app.state, "listener", None),
+        record=request_record(request.scope),
     )
 
 

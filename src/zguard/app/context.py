@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from zguard.audit import AuditSink
+from zguard.audit.prompts import PromptCapture
 from zguard.engine import ImageEngine
 from zguard.engine.admission import AdmissionQueue
 from zguard.services.auth import AuthService
@@ -23,3 +24,4 @@ class Services:
     readiness: Readiness
     started_at: int
     rate_limits: RateLimitService
+    prompts: PromptCapture

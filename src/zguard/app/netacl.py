@@ -15,8 +15,9 @@ import logging
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from zguard.app.audit import request_record
 from zguard.app.errors import error_response
-from zguard.audit import AuditEvent, AuditSink
+from zguard.audit import AuditEvent, AuditSink, report
 from zguard.errors import IpNotAllowed
 from zguard.security.netacl import Client, NetworkAllowlist, client_address
 
@@ -66,10 +67,12 @@ class NetworkAcl:
         peer = scope.get("client")
         forwarded = [value.decode("latin-1") for name, value in scope["headers"] if name == FORWARDED_FOR]
         client = client_address(peer[0] if peer else None, forwarded, self.trusted_proxies)
+        state = scope.setdefault("state", {})
         if self.allow.allows(client.address):
-            scope.setdefault("state", {})["client_address"] = str(client.address)
+            state["client_address"] = str(client.address)
             await self.app(scope, receive, send)
             return
+        state["client_address"] = client.shown
         error = refusal(self.listener, client)
         log.warning(
             "request %s refused: ip_not_allowed on the %s listener: client %s, TCP peer %s, %d X-Forwarded-For header(s)",
@@ -80,7 +83,9 @@ class NetworkAcl:
             len(forwarded),
         )
         if self.audit is not None:
-            self.audit.emit(
+            report(
+                self.audit,
+                request_record(scope),
                 AuditEvent(
                     type="network.denied",
                     outcome="denied",
@@ -89,7 +94,7 @@ class NetworkAcl:
                     listener=self.listener,
                     client=client.shown,
                     detail={"peer": peer[0] if peer else None, "forwarded_headers": len(forwarded)},
-                )
+                ),
             )
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": WEBSOCKET_POLICY_VIOLATION})

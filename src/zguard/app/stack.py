@@ -2,6 +2,7 @@
 
 Outermost first, as a request meets them:
   RequestContext   request id, security headers, last-resort 500 in the error shape
+  AuditRequests    one audit event per request, committed before the response starts (503 audit_unavailable)
   NetworkAcl       the listener's allowlist, before any other work (403 ip_not_allowed)
   AccessControl    authentication, the route's permission, rate limits (401/403/429)
   BodyLimit        413 for bodies over the listener's cap
@@ -17,6 +18,7 @@ from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from zguard.app.access import AccessControl
+from zguard.app.audit import AuditRequests
 from zguard.app.context import Services
 from zguard.app.errors import handle_http_exception, handle_zguard_error
 from zguard.app.middleware import BodyLimit, RequestContext
@@ -51,5 +53,6 @@ def install_listener_stack(
         trusted_proxies=NetworkAllowlist.from_entries(trusted_proxies),
         audit=services.audit,
     )
+    app.add_middleware(AuditRequests, listener=listener, audit=services.audit)
     app.add_middleware(RequestContext, headers=headers)
     app.state.listener = listener

@@ -1,8 +1,8 @@
 """Audit events: the one interface every decision is reported through.
 
-This is the seam the tamper-evident audit trail plugs into (hash chain, durable store, syslog
-forwarding); until then `LogAuditSink` writes each event as one JSON line on the `zguard.audit`
-logger. Events carry metadata only: never a prompt, an image, a password or a token.
+`AuditTrail` (zguard.audit.trail) is the sink the server and the CLI use: it commits each event
+to the hash-chained audit store before `emit` returns. Events carry metadata only: never a
+prompt (a keyed fingerprint at most, see zguard.audit.prompts), an image, a password or a token.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 Outcome = Literal["allowed", "denied", "done", "failed"]
 DetailValue = str | int | float | bool | None
@@ -35,6 +35,15 @@ class AuditEvent:
     auth_method: str | None = None
     detail: Mapping[str, DetailValue] = field(default_factory=dict)
     time: float = field(default_factory=time.time)
+    # Generation metadata, when the event describes one (see zguard.audit.chain for the layout).
+    model: str | None = None
+    manifest: str | None = None
+    generation: Mapping[str, DetailValue] | None = None
+    prompt: Mapping[str, DetailValue] | None = None
+    policy: Mapping[str, DetailValue] | None = None
+    latency_ms: float | None = None
+    images: tuple[Mapping[str, DetailValue], ...] = ()
+    http: Mapping[str, DetailValue] | None = None
 
 
 def _plain(value: object) -> object:
@@ -43,7 +52,91 @@ def _plain(value: object) -> object:
 
 class AuditSink(Protocol):
     def emit(self, event: AuditEvent) -> None:
-        """Record `event`. Must not raise for ordinary events; the audit trail decides durability."""
+        """Record `event` before returning; raise AuditUnavailable when it cannot be recorded."""
+
+    async def record(self, event: AuditEvent) -> object:
+        """`emit` for the event loop: await until `event` is recorded."""
+
+
+_SEVERITY = {"allowed": 0, "done": 0, "denied": 1, "failed": 2}
+
+
+class RequestRecord:
+    """The one audit event a request produces, filled in by each layer that decides something.
+
+    The audit middleware creates it when a request arrives and commits it as one event just
+    before the response starts; the network ACL, authentication, authorization, rate limits and
+    the route add to it (`merge`, or the fields directly). The most severe outcome wins.
+    """
+
+    __slots__ = (
+        "auth_method",
+        "code",
+        "decisions",
+        "detail",
+        "generation",
+        "images",
+        "latency_ms",
+        "manifest",
+        "model",
+        "outcome",
+        "policy",
+        "principal",
+        "prompt",
+        "roles",
+        "type",
+    )
+
+    def __init__(self) -> None:
+        self.type: str | None = None
+        self.outcome: Outcome | None = None
+        self.code: str | None = None
+        self.principal: str | None = None
+        self.roles: tuple[str, ...] = ()
+        self.auth_method: str | None = None
+        self.decisions: list[str] = []
+        self.detail: dict[str, DetailValue] = {}
+        self.model: str | None = None
+        self.manifest: str | None = None
+        self.generation: Mapping[str, DetailValue] | None = None
+        self.prompt: Mapping[str, DetailValue] | None = None
+        self.policy: Mapping[str, DetailValue] | None = None
+        self.latency_ms: float | None = None
+        self.images: tuple[Mapping[str, DetailValue], ...] = ()
+
+    def merge(self, event: AuditEvent) -> None:
+        """Fold a decision's event into this request's record."""
+        self.decisions.append(event.type)
+        if event.principal is not None:
+            self.principal = event.principal
+        if event.roles:
+            self.roles = event.roles
+        if event.auth_method is not None:
+            self.auth_method = event.auth_method
+        self.set_outcome(event.outcome, event.code)
+        for key, value in event.detail.items():
+            if value is not None:
+                self.detail[key] = value
+
+    def set_outcome(self, outcome: Outcome, code: str | None = None) -> None:
+        if self.outcome is None or _SEVERITY[outcome] >= _SEVERITY[self.outcome]:
+            self.outcome = outcome
+            if code is not None:
+                self.code = code
+
+
+@runtime_checkable
+class AuditReader(Protocol):
+    def search(self, **filters: Any) -> list[Any]:
+        """Stored events (`zguard.audit.store.StoredEvent`) matching `AuditStore.search`'s filters."""
+
+
+def report(sink: AuditSink, record: RequestRecord | None, event: AuditEvent) -> None:
+    """A decision about a request goes into its record; one outside any request is its own event."""
+    if record is not None:
+        record.merge(event)
+    else:
+        sink.emit(event)
 
 
 class LogAuditSink:
@@ -100,7 +193,8 @@ class LogAuditSink:
 
 
 class MemoryAuditSink:
-    """Keeps events in a list: for tests and for tools that report what they did."""
+    """Keeps events in a list: for tests and for tools that report what they did.
+    `search` serves them like the store does (no chain: this is not a trail)."""
 
     def __init__(self) -> None:
         self.events: list[AuditEvent] = []
@@ -108,5 +202,43 @@ class MemoryAuditSink:
     def emit(self, event: AuditEvent) -> None:
         self.events.append(event)
 
+    async def record(self, event: AuditEvent) -> AuditEvent:
+        self.events.append(event)
+        return event
+
+    def search(
+        self,
+        *,
+        principal: str | None = None,
+        outcome: str | None = None,
+        type_prefix: str | None = None,
+        after_seq: int | None = None,
+        limit: int = 100,
+        **_: object,
+    ) -> list[Any]:
+        # Imported here: both modules import this one.
+        from zguard.audit.chain import canonical, event_body  # noqa: PLC0415
+        from zguard.audit.store import StoredEvent  # noqa: PLC0415
+
+        found = []
+        for seq, event in enumerate(self.events, start=1):
+            if (after_seq is not None and seq <= after_seq) or (principal is not None and event.principal != principal):
+                continue
+            if (outcome is not None and event.outcome != outcome) or (
+                type_prefix is not None and not event.type.startswith(type_prefix)
+            ):
+                continue
+            body = canonical(event_body(event, seq=seq, event_id=f"{seq:032x}", time_ms=int(event.time * 1000)))
+            found.append(StoredEvent(seq, f"{seq:032x}", event.time, event.type, event.outcome, body, ""))
+            if len(found) >= limit:
+                break
+        return found
+
     def of_type(self, prefix: str) -> list[AuditEvent]:
-        return [e for e in self.events if e.type.startswith(prefix)]
+        """Events of a type starting with `prefix`, or request events holding such a decision."""
+        return [e for e in self.events if e.type.startswith(prefix) or _decided(e, prefix)]
+
+
+def _decided(event: AuditEvent, prefix: str) -> bool:
+    decisions = event.detail.get("decisions")
+    return isinstance(decisions, str) and any(d.startswith(prefix) for d in decisions.split(","))

@@ -33,6 +33,7 @@ class ModelInfo:
     demo: bool
     device: str
     dtype: str
+    manifest: str | None = None  # digest of the pinned model manifest, once the model is verified
 
 
 class GenerationCancelled(Exception):

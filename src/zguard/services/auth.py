@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, TypeVar
 
-from zguard.audit import AuditEvent, AuditSink
+from zguard.audit import AuditEvent, AuditSink, RequestRecord, report
 from zguard.config import ApiAuthSettings, ConfigUser
 from zguard.errors import InvalidApiKey, MissingCredentials, PermissionDenied, TooManyFailedLogins
 from zguard.security.passwords import DEFAULT_COST, cost_of, dummy_hash, verify_password
@@ -74,6 +74,7 @@ class RequestInfo:
     client: str
     request_id: str | None = None
     listener: str | None = None
+    record: RequestRecord | None = None  # the request's audit record that decisions are folded into
 
 
 def _remember(cache: OrderedDict[str, V], key: str, value: V) -> None:
@@ -178,6 +179,10 @@ class AuthService:
         self._bcrypt = asyncio.Semaphore(BCRYPT_SLOTS)
 
     @property
+    def audit(self) -> AuditSink:
+        return self._audit
+
+    @property
     def enabled(self) -> bool:
         return self._settings.enabled
 
@@ -224,7 +229,7 @@ class AuthService:
             auth_method=identity.method,
             detail={"permission": str(permission), "reason": decision.reason, "token": identity.token_prefix},
         )
-        self._audit.emit(event)
+        report(self._audit, info.record, event)
         if not decision:
             raise PermissionDenied(
                 f"this request needs the permission {permission}, which none of your roles grants; "
@@ -391,7 +396,9 @@ class AuthService:
         token: str | None = None,
         reason: str | None = None,
     ) -> None:
-        self._audit.emit(
+        report(
+            self._audit,
+            info.record,
             AuditEvent(
                 type="auth.denied",
                 outcome="denied",
@@ -402,5 +409,5 @@ class AuthService:
                 principal=principal,
                 auth_method=method,
                 detail={"token": token, "reason": reason},
-            )
+            ),
         )

@@ -45,7 +45,7 @@ from limits.aio.strategies import MovingWindowRateLimiter, RateLimiter, SlidingW
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 
-from zguard.audit import AuditEvent, AuditSink, DetailValue, Outcome
+from zguard.audit import AuditEvent, AuditSink, DetailValue, Outcome, report
 from zguard.config import RateLimitSettings, Settings
 from zguard.errors import RateLimiterUnavailable, RateLimitExceeded, TooManyConcurrentRequests
 from zguard.security.rates import Rate, limits_notation, parse_rates
@@ -170,6 +170,11 @@ class RateLimitService:
         self._clock = clock  # wall time: the library's reset times are epoch seconds
         self._items: dict[Rate, RateLimitItem] = {}
         self._in_flight: dict[str, int] = {}
+
+
+    @property
+    def audit(self) -> AuditSink:
+        return self._audit
 
     @classmethod
     def from_settings(cls, settings: Settings, audit: AuditSink) -> RateLimitService:
@@ -318,7 +323,9 @@ class RateLimitService:
         info: RequestInfo,
         detail: Mapping[str, DetailValue],
     ) -> None:
-        self._audit.emit(
+        report(
+            self._audit,
+            info.record,
             AuditEvent(
                 type=type_,
                 outcome=outcome,
@@ -330,5 +337,5 @@ class RateLimitService:
                 roles=tuple(sorted(identity.roles)),
                 auth_method=identity.method,
                 detail=detail,
-            )
+            ),
         )

@@ -136,3 +136,60 @@ class AuthState(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     version: Mapped[int] = mapped_column(BigInteger, server_default="0")
+
+
+HASH_HEX_LEN = 64
+EVENT_ID_LEN = 32
+EVENT_TYPE_MAX = 64
+
+
+class AuditEventRow(Base):
+    """One audit event. `body` is the event's canonical JSON, exactly the bytes that were hashed;
+    the other columns repeat fields of it for searching, and verification checks they agree.
+
+    `hash` = SHA-256(`prev_hash` + "\\n" + `body`), so each event commits to every one before it.
+    `seq` is assigned by the writer under the head row's lock: one order across writers.
+    """
+
+    __tablename__ = "audit_events"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    event_id: Mapped[str] = mapped_column(String(EVENT_ID_LEN), unique=True)
+    time_ms: Mapped[int] = mapped_column(BigInteger, index=True)
+    type: Mapped[str] = mapped_column(String(EVENT_TYPE_MAX), index=True)
+    outcome: Mapped[str] = mapped_column(String(16))
+    principal: Mapped[str | None] = mapped_column(String(NAME_MAX), index=True)
+    request_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    body: Mapped[str] = mapped_column(String)
+    prev_hash: Mapped[str] = mapped_column(String(HASH_HEX_LEN))
+    hash: Mapped[str] = mapped_column(String(HASH_HEX_LEN))
+
+
+class AuditHead(Base):
+    """The chain's head in one row, updated in the same transaction as the events it covers.
+
+    Every writer first updates this row, which takes the write lock (SQLite) or the row lock
+    (PostgreSQL) before it reads the head: that is what keeps several writers, threads or
+    replicas, on one chain. `base_seq`/`base_hash` are where the stored chain starts: 0 and the
+    genesis hash, or the last purged event once retention has archived older ones.
+    """
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(HASH_HEX_LEN))
+    base_seq: Mapped[int] = mapped_column(BigInteger)
+    base_hash: Mapped[str] = mapped_column(String(HASH_HEX_LEN))
+    checkpoint_seq: Mapped[int] = mapped_column(BigInteger)
+    checkpoint_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class AuditCursor(Base):
+    """How far a consumer of the trail (the syslog forwarder) has durably got: the outbox."""
+
+    __tablename__ = "audit_cursors"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    updated_ms: Mapped[int] = mapped_column(BigInteger)

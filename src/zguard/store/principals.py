@@ -131,6 +131,10 @@ class PrincipalStore:
         self._version_probe = _VersionProbe(engine)
         self._clock = clock
 
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
     # --- principals ---------------------------------------------------------------------
 
     def create_principal(

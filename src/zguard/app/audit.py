@@ -1,0 +1,164 @@
+"""`AuditRequests`: one committed audit event for every request either listener answers.
+
+It sits just inside `RequestContext` (so the request id exists) and outside the network ACL (so
+requests refused for their address are recorded too). Each layer that decides something adds
+to the request's `RequestRecord`; when the response is about to start, this middleware holds
+it back, commits the event (group commit: concurrent requests share a transaction) and only
+then lets the response go. If the event cannot be committed the client gets 503
+`audit_unavailable` instead: nothing is answered unrecorded.
+
+The error code of a refusal is read from the error body the app produced (one small JSON
+message), so every refusal — from our layers, FastAPI's 404/405 or a 500 — records its code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from zguard.app.errors import error_response
+from zguard.audit import AuditEvent, AuditSink, Outcome, RequestRecord
+from zguard.errors import AuditUnavailable, ZguardError
+
+log = logging.getLogger("zguard.audit")
+STATE_KEY = "audit"
+PATH_MAX = 256
+_ERROR_BODY_MAX = 16_384
+
+
+def request_record(scope: Scope) -> RequestRecord | None:
+    record = scope.get("state", {}).get(STATE_KEY)
+    return record if isinstance(record, RequestRecord) else None
+
+
+def _outcome_for(status: int) -> Outcome:
+    if status >= 500:
+        return "failed"
+    if status >= 400:
+        return "denied"
+    return "allowed"
+
+
+def _error_code(body: bytes) -> str | None:
+    if len(body) > _ERROR_BODY_MAX:
+        return None
+    try:
+        code = json.loads(body)["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return code if isinstance(code, str) else None
+
+
+class AuditRequests:
+    def __init__(self, app: ASGIApp, *, listener: str, audit: AuditSink) -> None:
+        self.app = app
+        self.listener = listener
+        self.audit = audit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        arrived = time.time()
+        record = RequestRecord()
+        state = scope.setdefault("state", {})
+        state[STATE_KEY] = record
+        held: Message | None = None
+        committed = False
+        refused = False
+
+        async def commit(status: int, code: str | None) -> bool:
+            """Commit the request's event; False (and a 503 sent) when it cannot be."""
+            nonlocal committed
+            committed = True
+            event = self._event(scope, record, status, code, arrived=arrived, started=started)
+            try:
+                await self.audit.record(event)
+            except ZguardError as error:
+                await self._refuse(error, send)
+                return False
+            except Exception:
+                log.exception("audit store write failed for request %s", state.get("request_id"))
+                await self._refuse(AuditUnavailable("the audit trail cannot be written; retry later"), send)
+                return False
+            return True
+
+        async def send_after_commit(message: Message) -> None:
+            nonlocal held, refused
+            if refused:
+                return  # a 503 audit_unavailable went out instead of this response
+            kind = message["type"]
+            if kind == "http.response.start":
+                if message["status"] >= 400:
+                    held = message  # wait for the error body: it names the code
+                    return
+                if not await commit(message["status"], None):
+                    refused = True
+                    return
+            elif kind == "http.response.body" and held is not None:
+                start, held = held, None
+                code = _error_code(message.get("body", b"")) if not message.get("more_body") else None
+                if not await commit(start["status"], code):
+                    refused = True
+                    return
+                await send(start)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_after_commit)
+        finally:
+            if not committed:  # the app failed or the client left before any response
+                record.set_outcome("failed", record.code or "no_response")
+                try:
+                    await self.audit.record(self._event(scope, record, None, None, arrived=arrived, started=started))
+                except Exception:
+                    log.exception("audit store write failed for request %s", state.get("request_id"))
+
+    async def _refuse(self, error: ZguardError, send: Send) -> None:
+        response = error_response(error)
+
+        async def no_receive() -> Message:  # pragma: no cover - a JSONResponse never reads
+            return {"type": "http.disconnect"}
+
+        await response({"type": "http"}, no_receive, send)
+
+    def _event(
+        self,
+        scope: Scope,
+        record: RequestRecord,
+        status: int | None,
+        code: str | None,
+        *,
+        arrived: float,
+        started: float,
+    ) -> AuditEvent:
+        state: dict[str, Any] = scope.get("state", {})
+        if status is not None:
+            record.set_outcome(record.outcome if record.outcome is not None and status < 400 else _outcome_for(status))
+        path = scope.get("path", "")
+        return AuditEvent(
+            type=record.type or "http.request",
+            outcome=record.outcome or "failed",
+            code=record.code or code,
+            request_id=state.get("request_id"),
+            listener=self.listener,
+            client=state.get("client_address") or (scope["client"][0] if scope.get("client") else None),
+            principal=record.principal,
+            roles=record.roles,
+            auth_method=record.auth_method,
+            detail={**record.detail, "decisions": ",".join(record.decisions)} if record.decisions else record.detail,
+            time=arrived,
+            model=record.model,
+            manifest=record.manifest,
+            generation=record.generation,
+            prompt=record.prompt,
+            policy=record.policy,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            images=record.images,
+            http={"method": scope.get("method"), "path": path[:PATH_MAX], "status": status},
+        )

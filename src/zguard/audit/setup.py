@@ -1,0 +1,63 @@
+"""Building the audit trail's parts from the settings: keys, store, prompt capture."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from zguard.audit import AuditEvent
+from zguard.audit.chain import CheckpointSigner, load_or_create_signing_key
+from zguard.audit.prompts import PromptCapture, load_x25519_public
+from zguard.audit.store import AuditStore, CheckpointPolicy, StoredEvent, pending
+from zguard.config import Settings
+from zguard.security.keys import load_or_create_key
+
+SIGNING_KEY_FILE = "audit-signing.pem"
+PROMPT_KEY_FILE = "audit-prompt.key"
+ARCHIVE_DIR = "audit-archive"
+
+
+def signing_key_path(settings: Settings) -> Path:
+    return settings.audit.signing_key_file or settings.state_dir / SIGNING_KEY_FILE
+
+
+def archive_dir(settings: Settings) -> Path:
+    return settings.audit.archive_dir or settings.state_dir / ARCHIVE_DIR
+
+
+def signer(settings: Settings) -> CheckpointSigner:
+    """The checkpoint signing key, created (0600, its directory 0700 when new) on first use."""
+    path = signing_key_path(settings)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return load_or_create_signing_key(path)
+
+
+def open_audit_store(settings: Settings, engine: Engine) -> AuditStore:
+    policy = CheckpointPolicy(
+        every=settings.audit.checkpoint_every, interval_ms=int(settings.audit.checkpoint_interval_s * 1000)
+    )
+    return AuditStore(engine, signer=signer(settings), checkpoints=policy)
+
+
+def prompt_capture(settings: Settings) -> PromptCapture:
+    mode = settings.audit.prompt_capture
+    if mode == "hmac":
+        return PromptCapture("hmac", hmac_key=load_or_create_key(settings.state_dir / PROMPT_KEY_FILE))
+    if mode == "encrypted" and settings.audit.auditor_public_key_file is not None:  # the validator requires it
+        return PromptCapture("encrypted", recipient=load_x25519_public(settings.audit.auditor_public_key_file))
+    return PromptCapture("none")
+
+
+class StoreSink:
+    """Appends each event in the caller's thread: for CLI commands, which emit a handful."""
+
+    def __init__(self, store: AuditStore) -> None:
+        self.store = store
+
+    def emit(self, event: AuditEvent) -> None:
+        self.store.append([pending(event)])
+
+    async def record(self, event: AuditEvent) -> StoredEvent:
+        return (await asyncio.to_thread(self.store.append, [pending(event)]))[0]

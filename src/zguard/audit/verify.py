@@ -1,0 +1,215 @@
+"""`zguard audit verify`: walk the chain and name the first thing that is wrong.
+
+Rows are read in `seq` order from the chain's base (0, or the last purged event) and checked:
+
+- **edited**: the row's body no longer hashes to its stored hash, its searchable columns
+  disagree with its body, or (an edit re-hashed by someone without the signing key) the next
+  event no longer links to it, or a signed checkpoint no longer matches the chain;
+- **deleted**: the sequence jumps (event N is missing);
+- **inserted**: an event that does not link to its predecessor while the next one links past
+  it, or events beyond the recorded head;
+- **reordered**: an event stored at a position other than the one its own body names;
+- **truncated**: the store ends before the recorded head or before the last signed checkpoint.
+
+Every `audit.checkpoint` event's Ed25519 signature is checked and its head hash compared with
+the chain at the point it covers. What the database alone cannot show — the whole tail after
+the last checkpoint removed *and* the head row rewritten to match — the checkpoints forwarded to
+syslog still show; compare `zguard audit status` with the collector's last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from zguard.audit.chain import CHECKPOINT_TYPE, chain_hash, checkpoint_valid
+from zguard.audit.store import AuditStore
+
+Kind = Literal["edited", "deleted", "inserted", "reordered", "truncated", "forged_checkpoint"]
+_COLUMN_FIELDS = ("event_id", "time_ms", "type", "outcome", "principal", "request_id")
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: Kind
+    seq: int
+    message: str
+
+
+@dataclass
+class Report:
+    events: int = 0
+    checkpoints: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    last_checkpoint: int | None = None
+    problem: Problem | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "events": self.events,
+            "checkpoints": self.checkpoints,
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "last_checkpoint_covers": self.last_checkpoint,
+            "problem": None
+            if self.problem is None
+            else {"kind": self.problem.kind, "seq": self.problem.seq, "message": self.problem.message},
+            "notes": self.notes,
+        }
+
+
+def _column_value(row: Any, name: str) -> Any:
+    return getattr(row, name)
+
+
+def verify_rows(  # noqa: PLR0915 - one pass, one check after another, each naming its kind
+    rows: Iterable[Any],
+    *,
+    base_seq: int,
+    base_hash: str,
+    head_seq: int | None,
+    head_hash: str | None = None,
+    public_key: Ed25519PublicKey | None,
+) -> Report:
+    """Check rows (with the audit_events columns) given in ascending `seq` order."""
+    report = Report()
+    expected_seq = base_seq + 1
+    prev_hash = base_hash
+    recent: dict[str, int] = {base_hash: base_seq}  # hash -> seq of the last few good rows, to spot insertions
+    hashes_at: dict[int, str] = {}
+    last_seq = base_seq
+
+    def fail(kind: Kind, seq: int, message: str) -> Report:
+        report.problem = Problem(kind, seq, message)
+        return report
+
+    for row in rows:
+        seq = row.seq
+        if report.first_seq is None:
+            report.first_seq = seq
+        if head_seq is not None and seq > head_seq:
+            return fail("inserted", seq, f"event(s) from {seq} on were inserted after the recorded head {head_seq}")
+        try:
+            body = json.loads(row.body)
+        except ValueError:
+            return fail("edited", seq, f"event {seq}: its body is not valid JSON")
+        if chain_hash(row.prev_hash, row.body) != row.hash:
+            return fail("edited", seq, f"event {seq} was edited: its content no longer matches its hash")
+        body_seq = body.get("seq")
+        if body_seq != seq:
+            if (
+                isinstance(body_seq, int)
+                and body_seq < seq
+                and row.prev_hash in recent
+                and recent[row.prev_hash] < seq - 1
+            ):
+                first_extra = recent[row.prev_hash] + 1
+                return fail(
+                    "inserted",
+                    first_extra,
+                    f"event(s) {first_extra}..{seq - 1} were inserted: event {body_seq} (now stored at {seq}) "
+                    f"links to event {recent[row.prev_hash]}",
+                )
+            return fail(
+                "reordered",
+                seq,
+                f"events were reordered: the event stored at position {seq} is event {body_seq} by its own content",
+            )
+        for name in _COLUMN_FIELDS:
+            value = _column_value(row, name)
+            expected = body.get(name)
+            if name == "type" and isinstance(expected, str):
+                expected = expected[:64]
+            if value != expected:
+                return fail("edited", seq, f"event {seq} was edited: column {name!r} disagrees with the hashed content")
+        if seq > expected_seq:
+            missing = f"{expected_seq}" if seq == expected_seq + 1 else f"{expected_seq}..{seq - 1}"
+            return fail(
+                "deleted",
+                expected_seq,
+                f"event(s) {missing} were deleted: the sequence jumps from {expected_seq - 1} to {seq}",
+            )
+        if row.prev_hash != prev_hash:
+            if row.prev_hash in recent:
+                first_extra = recent[row.prev_hash] + 1
+                return fail(
+                    "inserted",
+                    first_extra,
+                    f"event(s) {first_extra}..{seq - 1} were inserted: event {seq} links to event {recent[row.prev_hash]}",
+                )
+            return fail(
+                "edited",
+                seq - 1,
+                f"event {seq - 1} was edited and re-hashed: event {seq} no longer links to it",
+            )
+        hashes_at[seq] = row.hash
+        if body.get("type") == CHECKPOINT_TYPE:
+            report.checkpoints += 1
+            detail = body.get("detail") or {}
+            if public_key is not None and not checkpoint_valid(public_key, detail):
+                return fail(
+                    "forged_checkpoint", seq, f"checkpoint {seq} has no valid signature by the audit signing key"
+                )
+            covers = detail.get("covers_seq")
+            if isinstance(covers, int):
+                if covers in hashes_at and hashes_at[covers] != detail.get("head_hash"):
+                    return fail(
+                        "edited",
+                        covers,
+                        f"the chain up to event {covers} does not match the signed checkpoint {seq}: "
+                        "events before it were rewritten",
+                    )
+                if covers < report.first_seq and covers != base_seq:
+                    report.notes.append(f"checkpoint {seq} covers event {covers}, before the stored chain")
+                if covers == base_seq and detail.get("head_hash") != base_hash:
+                    return fail("edited", seq, f"checkpoint {seq} does not match the chain's base")
+                report.last_checkpoint = covers
+        recent[row.hash] = seq
+        if len(recent) > 64:
+            recent.pop(next(iter(recent)))
+        if len(hashes_at) > 200_000:  # keep memory bounded; checkpoints cover recent events
+            for old in list(hashes_at)[:100_000]:
+                del hashes_at[old]
+        prev_hash = row.hash
+        expected_seq = seq + 1
+        last_seq = seq
+        report.events += 1
+    report.last_seq = last_seq if report.events else None
+    if head_seq is not None:
+        if last_seq < head_seq:
+            return fail(
+                "truncated",
+                last_seq + 1,
+                f"the trail was truncated: it ends at event {last_seq} but the head records {head_seq}",
+            )
+        if head_hash is not None and prev_hash != head_hash:
+            return fail(
+                "edited",
+                last_seq,
+                f"the chain's last hash (event {last_seq}) differs from the recorded head: events were rewritten",
+            )
+    return report
+
+
+def verify_store(store: AuditStore, public_key: Ed25519PublicKey | None) -> Report:
+    """Verify the whole stored chain against its head row and checkpoints."""
+    head = store.head()
+    return verify_rows(
+        store.iter_rows(),
+        base_seq=head.base_seq,
+        base_hash=head.base_hash,
+        head_seq=head.seq,
+        head_hash=head.hash,
+        public_key=public_key,
+    )
