@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from zguard.policy.verdict import DEFAULT_ACTIONS, DETECTORS, Action
 from zguard.security.netacl import LOOPBACK_NETWORKS, parse_networks
 from zguard.security.rates import parse_rates
 from zguard.security.rbac import CustomRole, RoleError, RoleRegistry, build_registry, check_assignment
@@ -426,6 +427,51 @@ class AuditSettings(_Section):
         return self
 
 
+class PolicySettings(_Section):
+    banned_terms_files: list[str] = Field(
+        default_factory=lambda: ["builtin:guide", "builtin:bank"],
+        description="Banned-term lists, UTF-8, one term per line (format in `zguard/policy/terms.py`): file paths, or `builtin:guide` (the deployment guide's 机密, 客户名单, 内部代号, with pinyin) and `builtin:bank` (a starter list for a bank in Chinese and English, meant to be copied and extended). SIGHUP or `zguard policy reload` re-reads them; a list that fails to load leaves the previous policy in force. At start a bad list stops the server (fail closed). Empty: no banned terms; the personal-data detectors still run.",
+    )
+    reveal_terms: bool = Field(
+        False,
+        description="Name the matched list entry in the 400 `prompt_rejected` message. Off: the message names only the category, so clients cannot probe the list. The audit trail never gets the term, only its id (a hash of the normalised term).",
+    )
+    actions: dict[str, Action] = Field(
+        default_factory=lambda: dict(DEFAULT_ACTIONS),
+        description="What each detector does: `block` (400 `prompt_rejected`, no GPU work) or `flag` (served; the audit event records the finding). Detectors: `terms` (banned terms), `resident_id` (Chinese resident ID: real birth date, ISO 7064 MOD 11-2 check), `bank_card` (13-19 digits, Luhn check), `mobile` (Chinese mobile number), `email`. Detectors not named keep their defaults.",
+    )
+    per_role: dict[str, dict[str, Action]] = Field(
+        default_factory=dict,
+        description="Actions replacing `actions` for principals holding a role, e.g. `{red-team: {terms: flag, resident_id: flag}}`. When several of a principal's roles set the same detector, `flag` wins.",
+    )
+    allow_phrases: list[str] = Field(
+        default_factory=lambda: ["手机密码", "随机密码"],
+        description="Phrases in which a finding is ignored (compared after the same normalisation as terms): known false positives, e.g. 手机密码 (phone password) and 随机密码 (random password), which contain 机密.",
+    )
+
+    @field_validator("actions")
+    @classmethod
+    def _all_detectors(cls, value: dict[str, Action]) -> dict[str, Action]:
+        if unknown := sorted(set(value) - set(DETECTORS)):
+            raise ValueError(f"unknown detector(s) {', '.join(unknown)}; known: {', '.join(DETECTORS)}")
+        return {**DEFAULT_ACTIONS, **value}
+
+    @field_validator("per_role")
+    @classmethod
+    def _known_detectors(cls, value: dict[str, dict[str, Action]]) -> dict[str, dict[str, Action]]:
+        for role, actions in value.items():
+            if unknown := sorted(set(actions) - set(DETECTORS)):
+                raise ValueError(f"{role}: unknown detector(s) {', '.join(unknown)}; known: {', '.join(DETECTORS)}")
+        return value
+
+    @field_validator("banned_terms_files")
+    @classmethod
+    def _named_files(cls, value: list[str]) -> list[str]:
+        if any(not name.strip() for name in value):
+            raise ValueError("an empty file name; give a path or builtin:guide / builtin:bank")
+        return value
+
+
 class Settings(_Section):
     """Everything zguard can be told. Loaded once at start; never created at import time."""
 
@@ -464,6 +510,10 @@ class Settings(_Section):
     audit: AuditSettings = Field(
         default_factory=AuditSettings,
         description="The tamper-evident audit trail: retention, prompt capture, checkpoints, syslog forwarding.",
+    )
+    policy: PolicySettings = Field(
+        default_factory=PolicySettings,
+        description="The prompt policy: banned terms, personal-data detectors, per-role actions, the allow-list.",
     )
     trusted_proxies: list[str] = Field(
         default_factory=list,

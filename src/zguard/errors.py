@@ -11,7 +11,8 @@
     │   ├── InvalidPrompt              invalid_prompt
     │   ├── InvalidSize                invalid_size
     │   ├── UnsupportedResponseFormat  unsupported_response_format
-    │   └── ModelNotFound              model_not_found
+    │   ├── ModelNotFound              model_not_found
+    │   └── PromptRejected             prompt_rejected: the prompt policy blocked it; names the category
     ├── UnsupportedMediaType (415)     unsupported_media_type
     ├── RequestTooLarge (413)          request_too_large
     ├── IpNotAllowed (403)             ip_not_allowed: the client address is not in the listener's allowlist
@@ -104,6 +105,31 @@ class UnsupportedResponseFormat(RequestError):
 
 class ModelNotFound(RequestError):
     code = "model_not_found"
+
+
+class PromptRejected(RequestError):
+    """The prompt policy blocked `prompt` or `negative_prompt` (`param`); no GPU work was done.
+
+    The message names the category, and the matched list entry only under `policy.reveal_terms`;
+    `policy` holds the verdict's audit fields (verdict, category, detector, term id), never text.
+    """
+
+    code = "prompt_rejected"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str,
+        category: str,
+        detector: str,
+        policy: dict[str, str | int | float | bool | None],
+        detail: str | None = None,
+    ) -> None:
+        super().__init__(message, param=param, detail=detail)
+        self.category = category
+        self.detector = detector
+        self.policy = policy
 
 
 class UnsupportedMediaType(ZguardError):
