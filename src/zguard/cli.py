@@ -16,6 +16,7 @@ import yaml
 from zguard.admin_cli import add_admin_commands, run_on_database
 from zguard.config import Settings
 from zguard.errors import ConfigError
+from zguard.policy_cli import add_policy_commands
 from zguard.settings_loader import load_settings, masked_settings
 
 if TYPE_CHECKING:
@@ -181,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     db_current.set_defaults(handler=cmd_db_current)
     add_admin_commands(commands, common)
+    add_policy_commands(commands, common)
     return parser
 
 

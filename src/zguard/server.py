@@ -34,6 +34,8 @@ from zguard.config import ENV_PREFIX, ListenerSettings, Settings
 from zguard.engine import GenerationJob, ImageEngine
 from zguard.engine.admission import AdmissionQueue, WorkerThread
 from zguard.errors import ConfigError
+from zguard.pidfile import remove_pid_file, write_pid_file
+from zguard.policy.holder import PolicyHolder, ReloadOnSignal
 from zguard.security.keys import KEY_BYTES
 from zguard.security.tokens import new_token, token_digest
 from zguard.services.admin import load_token_key, token_key_path
@@ -169,6 +171,7 @@ class Runtime:
     services: Services
     admission: AdmissionQueue
     worker: WorkerThread
+    policy: PolicyHolder | None = None
 
 
 def open_store(settings: Settings) -> PrincipalStore:
@@ -256,7 +259,8 @@ def build_runtime(
     worker = WorkerThread()
     admission = AdmissionQueue(settings.generation.max_queue, worker)
     readiness = Readiness()
-    images = ImageService(settings.generation, engine, admission, readiness)
+    policy = PolicyHolder.from_settings(settings)  # a list that cannot be loaded stops the start (fail closed)
+    images = ImageService(settings.generation, engine, admission, readiness, policy=policy)
     services = Services(
         engine=engine,
         images=images,
@@ -267,7 +271,15 @@ def build_runtime(
         started_at=int(time.time()),
         rate_limits=rate_limits or RateLimitService.from_settings(settings, audit),
     )
-    return Runtime(services=services, admission=admission, worker=worker)
+    return Runtime(services=services, admission=admission, worker=worker, policy=policy)
+
+
+def serve_policy_reloads(loop: asyncio.AbstractEventLoop, runtime: Runtime, audit: AuditSink, state_dir: Path) -> Path:
+    """SIGHUP re-reads the banned-term lists (zguard.policy.holder); the pid file it writes tells
+    `zguard policy reload` where to send the signal. Returns the pid file's path."""
+    if runtime.policy is not None:
+        loop.add_signal_handler(signal.SIGHUP, ReloadOnSignal(runtime.policy, audit))
+    return write_pid_file(state_dir)
 
 
 EXIT_MODEL_FAILED = 3
@@ -374,6 +386,7 @@ async def serve(settings: Settings, engine: ImageEngine | None = None) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, signals, signum)
+    pid_file = serve_policy_reloads(loop, runtime, audit, settings.state_dir)
     exit_code = 0
 
     async def start_model() -> None:
@@ -391,8 +404,9 @@ async def serve(settings: Settings, engine: ImageEngine | None = None) -> int:
         await asyncio.gather(*(server.serve(sockets=[sockets[name]]) for name, server in servers.items()))
     finally:
         warm.cancel()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
+        remove_pid_file(pid_file)
         if not runtime.worker.stop(timeout=signals.remaining_s()) and runtime.admission.running:
             log.warning("a generation was still running after the grace period; exiting anyway")
         for sock in sockets.values():

@@ -15,7 +15,7 @@ import math
 import secrets
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +44,9 @@ from zguard.services.readiness import Readiness
 if TYPE_CHECKING:
     from PIL.Image import Image
 
+    from zguard.policy.holder import PolicyHolder
+    from zguard.policy.verdict import Verdict
+
 MAX_SEED = 2**63 - 1 - 16  # room for seed + i with i < max_n
 DEMO_DEFAULT_SIDE = 256
 DEFAULT_SIDE = 1024
@@ -56,6 +59,7 @@ class GenerationPlan:
     job: GenerationJob
     output_format: OutputFormat
     quality: int
+    verdict: Verdict | None = None  # the prompt policy's; `verdict.audit_fields()` is what the audit trail may keep
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
@@ -137,6 +141,7 @@ class ImageService:
         *,
         encode: Callable[[list[Image], OutputFormat, int], list[bytes]] | None = None,
         clock: Callable[[], float] = time.time,
+        policy: PolicyHolder | None = None,
     ) -> None:
         self._limits = limits
         self._engine = engine
@@ -144,10 +149,12 @@ class ImageService:
         self._readiness = readiness
         self._encode = encode or encode_images
         self._clock = clock
+        self._policy = policy
         self.default_size = default_size(limits, demo=engine.info.demo)
 
-    def plan(self, data: dict[str, Any]) -> GenerationPlan:
-        """Validate a parsed body against the schema and the limits; raise a RequestError."""
+    def plan(self, data: dict[str, Any], roles: Collection[str] = ()) -> GenerationPlan:
+        """Validate a parsed body against the schema and the limits, then check its prompts against
+        the prompt policy for a caller holding `roles`; raise a RequestError (PromptRejected)."""
         try:
             req = ImageGenerationRequest.model_validate(data)
         except ValidationError as exc:
@@ -193,6 +200,8 @@ class ImageService:
             raise InvalidSize("'size' must be written WxH, e.g. 1024x1024", param="size")
         if problem := check_size(size, limits):
             raise InvalidSize(f"'size' {size[0]}x{size[1]} is not allowed: {problem}", param="size")
+        # The prompt policy last, on an otherwise valid request: a block raises PromptRejected (400).
+        verdict = None if self._policy is None else self._policy.enforce(req.prompt, req.negative_prompt, roles)
         seed = secrets.randbelow(2**32) if req.seed is None else req.seed
         job = GenerationJob(
             prompt=req.prompt,
@@ -204,7 +213,7 @@ class ImageService:
             n=req.n,
         )
         quality = DEFAULT_QUALITY if req.output_compression is None else req.output_compression
-        return GenerationPlan(job=job, output_format=req.output_format or "png", quality=quality)
+        return GenerationPlan(job=job, output_format=req.output_format or "png", quality=quality, verdict=verdict)
 
     async def generate(self, plan: GenerationPlan, request_id: str) -> ImageGenerationResponse:
         """Admit, generate and encode; raise NotReady, ServerBusy or GenerationTimeout."""
