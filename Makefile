@@ -39,6 +39,7 @@ docs: install
 bench: install
 	$(BIN)/python bench/bench_generation.py
 	$(BIN)/python bench/bench_auth.py
+	$(BIN)/python bench/bench_policy.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage
