@@ -295,3 +295,13 @@ def test_failed_commit_fails_every_waiter_with_audit_unavailable(tmp_path: Path)
         with pytest.raises(AuditUnavailable):
             trail.emit(AuditEvent(type="t", outcome="allowed"))
         assert trail.last_error is not None
+
+
+def test_client_text_with_a_lone_surrogate_is_stored_and_verifies(tmp_path: Path) -> None:
+    with audit_store(sqlite_url(tmp_path), tmp_path / "keys") as (store, _):
+        store.append(
+            [pending(AuditEvent(type="http.request", outcome="denied", principal="x\ud800y", client="\udcff"))]
+        )
+        (stored,) = store.search()
+        assert json.loads(stored.body)["principal"] == "x\ud800y"
+        assert _verify(store).ok

@@ -37,7 +37,12 @@ BODY_VERSION = 1
 
 
 def canonical(obj: Mapping[str, Any]) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_plain)
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_plain)
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a lone surrogate from client text: escape it (and all else) as \uXXXX
+        text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=_plain)
+    return text
 
 
 def _plain(value: object) -> object:
@@ -46,6 +51,18 @@ def _plain(value: object) -> object:
     if isinstance(value, tuple | frozenset | set):
         return list(value)
     return str(value)
+
+
+def column_text(value: str | None, limit: int) -> str | None:
+    """A body field as its search column holds it: cut to `limit`, lone surrogates as U+FFFD."""
+    if value is None:
+        return None
+    value = value[:limit]
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        value = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return value
 
 
 def chain_hash(prev_hash: str, body: str) -> str:

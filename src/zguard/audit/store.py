@@ -21,7 +21,7 @@ from sqlalchemy import Engine, Table, and_, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from zguard.audit import AuditEvent
-from zguard.audit.chain import CHECKPOINT_TYPE, CheckpointSigner, canonical, chain_hash, event_body
+from zguard.audit.chain import CHECKPOINT_TYPE, CheckpointSigner, canonical, chain_hash, column_text, event_body
 from zguard.store.models import AuditCursor, AuditEventRow, AuditHead
 
 EVENTS = cast(Table, AuditEventRow.__table__)
@@ -274,19 +274,20 @@ class AuditStore:
                 return
             position = rows[-1].seq
 
-    def iter_rows(self, *, batch: int = 5_000) -> Iterator[Any]:
-        """Raw rows (every column) in seq order, for verification."""
+    def iter_rows(self, *, batch: int = 5_000) -> Iterator[tuple[Any, ...]]:
+        """Raw rows as tuples in `verify.ROW_COLUMNS` order, by seq, for verification."""
+        columns = [EVENTS.c[name] for name in _COLUMNS]
         position: int | None = None
         while True:
-            query = select(EVENTS)
+            query = select(*columns)
             if position is not None:
                 query = query.where(EVENTS.c.seq > position)
             with self.engine.connect() as conn:
-                rows = list(conn.execute(query.order_by(EVENTS.c.seq).limit(batch)))
+                rows = [tuple(row) for row in conn.execute(query.order_by(EVENTS.c.seq).limit(batch))]
             yield from rows
             if len(rows) < batch:
                 return
-            position = rows[-1].seq
+            position = rows[-1][0]
 
     def get(self, event_id: str) -> StoredEvent | None:
         with self.engine.connect() as conn:
@@ -356,10 +357,10 @@ def _row(
         "seq": seq,
         "event_id": event_id,
         "time_ms": time_ms,
-        "type": event.type[:64],
+        "type": column_text(event.type, 64),
         "outcome": event.outcome,
-        "principal": event.principal[:128] if event.principal is not None else None,
-        "request_id": event.request_id[:64] if event.request_id is not None else None,
+        "principal": column_text(event.principal, 128),
+        "request_id": column_text(event.request_id, 64),
         "body": body,
         "prev_hash": prev,
         "hash": digest,

@@ -19,18 +19,19 @@ syslog still show; compare `zguard audit status` with the collector's last check
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from zguard.audit.chain import CHECKPOINT_TYPE, chain_hash, checkpoint_valid
+from zguard.audit.chain import CHECKPOINT_TYPE, checkpoint_valid, column_text
 from zguard.audit.store import AuditStore
 
 Kind = Literal["edited", "deleted", "inserted", "reordered", "truncated", "forged_checkpoint"]
-_COLUMN_FIELDS = ("event_id", "time_ms", "type", "outcome", "principal", "request_id")
 
 
 @dataclass(frozen=True)
@@ -69,12 +70,23 @@ class Report:
         }
 
 
-def _column_value(row: Any, name: str) -> Any:
-    return getattr(row, name)
+# Rows are tuples in this column order (AuditStore.iter_rows).
+ROW_COLUMNS = ("seq", "event_id", "time_ms", "type", "outcome", "principal", "request_id", "body", "prev_hash", "hash")
+# (index, name, length limit of a text column) of the columns that repeat a body field
+_CHECKED = (
+    (1, "event_id", 0),
+    (2, "time_ms", 0),
+    (3, "type", 64),
+    (4, "outcome", 0),
+    (5, "principal", 128),
+    (6, "request_id", 64),
+)
+_RECENT = 64  # how far back an insertion's link is looked for
+_HASHES_KEPT = 10_000  # how far back a checkpoint's covered event is looked for
 
 
-def verify_rows(  # noqa: PLR0915 - one pass, one check after another, each naming its kind
-    rows: Iterable[Any],
+def verify_rows(
+    rows: Iterable[Sequence[Any]],
     *,
     base_seq: int,
     base_hash: str,
@@ -82,56 +94,53 @@ def verify_rows(  # noqa: PLR0915 - one pass, one check after another, each nami
     head_hash: str | None = None,
     public_key: Ed25519PublicKey | None,
 ) -> Report:
-    """Check rows (with the audit_events columns) given in ascending `seq` order."""
+    """Check rows (tuples in `ROW_COLUMNS` order) given in ascending `seq` order."""
     report = Report()
     expected_seq = base_seq + 1
     prev_hash = base_hash
-    recent: dict[str, int] = {base_hash: base_seq}  # hash -> seq of the last few good rows, to spot insertions
+    recent: OrderedDict[str, int] = OrderedDict({base_hash: base_seq})  # hash -> seq, to spot insertions
     hashes_at: dict[int, str] = {}
     last_seq = base_seq
+    loads = json.loads
+    sha256 = hashlib.sha256
 
     def fail(kind: Kind, seq: int, message: str) -> Report:
         report.problem = Problem(kind, seq, message)
         return report
 
     for row in rows:
-        seq = row.seq
+        seq, raw, row_prev, row_hash = row[0], row[7], row[8], row[9]
         if report.first_seq is None:
             report.first_seq = seq
         if head_seq is not None and seq > head_seq:
             return fail("inserted", seq, f"event(s) from {seq} on were inserted after the recorded head {head_seq}")
         try:
-            body = json.loads(row.body)
-        except ValueError:
+            body = loads(raw)
+            digest = sha256(f"{row_prev}\n{raw}".encode()).hexdigest()
+        except (ValueError, UnicodeEncodeError):
             return fail("edited", seq, f"event {seq}: its body is not valid JSON")
-        if chain_hash(row.prev_hash, row.body) != row.hash:
+        if digest != row_hash:
             return fail("edited", seq, f"event {seq} was edited: its content no longer matches its hash")
         body_seq = body.get("seq")
         if body_seq != seq:
-            if (
-                isinstance(body_seq, int)
-                and body_seq < seq
-                and row.prev_hash in recent
-                and recent[row.prev_hash] < seq - 1
-            ):
-                first_extra = recent[row.prev_hash] + 1
+            linked = recent.get(row_prev)
+            if isinstance(body_seq, int) and body_seq < seq and linked is not None and linked < seq - 1:
                 return fail(
                     "inserted",
-                    first_extra,
-                    f"event(s) {first_extra}..{seq - 1} were inserted: event {body_seq} (now stored at {seq}) "
-                    f"links to event {recent[row.prev_hash]}",
+                    linked + 1,
+                    f"event(s) {linked + 1}..{seq - 1} were inserted: event {body_seq} (now stored at {seq}) "
+                    f"links to event {linked}",
                 )
             return fail(
                 "reordered",
                 seq,
                 f"events were reordered: the event stored at position {seq} is event {body_seq} by its own content",
             )
-        for name in _COLUMN_FIELDS:
-            value = _column_value(row, name)
+        for index, name, limit in _CHECKED:
             expected = body.get(name)
-            if name == "type" and isinstance(expected, str):
-                expected = expected[:64]
-            if value != expected:
+            if limit and isinstance(expected, str):
+                expected = column_text(expected, limit)
+            if row[index] != expected:
                 return fail("edited", seq, f"event {seq} was edited: column {name!r} disagrees with the hashed content")
         if seq > expected_seq:
             missing = f"{expected_seq}" if seq == expected_seq + 1 else f"{expected_seq}..{seq - 1}"
@@ -140,48 +149,29 @@ def verify_rows(  # noqa: PLR0915 - one pass, one check after another, each nami
                 expected_seq,
                 f"event(s) {missing} were deleted: the sequence jumps from {expected_seq - 1} to {seq}",
             )
-        if row.prev_hash != prev_hash:
-            if row.prev_hash in recent:
-                first_extra = recent[row.prev_hash] + 1
+        if row_prev != prev_hash:
+            linked = recent.get(row_prev)
+            if linked is not None:
                 return fail(
                     "inserted",
-                    first_extra,
-                    f"event(s) {first_extra}..{seq - 1} were inserted: event {seq} links to event {recent[row.prev_hash]}",
+                    linked + 1,
+                    f"event(s) {linked + 1}..{seq - 1} were inserted: event {seq} links to event {linked}",
                 )
             return fail(
-                "edited",
-                seq - 1,
-                f"event {seq - 1} was edited and re-hashed: event {seq} no longer links to it",
+                "edited", seq - 1, f"event {seq - 1} was edited and re-hashed: event {seq} no longer links to it"
             )
-        hashes_at[seq] = row.hash
+        hashes_at[seq] = row_hash
+        hashes_at.pop(seq - _HASHES_KEPT, None)
         if body.get("type") == CHECKPOINT_TYPE:
             report.checkpoints += 1
-            detail = body.get("detail") or {}
-            if public_key is not None and not checkpoint_valid(public_key, detail):
-                return fail(
-                    "forged_checkpoint", seq, f"checkpoint {seq} has no valid signature by the audit signing key"
-                )
-            covers = detail.get("covers_seq")
-            if isinstance(covers, int):
-                if covers in hashes_at and hashes_at[covers] != detail.get("head_hash"):
-                    return fail(
-                        "edited",
-                        covers,
-                        f"the chain up to event {covers} does not match the signed checkpoint {seq}: "
-                        "events before it were rewritten",
-                    )
-                if covers < report.first_seq and covers != base_seq:
-                    report.notes.append(f"checkpoint {seq} covers event {covers}, before the stored chain")
-                if covers == base_seq and detail.get("head_hash") != base_hash:
-                    return fail("edited", seq, f"checkpoint {seq} does not match the chain's base")
-                report.last_checkpoint = covers
-        recent[row.hash] = seq
-        if len(recent) > 64:
-            recent.pop(next(iter(recent)))
-        if len(hashes_at) > 200_000:  # keep memory bounded; checkpoints cover recent events
-            for old in list(hashes_at)[:100_000]:
-                del hashes_at[old]
-        prev_hash = row.hash
+            if (
+                problem := _check_checkpoint(body, seq, public_key, hashes_at, base_seq, base_hash, report)
+            ) is not None:
+                return fail(*problem)
+        recent[row_hash] = seq
+        if len(recent) > _RECENT:
+            recent.popitem(last=False)
+        prev_hash = row_hash
         expected_seq = seq + 1
         last_seq = seq
         report.events += 1
@@ -200,6 +190,35 @@ def verify_rows(  # noqa: PLR0915 - one pass, one check after another, each nami
                 f"the chain's last hash (event {last_seq}) differs from the recorded head: events were rewritten",
             )
     return report
+
+
+def _check_checkpoint(  # noqa: PLR0917 - the verifier's state it reads
+    body: dict[str, Any],
+    seq: int,
+    public_key: Ed25519PublicKey | None,
+    hashes_at: dict[int, str],
+    base_seq: int,
+    base_hash: str,
+    report: Report,
+) -> tuple[Kind, int, str] | None:
+    detail = body.get("detail") or {}
+    if public_key is not None and not checkpoint_valid(public_key, detail):
+        return "forged_checkpoint", seq, f"checkpoint {seq} has no valid signature by the audit signing key"
+    covers = detail.get("covers_seq")
+    if not isinstance(covers, int):
+        return None
+    if covers in hashes_at and hashes_at[covers] != detail.get("head_hash"):
+        return (
+            "edited",
+            covers,
+            f"the chain up to event {covers} does not match the signed checkpoint {seq}: events before it were rewritten",
+        )
+    if covers == base_seq and detail.get("head_hash") != base_hash:
+        return "edited", seq, f"checkpoint {seq} does not match the chain's base"
+    if covers not in hashes_at and covers != base_seq:
+        report.notes.append(f"checkpoint {seq} covers event {covers}, outside the stored chain")
+    report.last_checkpoint = covers
+    return None
 
 
 def verify_store(store: AuditStore, public_key: Ed25519PublicKey | None) -> Report:
