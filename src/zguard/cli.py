@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from zguard.admin_cli import add_admin_commands, run_on_database
+from zguard.audit_cli import add_audit_commands
 from zguard.config import Settings
 from zguard.errors import ConfigError
 from zguard.policy_cli import add_policy_commands
@@ -182,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     db_current.set_defaults(handler=cmd_db_current)
     add_admin_commands(commands, common)
+    add_audit_commands(commands, common)
     add_policy_commands(commands, common)
     return parser
 
