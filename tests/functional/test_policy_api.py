@@ -13,7 +13,9 @@ import pytest
 
 from tests.common.engines import GatedEngine
 from tests.common.factories import api_client, make_settings, ready_runtime
+from zguard.audit import MemoryAuditSink
 from zguard.errors import PromptRejected
+from zguard.policy.verdict import term_id
 from zguard.server import Runtime
 
 pytestmark = pytest.mark.anyio
@@ -107,4 +109,28 @@ async def test_invalid_requests_fail_validation_before_the_policy(tmp_path: Path
     async with serving(tmp_path) as (client, _, engine):
         resp = await client.post(GENERATIONS, json={"prompt": "机密", "size": "65x64"})
     assert resp.json()["error"]["code"] == "invalid_size"
+    assert engine.started == []
+
+
+async def test_the_refusal_is_audited_with_the_verdict_and_never_the_prompt(tmp_path: Path) -> None:
+    engine = GatedEngine()
+    audit = MemoryAuditSink()
+    settings = make_settings(tmp_path / "state", generation={"min_side": 16})
+    runtime = ready_runtime(settings, engine, audit=audit)
+    prompt = "poster: 客 戶 名單 canary-5e1d"
+    try:
+        async with api_client(settings, runtime) as client:
+            resp = await client.post(GENERATIONS, json={"prompt": prompt, "size": "64x64"})
+    finally:
+        assert runtime.worker.stop(timeout=5)
+    assert resp.json()["error"]["code"] == "prompt_rejected"
+    (event,) = [e for e in audit.events if e.code == "prompt_rejected"]
+    assert event.policy == {
+        "verdict": "blocked",
+        "category": "customer-data",
+        "detector": "terms",
+        "term_id": term_id("客户名单"),
+    }
+    assert "canary-5e1d" not in repr(audit.events)
+    assert "客 戶" not in repr(audit.events)
     assert engine.started == []

@@ -20,7 +20,7 @@ from zguard.app.middleware import API_SECURITY_HEADERS, NO_TELEMETRY
 from zguard.app.stack import install_listener_stack
 from zguard.audit import AuditEvent, AuditReader, DetailValue, RequestRecord
 from zguard.config import Settings
-from zguard.errors import AuditUnavailable, InvalidValue, UnsupportedMediaType
+from zguard.errors import AuditUnavailable, InvalidValue, PromptRejected, UnsupportedMediaType
 from zguard.schemas import (
     AuditEventList,
     ErrorResponse,
@@ -169,7 +169,12 @@ def create_api_app(settings: Settings, services: Services) -> FastAPI:
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type != "application/json":
             raise UnsupportedMediaType("send the body as application/json")
-        plan = images.plan(parse_json_object(await request.body()), roles=request.state.identity.roles)
+        try:
+            plan = images.plan(parse_json_object(await request.body()), roles=request.state.identity.roles)
+        except PromptRejected as rejected:  # the refusal's audit event names category, detector and term id
+            if (refused := request_record(request.scope)) is not None:
+                refused.policy = rejected.policy
+            raise
         request_id: str = request.state.request_id
         identity: Identity = request.state.identity
         record = request_record(request.scope)
