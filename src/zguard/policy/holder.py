@@ -100,14 +100,27 @@ def build_policy(settings: PolicySettings) -> tuple[PromptPolicy, dict[str, str]
     return policy, hashes
 
 
+@dataclass(frozen=True)
+class LoadedPolicy:
+    policy: PromptPolicy
+    hashes: dict[str, str]  # list name → SHA-256 (hex) of the bytes it was built from
+
+
 @dataclass
 class PolicyHolder:
     """The policy in force. `check` and `enforce` may run on any thread while `reload` runs."""
 
     settings: PolicySettings
-    policy: PromptPolicy
-    hashes: dict[str, str]
+    loaded: LoadedPolicy  # replaced whole, in one assignment
     _reloading: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def policy(self) -> PromptPolicy:
+        return self.loaded.policy
+
+    @property
+    def hashes(self) -> dict[str, str]:
+        return self.loaded.hashes
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PolicyHolder:
@@ -122,7 +135,7 @@ class PolicyHolder:
         except PolicyLoadError as exc:
             raise ConfigError([f"policy.banned_terms_files: {exc.message}"]) from None
         log.info("prompt policy: %d terms from %d list(s)", policy.term_count, len(hashes))
-        return cls(settings.policy, policy, hashes)
+        return cls(settings.policy, LoadedPolicy(policy, hashes))
 
     def check(self, prompt: str | None, negative_prompt: str | None = None, roles: Collection[str] = ()) -> Verdict:
         return self.policy.check(prompt, negative_prompt, roles)
@@ -155,7 +168,7 @@ class PolicyHolder:
             except PolicyLoadError as exc:
                 log.error("prompt policy reload failed, the previous policy stays in force: %s", exc.message)
                 return ReloadResult(ok=False, hashes=exc.hashes, terms=self.policy.term_count, error=exc.message)
-            self.policy, self.hashes = policy, hashes  # one reference swap: checks see old or new
+            self.loaded = LoadedPolicy(policy, hashes)  # one reference swap: checks see old or new
         log.info("prompt policy reloaded: %d terms from %d list(s)", policy.term_count, len(hashes))
         return ReloadResult(ok=True, hashes=hashes, terms=policy.term_count)
 
