@@ -244,6 +244,18 @@ class RateLimiterUnavailable(ServiceUnavailable):
     code = "rate_limiter_unavailable"
 
 
+AUDIT_RETRY_AFTER_S = 5
+
+
+class AuditUnavailable(ServiceUnavailable):
+    """The audit store could not record the request, so it was refused: nothing runs unrecorded."""
+
+    code = "audit_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = AUDIT_RETRY_AFTER_S, detail: str | None = None) -> None:
+        super().__init__(message, retry_after=retry_after, detail=detail)
+
+
 class GenerationTimeout(ZguardError):
     status = 504
     type = "server_error"

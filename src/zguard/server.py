@@ -29,7 +29,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from zguard.app.api import create_api_app
 from zguard.app.console import create_console_app
 from zguard.app.context import Services
-from zguard.audit import AuditSink, LogAuditSink
+from zguard.audit import AuditEvent, AuditSink, DetailValue, MemoryAuditSink, Outcome
+from zguard.audit.forwarder import Forwarder
+from zguard.audit.prompts import PromptCapture
+from zguard.audit.setup import open_audit_store, prompt_capture, start_forwarder
+from zguard.audit.trail import AuditTrail
 from zguard.config import ENV_PREFIX, ListenerSettings, Settings
 from zguard.engine import GenerationJob, ImageEngine
 from zguard.engine.admission import AdmissionQueue, WorkerThread
@@ -241,7 +245,7 @@ def build_auth(
     settings: Settings, store: PrincipalStore | None, token_key: bytes, audit: AuditSink | None = None
 ) -> AuthService:
     return AuthService(
-        settings.api_auth, settings.role_registry(), store=store, token_key=token_key, audit=audit or LogAuditSink()
+        settings.api_auth, settings.role_registry(), store=store, token_key=token_key, audit=audit or MemoryAuditSink()
     )
 
 
@@ -250,12 +254,17 @@ def build_runtime(
     engine: ImageEngine,
     auth: AuthService | None = None,
     rate_limits: RateLimitService | None = None,
+    *,
     audit: AuditSink | None = None,
+    prompts: PromptCapture | None = None,
 ) -> Runtime:
-    """Wire the services around one audit sink (default: the JSON log, written at once).
+    """Wire the services around one audit sink (default: in memory, for tests; `serve` passes the
+    durable trail). Without `prompts`: HMAC fingerprints under a throwaway key.
     Without `auth`: configured users only, under a throwaway token key.
     Without `rate_limits`: the configured limits."""
-    audit = audit or LogAuditSink()
+    if audit is None:  # one sink for everything: the given services', else a new one
+        given = auth or rate_limits
+        audit = given.audit if given is not None else MemoryAuditSink()
     worker = WorkerThread()
     admission = AdmissionQueue(settings.generation.max_queue, worker)
     readiness = Readiness()
@@ -270,8 +279,32 @@ def build_runtime(
         readiness=readiness,
         started_at=int(time.time()),
         rate_limits=rate_limits or RateLimitService.from_settings(settings, audit),
+        prompts=prompts or PromptCapture("hmac", hmac_key=secrets.token_bytes(KEY_BYTES)),
     )
     return Runtime(services=services, admission=admission, worker=worker, policy=policy)
+
+
+def lifecycle_event(
+    kind: str,
+    settings: Settings,
+    *,
+    outcome: Outcome = "done",
+    model: str | None = None,
+    manifest: str | None = None,
+    detail: dict[str, DetailValue] | None = None,
+) -> AuditEvent:
+    return AuditEvent(
+        type=kind,
+        outcome=outcome,
+        principal="zguard",
+        model=model or settings.model.id,
+        manifest=manifest,
+        detail={
+            "api": f"{settings.api.host}:{settings.api.port}",
+            "console": f"{settings.console.host}:{settings.console.port}",
+            **(detail or {}),
+        },
+    )
 
 
 def serve_policy_reloads(loop: asyncio.AbstractEventLoop, runtime: Runtime, audit: AuditSink, state_dir: Path) -> Path:
@@ -355,26 +388,51 @@ class StopSignals:
         return self._grace_s if self._deadline is None else max(0.0, self._deadline - self._clock())
 
 
+def configured_engine(settings: Settings) -> ImageEngine:
+    """The Z-Image pipeline of `model.path`, or the demo model (built on first load)."""
+    from zguard.engine.pipeline import DiffusersEngine
+
+    model_dir, demo = resolve_model_dir(settings)
+    if demo:
+        log.warning(DEMO_WARNING)
+    return DiffusersEngine(
+        model_dir,
+        model_id=settings.model.id,
+        device=settings.model.device,
+        demo=demo,
+        build_demo=settings.model.path is None,
+    )
+
+
+def close_audit(settings: Settings, audit: AuditTrail, forwarder: Forwarder | None, exit_code: int) -> None:
+    """Record the stop, write the closing checkpoint, and give syslog a moment to take the rest."""
+    try:
+        audit.emit(lifecycle_event("server.stopped", settings, detail={"exit_code": exit_code}))
+    except Exception:
+        log.exception("could not record the server's stop in the audit trail")
+    audit.close()
+    if forwarder is not None and not forwarder.close(timeout=settings.audit.syslog.timeout_s):
+        log.warning("audit events not yet delivered to syslog are sent after the next start (the outbox keeps them)")
+
+
 async def serve(settings: Settings, engine: ImageEngine | None = None) -> int:
     check_safe(settings)
     sockets = {"api": bind(settings.api, "api"), "console": bind(settings.console, "console")}
     if engine is None:
-        from zguard.engine.pipeline import DiffusersEngine
-
-        model_dir, demo = resolve_model_dir(settings)
-        if demo:
-            log.warning(DEMO_WARNING)
-        engine = DiffusersEngine(
-            model_dir,
-            model_id=settings.model.id,
-            device=settings.model.device,
-            demo=demo,
-            build_demo=settings.model.path is None,
-        )
+        engine = configured_engine(settings)
     store = open_store(settings)
     token_key = load_token_key(token_key_path(settings))
-    audit = LogAuditSink(background=True)
-    runtime = build_runtime(settings, engine, build_auth(settings, store, token_key, audit), audit=audit)
+    audit = AuditTrail(open_audit_store(settings, store.engine))
+    runtime = build_runtime(
+        settings,
+        engine,
+        build_auth(settings, store, token_key, audit),
+        audit=audit,
+        prompts=prompt_capture(settings),
+    )
+    audit.emit(lifecycle_event("server.started", settings, detail={"pid": os.getpid()}))
+    forwarder = start_forwarder(settings, audit.store)
+    runtime.services.audit_health.trail, runtime.services.audit_health.forwarder = audit, forwarder
     if engine.info.demo:
         issue_demo_token(settings, store, token_key)
     grace = settings.generation.shutdown_grace_s
@@ -391,7 +449,19 @@ async def serve(settings: Settings, engine: ImageEngine | None = None) -> int:
 
     async def start_model() -> None:
         nonlocal exit_code
-        if not await load_and_warm_up(runtime, settings):
+        loaded = await load_and_warm_up(runtime, settings)
+        info = runtime.services.engine.info
+        await audit.record(
+            lifecycle_event(
+                "model.loaded" if loaded else "model.load_failed",
+                settings,
+                outcome="done" if loaded else "failed",
+                model=info.id,
+                manifest=info.manifest,
+                detail={"demo": info.demo, "device": info.device, "dtype": info.dtype},
+            )
+        )
+        if not loaded:
             # Fail closed: a process that cannot serve its model exits, so the supervisor sees it.
             exit_code = EXIT_MODEL_FAILED
             signals.stop_serving()
@@ -411,6 +481,6 @@ async def serve(settings: Settings, engine: ImageEngine | None = None) -> int:
             log.warning("a generation was still running after the grace period; exiting anyway")
         for sock in sockets.values():
             sock.close()
-        audit.close()
+        close_audit(settings, audit, forwarder, exit_code)
     log.info("stopped (pid %d, exit %d)", os.getpid(), exit_code)
     return exit_code

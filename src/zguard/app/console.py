@@ -5,6 +5,7 @@ For now a status page (model, demo flag, readiness); it never serves the generat
 
 from __future__ import annotations
 
+import asyncio
 from html import escape
 
 from fastapi import FastAPI
@@ -45,6 +46,15 @@ def create_console_app(settings: Settings, services: Services) -> FastAPI:
         headers=CONSOLE_SECURITY_HEADERS,
         services=services,
     )
+
+    @app.get("/readyz/detail", dependencies=[requires(Permission.SYSTEM_READ)])
+    async def readiness_detail() -> JSONResponse:
+        """Readiness with the audit trail's state: head, checkpoint, syslog forwarding lag."""
+        audit = await asyncio.to_thread(services.audit_health.snapshot)
+        return JSONResponse(
+            {"status": services.readiness.state.value, "model": _status(services), "audit": audit},
+            status_code=200 if services.readiness.ready else 503,
+        )
 
     @app.get("/", response_class=HTMLResponse, dependencies=[requires(Permission.SYSTEM_READ)])
     async def status_page() -> HTMLResponse:

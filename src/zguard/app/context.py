@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from zguard.audit import AuditSink
 from zguard.audit.prompts import PromptCapture
+from zguard.audit.setup import AuditHealth
 from zguard.engine import ImageEngine
 from zguard.engine.admission import AdmissionQueue
 from zguard.services.auth import AuthService
@@ -25,3 +26,4 @@ class Services:
     started_at: int
     rate_limits: RateLimitService
     prompts: PromptCapture
+    audit_health: AuditHealth = field(default_factory=AuditHealth)

@@ -8,9 +8,11 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from zguard.audit import AuditEvent
-from zguard.audit.chain import CheckpointSigner, load_or_create_signing_key
+from zguard.audit.chain import CheckpointSigner, iso_ms, load_or_create_signing_key
+from zguard.audit.forwarder import Forwarder
 from zguard.audit.prompts import PromptCapture, load_x25519_public
 from zguard.audit.store import AuditStore, CheckpointPolicy, StoredEvent, pending
+from zguard.audit.trail import AuditTrail
 from zguard.config import Settings
 from zguard.security.keys import load_or_create_key
 
@@ -61,3 +63,48 @@ class StoreSink:
 
     async def record(self, event: AuditEvent) -> StoredEvent:
         return (await asyncio.to_thread(self.store.append, [pending(event)]))[0]
+
+
+class AuditHealth:
+    """What admins see of the trail (`/readyz/detail` on the console, `/api/status`): the head,
+    the last checkpoint, the writer's last failure and the syslog forwarding lag."""
+
+    def __init__(self, trail: AuditTrail | None = None, forwarder: Forwarder | None = None) -> None:
+        self.trail = trail
+        self.forwarder = forwarder
+
+    def snapshot(self) -> dict[str, object]:
+        if self.trail is None:
+            return {"store": "none"}
+        head = self.trail.store.head()
+        out: dict[str, object] = {
+            "head_seq": head.seq,
+            "checkpoint_seq": head.checkpoint_seq,
+            "checkpoint_time": iso_ms(head.checkpoint_ms) if head.checkpoint_ms else None,
+            "purged_through": head.base_seq,
+            "write_failures": self.trail.failures,
+            "last_write_error": self.trail.last_error,
+        }
+        if self.forwarder is None:
+            out["forwarding"] = {"transport": "off"}
+        else:
+            status = self.forwarder.status()
+            out["forwarding"] = {
+                "target": status.target,
+                "running": status.running,
+                "cursor": status.cursor,
+                "lag": status.lag,
+                "last_success": iso_ms(int(status.last_success * 1000)) if status.last_success else None,
+                "last_error": status.last_error,
+                "consecutive_failures": status.consecutive_failures,
+            }
+        return out
+
+
+def start_forwarder(settings: Settings, store: AuditStore) -> Forwarder | None:
+    """The syslog forwarder of `audit.syslog`, started; None when forwarding is off."""
+    if settings.audit.syslog.transport == "off":
+        return None
+    forwarder = Forwarder(store, settings.audit.syslog)
+    forwarder.start()
+    return forwarder

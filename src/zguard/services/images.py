@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import io
 import json
 import math
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from zguard.audit import RequestRecord
 from zguard.config import SIZE_STEP, GenerationSettings, check_size, parse_size
 from zguard.engine import GenerationJob, ImageEngine
 from zguard.engine.admission import AdmissionQueue
@@ -215,8 +217,11 @@ class ImageService:
         quality = DEFAULT_QUALITY if req.output_compression is None else req.output_compression
         return GenerationPlan(job=job, output_format=req.output_format or "png", quality=quality, verdict=verdict)
 
-    async def generate(self, plan: GenerationPlan, request_id: str) -> ImageGenerationResponse:
-        """Admit, generate and encode; raise NotReady, ServerBusy or GenerationTimeout."""
+    async def generate(
+        self, plan: GenerationPlan, request_id: str, record: RequestRecord | None = None
+    ) -> ImageGenerationResponse:
+        """Admit, generate and encode; raise NotReady, ServerBusy or GenerationTimeout.
+        The SHA-256 of each delivered image goes on the request's audit `record`."""
         if not self._readiness.ready:
             raise NotReady("the model is not ready yet; retry shortly", retry_after=5)
         job = plan.job
@@ -228,6 +233,8 @@ class ImageService:
             raise GenerationTimeout(
                 f"the generation did not finish within {self._limits.timeout_s:g} s", detail=request_id
             ) from None
+        if record is not None:
+            record.images = tuple({"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)} for blob in encoded)
         return ImageGenerationResponse(
             created=int(self._clock()),
             data=[ImageData(b64_json=base64.b64encode(blob).decode("ascii")) for blob in encoded],
