@@ -226,3 +226,22 @@ async def test_auditors_read_the_trail_over_the_api_with_cursor_pages(tmp_path: 
     assert bad.status_code == 400
     # the auditor's reads are themselves in the trail
     assert any(e["principal"] == "auditor1" and e["http"]["path"] == "/v1/audit/events" for e in _bodies(trail))
+
+
+async def test_admins_see_the_audit_head_and_forwarding_state(tmp_path: Path, trail: AuditTrail) -> None:
+    from zguard.audit.setup import AuditHealth
+
+    runtime = _runtime(tmp_path, GatedEngine(), trail)
+    runtime.services.audit_health.trail = trail
+    try:
+        async with console_client(runtime_settings(runtime, tmp_path), runtime) as console:
+            await console.get("/healthz")
+            resp = await console.get("/readyz/detail")
+    finally:
+        runtime.worker.stop(timeout=10)
+    assert resp.status_code == 200, resp.text
+    audit = resp.json()["audit"]
+    assert audit["head_seq"] >= 1
+    assert audit["write_failures"] == 0
+    assert audit["forwarding"] == {"transport": "off"}
+    assert AuditHealth().snapshot() == {"store": "none"}
