@@ -20,20 +20,18 @@ The work is done in `zguard.audit` (store, verify, retention, archive, prompts).
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from zguard.admin_cli import EXIT_OK, EXIT_REFUSED, NOT_INITIALIZED_HINT, acting_user, run_on_database
+from zguard.audit.formats import body_of, event_line, parse_moment, printable, write_events
 from zguard.config import Settings
 from zguard.errors import ZguardError
 from zguard.settings_loader import load_settings
@@ -48,32 +46,6 @@ if TYPE_CHECKING:
 EXIT_DAMAGED = 1  # verify, verify-archive: the record is not intact
 FOLLOW_POLL_S = 1.0
 PAGE = 1_000
-CSV_COLUMNS = (
-    "seq",
-    "time",
-    "event_id",
-    "type",
-    "outcome",
-    "code",
-    "principal",
-    "roles",
-    "auth_method",
-    "listener",
-    "client",
-    "request_id",
-    "model",
-    "manifest",
-    "latency_ms",
-    "generation",
-    "prompt",
-    "policy",
-    "images",
-    "http",
-    "detail",
-)
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet may read as a formula (OWASP)
-_RELATIVE = re.compile(r"(\d+)([smhdw])")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _sleep = time.sleep  # `tail --follow` waits with this; tests replace it
 
 
@@ -167,30 +139,6 @@ def _record(store: AuditStore, event: AuditEvent) -> None:
 # --- formatting ------------------------------------------------------------------------------
 
 
-def _safe(text: str) -> str:
-    """`text` with control and other unprintable characters escaped (\\x1b, \\u2028, ...)."""
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
-
-
-def _body(event: StoredEvent) -> dict[str, Any]:
-    body = json.loads(event.body)
-    return body if isinstance(body, dict) else {}
-
-
-def _line(event: StoredEvent) -> str:
-    body = _body(event)
-    parts = [f"{event.seq:>8}", str(body.get("time", "")), f"{event.type:<24}", f"{event.outcome:<7}"]
-    for key in ("principal", "code", "client", "listener", "request_id"):
-        value = body.get(key)
-        if value is not None:
-            parts.append(f"{key}={value}")
-    if body.get("latency_ms") is not None:
-        parts.append(f"latency_ms={body['latency_ms']}")
-    return _safe(" ".join(parts))
-
-
 def _when(time_ms: int | None) -> str:
     from zguard.audit.chain import iso_ms
 
@@ -198,21 +146,11 @@ def _when(time_ms: int | None) -> str:
 
 
 def moment(text: str) -> int:
-    """ISO 8601 (UTC when no zone is given) or relative to now (`90s`, `30m`, `24h`, `7d`, `2w`) → UNIX ms."""
-    relative = _RELATIVE.fullmatch(text.strip())
-    if relative is not None:
-        delta = timedelta(**{_UNITS[relative.group(2)]: int(relative.group(1))})
-        return int((time.time() - delta.total_seconds()) * 1000)
+    """`--since` / `--until`: see `formats.parse_moment`."""
     try:
-        parsed = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is neither an ISO 8601 time (2026-11-26T09:30, UTC unless a zone is given) "
-            "nor a time ago (90s, 30m, 24h, 7d, 2w)"
-        ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)
+        return parse_moment(text, time.time())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive(text: str) -> int:
@@ -261,7 +199,7 @@ def _matching(
 def _has_prompt_hmac(event: StoredEvent, fingerprint: str) -> bool:
     if fingerprint not in event.body:  # most events: no JSON parsing
         return False
-    prompt = _body(event).get("prompt") or {}
+    prompt = body_of(event).get("prompt") or {}
     return fingerprint in (prompt.get("prompt_hmac"), prompt.get("negative_prompt_hmac"))
 
 
@@ -284,7 +222,7 @@ def _text(value: str) -> str:
 def _print_events(events: Iterator[StoredEvent] | list[StoredEvent], *, as_json: bool) -> int:
     shown = 0
     for event in events:
-        print(event.body if as_json else _line(event))
+        print(event.body if as_json else event_line(event))
         shown += 1
     return shown
 
@@ -313,10 +251,10 @@ def _verify(ctx: _Context, public_key: Ed25519PublicKey, *, as_json: bool) -> in
     if report.problem is not None:
         problem = report.problem
         print(f"audit trail NOT intact: {problem.kind} at event {problem.seq}")
-        print(f"  {_safe(problem.message)}")
+        print(f"  {printable(problem.message)}")
         damaged = list(ctx.store.iter_events(after=problem.seq - 1, until=problem.seq))
         if damaged:
-            print(f"  event {problem.seq} as stored: id {damaged[0].event_id}: {_line(damaged[0]).strip()}")
+            print(f"  event {problem.seq} as stored: id {damaged[0].event_id}: {event_line(damaged[0]).strip()}")
         return EXIT_DAMAGED
     span = f"events {report.first_seq}..{report.last_seq}" if report.events else "no events stored"
     covers = report.last_checkpoint if report.last_checkpoint is not None else "-"
@@ -328,7 +266,7 @@ def _verify(ctx: _Context, public_key: Ed25519PublicKey, *, as_json: bool) -> in
     if unsigned > 0:
         print(f"  {unsigned} event(s) after the last checkpoint are chained but not yet signed")
     for note in report.notes:
-        print(f"  note: {_safe(note)}")
+        print(f"  note: {printable(note)}")
     return EXIT_OK
 
 
@@ -404,41 +342,6 @@ def cmd_search(args: argparse.Namespace) -> int:
     return _on_store(settings, action)
 
 
-def _neutral(value: object) -> str:
-    """A CSV cell a spreadsheet shows as text: a leading = + - @ tab or CR gets a `'` before it."""
-    if value is None:
-        return ""
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return "'" + text if text.startswith(FORMULA_STARTS) else text
-
-
-def _csv_row(event: StoredEvent) -> list[str]:
-    body = _body(event)
-    row = []
-    for column in CSV_COLUMNS:
-        value = body.get(column)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            row.append(str(value))  # our own numbers (seq, latency): never negative, never a formula
-        else:
-            row.append(_neutral(",".join(value) if column == "roles" and isinstance(value, list) else value))
-    return row
-
-
-def _export_to(handle: IO[str], events: Iterator[StoredEvent], form: str) -> int:
-    count = 0
-    if form == "csv":
-        writer = csv.writer(handle, lineterminator="\r\n")
-        writer.writerow(CSV_COLUMNS)
-        for event in events:
-            writer.writerow(_csv_row(event))
-            count += 1
-    else:
-        for event in events:
-            handle.write(event.body + "\n")
-            count += 1
-    return count
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     from zguard.audit import AuditEvent
 
@@ -447,7 +350,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         shown = {key: value for key, value in filters.items() if value is not None}
         detail = {"format": args.format, "filters": json.dumps(shown, sort_keys=True)}
         if args.output is None:
-            count = _export_to(sys.stdout, _matching(ctx.store, filters, limit=None), args.format)
+            count = write_events(sys.stdout, _matching(ctx.store, filters, limit=None), args.format)
         else:
             path = Path(args.output)
             try:
@@ -455,7 +358,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             except FileExistsError:
                 raise Refused(f"{path} exists; choose a new file (an export never overwrites one)") from None
             with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-                count = _export_to(handle, _matching(ctx.store, filters, limit=None), args.format)
+                count = write_events(handle, _matching(ctx.store, filters, limit=None), args.format)
             print(f"exported {count} event(s) to {path} ({args.format}, mode 0600)", file=sys.stderr)
         event = AuditEvent(
             type="audit.exported", outcome="done", principal=acting_user(), detail={**detail, "count": count}
@@ -482,7 +385,7 @@ def cmd_reveal(args: argparse.Namespace) -> int:
         event = ctx.store.get(args.event_id)
         if event is None:
             raise Refused(f"no audit event {args.event_id!r} (purged events are in the archives)")
-        prompt = _body(event).get("prompt") or {}
+        prompt = body_of(event).get("prompt") or {}
         sealed = {
             name: prompt[f"{name}_sealed"] for name in ("prompt", "negative_prompt") if f"{name}_sealed" in prompt
         }
@@ -514,7 +417,7 @@ def cmd_reveal(args: argparse.Namespace) -> int:
             print(json.dumps({"event_id": event.event_id, "seq": event.seq, **opened}, ensure_ascii=False))
         else:
             for name, text in opened.items():
-                print(f"{name}: {_safe(text)}")
+                print(f"{name}: {printable(text)}")
         return EXIT_OK
 
     return _on_store(settings, action)
@@ -626,7 +529,7 @@ def cmd_verify_archive(args: argparse.Namespace) -> int:
                 )
             else:
                 where = f" at event {report.problem.seq}" if report.problem.seq is not None else ""
-                print(f"{report.path}: NOT intact: {report.problem.kind}{where}: {_safe(report.problem.message)}")
+                print(f"{report.path}: NOT intact: {report.problem.kind}{where}: {printable(report.problem.message)}")
         if args.json:
             print(json.dumps([report.as_dict() for report in reports], indent=2))
         return EXIT_OK if all(report.ok for report in reports) else EXIT_DAMAGED
