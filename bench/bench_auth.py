@@ -6,10 +6,15 @@ target only set the ``*_ok`` booleans to false (a broken setup makes the script 
 
 Everything runs against a migrated SQLite state database in a temporary directory, with the
 services built as ``zguard serve`` builds them (`build_auth`, `RateLimitService.from_settings`
-when rate limiting exists), audit events going through `LogAuditSink` and every log record
+when rate limiting exists, `build_runtime`) around the durable audit trail ``zguard serve``
+uses: an `AuditTrail` over `open_audit_store(settings, engine)`, i.e. hash-chained events in
+that SQLite file (WAL, ``synchronous=FULL``), signed checkpoints, one writer thread with group
+commit. Over HTTP every request, ``/healthz`` included, is one event committed before its
+response starts, so the baseline pays for its commit as the refusals do. Every log record is
 formatted and written (to ``/dev/null``), as a deployment logging at ``info`` would. The
 configured user's password hash has bcrypt's default cost (12), as `zguard user hash-password`
-makes it.
+makes it. ``audit`` at the end says how many events the trail committed and whether the chain
+verifies.
 
 ``in_process``
     One request's access checks, called directly in an event loop, for a valid bearer token and
@@ -17,11 +22,16 @@ makes it.
     ``AuthService.authenticate`` (including the per-request ``auth_version`` query),
     ``AuthService.authorize(models:read)`` and, when rate limiting exists,
     ``RateLimitService.check`` (memory storage, moving window, a rate that is never exhausted).
+    Each call gets a fresh `RequestRecord`, as `AccessControl` passes the request's record: the
+    decisions are folded into it, and the one commit per request happens in `AuditRequests`.
     Median and p95 in microseconds over ``--iterations`` calls each, after a warm-up; the two
     credential kinds alternate call by call. ``median_ok`` compares the total's median with
-    ``target_median_us``. ``without_audit_output`` repeats it with audit events discarded, and
-    ``auth_version_query`` times that query alone, to show where the microseconds go. The
-    server socket of ``zguard serve`` is measured separately (``healthz_on_zguard_serve_socket``).
+    ``target_median_us``. ``without_audit_output`` repeats it with no record and audit events
+    discarded, ``auth_version_query`` times that query alone, and ``audit_commit`` times
+    ``await AuditTrail.record(event)`` of one request's event by a lone caller (no group commit
+    to share: the durable cost a request adds on an idle server, not part of the target), to
+    show where the microseconds go. The server socket of ``zguard serve`` is measured separately
+    (``healthz_on_zguard_serve_socket``).
 ``http``
     A real uvicorn server (``listener_config``, as ``zguard serve`` configures it) in a thread of
     this process serving ``create_api_app``; the load comes from a separate process (so the
@@ -89,7 +99,10 @@ from sqlalchemy.engine import URL
 
 import zguard.services.auth as auth_module
 from zguard.app.api import create_api_app
-from zguard.audit import LogAuditSink
+from zguard.audit import AuditEvent, AuditSink, RequestRecord
+from zguard.audit.setup import open_audit_store, prompt_capture
+from zguard.audit.trail import AuditTrail
+from zguard.audit.verify import verify_store
 from zguard.config import ListenerSettings, Settings
 from zguard.engine import GenerationJob, ModelInfo
 from zguard.errors import InvalidApiKey, TooManyFailedLogins
@@ -113,6 +126,7 @@ HAS_RATE_LIMITS = (
 GENEROUS_RATE = "1000000/day"  # counted on every request, never exhausted during the run
 GENERATIONS_PATH = "/v1/images/generations"
 LIMITED = "limited"  # a principal allowed one request a day: every later one is a 429
+COMMIT_SAMPLES = 1000  # lone commits timed for in_process.audit_commit
 
 
 def log(message: str) -> None:
@@ -155,6 +169,7 @@ class Deployment:
     tokens: dict[str, str]
     password_hash: str
     key: bytes
+    audit: AuditSink
 
 
 def deploy(work_dir: Path, password_hash: str) -> Deployment:
@@ -170,6 +185,7 @@ def deploy(work_dir: Path, password_hash: str) -> Deployment:
     engine = create_store_engine(URL.create("sqlite", database=str(work_dir / "state" / "zguard.db")))
     migrate.upgrade(engine)
     store = PrincipalStore(engine)
+    trail = AuditTrail(open_audit_store(settings, engine))  # as `zguard serve` opens it
     key = os.urandom(KEY_BYTES)
     tokens = {}
     for name, roles in (("bench-service", ["generator"]), ("watcher", ["viewer"]), (LIMITED, ["viewer"])):
@@ -177,13 +193,26 @@ def deploy(work_dir: Path, password_hash: str) -> Deployment:
         token = new_token()
         store.add_token(name, token_hash=token_digest(token.plaintext, key), prefix=token.display_prefix)
         tokens[name] = token.plaintext
-    auth = build_auth(settings, store, key, audit=LogAuditSink(background=True))
+    auth = build_auth(settings, store, key, audit=trail)
     rate_limits = None
     if HAS_RATE_LIMITS:
         from zguard.services.ratelimit import RateLimitService
 
-        rate_limits = RateLimitService.from_settings(settings, LogAuditSink(background=True))
-    return Deployment(settings, store, auth, rate_limits, tokens, password_hash, key)
+        rate_limits = RateLimitService.from_settings(settings, trail)
+    return Deployment(settings, store, auth, rate_limits, tokens, password_hash, key, trail)
+
+
+def audit_summary(trail: AuditTrail) -> dict[str, Any]:
+    """Close the trail (final checkpoint) and say what it holds: every request of the run is in it."""
+    trail.close()
+    report = verify_store(trail.store, trail.store.signer.public_key if trail.store.signer else None)
+    return {
+        "sink": "AuditTrail over open_audit_store (SQLite file in the temporary state dir, WAL, "
+        "synchronous=FULL, group commit), as zguard serve",
+        "events_committed": trail.store.count(),
+        "write_failures": trail.failures,
+        "chain_verifies": report.ok,
+    }
 
 
 def basic_header(username: str, password: str) -> str:
@@ -193,8 +222,13 @@ def basic_header(username: str, password: str) -> str:
 # --- (a) in process -------------------------------------------------------------------------
 
 
-async def measure_in_process(d: Deployment, iterations: int, warmup: int) -> dict[str, Any]:
-    info = RequestInfo(client="127.0.0.1", request_id="0" * 32, listener="api")
+async def measure_in_process(d: Deployment, iterations: int, warmup: int, *, records: bool = True) -> dict[str, Any]:
+    def request_info() -> RequestInfo:
+        # As AccessControl builds it: the request's audit record, which the decisions fold into.
+        return RequestInfo(
+            client="127.0.0.1", request_id="0" * 32, listener="api", record=RequestRecord() if records else None
+        )
+
     headers = {"bearer": f"Bearer {d.tokens['bench-service']}", "basic": basic_header(USER, PASSWORD)}
     parts: dict[str, dict[str, list[int]]] = {
         kind: {"authenticate": [], "authorize": [], "rate_limit": [], "total": []} for kind in headers
@@ -202,6 +236,7 @@ async def measure_in_process(d: Deployment, iterations: int, warmup: int) -> dic
     perf = time.perf_counter_ns
     for i in range(warmup + iterations):
         for kind, header in headers.items():
+            info = request_info()
             t0 = perf()
             identity = await d.auth.authenticate(header, info)
             t1 = perf()
@@ -227,7 +262,8 @@ async def measure_in_process(d: Deployment, iterations: int, warmup: int) -> dic
         "auth_version_query": summarize_us(version_ns),
         "measures": "authenticate + authorize(models:read)"
         + (" + RateLimitService.check" if d.rate_limits is not None else "")
-        + ", called directly; Basic after its first verification (cached)",
+        + ", called directly; Basic after its first verification (cached); "
+        + ("decisions folded into a RequestRecord per call" if records else "no record, audit events discarded"),
         "rate_limit_check": "included (memory://, moving-window, rate " + GENEROUS_RATE + ")"
         if d.rate_limits is not None
         else "not available: zguard.services.ratelimit does not exist in this tree",
@@ -245,8 +281,37 @@ async def measure_in_process(d: Deployment, iterations: int, warmup: int) -> dic
     return result
 
 
+async def measure_commit(trail: AuditSink, iterations: int) -> dict[str, Any]:
+    """One request's event committed by a lone caller, one after another: no batch to share."""
+    samples = []
+    for i in range(iterations):
+        event = AuditEvent(
+            type="http.request",
+            outcome="allowed",
+            request_id=f"{i:032x}",
+            listener="api",
+            client="127.0.0.1",
+            principal="bench-service",
+            roles=("generator",),
+            auth_method="bearer",
+            detail={"permission": "models:read", "reason": "role generator", "decisions": "access.allowed"},
+            latency_ms=0.1,
+            http={"method": "GET", "path": "/v1/models", "status": 200},
+        )
+        t0 = time.perf_counter_ns()
+        await trail.record(event)
+        samples.append(time.perf_counter_ns() - t0)
+    return {
+        "measures": "await AuditTrail.record(one request's event), one caller at a time (SQLite, synchronous=FULL)",
+        **summarize_us(samples),
+    }
+
+
 class DiscardAuditSink:
     def emit(self, event: Any) -> None:
+        pass
+
+    async def record(self, event: Any) -> None:
         pass
 
 
@@ -259,7 +324,7 @@ def without_audit(d: Deployment) -> Deployment:
         from zguard.services.ratelimit import RateLimitService
 
         rate_limits = RateLimitService.from_settings(d.settings, sink)
-    return Deployment(d.settings, d.store, auth, rate_limits, d.tokens, d.password_hash, d.key)
+    return Deployment(d.settings, d.store, auth, rate_limits, d.tokens, d.password_hash, d.key, sink)
 
 
 # --- (b) over HTTP --------------------------------------------------------------------------
@@ -524,7 +589,10 @@ def load(  # noqa: PLR0917 - positional like load_from_another_process
 
 def measure_http(d: Deployment, rounds: int, seconds: float, connections: int) -> dict[str, Any]:
     kwargs = {"rate_limits": d.rate_limits} if "rate_limits" in inspect.signature(build_runtime).parameters else {}
-    runtime = build_runtime(d.settings, NullEngine(), d.auth, **kwargs)
+    # One sink for everything, the durable trail, as `zguard serve` wires it.
+    runtime = build_runtime(
+        d.settings, NullEngine(), d.auth, audit=d.audit, prompts=prompt_capture(d.settings), **kwargs
+    )
     runtime.services.readiness.set(ModelState.READY)
     app = create_api_app(d.settings, runtime.services)
     bad = d.tokens["bench-service"]
@@ -673,18 +741,32 @@ class CountedBcrypt:
                 self.cpu_s.append(used)
 
 
-async def flood_once(auth: AuthService, attempts: int, *, concurrent: bool, client: str) -> collections.Counter[str]:
-    info = RequestInfo(client=client)
+async def flood_once(
+    auth: AuthService, audit: AuditSink, attempts: int, *, concurrent: bool, client: str
+) -> collections.Counter[str]:
     outcomes: collections.Counter[str] = collections.Counter()
 
     async def attempt(i: int) -> None:
+        # Each attempt is a request: its decisions fold into its record, committed as one event.
+        record = RequestRecord()
         try:
-            await auth.authenticate(basic_header(USER, f"guess-{i}"), info)
+            await auth.authenticate(basic_header(USER, f"guess-{i}"), RequestInfo(client=client, record=record))
             outcomes["accepted"] += 1
         except TooManyFailedLogins:
             outcomes["429 too_many_failed_logins"] += 1
         except InvalidApiKey:
             outcomes["401 invalid_api_key"] += 1
+        await audit.record(
+            AuditEvent(
+                type=record.type or "http.request",
+                outcome=record.outcome or "allowed",
+                code=record.code,
+                client=client,
+                principal=record.principal,
+                auth_method=record.auth_method,
+                detail={**record.detail, "decisions": ",".join(record.decisions)},
+            )
+        )
 
     if concurrent:
         await asyncio.gather(*(attempt(i) for i in range(attempts)))
@@ -702,16 +784,16 @@ async def measure_flood(d: Deployment, attempts: int) -> dict[str, Any]:
         settings = d.settings
         runs: dict[str, Any] = {}
         for mode in ("sequential", "concurrent"):
-            auth = build_auth(
-                settings, d.store, os.urandom(KEY_BYTES), audit=LogAuditSink(background=True)
-            )  # fresh limits
+            auth = build_auth(settings, d.store, os.urandom(KEY_BYTES), audit=d.audit)  # fresh limits
             counted.cpu_s.clear()
             # One correct login first: the CPU of one verification, measured the same way.
-            await auth.authenticate(basic_header(USER, PASSWORD), RequestInfo(client="127.0.0.2"))
+            await auth.authenticate(
+                basic_header(USER, PASSWORD), RequestInfo(client="127.0.0.2", record=RequestRecord())
+            )
             one_verification_s = counted.cpu_s[0]
             counted.cpu_s.clear()
             cpu0, wall0 = time.process_time(), time.perf_counter()
-            outcomes = await flood_once(auth, attempts, concurrent=mode == "concurrent", client="127.0.0.3")
+            outcomes = await flood_once(auth, d.audit, attempts, concurrent=mode == "concurrent", client="127.0.0.3")
             process_cpu = time.process_time() - cpu0
             wall = time.perf_counter() - wall0
             calls = len(counted.cpu_s)
@@ -788,7 +870,10 @@ def main(argv: list[str] | None = None) -> int:
             log("in-process access checks")
             in_process = asyncio.run(measure_in_process(d, args.iterations, args.warmup))
             quiet = without_audit(d)
-            in_process["without_audit_output"] = asyncio.run(measure_in_process(quiet, args.iterations, args.warmup))
+            in_process["without_audit_output"] = asyncio.run(
+                measure_in_process(quiet, args.iterations, args.warmup, records=False)
+            )
+            in_process["audit_commit"] = asyncio.run(measure_commit(d.audit, min(args.iterations, COMMIT_SAMPLES)))
             log("HTTP")
             http = measure_http(d, args.rounds, args.duration, args.connections)
             log("Basic flood")
@@ -796,6 +881,9 @@ def main(argv: list[str] | None = None) -> int:
         except RuntimeError as exc:
             log(f"FAILED: {exc}")
             return 1
+        finally:
+            assert isinstance(d.audit, AuditTrail)
+            audit = audit_summary(d.audit)
     result = {
         "benchmark": "zguard access control: per-request checks, refusal throughput, Basic flood cost",
         "parameters": {
@@ -807,16 +895,19 @@ def main(argv: list[str] | None = None) -> int:
             "flood_attempts": args.flood,
             "state_database": "SQLite file (WAL), migrated",
             "bcrypt_cost": DEFAULT_COST,
-            "audit": "LogAuditSink, logging at info to /dev/null",
+            "audit": "AuditTrail (the durable trail of zguard serve: one event per request committed before the "
+            "response, SQLite synchronous=FULL, group commit); logging at info to /dev/null",
         },
         "machine": machine_info(),
         "in_process": in_process,
         "http": http,
         "basic_flood": flood,
+        "audit": audit,
         "all_ok": in_process["bearer"]["median_ok"]
         and in_process["basic"]["median_ok"]
         and http["ratio_ok"]
-        and flood["bounded"],
+        and flood["bounded"]
+        and audit["chain_verifies"],
         "bench_wall_s": round(time.perf_counter() - started, 1),
     }
     print(json.dumps(result, indent=2, ensure_ascii=False))

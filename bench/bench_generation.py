@@ -17,8 +17,12 @@ fixed prompt and seed. What is measured, in one process unless said otherwise:
 ``e2e``
     ``POST /v1/images/generations`` with ``{"prompt", "size": "256x256", "num_inference_steps": 8,
     "seed"}`` over real HTTP on 127.0.0.1: uvicorn (configured as ``zguard serve`` configures it)
-    serving ``create_api_app(settings, build_runtime(settings, engine).services)`` in a thread of
-    this process, one keep-alive ``httpx.Client`` connection. Its figures run from sending the
+    serving ``create_api_app(settings, build_runtime(settings, engine, ...).services)`` in a thread
+    of this process, one keep-alive ``httpx.Client`` connection. The services are wired as ``zguard
+    serve`` wires them: a bearer token checked per request, and the durable audit trail (an
+    `AuditTrail` over `open_audit_store`, in the temporary state dir's SQLite file, WAL,
+    ``synchronous=FULL``), so each request's event is committed before its response starts and
+    that commit is part of the overhead. Its figures run from sending the
     request to having the whole response body (not parsing it). The same requests also record
     ``server_app_ms`` (the ASGI app, from receiving the request to sending the last byte, i.e.
     without HTTP parsing and the socket) and ``server_generate_ms`` (the engine call inside it);
@@ -85,7 +89,8 @@ import httpx
 import uvicorn
 
 from zguard.app.api import create_api_app
-from zguard.audit import LogAuditSink
+from zguard.audit.setup import open_audit_store, prompt_capture
+from zguard.audit.trail import AuditTrail
 from zguard.config import Settings
 from zguard.engine import GenerationJob, ModelInfo
 from zguard.engine.demo import write_demo_model
@@ -392,13 +397,20 @@ def measure_generation(model_dir: Path, state_dir: Path, args: argparse.Namespac
 
     settings = Settings.model_validate({"state_dir": str(state_dir)})
     timed_engine = TimedEngine(engine)
-    # As served: authentication on (a bearer token checked per request), audit events queued.
+    # As served: authentication on (a bearer token checked per request), every request one audit
+    # event committed to the durable trail before its response (as `zguard serve` opens it).
     store, token_key = open_store(settings), load_token_key(token_key_path(settings))
     store.create_principal("bench", "service", roles=["generator"])
     issued = new_token()
     store.add_token("bench", token_hash=token_digest(issued.plaintext, token_key), prefix=issued.display_prefix)
-    audit = LogAuditSink(background=True)
-    runtime = build_runtime(settings, timed_engine, build_auth(settings, store, token_key, audit), audit=audit)
+    audit = AuditTrail(open_audit_store(settings, store.engine))
+    runtime = build_runtime(
+        settings,
+        timed_engine,
+        build_auth(settings, store, token_key, audit),
+        audit=audit,
+        prompts=prompt_capture(settings),
+    )
     runtime.services.readiness.set(ModelState.READY)  # as tests/common/factories.ready_runtime
     timed_app = TimedApp(create_api_app(settings, runtime.services))
     job = GenerationJob(
@@ -428,7 +440,16 @@ def measure_generation(model_dir: Path, state_dir: Path, args: argparse.Namespac
             samples = run_interleaved(runner, args.iterations, args.warmup)
     finally:
         runtime.worker.stop(timeout=30)
-    return report_generation(samples, timed_app, load_s, engine.info)
+        audit.close()  # commits what is queued and writes the closing checkpoint, as serve does
+        audit.store.close()
+    result = report_generation(samples, timed_app, load_s, engine.info)
+    result["audit"] = {
+        "sink": "AuditTrail over open_audit_store (SQLite file in the temporary state dir, WAL, synchronous=FULL, "
+        "group commit), as zguard serve",
+        "events_committed": audit.store.count(),
+        "write_failures": audit.failures,
+    }
+    return result
 
 
 def report_generation(s: Samples, timed_app: TimedApp, load_s: float, info: ModelInfo) -> dict[str, Any]:
@@ -671,6 +692,8 @@ def main(argv: list[str] | None = None) -> int:
             "warmup": args.warmup,
             "order": "interleaved: raw,http then http,raw, alternating",
             "serve_repeats": args.serve_repeats,
+            "audit": "AuditTrail, as zguard serve: each request's event committed (SQLite, synchronous=FULL) "
+            "before its response starts",
         },
         "machine": {
             **machine_info(load_at_start),
@@ -681,6 +704,7 @@ def main(argv: list[str] | None = None) -> int:
         "raw": raw,
         "e2e": e2e,
         "encoding": generation["encoding"],
+        "audit": generation["audit"],
         "overhead": overhead,
         "target_overhead_ms": generation["target_overhead_ms"],
         "overhead_ok": generation["overhead_ok"],

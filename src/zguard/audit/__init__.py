@@ -7,10 +7,6 @@ prompt (a keyed fingerprint at most, see zguard.audit.prompts), an image, a pass
 
 from __future__ import annotations
 
-import json
-import logging
-import queue
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -44,10 +40,6 @@ class AuditEvent:
     latency_ms: float | None = None
     images: tuple[Mapping[str, DetailValue], ...] = ()
     http: Mapping[str, DetailValue] | None = None
-
-
-def _plain(value: object) -> object:
-    return dict(value) if isinstance(value, Mapping) else str(value)
 
 
 class AuditSink(Protocol):
@@ -137,59 +129,6 @@ def report(sink: AuditSink, record: RequestRecord | None, event: AuditEvent) -> 
         record.merge(event)
     else:
         sink.emit(event)
-
-
-class LogAuditSink:
-    """Writes each event as one JSON object on the `zguard.audit` logger.
-
-    With `background=True` (the server) a request only puts its event on a queue; one writer
-    thread serialises and logs them in order, and `close()` drains the queue at shutdown. This
-    keeps log formatting and I/O (about 35 µs an event) off the request path. It is a stopgap with
-    the log's durability; the audit trail replaces it with events committed before the response.
-    With `background=False` (the CLI) `emit` writes at once and a failure reaches the caller.
-    """
-
-    def __init__(self, logger: logging.Logger | None = None, *, background: bool = False) -> None:
-        self._log = logger or logging.getLogger("zguard.audit")
-        self._background = background
-        self._queue: queue.SimpleQueue[AuditEvent | None] = queue.SimpleQueue()
-        self._writer: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def emit(self, event: AuditEvent) -> None:
-        if not self._log.isEnabledFor(logging.INFO):
-            return
-        if not self._background:
-            self._write(event)
-            return
-        if self._writer is None:
-            self._start()
-        self._queue.put(event)
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Write what is queued, then stop the writer thread."""
-        with self._lock:
-            writer, self._writer = self._writer, None
-        if writer is not None:
-            self._queue.put(None)
-            writer.join(timeout)
-
-    def _start(self) -> None:
-        with self._lock:
-            if self._writer is None:
-                self._writer = threading.Thread(target=self._drain, name="zguard-audit-log", daemon=True)
-                self._writer.start()
-
-    def _drain(self) -> None:
-        while (event := self._queue.get()) is not None:
-            try:
-                self._write(event)
-            except Exception:  # a bad event must not stop the writer
-                logging.getLogger("zguard").exception("could not write an audit event of type %s", event.type)
-
-    def _write(self, event: AuditEvent) -> None:
-        # vars(), not asdict(): no deep copy; the fields are plain values.
-        self._log.info("%s", json.dumps(vars(event), ensure_ascii=False, sort_keys=True, default=_plain))
 
 
 class MemoryAuditSink:
