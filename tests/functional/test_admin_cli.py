@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict

@@ -295,6 +295,21 @@ def test_failed_commit_fails_every_waiter_with_audit_unavailable(tmp_path: Path)
         with pytest.raises(AuditUnavailable):
             trail.emit(AuditEvent(type="t", outcome="allowed"))
         assert trail.last_error is not None
+        trail.close()
+
+
+def test_a_checkpoint_is_written_only_when_events_came_after_the_last(tmp_path: Path) -> None:
+    with audit_store(sqlite_url(tmp_path), tmp_path / "keys") as (store, _):
+        assert store.checkpoint() is None  # an empty trail has nothing to sign
+        append_events(store, 3)
+        first = store.checkpoint()
+        assert first is not None
+        assert json.loads(first.body)["detail"]["covers_seq"] == 3
+        assert store.checkpoint() is None  # the checkpoint itself is not news
+        append_events(store, 1)
+        second = store.checkpoint()
+        assert second is not None
+        assert json.loads(second.body)["detail"]["covers_seq"] == first.seq + 1
 
 
 def test_client_text_with_a_lone_surrogate_is_stored_and_verifies(tmp_path: Path) -> None:

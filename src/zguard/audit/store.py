@@ -56,6 +56,14 @@ class Head:
     checkpoint_ms: int
 
 
+def events_since_checkpoint(seq: int, head: Head) -> bool:
+    """Whether events up to `seq` include any the last checkpoint does not cover. The checkpoint
+    is itself the event right after the one it covers, so it does not count as new."""
+    if head.checkpoint_seq == 0:  # never checkpointed: a checkpoint covers at least one event
+        return seq > 0
+    return seq > head.checkpoint_seq + 1
+
+
 @dataclass(frozen=True)
 class CheckpointPolicy:
     every: int
@@ -205,8 +213,8 @@ class AuditStore:
         return rows, seq
 
     def _checkpoint_due(self, seq: int, now_ms: int, head: Head, *, force: bool) -> bool:
-        if self.signer is None or seq == head.checkpoint_seq:
-            return False  # nothing new since the last checkpoint
+        if self.signer is None or not events_since_checkpoint(seq, head):
+            return False
         if force:
             return True
         policy = self.checkpoints

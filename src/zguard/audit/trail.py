@@ -23,7 +23,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from zguard.audit import AuditEvent
-from zguard.audit.store import AuditStore, Pending, StoredEvent, pending
+from zguard.audit.store import AuditStore, Pending, StoredEvent, events_since_checkpoint, pending
 from zguard.errors import AuditUnavailable
 
 log = logging.getLogger("zguard.audit")
@@ -160,7 +160,7 @@ class AuditTrail:
         try:
             head = self.store.head()
             now_ms = int(self.store._clock() * 1000)
-            if head.seq > head.checkpoint_seq and now_ms - head.checkpoint_ms >= policy.interval_ms:
+            if events_since_checkpoint(head.seq, head) and now_ms - head.checkpoint_ms >= policy.interval_ms:
                 self.store.checkpoint()
         except Exception:
             log.warning("could not write the interval audit checkpoint", exc_info=True)
