@@ -32,6 +32,7 @@ from zguard.app.context import Services
 from zguard.audit import AuditEvent, AuditSink, DetailValue, MemoryAuditSink, Outcome
 from zguard.audit.forwarder import Forwarder
 from zguard.audit.prompts import PromptCapture
+from zguard.audit.retention import RetentionJob
 from zguard.audit.setup import open_audit_store, prompt_capture, start_forwarder
 from zguard.audit.trail import AuditTrail
 from zguard.config import ENV_PREFIX, ListenerSettings, Settings
@@ -433,6 +434,8 @@ async def serve(settings: Settings, engine: ImageEngine | None = None) -> int:
     audit.emit(lifecycle_event("server.started", settings, detail={"pid": os.getpid()}))
     forwarder = start_forwarder(settings, audit.store)
     runtime.services.audit_health.trail, runtime.services.audit_health.forwarder = audit, forwarder
+    retention = RetentionJob(audit.store, settings, audit=audit)  # daily: archive, then delete, past retention
+    retention.start()
     if engine.info.demo:
         issue_demo_token(settings, store, token_key)
     grace = settings.generation.shutdown_grace_s
@@ -481,6 +484,7 @@ async def serve(settings: Settings, engine: ImageEngine | None = None) -> int:
             log.warning("a generation was still running after the grace period; exiting anyway")
         for sock in sockets.values():
             sock.close()
+        retention.stop()
         close_audit(settings, audit, forwarder, exit_code)
     log.info("stopped (pid %d, exit %d)", os.getpid(), exit_code)
     return exit_code
