@@ -129,14 +129,26 @@ class AuditStore:
     def append(self, batch: Sequence[Pending], *, force_checkpoint: bool = False) -> list[StoredEvent]:
         """Chain and commit `batch` (and a checkpoint when due) in one transaction; return the stored events."""
         with self._write_lock:
-            try:
-                rows, seq = self._append(batch, force_checkpoint)
-            except Exception:
-                if self._write_conn is not None:  # start the next batch on a fresh connection
-                    self._write_conn.invalidate()
-                    self._write_conn.close()
-                    self._write_conn = None
-                raise
+            return self._append_locked(batch, force_checkpoint)
+
+    def try_append(self, batch: Sequence[Pending]) -> list[StoredEvent] | None:
+        """`append`, or None at once when another append holds this store's writer."""
+        if not self._write_lock.acquire(blocking=False):
+            return None
+        try:
+            return self._append_locked(batch, False)
+        finally:
+            self._write_lock.release()
+
+    def _append_locked(self, batch: Sequence[Pending], force_checkpoint: bool) -> list[StoredEvent]:
+        try:
+            rows, seq = self._append(batch, force_checkpoint)
+        except Exception:
+            if self._write_conn is not None:  # start the next batch on a fresh connection
+                self._write_conn.invalidate()
+                self._write_conn.close()
+                self._write_conn = None
+            raise
         with self._appended:
             self._last_seq = max(self._last_seq, seq)
             self._appended.notify_all()

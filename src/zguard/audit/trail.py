@@ -50,6 +50,18 @@ class AuditTrail:
         self.commit(event)
 
     def commit(self, event: AuditEvent) -> StoredEvent:
+        item = pending(event)
+        if self._writer is None:
+            self._start()  # it also writes the interval checkpoints
+        if self._queue.empty():  # nobody is waiting: commit in this thread, sparing two thread switches
+            try:
+                stored = self.store.try_append([item])
+            except Exception as exc:  # noqa: BLE001 - the caller gets AuditUnavailable instead
+                self._failed(exc, 1)
+                raise AuditUnavailable("the audit trail cannot be written; retry later") from None
+            if stored is not None:
+                self.last_error = None
+                return stored[0]
         future: Future[StoredEvent] = Future()
 
         def done(stored: StoredEvent | None, error: BaseException | None) -> None:
@@ -58,7 +70,7 @@ class AuditTrail:
             else:
                 future.set_result(stored)  # type: ignore[arg-type]
 
-        self._submit(pending(event), done)
+        self._submit(item, done)
         return future.result()
 
     async def record(self, event: AuditEvent) -> StoredEvent:
@@ -139,11 +151,7 @@ class AuditTrail:
         try:
             stored = self.store.append([item for item, _ in batch])
         except Exception as exc:  # noqa: BLE001 - every waiter gets AuditUnavailable instead
-            self.failures += 1
-            self.last_error = f"{type(exc).__name__}: {exc}"[:300]
-            log.error(
-                "audit store write failed; refusing the %d request(s) it would record: %s", len(batch), self.last_error
-            )
+            self._failed(exc, len(batch))
             error = AuditUnavailable("the audit trail cannot be written, so the request was refused; retry later")
             for _, done in batch:
                 done(None, error)
@@ -151,6 +159,11 @@ class AuditTrail:
         self.last_error = None
         for (_, done), event in zip(batch, stored, strict=False):
             done(event, None)
+
+    def _failed(self, exc: BaseException, count: int) -> None:
+        self.failures += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        log.error("audit store write failed; refusing the %d request(s) it would record: %s", count, self.last_error)
 
     def _tick(self) -> None:
         """No traffic for a tick: write the interval checkpoint if one is due."""
