@@ -20,6 +20,17 @@ Decisions written here:
   is when the oldest counted request leaves the window, i.e. when one more request is allowed.
   Refusals carry them in the error; successes get them from the `RateLimitHeaders` middleware,
   which reads the `RateLimitState` that `Requires` leaves on the request.
+- A principal found over its limit (a full window) is remembered in this process until the
+  reset time the storage reported, and its requests until then are refused without asking the
+  storage. That is exact, not an approximation: refused requests count nothing and other
+  replicas can only add to a full window, so it cannot free up before that time (the moving
+  window's oldest entry leaves then; the sliding-window counter's next decrement comes then at
+  the earliest). A refusal while the storage still shows room is not remembered. The refusal is
+  the one the storage would give: same Retry-After and headers, same audit event. It keeps a
+  flood from a principal over its limit off Redis (two round trips a request) and off the event
+  loop. Each entry is checked against the storage again after at most `BLOCKED_RECHECK_S`, so a
+  window cleared by hand in Redis is honoured within that, and an identity whose roles changed
+  has other rates, hence another entry.
 - Storage failure FAILS CLOSED: if Redis cannot be asked, the request is refused with 503
   `rate_limiter_unavailable` and `Retry-After`, logged and emitted as a `rate_limit.unavailable`
   audit event. For a bank an unenforced limit is a silent policy gap; the price is availability
@@ -36,6 +47,7 @@ import contextlib
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -56,6 +68,8 @@ log = logging.getLogger("zguard.ratelimit")
 REDIS_TIMEOUT_S = 2.0
 UNAVAILABLE_RETRY_AFTER_S = 5  # what a client is told to wait while the storage is down
 CONCURRENCY_RETRY_AFTER_S = 2  # a generation takes seconds; poll no faster than this
+BLOCKED_RECHECK_S = 1.0  # a remembered refusal is checked against the storage again after this
+BLOCKED_MAX = 10_000  # principals remembered as over their limit; the least recently refused go first
 _STRATEGIES: Mapping[str, Callable[..., RateLimiter]] = {
     "moving-window": MovingWindowRateLimiter,
     "sliding-window-counter": SlidingWindowCounterRateLimiter,
@@ -134,6 +148,21 @@ class RateLimitState:
         }
 
 
+@dataclass(frozen=True)
+class _Blocked:
+    """A principal over its limit: refused without asking the storage until `until` (wall time)."""
+
+    until: float  # the latest reset time of the exhausted rates, or earlier (BLOCKED_RECHECK_S)
+    exhausted: tuple[tuple[Rate, float], ...]  # each exhausted rate and its reset time, in check order
+
+    def refusal(self, now: float) -> RateLimitState:
+        """The state the storage would report now for the rate that blocks longest."""
+        states = [
+            RateLimitState(rate.limit, 0, _seconds_until(reset, now), rate.period_s) for rate, reset in self.exhausted
+        ]
+        return max(states, key=lambda s: s.reset_s)
+
+
 class RateLimitService:
     """Counts requests per principal against its rates, and caps its in-flight generations."""
 
@@ -170,7 +199,7 @@ class RateLimitService:
         self._clock = clock  # wall time: the library's reset times are epoch seconds
         self._items: dict[Rate, RateLimitItem] = {}
         self._in_flight: dict[str, int] = {}
-
+        self._blocked: OrderedDict[tuple[str, tuple[Rate, ...]], _Blocked] = OrderedDict()
 
     @property
     def audit(self) -> AuditSink:
@@ -202,6 +231,13 @@ class RateLimitService:
         rates = self._policy.rates_for(identity.name, identity.roles)
         if not rates:
             return None
+        remembered = (identity.name, rates)
+        blocked = self._blocked.get(remembered)
+        if blocked is not None:
+            now = self._clock()
+            if now < blocked.until:
+                raise self._exceeded(identity, info, blocked.refusal(now))
+            del self._blocked[remembered]
         key = (self._prefix, quote(identity.name, safe=""))
         items = [self._item(rate) for rate in rates]
         try:
@@ -231,8 +267,26 @@ class RateLimitService:
         if refused:
             # The request may pass only once every exhausted rate has room again.
             blocking = max((states[rate] for rate in refused), key=lambda s: s.reset_s)
+            exhausted = [(rate, stat) for rate, stat in zip(rates, stats, strict=True) if rate in refused]
+            # Only full windows are remembered: a refusal with room in the window (the library
+            # refuses at the very instant the oldest entry leaves, or a replica raced us) reports
+            # a reset time that is no bound at all.
+            if all(stat.remaining <= 0 for _, stat in exhausted):
+                self._remember_blocked(remembered, tuple((rate, stat.reset_time) for rate, stat in exhausted), now)
             raise self._exceeded(identity, info, blocking)
         return min(states.values(), key=lambda s: (s.remaining, -s.reset_s))
+
+    def _remember_blocked(
+        self, remembered: tuple[str, tuple[Rate, ...]], exhausted: tuple[tuple[Rate, float], ...], now: float
+    ) -> None:
+        reset_time = max(reset for _, reset in exhausted)
+        if reset_time <= now:  # the library still refuses at the instant itself; nothing to skip
+            return
+        until = min(reset_time, now + BLOCKED_RECHECK_S)
+        self._blocked[remembered] = _Blocked(until, exhausted)
+        self._blocked.move_to_end(remembered)
+        while len(self._blocked) > BLOCKED_MAX:
+            self._blocked.popitem(last=False)
 
     def _item(self, rate: Rate) -> RateLimitItem:
         item = self._items.get(rate)

@@ -7,6 +7,7 @@ library modules see with a fake one: every window and every reset below is exact
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import limits.aio.storage.memory
@@ -14,12 +15,18 @@ import limits.aio.strategies
 import pytest
 from limits.errors import StorageError
 
-from zguard.audit import MemoryAuditSink
+from zguard.audit import MemoryAuditSink, RequestRecord
 from zguard.config import Settings
 from zguard.errors import RateLimiterUnavailable, RateLimitExceeded, TooManyConcurrentRequests
 from zguard.security.rates import Rate
 from zguard.services.auth import Identity, RequestInfo
-from zguard.services.ratelimit import RateLimitService, RateLimitState, RatePolicy, describe_period
+from zguard.services.ratelimit import (
+    BLOCKED_RECHECK_S,
+    RateLimitService,
+    RateLimitState,
+    RatePolicy,
+    describe_period,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -260,6 +267,132 @@ async def test_storage_failure_fails_closed_and_is_audited(
     assert "ConnectionError" in error.detail
     [event] = audit.of_type("rate_limit.unavailable")
     assert (event.outcome, event.code, event.principal) == ("failed", "rate_limiter_unavailable", "alice")
+
+
+# --- a principal over its limit is remembered ------------------------------------------------
+
+
+class StorageCalls:
+    """Counts the limiter's calls into the storage, by wrapping the strategy object's methods."""
+
+    def __init__(self, limiter: RateLimitService, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        strategy = limiter._limiter
+        for name in ("hit", "test", "get_window_stats"):
+            original = getattr(strategy, name)
+            monkeypatch.setattr(strategy, name, self._counted(original))
+
+    def _counted(self, original: Any) -> Any:
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return await original(*args, **kwargs)
+
+        return counted
+
+
+async def test_a_principal_over_its_limit_is_refused_without_asking_the_storage(
+    clock: FakeClock, audit: MemoryAuditSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limiter = service(clock, audit, RatePolicy([Rate(2, MINUTE)]))
+    await limiter.check(ALICE, INFO)
+    clock.advance(15)
+    await limiter.check(ALICE, INFO)
+    clock.advance(5)
+    with pytest.raises(RateLimitExceeded) as first:
+        await limiter.check(ALICE, INFO)  # asks the storage, which says: the window frees up in 41 s
+    assert first.value.retry_after == 41
+    calls = StorageCalls(limiter, monkeypatch)
+    for _ in range(3):
+        clock.advance(0.25)
+        record = RequestRecord()
+        with pytest.raises(RateLimitExceeded) as refused:
+            await limiter.check(ALICE, RequestInfo(client="10.0.0.7", record=record))
+        # The refusal the storage would give: the wait counts down to the same instant (60 s after
+        # the first request), the headers and the audit record follow it.
+        assert refused.value.retry_after == 40
+        assert refused.value.headers == {"RateLimit-Limit": "2", "RateLimit-Remaining": "0", "RateLimit-Reset": "40"}
+        assert "2 requests per minute" in refused.value.message
+        assert (record.outcome, record.code, record.principal) == ("denied", "rate_limit_exceeded", "alice")
+        assert record.detail == {"limit": 2, "period_s": MINUTE, "retry_after": 40}
+    assert calls.count == 0
+    assert await limiter.check(BOB, INFO) is not None  # another principal is counted as before
+    assert calls.count > 0
+
+
+async def test_a_remembered_refusal_is_checked_again_and_lifted_at_the_reset(
+    clock: FakeClock, audit: MemoryAuditSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limiter = service(clock, audit, RatePolicy([Rate(1, MINUTE)]))
+    await limiter.check(ALICE, INFO)
+    clock.advance(30)
+    with pytest.raises(RateLimitExceeded):
+        await limiter.check(ALICE, INFO)
+    calls = StorageCalls(limiter, monkeypatch)
+    clock.advance(BLOCKED_RECHECK_S)  # the entry is due for a check against the storage
+    with pytest.raises(RateLimitExceeded) as refused:
+        await limiter.check(ALICE, INFO)
+    assert refused.value.retry_after == 30
+    assert calls.count > 0
+    clock.advance(29)  # at the reset instant the library still refuses, and so does the service
+    with pytest.raises(RateLimitExceeded):
+        await limiter.check(ALICE, INFO)
+    clock.advance(1)
+    state = await limiter.check(ALICE, INFO)
+    assert state == RateLimitState(limit=1, remaining=0, reset_s=61, period_s=MINUTE)
+
+
+async def test_a_window_cleared_in_the_storage_is_honoured_within_the_recheck_interval(
+    clock: FakeClock, audit: MemoryAuditSink
+) -> None:
+    limiter = service(clock, audit, RatePolicy([Rate(1, DAY)]))
+    await limiter.check(ALICE, INFO)
+    with pytest.raises(RateLimitExceeded):
+        await limiter.check(ALICE, INFO)
+    await limiter._storage.reset()  # an operator clears the counters by hand
+    with pytest.raises(RateLimitExceeded):
+        await limiter.check(ALICE, INFO)  # still remembered ...
+    clock.advance(BLOCKED_RECHECK_S)
+    assert await limiter.check(ALICE, INFO) is not None  # ... for at most the recheck interval
+
+
+async def test_other_roles_mean_other_rates_not_the_remembered_refusal(
+    clock: FakeClock, audit: MemoryAuditSink
+) -> None:
+    limiter = service(clock, audit, RatePolicy(per_role={"generator": [Rate(1, MINUTE)], "viewer": [Rate(5, MINUTE)]}))
+    await limiter.check(ALICE, INFO)
+    with pytest.raises(RateLimitExceeded):
+        await limiter.check(ALICE, INFO)
+    viewer = Identity(name="alice", kind="user", roles=frozenset({"viewer"}), method="basic")
+    state = await limiter.check(viewer, INFO)  # an administrator changed alice's roles
+    assert state is not None
+    assert (state.limit, state.remaining) == (5, 4)
+
+
+@pytest.mark.parametrize("strategy", ["moving-window", "sliding-window-counter"])
+async def test_remembering_refusals_changes_no_answer(
+    clock: FakeClock, audit: MemoryAuditSink, monkeypatch: pytest.MonkeyPatch, strategy: str
+) -> None:
+    """The same requests at the same instants, against a service that always asks the storage:
+    every answer (allowed or refused, Retry-After, headers, remaining) is the same."""
+    policy = RatePolicy([Rate(3, 10), Rate(5, MINUTE)])
+    remembering = service(clock, audit, policy, strategy=strategy)
+    asking = service(clock, audit, policy, strategy=strategy)
+    monkeypatch.setattr(asking, "_remember_blocked", lambda *args: None)
+    steps = random.Random(7)  # noqa: S311 - a reproducible order of test steps, not a secret
+
+    async def answer(limiter: RateLimitService) -> object:
+        try:
+            return await limiter.check(ALICE, INFO)
+        except RateLimitExceeded as exc:
+            return ("refused", exc.retry_after, exc.headers, exc.message)
+
+    refusals = 0
+    for _ in range(400):
+        clock.advance(steps.choice([0.0, 0.05, 0.3, 0.7, 1.0, 2.5, 9.0]))
+        expected = await answer(asking)
+        assert await answer(remembering) == expected
+        refusals += isinstance(expected, tuple)
+    assert refusals > 100  # the comparison covered many refusals, not only allowed requests
 
 
 # --- in-flight cap ---------------------------------------------------------------------------
