@@ -102,7 +102,12 @@ class AuditRequests:
                     return
             elif kind == "http.response.body" and held is not None:
                 start, held = held, None
-                code = _error_code(message.get("body", b"")) if not message.get("more_body") else None
+                # The body names the code only for refusals no decision point recorded (404, 405, 500, ...).
+                code = (
+                    None
+                    if record.code is not None or message.get("more_body")
+                    else _error_code(message.get("body", b""))
+                )
                 if not await commit(start["status"], code):
                     refused = True
                     return
