@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.common.pki import Pki, make_pki
 from tests.common.rsyslog import Input, Rsyslog, parse_line
 from tests.common.servers import ZguardProcess
 from zguard.audit.store import AuditStore
@@ -19,17 +17,6 @@ from zguard.store.database import create_store_engine
 
 PROMPT = "violet submarine over 翡翠港口 canary-91c2"
 GENERATE = {"prompt": PROMPT, "size": "64x64", "num_inference_steps": 1, "seed": 3}
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-def rsyslog(tmp_path: Path, pki: Pki) -> Iterator[Rsyslog]:
-    with Rsyslog(tmp_path / "rsyslog", pki) as server:
-        yield server
 
 
 def _env(rsyslog: Rsyslog, name: Input, capture: str = "hmac") -> dict[str, str]:

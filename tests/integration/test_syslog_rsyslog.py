@@ -10,13 +10,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.common.outbox import MemoryOutbox, StoredEvent, canonical
-from tests.common.pki import Pki, make_pki
+from tests.common.pki import Pki
 from tests.common.rsyslog import Input, Rsyslog, parse_line
 from zguard.audit.forwarder import CURSOR_NAME, Forwarder
 from zguard.audit.syslog_transport import UDP_MAX_BYTES, SyslogUnavailable, open_transport
@@ -27,17 +25,6 @@ NASTY = (
     'mallory\n<13>1 2024-01-01T00:00:00Z forged zguard - - - [zguard@32473 id="x"] {}\r\n"]\\\u2028\u2029\x85\x00\x1b'
 )
 SETTLE_S = 0.2
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-def rsyslog(tmp_path: Path, pki: Pki) -> Iterator[Rsyslog]:
-    with Rsyslog(tmp_path / "rsyslog", pki) as server:
-        yield server
 
 
 def received_ids(rsyslog: Rsyslog, name: Input) -> list[str]:
