@@ -532,6 +532,7 @@ def serve_once(state_dir: Path, work_dir: Path, device: str, timeout_s: float, l
         ZGUARD_API__PORT=str(api_port),
         ZGUARD_CONSOLE__PORT=str(console_port),
         ZGUARD_MODEL__DEVICE=device,
+        ZGUARD_INTEGRITY__ALLOW_ROOT="true",  # benchmark hosts often run as root
     )
     log_path = work_dir / f"serve-{label}.log"
     url = f"http://127.0.0.1:{api_port}/readyz"

@@ -472,6 +472,30 @@ class PolicySettings(_Section):
         return value
 
 
+class IntegritySettings(_Section):
+    require_encrypted_model_storage: bool = Field(
+        False,
+        description="Refuse to start unless the model directory lies on a dm-crypt/LUKS block device (found through `/proc/self/mountinfo` and `/sys/dev/block`, through LVM and other device-mapper layers). `zguard doctor` reports the volume either way.",
+    )
+    allow_root: bool = Field(
+        False,
+        description="Let `zguard serve` run as root. Off by default: run it as a dedicated service account that can read, but not write, the model files. Set it only where the account cannot be changed (containers whose user namespace maps root away, CI).",
+    )
+
+
+class IsolationSettings(_Section):
+    runtime_dir: Path | None = Field(
+        None,
+        description="Private directory (mode 0700) that `TMPDIR` and every torch, diffusers, transformers and Hugging Face cache point into while serving; emptied at start, at exit, on SIGTERM/SIGINT and every `cleanup_interval_s`. Unset: `$RUNTIME_DIRECTORY` when systemd sets it (`RuntimeDirectory=zguard`), else `run` in `state_dir`.",
+    )
+    cleanup_interval_s: float = Field(
+        300.0,
+        ge=1,
+        le=86_400,
+        description="How often the runtime directory is swept while serving (seconds); the sweep removes what has not been touched for this long, so a file a library is still using is left for the next sweep. The last sweep's time is kept in `state_dir/runtime-cleanup.json` for `zguard doctor`.",
+    )
+
+
 class Settings(_Section):
     """Everything zguard can be told. Loaded once at start; never created at import time."""
 
@@ -514,6 +538,14 @@ class Settings(_Section):
     policy: PolicySettings = Field(
         default_factory=PolicySettings,
         description="The prompt policy: banned terms, personal-data detectors, per-role actions, the allow-list.",
+    )
+    integrity: IntegritySettings = Field(
+        default_factory=IntegritySettings,
+        description="Start-up refusals about the host: encrypted model storage, running as root.",
+    )
+    isolation: IsolationSettings = Field(
+        default_factory=IsolationSettings,
+        description="Zero persistence: the private runtime directory that temporary files and caches are confined to.",
     )
     trusted_proxies: list[str] = Field(
         default_factory=list,

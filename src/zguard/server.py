@@ -416,8 +416,44 @@ def close_audit(settings: Settings, audit: AuditTrail, forwarder: Forwarder | No
         log.warning("audit events not yet delivered to syslog are sent after the next start (the outbox keeps them)")
 
 
+# --- host checks and zero persistence (zguard.integrity.storage, zguard.isolation) ----------
+
+
+def check_host(settings: Settings) -> None:
+    """Refuse to start on the host problems of zguard.integrity.storage (root, state directory,
+    secret files, writable or unencrypted model storage); log its warnings."""
+    from zguard.integrity.storage import Identity, startup_problems, tighten_state_dir
+
+    who = Identity.current()
+    prepare_state_dir(settings.state_dir)
+    if tighten_state_dir(settings.state_dir, who):
+        log.warning("state_dir %s was open to other accounts; set to mode 0700", settings.state_dir)
+    model_dir, demo = resolve_model_dir(settings)
+    refusals, warnings = startup_problems(settings, model_dir, demo=demo, who=who)
+    for finding in warnings:
+        log.warning("%s%s", finding.message, f"; fix: {finding.fix}" if finding.fix else "")
+    if refusals:
+        raise ConfigError(refusals)
+
+
 async def serve(settings: Settings, engine: ImageEngine | None = None) -> int:
+    """`_serve` inside the private runtime directory, with core dumps off (zguard.isolation)."""
+    from zguard.isolation import ProcessIsolation, harden_process
+
     check_safe(settings)
+    check_host(settings)
+    harden_process()  # core dumps off, not dumpable: prompts and images in memory stay there
+    isolation = ProcessIsolation(settings).start()  # before the engine imports torch
+    try:
+        return await _serve(settings, engine)
+    finally:
+        isolation.close()
+
+
+# --- end of host checks and zero persistence ---------------------------------------------------
+
+
+async def _serve(settings: Settings, engine: ImageEngine | None = None) -> int:
     sockets = {"api": bind(settings.api, "api"), "console": bind(settings.console, "console")}
     if engine is None:
         engine = configured_engine(settings)

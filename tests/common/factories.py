@@ -24,7 +24,11 @@ def make_settings(state_dir: Path, **sections: dict[str, Any] | Any) -> Settings
     Authentication is off (the loopback-only local mode) unless `api_auth` is given: tests of
     other features act as the local generator; tests of access control pass `api_auth`.
     """
-    data: dict[str, Any] = {"state_dir": str(state_dir), "api_auth": {"enabled": False}}
+    data: dict[str, Any] = {
+        "state_dir": str(state_dir),
+        "api_auth": {"enabled": False},
+        "integrity": {"allow_root": True},  # CI runs as root; test_storage shows the refusal
+    }
     data.update(sections)
     return Settings.model_validate(data)
 

@@ -23,18 +23,22 @@ from zguard.server import listener_config
 class ZguardProcess:
     """`python -m zguard serve` on free loopback ports, with its own state dir."""
 
-    def __init__(self, state_dir: Path, env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
+    def __init__(
+        self, state_dir: Path, env: dict[str, str] | None = None, args: list[str] | None = None, cwd: Path | None = None
+    ) -> None:
         self.api_port = free_port()
         self.console_port = free_port()
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("ZGUARD_")},
             "ZGUARD_STATE_DIR": str(state_dir),
             "ZGUARD_API_AUTH__ENABLED": "false",  # loopback-only local mode; auth tests override it
+            "ZGUARD_INTEGRITY__ALLOW_ROOT": "true",  # CI runs as root; test_storage shows the refusal
             "ZGUARD_API__PORT": str(self.api_port),
             "ZGUARD_CONSOLE__PORT": str(self.console_port),
             **(env or {}),
         }
         self.args = args or []
+        self.cwd = cwd
         self.proc: subprocess.Popen[str] | None = None
         self.log_path = state_dir.parent / f"zguard-{self.api_port}.log"
 
@@ -52,6 +56,7 @@ class ZguardProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "zguard", *self.args, "serve"],
                 env=self.env,
+                cwd=self.cwd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 text=True,

@@ -104,7 +104,12 @@ def test_signal_lets_in_flight_generation_finish_and_exits_zero(
 
 
 def _run_cli(env_extra: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": "/usr/bin:/bin", "ZGUARD_STATE_DIR": str(tmp_path / "state"), **env_extra}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "ZGUARD_STATE_DIR": str(tmp_path / "state"),
+        "ZGUARD_INTEGRITY__ALLOW_ROOT": "true",
+        **env_extra,
+    }
     return subprocess.run(
         [sys.executable, "-m", "zguard", "serve"], env=env, capture_output=True, text=True, timeout=60, check=False
     )

@@ -1,0 +1,227 @@
+"""Zero persistence: nothing a generation touches is left on disk or in a core file.
+
+Images are encoded in memory (zguard.services.images) and the audit trail keeps an HMAC of the
+prompt at most; what remains is what libraries write on their own: temporary files and the
+caches of torch, diffusers, transformers and Hugging Face. `ProcessIsolation` confines those to
+one private runtime directory (mode 0700) and empties it at start, at exit (normal, SIGTERM,
+SIGINT: `serve`'s `finally`) and periodically, and it switches core dumps off and marks the
+process non-dumpable, so prompts and images in memory cannot land in a core file.
+
+The libraries read these variables when first imported, so `ProcessIsolation.start()` must run
+before torch, diffusers or transformers is imported; `serve` starts it before building the
+engine. The offline variables of zguard.engine.offline are set separately, at load, and are left
+alone here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import resource
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from zguard.config import Settings
+
+log = logging.getLogger(__name__)
+
+RUNTIME_SUBDIR = "run"
+CLEANUP_RECORD = "runtime-cleanup.json"
+PR_SET_DUMPABLE = 4  # <linux/prctl.h>
+
+# Each variable and the subdirectory of the runtime directory it points at.
+CACHE_ENV: Mapping[str, str] = {
+    "TMPDIR": "tmp",
+    "TEMP": "tmp",
+    "TMP": "tmp",
+    "HF_HOME": "huggingface",
+    "HF_HUB_CACHE": "huggingface/hub",
+    "HUGGINGFACE_HUB_CACHE": "huggingface/hub",
+    "HF_DATASETS_CACHE": "huggingface/datasets",
+    "HF_MODULES_CACHE": "huggingface/modules",
+    "HF_ASSETS_CACHE": "huggingface/assets",
+    "HF_XET_CACHE": "huggingface/xet",
+    "TRANSFORMERS_CACHE": "huggingface/transformers",
+    "DIFFUSERS_CACHE": "huggingface/diffusers",
+    "TORCH_HOME": "torch",
+    "TORCH_EXTENSIONS_DIR": "torch/extensions",
+    "PYTORCH_KERNEL_CACHE_PATH": "torch/kernels",
+    "TORCHINDUCTOR_CACHE_DIR": "torch/inductor",
+    "TRITON_CACHE_DIR": "triton",
+    "CUDA_CACHE_PATH": "cuda",
+    "XDG_CACHE_HOME": "cache",
+    "MPLCONFIGDIR": "matplotlib",
+    "NUMBA_CACHE_DIR": "numba",
+}
+
+
+def runtime_dir(settings: Settings, environ: Mapping[str, str] = os.environ) -> Path:
+    """`isolation.runtime_dir`, else systemd's `$RUNTIME_DIRECTORY` (its first entry), else `state_dir/run`."""
+    if settings.isolation.runtime_dir is not None:
+        return settings.isolation.runtime_dir
+    systemd = environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    return Path(systemd) if systemd else settings.state_dir / RUNTIME_SUBDIR
+
+
+def cleanup_record_path(settings: Settings) -> Path:
+    return settings.state_dir / CLEANUP_RECORD
+
+
+def disable_core_dumps() -> list[str]:
+    """Core size 0 and (Linux) not dumpable. Returns what could not be done, one line each."""
+    problems = []
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except (ValueError, OSError) as exc:
+        problems.append(f"could not set RLIMIT_CORE to 0: {exc}")
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+            problems.append(f"prctl(PR_SET_DUMPABLE, 0) failed: {os.strerror(ctypes.get_errno())}")
+    return problems
+
+
+def harden_process() -> None:
+    """`disable_core_dumps`, each failure logged (irreversible: `serve` calls it, tests in a child)."""
+    for problem in disable_core_dumps():
+        log.warning("%s; a crash could write memory (prompts, images) to a core file", problem)
+
+
+def empty_directory(root: Path, *, older_than: float | None = None) -> int:
+    """Remove what is inside `root` (not `root` itself); with `older_than` (a time.time() value),
+    only entries last modified before it. Returns the number of entries removed."""
+    removed = 0
+    if not root.is_dir():
+        return 0
+    for entry in list(os.scandir(root)):
+        try:
+            stat = entry.stat(follow_symlinks=False)
+            if entry.is_dir(follow_symlinks=False):
+                removed += empty_directory(Path(entry.path), older_than=older_than)
+                if older_than is None or (stat.st_mtime < older_than and not any(os.scandir(entry.path))):
+                    os.rmdir(entry.path)
+                    removed += 1
+            elif older_than is None or stat.st_mtime < older_than:
+                os.unlink(entry.path)
+                removed += 1
+        except FileNotFoundError:  # a library removed it itself meanwhile
+            continue
+    return removed
+
+
+def files_under(root: Path) -> list[Path]:
+    """Every file (anything but a directory) below `root`; [] when it does not exist."""
+    if not root.is_dir():
+        return []
+    return [Path(base) / name for base, _dirs, names in os.walk(root) for name in names]
+
+
+@dataclass(frozen=True)
+class CleanupRecord:
+    """The last sweep, as `zguard doctor` reads it from `state_dir/runtime-cleanup.json`."""
+
+    time: float
+    runtime_dir: str
+    removed: int
+    reason: str
+
+    @classmethod
+    def read(cls, path: Path) -> CleanupRecord | None:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return cls(
+                time=float(data["time"]),
+                runtime_dir=str(data["runtime_dir"]),
+                removed=int(data["removed"]),
+                reason=str(data["reason"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+class ProcessIsolation:
+    """The runtime directory of one `serve`: `start()` confines and empties it, `close()` empties
+    it and restores the variables (so a test can run it in-process)."""
+
+    def __init__(self, settings: Settings, environ: Mapping[str, str] = os.environ) -> None:
+        self.root = runtime_dir(settings, environ).absolute()
+        self.record_path = cleanup_record_path(settings)
+        self.interval_s = settings.isolation.cleanup_interval_s
+        self._saved_env: dict[str, str | None] = {}
+        self._saved_tempdir: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> ProcessIsolation:
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)  # an existing directory too: it holds whatever libraries write
+        self.sweep("start")
+        self._saved_env = {name: os.environ.get(name) for name in CACHE_ENV}
+        os.environ.update({name: str(self.root / sub) for name, sub in CACHE_ENV.items()})
+        self._saved_tempdir, tempfile.tempdir = tempfile.tempdir, str(self.root / CACHE_ENV["TMPDIR"])
+        self._thread = threading.Thread(target=self._run, name="zguard-runtime-cleanup", daemon=True)
+        self._thread.start()
+        log.info(
+            "temporary files and caches confined to %s (mode 0700, emptied every %.0f s)", self.root, self.interval_s
+        )
+        return self
+
+    def sweep(self, reason: str) -> int:
+        """Empty the runtime directory (periodic sweeps: what is older than the interval), keep
+        its subdirectories in place, and record the time for `zguard doctor`."""
+        with self._lock:
+            older_than = time.time() - self.interval_s if reason == "periodic" else None
+            removed = empty_directory(self.root, older_than=older_than)
+            for sub in sorted(set(CACHE_ENV.values())):
+                (self.root / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._write_record(reason, removed)
+        if removed:
+            log.info(
+                "runtime directory %s: %d entr%s removed (%s)",
+                self.root,
+                removed,
+                "y" if removed == 1 else "ies",
+                reason,
+            )
+        return removed
+
+    def _write_record(self, reason: str, removed: int) -> None:
+        record = {"time": time.time(), "runtime_dir": str(self.root), "removed": removed, "reason": reason}
+        try:
+            temporary = self.record_path.with_suffix(".tmp")
+            temporary.write_text(json.dumps(record), encoding="utf-8")
+            temporary.replace(self.record_path)
+        except OSError as exc:  # only doctor's report depends on it
+            log.warning("could not record the runtime cleanup in %s: %s", self.record_path, exc)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.sweep("periodic")
+            except OSError:
+                log.exception("runtime directory sweep failed; trying again in %.0f s", self.interval_s)
+
+    def close(self, reason: str = "stop") -> None:
+        """Stop the periodic sweep, empty the directory, restore the variables (for in-process use)."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(10)
+        try:
+            self.sweep(reason)
+        except OSError:
+            log.exception("could not empty the runtime directory %s at stop", self.root)
+        for name, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        tempfile.tempdir = self._saved_tempdir
