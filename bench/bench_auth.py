@@ -56,6 +56,12 @@ verifies.
     ``ratio_ok`` compares the refusals' ``ratio_to_healthz`` with ``target_ratio``. Every slice follows
     a ``/healthz`` slice, and its ratio is the median over the rounds of its rate divided by that
     slice's, so load from other work on the machine cancels out.
+    ``http.asgi_cpu`` sends the same requests straight into the same app in this process
+    (``--asgi-requests`` per slice from ``--connections`` concurrent tasks, no socket, no client)
+    and divides process CPU by requests: every thread counts, the audit writer's commits
+    included. Its ``ratio_to_healthz`` is the baseline's CPU per request over the scenario's, per
+    round, median: where the HTTP rates on a small, shared machine swing with other work and
+    with the client, this says what each refusal costs the server against the baseline.
 ``basic_flood``
     ``--flood`` wrong passwords for one configured user through ``AuthService.authenticate``,
     once one after another and once all at the same time. ``verify_password`` is wrapped to count
@@ -127,6 +133,7 @@ GENEROUS_RATE = "1000000/day"  # counted on every request, never exhausted durin
 GENERATIONS_PATH = "/v1/images/generations"
 LIMITED = "limited"  # a principal allowed one request a day: every later one is a 429
 COMMIT_SAMPLES = 1000  # lone commits timed for in_process.audit_commit
+ASGI_ROUNDS = 3
 
 
 def log(message: str) -> None:
@@ -587,14 +594,121 @@ def load(  # noqa: PLR0917 - positional like load_from_another_process
     return load_from_another_process(port, spec, rounds, seconds, connections)
 
 
-def measure_http(d: Deployment, rounds: int, seconds: float, connections: int) -> dict[str, Any]:
-    kwargs = {"rate_limits": d.rate_limits} if "rate_limits" in inspect.signature(build_runtime).parameters else {}
-    # One sink for everything, the durable trail, as `zguard serve` wires it.
+def asgi_scope(scenario: Scenario) -> dict[str, Any]:
+    """The scope uvicorn would hand the app for `scenario`'s request from 127.0.0.1."""
+    headers = [(b"host", b"127.0.0.1")] + [(k.lower().encode(), v.encode()) for k, v in scenario.headers.items()]
+    if scenario.body:
+        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(scenario.body)).encode())]
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": scenario.method,
+        "scheme": "http",
+        "path": scenario.path,
+        "raw_path": scenario.path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+
+async def asgi_request(app: Any, scenario: Scenario) -> int:
+    """One request straight into the ASGI app (no socket, no HTTP parsing); its status."""
+    scope = asgi_scope(scenario)  # a fresh one: the stack keeps per-request state in it
+    status = 0
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": scenario.body, "more_body": False}
+        await asyncio.Event().wait()  # pragma: no cover - the app never reads past the body
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    await app(scope, receive, send)
+    return status
+
+
+async def measure_asgi(
+    app: Any, scenarios: list[Scenario], requests: int, rounds: int, concurrency: int
+) -> dict[str, Any]:
+    """Process CPU per request of each scenario through the app in this process: no sockets, no
+    client competing for the CPUs, so the refusal-to-baseline ratios hold still on a busy machine."""
+    per_task = requests // concurrency
+    unexpected: dict[str, collections.Counter[str]] = {s.name: collections.Counter() for s in scenarios}
+
+    async def run(scenario: Scenario, *, record: bool = True) -> float:
+        async def worker() -> None:
+            for _ in range(per_task):
+                status = await asgi_request(app, scenario)
+                if status != scenario.status and record:
+                    unexpected[scenario.name][str(status)] += 1
+
+        cpu = time.process_time()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return (time.process_time() - cpu) * 1e6 / (per_task * concurrency)
+
+    for scenario in scenarios:  # warm-up: caches, lock-outs, the limited principal's one request
+        await run(scenario, record=False)
+    baseline, others = scenarios[0], scenarios[1:]
+    cpu_us: dict[str, list[float]] = {s.name: [] for s in scenarios}
+    ratios: dict[str, list[float]] = {s.name: [] for s in others}
+    for _ in range(rounds):
+        for scenario in others:  # each right after a baseline slice, as over HTTP
+            before = await run(baseline)
+            cpu_us[baseline.name].append(before)
+            used = await run(scenario)
+            cpu_us[scenario.name].append(used)
+            ratios[scenario.name].append(before / used)
+    return {
+        "measures": f"process CPU (all threads: the event loop and the audit writer) per request, {requests} "
+        f"requests per slice from {concurrency} concurrent tasks straight into the ASGI app, {rounds} rounds; "
+        "ratio_to_healthz = healthz CPU per request / this scenario's, median over rounds",
+        "scenarios": {
+            s.name: {
+                "cpu_us_per_request_median": round(statistics.median(cpu_us[s.name]), 1),
+                "ratio_to_healthz": round(statistics.median(ratios[s.name]), 3) if s.name in ratios else 1.0,
+                # e.g. a few 401s while the failed-login lock-out is renewed: counted in the CPU, shown here
+                "unexpected_statuses": dict(unexpected[s.name]),
+            }
+            for s in scenarios
+        },
+    }
+
+
+def measure_asgi_cpu(d: Deployment, scenarios: list[Scenario], requests: int, concurrency: int) -> dict[str, Any]:
+    # A rate limiter of its own, as a second process would have: the memory storage's locks
+    # belong to the event loop that first waited on them, the HTTP server thread's.
+    fresh = type(d.rate_limits).from_settings(d.settings, d.audit) if d.rate_limits is not None else None
+    app, runtime = api_app(d, fresh)
+    log(f"in-process ASGI: {len(scenarios)} scenarios x {ASGI_ROUNDS} rounds x {requests} requests")
+    try:
+        return asyncio.run(measure_asgi(app, scenarios, requests, ASGI_ROUNDS, concurrency))
+    finally:
+        runtime.worker.stop(timeout=10)
+
+
+def api_app(d: Deployment, rate_limits: Any) -> tuple[Any, Any]:
+    """The API app over `d`'s services and the durable trail, as `zguard serve` wires them; and its runtime."""
+    kwargs = {"rate_limits": rate_limits} if "rate_limits" in inspect.signature(build_runtime).parameters else {}
     runtime = build_runtime(
         d.settings, NullEngine(), d.auth, audit=d.audit, prompts=prompt_capture(d.settings), **kwargs
     )
     runtime.services.readiness.set(ModelState.READY)
-    app = create_api_app(d.settings, runtime.services)
+    return create_api_app(d.settings, runtime.services), runtime
+
+
+def scenarios_for(d: Deployment) -> list[Scenario]:
+    """The baseline first, then the reference and the refusals."""
     bad = d.tokens["bench-service"]
     bad = bad[:20] + ("A" if bad[20] != "A" else "B") + bad[21:]  # one character off: a bad checksum
     scenarios = [
@@ -657,6 +771,14 @@ def measure_http(d: Deployment, rounds: int, seconds: float, connections: int) -
                 f"GET /v1/models by a principal allowed 1/day (rate_limits.per_principal.{LIMITED})",
             )
         )
+    return scenarios
+
+
+def measure_http(
+    d: Deployment, rounds: int, seconds: float, connections: int, asgi_requests: int = 0
+) -> dict[str, Any]:
+    app, runtime = api_app(d, d.rate_limits)
+    scenarios = scenarios_for(d)
     client = "wrk" if shutil.which("wrk") else "python-asyncio-process"
     secs = wrk_seconds(seconds) if client == "wrk" else seconds
     try:
@@ -675,6 +797,7 @@ def measure_http(d: Deployment, rounds: int, seconds: float, connections: int) -
             serve_bind = load(client, port, scenarios[:1], 1, seconds, connections)["healthz_200"]
     finally:
         runtime.worker.stop(timeout=10)
+    asgi = measure_asgi_cpu(d, scenarios, asgi_requests, connections) if asgi_requests else None
     baseline = statistics.median(raw_results["healthz_200"]["rps"])
     result: dict[str, Any] = {
         "client": client,
@@ -718,6 +841,12 @@ def measure_http(d: Deployment, rounds: int, seconds: float, connections: int) -
     }
     result["min_refusal_ratio"] = round(min(ratios), 3)
     result["ratio_ok"] = min(ratios) >= TARGET_RATIO
+    if asgi is not None:
+        refusals = [
+            v["ratio_to_healthz"] for k, v in asgi["scenarios"].items() if k not in ("healthz_200", "valid_token_200")
+        ]
+        asgi["min_refusal_ratio"] = round(min(refusals), 3)
+        result["asgi_cpu"] = asgi
     return result
 
 
@@ -851,9 +980,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=6, help="rounds of all HTTP scenarios")
     parser.add_argument("--connections", type=int, default=8, help="keep-alive connections of the load client")
     parser.add_argument("--flood", type=int, default=1000, help="wrong passwords per flood")
+    parser.add_argument(
+        "--asgi-requests", type=int, default=2000, help="in-process ASGI requests per scenario per round (0 skips)"
+    )
     args = parser.parse_args(argv)
     if args.iterations < 20 or args.rounds < 1 or args.duration <= 0 or args.connections < 1 or args.flood < 10:
         parser.error("need --iterations >= 20, --rounds >= 1, --duration > 0, --connections >= 1, --flood >= 10")
+    if args.asgi_requests and args.asgi_requests < args.connections:
+        parser.error("--asgi-requests must be 0 (skip) or at least --connections")
     return args
 
 
@@ -875,7 +1009,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             in_process["audit_commit"] = asyncio.run(measure_commit(d.audit, min(args.iterations, COMMIT_SAMPLES)))
             log("HTTP")
-            http = measure_http(d, args.rounds, args.duration, args.connections)
+            http = measure_http(d, args.rounds, args.duration, args.connections, args.asgi_requests)
             log("Basic flood")
             flood = asyncio.run(measure_flood(d, args.flood))
         except RuntimeError as exc:
@@ -893,6 +1027,7 @@ def main(argv: list[str] | None = None) -> int:
             "http_seconds_per_scenario": args.duration,
             "http_connections": args.connections,
             "flood_attempts": args.flood,
+            "asgi_requests": args.asgi_requests,
             "state_database": "SQLite file (WAL), migrated",
             "bcrypt_cost": DEFAULT_COST,
             "audit": "AuditTrail (the durable trail of zguard serve: one event per request committed before the "
