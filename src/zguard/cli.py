@@ -16,6 +16,7 @@ import yaml
 from zguard.admin_cli import add_admin_commands, run_on_database
 from zguard.audit_cli import add_audit_commands
 from zguard.config import Settings
+from zguard.doctor import add_doctor_command
 from zguard.errors import ConfigError
 from zguard.policy_cli import add_policy_commands
 from zguard.settings_loader import load_settings, masked_settings
@@ -46,7 +47,10 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _setup_logging(settings.log_level)
+    from zguard.integrity.storage import refuse_readable_settings_file
     from zguard.server import serve
+
+    refuse_readable_settings_file(getattr(args, "config", None))  # the rest of the host checks: serve()
 
     code = asyncio.run(serve(settings))
     # The orderly shutdown is complete (listeners closed, worker joined). Skip interpreter
@@ -185,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_admin_commands(commands, common)
     add_audit_commands(commands, common)
     add_policy_commands(commands, common)
+    add_doctor_command(commands, common)
     return parser
 
 

@@ -96,7 +96,7 @@ def harden_process() -> None:
 
 def empty_directory(root: Path, *, older_than: float | None = None) -> int:
     """Remove what is inside `root` (not `root` itself); with `older_than` (a time.time() value),
-    only entries last modified before it. Returns the number of entries removed."""
+    only entries last modified before it. Returns the number of files (not folders) removed."""
     removed = 0
     if not root.is_dir():
         return 0
@@ -107,7 +107,6 @@ def empty_directory(root: Path, *, older_than: float | None = None) -> int:
                 removed += empty_directory(Path(entry.path), older_than=older_than)
                 if older_than is None or (stat.st_mtime < older_than and not any(os.scandir(entry.path))):
                     os.rmdir(entry.path)
-                    removed += 1
             elif older_than is None or stat.st_mtime < older_than:
                 os.unlink(entry.path)
                 removed += 1
@@ -184,13 +183,7 @@ class ProcessIsolation:
                 (self.root / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
             self._write_record(reason, removed)
         if removed:
-            log.info(
-                "runtime directory %s: %d entr%s removed (%s)",
-                self.root,
-                removed,
-                "y" if removed == 1 else "ies",
-                reason,
-            )
+            log.info("runtime directory %s: %d file(s) removed (%s)", self.root, removed, reason)
         return removed
 
     def _write_record(self, reason: str, removed: int) -> None:

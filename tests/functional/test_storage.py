@@ -315,3 +315,14 @@ def test_serve_refuses_unencrypted_model_storage_when_required(tmp_path: Path) -
     assert done.returncode == 2, done.stderr
     assert str(tmp_path / "state" / "demo-model") in done.stderr
     assert "cryptsetup luksFormat" in done.stderr
+
+
+def test_serve_refuses_a_world_readable_settings_file_holding_secrets(tmp_path: Path) -> None:
+    config = tmp_path / "zguard.yaml"
+    config.write_text('database:\n  url: "postgresql+psycopg://zguard:hunter2@db/zguard"\n', encoding="utf-8")
+    config.chmod(0o644)
+    done = serve(tmp_path, ZGUARD_INTEGRITY__ALLOW_ROOT="true", ZGUARD_CONFIG=str(config))
+    assert done.returncode == 2, done.stderr
+    assert f"{config} (settings file (database.url)) is readable by every account" in done.stderr
+    assert f"fix: chmod o-rwx {config}" in done.stderr
+    assert "hunter2" not in done.stderr

@@ -22,11 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, SecretStr
 
 from zguard.audit.setup import PROMPT_KEY_FILE, signing_key_path
 from zguard.config import Settings
+from zguard.errors import ConfigError
 from zguard.services.admin import token_key_path
+from zguard.settings_loader import config_path
 
 Severity = Literal["pass", "warn", "fail"]
 SEVERITY_ORDER: Mapping[Severity, int] = {"pass": 0, "warn": 1, "fail": 2}
@@ -331,6 +334,27 @@ def secret_files(settings: Settings, config_file: Path | None = None, raw_config
     return files
 
 
+def settings_file(cli_value: str | None, environ: Mapping[str, str] = os.environ) -> tuple[Path | None, Any]:
+    """The settings file zguard reads (`--config`, `$ZGUARD_CONFIG`, `config/zguard.yaml`) and its
+    parsed contents; (None, None) when there is none or it cannot be parsed (loading reports that)."""
+    path, _named = config_path(cli_value, environ)
+    try:
+        return path, yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None, None
+
+
+def refuse_readable_settings_file(cli_value: str | None, environ: Mapping[str, str] = os.environ) -> None:
+    """`serve`: raise ConfigError when the settings file sets a secret and others may read it."""
+    path, raw = settings_file(cli_value, environ)
+    if path is None or not config_secret_keys(raw):
+        return
+    keys = ", ".join(config_secret_keys(raw))
+    refusals = [f"{f.message}; fix: {f.fix}" for f in secret_file_permissions({f"settings file ({keys})": path})]
+    if any("readable by every account" in line for line in refusals):
+        raise ConfigError(refusals)
+
+
 def secret_file_permissions(files: Mapping[str, Path]) -> list[Finding]:
     """Files holding secrets must not be readable (or writable) by other accounts: FAIL."""
     findings = []
@@ -354,6 +378,8 @@ def secret_file_permissions(files: Mapping[str, Path]) -> list[Finding]:
             findings.append(
                 Finding("secret_file_private", "pass", f"{path} ({what}): mode {mode:o}", None, {"path": str(path)})
             )
+    if not findings:
+        findings.append(Finding("secret_file_private", "pass", "no secret files yet (none configured or created)"))
     return findings
 
 
