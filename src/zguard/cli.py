@@ -18,6 +18,7 @@ from zguard.audit_cli import add_audit_commands
 from zguard.config import Settings
 from zguard.doctor import add_doctor_command
 from zguard.errors import ConfigError
+from zguard.model_cli import add_model_pin_commands
 from zguard.policy_cli import add_policy_commands
 from zguard.settings_loader import load_settings, masked_settings
 
@@ -82,7 +83,7 @@ def cmd_model_demo(args: argparse.Namespace) -> int:
     except FileExistsError:
         print(f"zguard: {args.dir} exists and is not empty; choose an empty or new directory", file=sys.stderr)
         return EXIT_CONFIG
-    print(f"demo model written to {path} (random weights: images are noise)")
+    print(f"demo model written to {path} (random weights: images are noise), pinned in its manifest")
     return EXIT_OK
 
 
@@ -164,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("dir", metavar="DIR", help="new or empty directory to write the model to")
     demo.set_defaults(handler=cmd_model_demo)
+    add_model_pin_commands(model_commands, common)
 
     db = commands.add_parser(
         "db",

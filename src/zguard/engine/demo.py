@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from zguard.engine.offline import force_offline
+from zguard.integrity.manifest import pin
 
 DEMO_SEED = 20251126
 MARKER_FILE = "zguard-demo.json"
@@ -145,7 +146,7 @@ def build_demo_pipeline() -> Any:
 
 
 def write_demo_model(target: Path) -> Path:
-    """Write the demo model to `target` (created; must be absent or empty), atomically.
+    """Write the demo model and its manifest to `target` (created; must be absent or empty), atomically.
 
     The files are written to a sibling temporary directory and renamed into place, so a crash
     never leaves a half-written model that a later start would try to load.
@@ -165,6 +166,7 @@ def write_demo_model(target: Path) -> Path:
             + "\n",
             encoding="utf-8",
         )
+        pin(staging)  # the default run is pinned like any model; the same files give the same digest
         if target.exists():
             target.rmdir()
         os.replace(staging, target)

@@ -1,8 +1,10 @@
 """The diffusers `ZImagePipeline` engine. The only module (with `demo`) that imports torch.
 
-Loading is local-only: the offline variables are forced before diffusers is imported,
-`local_files_only=True` and `use_safetensors=True` are passed, so a missing file is an error
-rather than a download, and pickle weights are refused.
+Loading is local-only and pinned: the offline variables are forced before diffusers is
+imported; the model directory is checked against its manifest (`zguard.integrity.manifest`) and
+then loaded from the very bytes that were hashed (`zguard.engine.verified_load`), safetensors only,
+so a missing file is an error rather than a download, pickle weights are refused, and a file
+changed on disk, before or during the load, cannot get into the model.
 """
 
 from __future__ import annotations
@@ -14,11 +16,43 @@ from typing import TYPE_CHECKING, Any
 
 from zguard.engine import GenerationCancelled, GenerationJob, ModelInfo
 from zguard.engine.offline import force_offline
+from zguard.integrity.manifest import (
+    MANIFEST_FILE,
+    ManifestError,
+    ModelManifest,
+    Problem,
+    VerifiedReader,
+    check_layout,
+    scan,
+)
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
 log = logging.getLogger(__name__)
+LARGE_MODEL_BYTES = 256 * 1024 * 1024  # from this size on, loading logs its progress
+PROGRESS_STEPS = 10  # a progress line each tenth of the bytes
+
+
+class LoadProgress:
+    """Progress lines in the log while a large model is verified and loaded."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self._model_dir = model_dir
+        self._next = 1  # in tenths
+
+    def __call__(self, done: int, total: int) -> None:
+        if total < LARGE_MODEL_BYTES or done * PROGRESS_STEPS < self._next * total:
+            return
+        while self._next * total <= done * PROGRESS_STEPS:
+            self._next += 1
+        log.info(
+            "verifying and loading %s: %.1f of %.1f GB (%d%%)",
+            self._model_dir,
+            done / 1e9,
+            total / 1e9,
+            100 * done // total,
+        )
 
 
 def choose_device(requested: str) -> tuple[str, str]:
@@ -38,10 +72,23 @@ class DiffusersEngine:
     """`ImageEngine` over a `ZImagePipeline` loaded from a local directory."""
 
     def __init__(
-        self, model_dir: Path, *, model_id: str, device: str = "auto", demo: bool = False, build_demo: bool = False
+        self,
+        model_dir: Path,
+        *,
+        model_id: str,
+        device: str = "auto",
+        demo: bool = False,
+        build_demo: bool = False,
+        manifest_required: bool = True,
+        manifest_public_key: Path | None = None,
     ) -> None:
-        """`build_demo`: write the demo model to `model_dir` in load() when it is not there yet."""
+        """`build_demo`: write the demo model to `model_dir` in load() when it is not there yet.
+        `manifest_required`: refuse a directory without `zguard-manifest.json` (else load it unpinned).
+        `manifest_public_key`: the manifest must carry a valid Ed25519 signature by this key."""
         self._model_dir = Path(model_dir)
+        self._manifest_required = manifest_required
+        self._manifest_public_key = manifest_public_key
+        self.bytes_read = 0  # read from the model directory by the last load()
         self._model_id = model_id
         self._requested_device = device
         self._demo = demo
@@ -61,24 +108,75 @@ class DiffusersEngine:
             if not is_demo_model(self._model_dir):
                 log.warning("building the demo model in %s", self._model_dir)
                 write_demo_model(self._model_dir)
+            elif not (self._model_dir / MANIFEST_FILE).exists():
+                from zguard.integrity.manifest import pin
+
+                # A demo model built before builds were pinned: it lives in the private state
+                # directory and its weights are noise, so pinning it as found is safe.
+                log.warning("pinning the demo model in %s, built before demo models had a manifest", self._model_dir)
+                pin(self._model_dir)
         import torch
         from diffusers import ZImagePipeline
         from diffusers.utils import logging as diffusers_logging
         from transformers.utils import logging as transformers_logging
 
+        from zguard.engine.verified_load import ModelLoadError, load_pipeline
+
         diffusers_logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()
         device, dtype_name = choose_device(self._requested_device)
-        pipe = ZImagePipeline.from_pretrained(
-            self._model_dir,
-            use_safetensors=True,
-            local_files_only=True,
-            dtype=getattr(torch, dtype_name),
-        )
+        manifest, reader = self.open_verified()
+        pipe = load_pipeline(reader, sorted(reader.paths), device=device, dtype=getattr(torch, dtype_name))
+        self.bytes_read = reader.bytes_read
+        if not isinstance(pipe, ZImagePipeline):
+            raise ModelLoadError(f"{self._model_dir}/model_index.json names {type(pipe).__name__}, not ZImagePipeline")
         pipe.set_progress_bar_config(disable=True)
         self._pipe = pipe.to(device)
-        self._info = ModelInfo(id=self._model_id, demo=self._demo, device=device, dtype=dtype_name)
-        log.info("model loaded from %s on %s (%s)", self._model_dir, device, dtype_name)
+        digest = manifest.digest if manifest is not None else None
+        self._info = ModelInfo(id=self._model_id, demo=self._demo, device=device, dtype=dtype_name, manifest=digest)
+        log.info(
+            "model loaded from %s on %s (%s); %s; %.1f MB read",
+            self._model_dir,
+            device,
+            dtype_name,
+            f"every file matched manifest {digest}" if digest else "UNPINNED (model.manifest_required is false)",
+            reader.bytes_read / 1e6,
+        )
+
+    def open_verified(self) -> tuple[ModelManifest | None, VerifiedReader]:
+        """Check the directory against its manifest (everything but the hashes, which the reader
+        checks as it reads); ManifestError names each problem."""
+        public_key = None
+        if self._manifest_public_key is not None:
+            from zguard.audit.chain import SigningKeyError, load_public_key
+
+            try:
+                public_key = load_public_key(self._manifest_public_key)
+            except (OSError, SigningKeyError) as exc:
+                raise ManifestError(
+                    self._model_dir,
+                    [
+                        Problem(
+                            "bad_signature",
+                            str(self._manifest_public_key),
+                            f"model.manifest_public_key unusable: {exc}",
+                        )
+                    ],
+                ) from None
+        manifest: ModelManifest | None
+        try:
+            manifest, layout = check_layout(self._model_dir, public_key)
+        except ManifestError as exc:
+            unpinned_ok = not self._manifest_required and public_key is None
+            if not (unpinned_ok and [p.code for p in exc.problems] == ["manifest_missing"]):
+                raise
+            log.warning(
+                "model %s has no manifest and model.manifest_required is false: loading it UNPINNED", self._model_dir
+            )
+            manifest, layout = None, scan(self._model_dir)
+            if layout.problems:
+                raise ManifestError(self._model_dir, layout.problems) from None
+        return manifest, VerifiedReader(self._model_dir, manifest, layout, LoadProgress(self._model_dir))
 
     def generate(self, job: GenerationJob, should_stop: Callable[[], bool]) -> list[Image]:
         import torch
