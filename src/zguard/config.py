@@ -100,6 +100,14 @@ class ModelSettings(_Section):
         "auto", description="`auto` uses CUDA with bfloat16 when a GPU is present, else the CPU with float32."
     )
     warmup: bool = Field(True, description="Run one small generation at start; `/readyz` reports ready only after it.")
+    manifest_required: bool = Field(
+        True,
+        description="Refuse to start when the model directory has no `zguard-manifest.json` (write one with `zguard model pin DIR`). Every start checks each file's size and SHA-256 against it while loading; false serves an unpinned model (still safetensors only).",
+    )
+    manifest_public_key: Path | None = Field(
+        None,
+        description="Ed25519 public key (PEM) whose signature the model manifest must carry (`zguard model pin DIR --key FILE` signs it). Unset: the signature, if any, is not checked.",
+    )
 
 
 class GenerationSettings(_Section):

@@ -66,6 +66,9 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str = "zguard"
     demo: bool
+    manifest: str | None = Field(
+        None, description="SHA-256 digest of the model's pinned manifest (`zguard-manifest.json`); null when unpinned."
+    )
 
 
 class ModelList(BaseModel):

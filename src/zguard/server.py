@@ -39,6 +39,7 @@ from zguard.config import ENV_PREFIX, ListenerSettings, Settings
 from zguard.engine import GenerationJob, ImageEngine
 from zguard.engine.admission import AdmissionQueue, WorkerThread
 from zguard.errors import ConfigError
+from zguard.integrity.manifest import ManifestError
 from zguard.pidfile import remove_pid_file, write_pid_file
 from zguard.policy.holder import PolicyHolder, ReloadOnSignal
 from zguard.security.keys import KEY_BYTES
@@ -331,6 +332,10 @@ async def load_and_warm_up(runtime: Runtime, settings: Settings) -> bool:
             side = services.images.default_size
             job = GenerationJob(prompt="warm-up", negative_prompt=None, width=side[0], height=side[1], steps=1, seed=0)
             await runtime.admission.run(lambda stop: services.engine.generate(job, stop))
+    except ManifestError as exc:  # fail closed: the files are not the pinned ones
+        services.readiness.set(ModelState.FAILED)
+        log.error("model load or warm-up failed: the model files were refused, nothing loaded: %s", exc.message)
+        return False
     except Exception as exc:  # any failure here means the model cannot be served
         services.readiness.set(ModelState.FAILED)
         log.error(
@@ -402,6 +407,8 @@ def configured_engine(settings: Settings) -> ImageEngine:
         device=settings.model.device,
         demo=demo,
         build_demo=settings.model.path is None,
+        manifest_required=settings.model.manifest_required,
+        manifest_public_key=settings.model.manifest_public_key,
     )
 
 

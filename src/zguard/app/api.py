@@ -207,7 +207,9 @@ def create_api_app(settings: Settings, services: Services) -> FastAPI:
     )
     async def list_models() -> ModelList:
         info = services.engine.info
-        return ModelList(data=[ModelCard(id=info.id, created=services.started_at, demo=info.demo)])
+        return ModelList(
+            data=[ModelCard(id=info.id, created=services.started_at, demo=info.demo, manifest=info.manifest)]
+        )
 
     @app.get(
         "/v1/audit/events",
