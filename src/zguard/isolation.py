@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zguard.config import Settings
+from zguard.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,7 @@ class ProcessIsolation:
     def __init__(self, settings: Settings, environ: Mapping[str, str] = os.environ) -> None:
         self.root = runtime_dir(settings, environ).absolute()
         self.record_path = cleanup_record_path(settings)
+        self.state_dir = settings.state_dir
         self.interval_s = settings.isolation.cleanup_interval_s
         self._saved_env: dict[str, str | None] = {}
         self._saved_tempdir: str | None = None
@@ -160,6 +162,7 @@ class ProcessIsolation:
         self._lock = threading.Lock()
 
     def start(self) -> ProcessIsolation:
+        self._refuse_shared()
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)  # an existing directory too: it holds whatever libraries write
         self.sweep("start")
@@ -172,6 +175,28 @@ class ProcessIsolation:
             "temporary files and caches confined to %s (mode 0700, emptied every %.0f s)", self.root, self.interval_s
         )
         return self
+
+    def _refuse_shared(self) -> None:
+        """Emptying is recursive: never a directory that holds the state or that others use."""
+        state = self.state_dir.absolute()
+        if state == self.root or self.root in state.parents:
+            raise ConfigError(
+                [
+                    f"isolation.runtime_dir: {self.root} contains state_dir {state}; emptying it would delete the "
+                    "state; give the runtime directory a path of its own, e.g. /run/zguard"
+                ]
+            )
+        try:
+            st = self.root.stat()
+        except FileNotFoundError:
+            return
+        if st.st_uid != os.geteuid() or st.st_mode & 0o002:
+            raise ConfigError(
+                [
+                    f"isolation.runtime_dir: {self.root} is shared (owner uid {st.st_uid}, mode {st.st_mode & 0o7777:o}); "
+                    "zguard empties it, so give it a directory of its own, e.g. /run/zguard (systemd RuntimeDirectory=zguard)"
+                ]
+            )
 
     def sweep(self, reason: str) -> int:
         """Empty the runtime directory (periodic sweeps: what is older than the interval), keep

@@ -21,10 +21,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 from PIL import Image
 
 from tests.common.servers import ZguardProcess
 from zguard.config import Settings
+from zguard.errors import ConfigError
 from zguard.isolation import CACHE_ENV, CleanupRecord, ProcessIsolation, files_under
 
 TOKEN = "quokka-lantern-zp7q"
@@ -187,3 +189,19 @@ def test_hardening_turns_core_dumps_off_and_the_process_non_dumpable() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert done.stdout.strip() == "(0, 0) 0"
+
+
+def test_a_shared_or_state_holding_runtime_dir_is_refused(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    for runtime, why in ((tmp_path, "contains state_dir"), (state, "contains state_dir")):
+        settings = Settings.model_validate({"state_dir": str(state), "isolation": {"runtime_dir": str(runtime)}})
+        with pytest.raises(ConfigError, match=why):
+            ProcessIsolation(settings).start()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    (shared / "someone-elses-file").write_bytes(b"x")
+    settings = Settings.model_validate({"state_dir": str(state), "isolation": {"runtime_dir": str(shared)}})
+    with pytest.raises(ConfigError, match="is shared"):
+        ProcessIsolation(settings).start()
+    assert (shared / "someone-elses-file").exists()
