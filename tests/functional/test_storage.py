@@ -207,6 +207,8 @@ def test_world_readable_secret_config_is_refused(tmp_path: Path) -> None:
     config.chmod(0o644)
     assert config_secret_keys(raw) == ["api_auth.users.0.password", "database.url"]
     assert config_secret_keys({"api": {"port": 5000}, "database": {"url": None}}) == []
+    assert config_secret_keys({"rate_limits": {"storage": "memory://"}}) == []
+    assert config_secret_keys({"rate_limits": {"storage": "redis://:pw@r:6379/0"}}) == ["rate_limits.storage"]
     settings = Settings.model_validate({"state_dir": str(tmp_path / "state")})
     files = secret_files(settings, config, raw)
     findings = secret_file_permissions(files)

@@ -289,9 +289,10 @@ def _secret_keys(data: Any, model: type[BaseModel], prefix: str = "") -> list[st
         if info is None or value is None:
             continue
         name = f"{prefix}{key}"
-        text = str(info.annotation)
-        if "SecretStr" in text or info.annotation is SecretStr:
-            found.append(name)
+        if "SecretStr" in str(info.annotation):
+            default = info.default.get_secret_value() if isinstance(info.default, SecretStr) else info.default
+            if value != default:  # `memory://` spelled out is no secret
+                found.append(name)
             continue
         nested = _nested_model(info.annotation)
         if nested is None:
