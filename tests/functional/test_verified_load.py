@@ -171,3 +171,33 @@ def test_a_configured_public_key_requires_its_signature(model: Path, tmp_path: P
     eng = engine(model, manifest_public_key=tmp_path / "signer.pub")
     eng.load()
     assert eng.info.manifest is not None
+
+
+def test_sharded_weights_with_an_index_load_like_from_pretrained(demo_model_dir: Path, tmp_path: Path) -> None:
+    """The real Z-Image-Turbo ships its transformer and text encoder as shards with an index
+    json: re-save the demo's that way and the verified load must match diffusers' own."""
+    from diffusers import ZImagePipeline
+
+    from zguard.engine import GenerationJob
+    from zguard.integrity.manifest import pin
+
+    reference = ZImagePipeline.from_pretrained(demo_model_dir, local_files_only=True, use_safetensors=True)
+    sharded = tmp_path / "sharded"
+    reference.save_pretrained(sharded, safe_serialization=True, max_shard_size="100KB")
+    shards = sorted(p.name for p in (sharded / "transformer").glob("*.safetensors"))
+    assert len(shards) > 1
+    assert (sharded / "transformer" / "diffusion_pytorch_model.safetensors.index.json").exists()
+    assert list((sharded / "text_encoder").glob("*.safetensors.index.json"))
+    pin(sharded)
+
+    eng = engine(sharded)
+    eng.load()
+    loaded = transformer_state(eng)
+    expected = {k: v.detach().clone() for k, v in reference.transformer.state_dict().items()}
+    assert_equal_states(loaded, expected)
+    text = {k: v.detach() for k, v in eng._pipe.text_encoder.state_dict().items()}
+    assert all(torch.equal(text[k], v) for k, v in reference.text_encoder.state_dict().items())
+    job = GenerationJob(prompt="a harbour at dusk", negative_prompt=None, width=64, height=64, steps=2, seed=5)
+    baseline = engine(demo_model_dir)
+    baseline.load()
+    assert eng.generate(job, lambda: False)[0].tobytes() == baseline.generate(job, lambda: False)[0].tobytes()
