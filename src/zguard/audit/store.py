@@ -295,19 +295,19 @@ class AuditStore:
             position = rows[-1].seq
 
     def iter_rows(self, *, batch: int = 5_000) -> Iterator[tuple[Any, ...]]:
-        """Raw rows as tuples in `verify.ROW_COLUMNS` order, by seq, for verification."""
-        columns = [EVENTS.c[name] for name in _COLUMNS]
-        position: int | None = None
-        while True:
-            query = select(*columns)
-            if position is not None:
-                query = query.where(EVENTS.c.seq > position)
-            with self.engine.connect() as conn:
-                rows = [tuple(row) for row in conn.execute(query.order_by(EVENTS.c.seq).limit(batch))]
-            yield from rows
-            if len(rows) < batch:
-                return
-            position = rows[-1][0]
+        """Raw rows as tuples in `verify.ROW_COLUMNS` order, by seq, for verification.
+
+        Read through the driver's own cursor: plain tuples, no result-row objects, which made up
+        a third of verification's time."""
+        position = -1  # below any seq (the base may be 0)
+        with self.engine.connect() as conn:
+            sql = _driver_sql(conn).read_rows
+            while True:
+                rows = conn.exec_driver_sql(sql, {"after": position, "batch": batch}).cursor.fetchall()
+                yield from rows
+                if len(rows) < batch:
+                    return
+                position = rows[-1][0]
 
     def get(self, event_id: str) -> StoredEvent | None:
         with self.engine.connect() as conn:
@@ -391,6 +391,7 @@ def _row(
 class _DriverSql:
     insert_events: str
     move_head: str
+    read_rows: str
 
 
 _COLUMNS = ("seq", "event_id", "time_ms", "type", "outcome", "principal", "request_id", "body", "prev_hash", "hash")
@@ -415,6 +416,8 @@ def _driver_sql(conn: Connection) -> _DriverSql:
         cached = _SQL_CACHE[dialect.name] = _DriverSql(
             insert_events=f"INSERT INTO audit_events ({columns}) VALUES ({marks})",  # noqa: S608
             move_head=f"UPDATE audit_head SET {head_set} WHERE id = {HEAD_ID}",  # noqa: S608
+            read_rows=f"SELECT {columns} FROM audit_events WHERE seq > {mark('after')} "  # noqa: S608
+            f"ORDER BY seq LIMIT {mark('batch')}",
         )
     return cached
 
