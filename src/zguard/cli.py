@@ -19,6 +19,7 @@ from zguard.config import Settings
 from zguard.doctor import add_doctor_command
 from zguard.errors import ConfigError
 from zguard.model_cli import add_model_pin_commands
+from zguard.ops.install_cli import add_install_command
 from zguard.policy_cli import add_policy_commands
 from zguard.settings_loader import load_settings, masked_settings
 
@@ -192,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_audit_commands(commands, common)
     add_policy_commands(commands, common)
     add_doctor_command(commands, common)
+    add_install_command(commands, common)
     return parser
 
 
