@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 import sys
 from pathlib import Path
@@ -187,3 +188,13 @@ def test_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     if os.geteuid() == 0:
         assert install(tmp_path) == 2
         assert "is not a directory" in capsys.readouterr().err
+
+
+def test_runbook_names_every_install_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["install", "--help"])
+    options = re.findall(r"^\s+(?:-\w, )?(--[a-z-]+)", capsys.readouterr().out, re.MULTILINE)
+    flags = set(options) - {"--help", "--config"}
+    runbook = (Path(__file__).parents[2] / "docs" / "deployment.md").read_text(encoding="utf-8")
+    assert flags
+    assert not [flag for flag in sorted(flags) if flag not in runbook], "docs/deployment.md lacks install flags"
