@@ -59,8 +59,23 @@ class ListenerSettings(_Section):
         description="Networks (CIDR, IPv4 or IPv6; a bare address means just that address) whose clients may call this listener; everyone else gets 403 `ip_not_allowed` before any other check, `/healthz` and `/readyz` included. Checked against the TCP peer, or against `X-Forwarded-For` when the peer is in `trusted_proxies`. Loopback only by default; an empty list refuses everyone, and a listener bound to a non-loopback address refuses to start with it.",
     )
 
+    tls_cert_file: Path | None = Field(
+        None,
+        description="PEM certificate (chain) to serve HTTPS with, TLS 1.2 or newer. Unset: plain HTTP, for loopback or behind a TLS-terminating proxy (see README, Fronting with nginx).",
+    )
+    tls_key_file: Path | None = Field(
+        None,
+        description="PEM private key of `tls_cert_file`; must not be readable by other accounts (mode 0600 or 0400), or the listener refuses to start.",
+    )
+
     _allow_as_list = field_validator("allow", mode="before")(_as_list)
     _allow_networks = field_validator("allow")(_canonical_networks)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ListenerSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file: set both (certificate and its private key) or neither")
+        return self
 
     @property
     def is_loopback(self) -> bool:
@@ -78,6 +93,16 @@ class ApiSettings(ListenerSettings):
         False,
         description="Serve `/docs`, `/redoc` and `/openapi.json`. Off by default: the document is published in `docs/openapi.json`.",
     )
+    tls_client_ca_file: Path | None = Field(
+        None,
+        description="PEM CA certificate(s): when set (with `tls_cert_file`), clients must present a certificate signed by one of them (mTLS) or the TLS handshake fails.",
+    )
+
+    @model_validator(mode="after")
+    def _client_ca_needs_tls(self) -> ApiSettings:
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file: client certificates need TLS; set tls_cert_file and tls_key_file too")
+        return self
 
 
 class ConsoleSettings(ListenerSettings):

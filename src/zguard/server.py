@@ -16,6 +16,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -69,8 +70,8 @@ class _Listener(uvicorn.Server):
         yield
 
 
-def listener_config(app: Any, grace_s: float) -> uvicorn.Config:
-    """How zguard runs uvicorn for each listener (also used by tests and benchmarks)."""
+def listener_config(app: Any, grace_s: float, tls: ssl.SSLContext | None = None) -> uvicorn.Config:
+    """How zguard runs uvicorn for each listener (also used by tests and benchmarks); HTTPS with `tls`."""
     return uvicorn.Config(
         app,
         lifespan="off",
@@ -82,7 +83,21 @@ def listener_config(app: Any, grace_s: float) -> uvicorn.Config:
         proxy_headers=False,
         timeout_graceful_shutdown=math.ceil(grace_s),
         timeout_keep_alive=5,
+        ssl_context_factory=None if tls is None else (lambda _config, _default: tls),
     )
+
+
+def listener_tls(listener: ListenerSettings, name: str) -> ssl.SSLContext | None:
+    """The listener's TLS context (None: plain HTTP); ConfigError naming the key when unusable."""
+    from zguard.security.tls import TlsError, server_context
+
+    if listener.tls_cert_file is None or listener.tls_key_file is None:
+        return None
+    client_ca = getattr(listener, "tls_client_ca_file", None)
+    try:
+        return server_context(listener.tls_cert_file, listener.tls_key_file, client_ca)
+    except TlsError as exc:
+        raise ConfigError([f"{name}.{exc.setting}: {exc.message}"]) from None
 
 
 def _listener_problems(name: str, listener: ListenerSettings, auth_enabled: bool) -> list[str]:
@@ -461,6 +476,7 @@ async def serve(settings: Settings, engine: ImageEngine | None = None) -> int:
 
 
 async def _serve(settings: Settings, engine: ImageEngine | None = None) -> int:
+    tls = {"api": listener_tls(settings.api, "api"), "console": listener_tls(settings.console, "console")}
     sockets = {"api": bind(settings.api, "api"), "console": bind(settings.console, "console")}
     if engine is None:
         engine = configured_engine(settings)
@@ -483,8 +499,8 @@ async def _serve(settings: Settings, engine: ImageEngine | None = None) -> int:
         issue_demo_token(settings, store, token_key)
     grace = settings.generation.shutdown_grace_s
     servers = {
-        "api": _Listener(listener_config(create_api_app(settings, runtime.services), grace)),
-        "console": _Listener(listener_config(create_console_app(settings, runtime.services), grace)),
+        "api": _Listener(listener_config(create_api_app(settings, runtime.services), grace, tls["api"])),
+        "console": _Listener(listener_config(create_console_app(settings, runtime.services), grace, tls["console"])),
     }
     signals = StopSignals(list(servers.values()), runtime.services.readiness, grace)
     loop = asyncio.get_running_loop()
@@ -515,7 +531,8 @@ async def _serve(settings: Settings, engine: ImageEngine | None = None) -> int:
     warm = asyncio.create_task(start_model())
     for name, sock in sockets.items():
         host, port = sock.getsockname()[:2]
-        log.info("%s listening on http://%s:%d", name, host if ":" not in host else f"[{host}]", port)
+        scheme = "https" if tls[name] is not None else "http"
+        log.info("%s listening on %s://%s:%d", name, scheme, host if ":" not in host else f"[{host}]", port)
     try:
         await asyncio.gather(*(server.serve(sockets=[sockets[name]]) for name, server in servers.items()))
     finally:
