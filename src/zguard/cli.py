@@ -20,6 +20,7 @@ from zguard.doctor import add_doctor_command
 from zguard.errors import ConfigError
 from zguard.model_cli import add_model_pin_commands
 from zguard.ops.install_cli import add_install_command
+from zguard.ops.scan import add_scan_command
 from zguard.policy_cli import add_policy_commands
 from zguard.settings_loader import load_settings, masked_settings
 
@@ -194,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_policy_commands(commands, common)
     add_doctor_command(commands, common)
     add_install_command(commands, common)
+    add_scan_command(commands, common)
     return parser
 
 
