@@ -74,6 +74,8 @@ def test_service_runs_serve_as_the_service_account(units: dict[str, Path]) -> No
     assert settings["UMask"] == "0077"
     assert settings["CapabilityBoundingSet"] == ""
     assert settings["ProtectSystem"] == "strict"
+    assert settings["PrivateUsers"] == "yes"
+    assert settings["ProcSubset"] == "all"  # torch reads /proc/cpuinfo, CUDA /proc/driver/nvidia
     assert "MemoryDenyWriteExecute" not in settings
     assert "pytorch/pytorch#143651" in text  # why it stays off
 
@@ -85,6 +87,7 @@ def test_scan_runs_monthly_without_network(units: dict[str, Path]) -> None:
         == f"{ZGUARD} scan --config /etc/zguard/zguard.yaml --vuln-db /etc/zguard/osv-pypi.zip --fail-on high"
     )
     assert scan["PrivateNetwork"] == "yes"
+    assert scan["MemoryDenyWriteExecute"] == "yes"
     assert scan["Type"] == "oneshot"
     timer = dict(directives(units[SCAN_TIMER].read_text(encoding="utf-8")))
     assert timer["OnCalendar"] == "monthly"
