@@ -7,12 +7,14 @@ The units run the venv's own zguard, so verify finds an executable ExecStart= on
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from tests.common.systemd import require_systemd_analyze, security, verify
+from zguard.cli import main
 from zguard.ops.install import Layout
 from zguard.ops.units import SCAN_SERVICE, SCAN_TIMER, SERVICE, UNIT_NAMES, render_unit, unit_template
 
@@ -113,3 +115,31 @@ def test_every_template_field_is_filled() -> None:
         render_unit(SERVICE, {})
     with pytest.raises(ValueError, match="no unit template"):
         unit_template("other.service")
+
+
+MDWE_RUNNER = """
+import ctypes, sys
+if ctypes.CDLL(None, use_errno=True).prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN
+    sys.exit(77)
+from zguard.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_scan_runs_under_memory_deny_write_execute(tmp_path: Path) -> None:
+    """zguard-scan.service sets MemoryDenyWriteExecute=yes (the server cannot: torch's JIT): the
+    scan must run under it. The kernel's PR_SET_MDWE (Linux 6.3+) refuses the same mappings."""
+    config = tmp_path / "zguard.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\n", encoding="utf-8")
+    assert main(["init", "--config", str(config)]) == 0  # a state database for the scan's audit event
+    done = subprocess.run(
+        [sys.executable, "-c", MDWE_RUNNER, "scan", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode == 77:
+        pytest.skip("this kernel has no PR_SET_MDWE (Linux 6.3+)")
+    assert done.returncode in (0, 1), done.stderr  # findings or none; never killed by a signal
+    assert "zguard scan:" in done.stdout
