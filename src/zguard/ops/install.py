@@ -427,16 +427,30 @@ class Installer:
             wants = {"zguard.service": "multi-user.target.wants", "zguard-scan.timer": "timers.target.wants"}
             links = [self.on_disk(DEFAULT_UNIT_DIR / wants[u] / u) for u in units]  # where systemctl links
 
-            def pending() -> str | None:
+            def unlinked() -> str | None:
                 return None if all(link.is_symlink() for link in links) else shlex.join(argv)
 
-            return Step("enable " + " ".join(units), pending, lambda: self.run(argv))
+            return Step("enable " + " ".join(units), unlinked, lambda: self.run(argv))
+
+        def pending() -> str | None:
+            running = all(_succeeds(["systemctl", "is-enabled", "--quiet", u]) for u in units) and all(
+                _succeeds(["systemctl", "is-active", "--quiet", u]) for u in units
+            )
+            return None if running else f"systemctl enable --now {' '.join(units)}"
 
         def apply() -> None:
             self.run(["systemctl", "daemon-reload"])
             self.run(["systemctl", "enable", "--now", *units])
 
-        return Step("enable and start " + " ".join(units), lambda: f"systemctl enable --now {' '.join(units)}", apply)
+        return Step("enable and start " + " ".join(units), pending, apply)
+
+
+def _succeeds(argv: Sequence[str]) -> bool:
+    """Whether a query command exits 0 (False when it is not installed)."""
+    try:
+        return subprocess.run(list(argv), capture_output=True, check=False, timeout=30).returncode == 0  # noqa: S603 - fixed argv
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def host_gpus(dev: Path = Path("/dev")) -> int:
