@@ -297,6 +297,7 @@ def build_runtime(
         started_at=int(time.time()),
         rate_limits=rate_limits or RateLimitService.from_settings(settings, audit),
         prompts=prompts or PromptCapture("hmac", hmac_key=secrets.token_bytes(KEY_BYTES)),
+        policy=policy,
     )
     return Runtime(services=services, admission=admission, worker=worker, policy=policy)
 

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from zguard.app.errors import error_response
 from zguard.audit import AuditEvent, AuditSink, Outcome, RequestRecord
 from zguard.errors import AuditUnavailable, ZguardError
+from zguard.services.metrics import RequestMetrics
 
 log = logging.getLogger("zguard.audit")
 STATE_KEY = "audit"
@@ -54,10 +55,11 @@ def _error_code(body: bytes) -> str | None:
 
 
 class AuditRequests:
-    def __init__(self, app: ASGIApp, *, listener: str, audit: AuditSink) -> None:
+    def __init__(self, app: ASGIApp, *, listener: str, audit: AuditSink, metrics: RequestMetrics | None = None) -> None:
         self.app = app
         self.listener = listener
         self.audit = audit
+        self.metrics = metrics or RequestMetrics()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -124,6 +126,13 @@ class AuditRequests:
                 except Exception:
                     log.exception("audit store write failed for request %s", state.get("request_id"))
 
+    def _count(self, event: AuditEvent) -> None:
+        """/metrics: the request by listener, status and code; a completed generation's latency."""
+        status = event.http.get("status") if event.http else None
+        self.metrics.record_request(self.listener, status if isinstance(status, int) else None, event.code)
+        if event.type == "generation.completed" and event.latency_ms is not None:
+            self.metrics.observe_generation(event.latency_ms / 1000)
+
     async def _refuse(self, error: ZguardError, send: Send) -> None:
         response = error_response(error)
 
@@ -146,7 +155,7 @@ class AuditRequests:
         if status is not None:
             record.set_outcome(record.outcome if record.outcome is not None and status < 400 else _outcome_for(status))
         path = scope.get("path", "")
-        return AuditEvent(
+        event = AuditEvent(
             type=record.type or "http.request",
             outcome=record.outcome or "failed",
             code=record.code or code,
@@ -167,3 +176,5 @@ class AuditRequests:
             images=record.images,
             http={"method": scope.get("method"), "path": path[:PATH_MAX], "status": status},
         )
+        self._count(event)  # called once per request: from commit, or for a request never answered
+        return event

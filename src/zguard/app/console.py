@@ -9,7 +9,7 @@ import asyncio
 from html import escape
 
 from fastapi import FastAPI
-from starlette.responses import HTMLResponse, JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from zguard.app.auth import PUBLIC, requires
 from zguard.app.context import Services
@@ -17,6 +17,7 @@ from zguard.app.middleware import CONSOLE_SECURITY_HEADERS, NO_TELEMETRY
 from zguard.app.stack import install_listener_stack
 from zguard.config import Settings
 from zguard.security.rbac import Permission
+from zguard.services.metrics import CONTENT_TYPE, service_gauges
 
 CONSOLE_MAX_BODY = 16 * 1024
 
@@ -75,6 +76,21 @@ def create_console_app(settings: Settings, services: Services) -> FastAPI:
     @app.get("/api/status", dependencies=[requires(Permission.SYSTEM_READ)])
     async def status_json() -> JSONResponse:
         return JSONResponse(_status(services))
+
+    @app.get("/metrics", dependencies=[requires(Permission.SYSTEM_READ)])
+    async def metrics() -> Response:
+        """Prometheus text format: requests by listener, status and code; generation latency; queue;
+        audit forwarding lag; model verified; policy reloads. No prompts, names or tokens in labels."""
+        audit = await asyncio.to_thread(services.audit_health.snapshot)
+        gauges = service_gauges(
+            waiting=services.admission.waiting,
+            running=services.admission.running,
+            model_verified=services.engine.info.manifest is not None,
+            model_ready=services.readiness.ready,
+            policy_reloads=services.policy.reloads if services.policy is not None else {},
+            audit=audit,
+        )
+        return Response(services.metrics.render(gauges), media_type=CONTENT_TYPE)
 
     @app.get("/healthz", dependencies=[PUBLIC])
     async def healthz() -> dict[str, str]:

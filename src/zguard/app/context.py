@@ -9,8 +9,10 @@ from zguard.audit.prompts import PromptCapture
 from zguard.audit.setup import AuditHealth
 from zguard.engine import ImageEngine
 from zguard.engine.admission import AdmissionQueue
+from zguard.policy.holder import PolicyHolder
 from zguard.services.auth import AuthService
 from zguard.services.images import ImageService
+from zguard.services.metrics import RequestMetrics
 from zguard.services.ratelimit import RateLimitService
 from zguard.services.readiness import Readiness
 
@@ -27,3 +29,5 @@ class Services:
     rate_limits: RateLimitService
     prompts: PromptCapture
     audit_health: AuditHealth = field(default_factory=AuditHealth)
+    metrics: RequestMetrics = field(default_factory=RequestMetrics)
+    policy: PolicyHolder | None = None  # for its reload counts on /metrics

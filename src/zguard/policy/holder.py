@@ -113,6 +113,7 @@ class PolicyHolder:
     settings: PolicySettings
     loaded: LoadedPolicy  # replaced whole, in one assignment
     _reloading: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    reloads: dict[str, int] = field(default_factory=lambda: {"ok": 0, "failed": 0})  # for /metrics
 
     @property
     def policy(self) -> PromptPolicy:
@@ -167,8 +168,10 @@ class PolicyHolder:
                 policy, hashes = build_policy(self.settings)
             except PolicyLoadError as exc:
                 log.error("prompt policy reload failed, the previous policy stays in force: %s", exc.message)
+                self.reloads["failed"] += 1
                 return ReloadResult(ok=False, hashes=exc.hashes, terms=self.policy.term_count, error=exc.message)
             self.loaded = LoadedPolicy(policy, hashes)  # one reference swap: checks see old or new
+            self.reloads["ok"] += 1
         log.info("prompt policy reloaded: %d terms from %d list(s)", policy.term_count, len(hashes))
         return ReloadResult(ok=True, hashes=hashes, terms=policy.term_count)
 
