@@ -65,7 +65,7 @@ class ListenerSettings(_Section):
     )
     tls_key_file: Path | None = Field(
         None,
-        description="PEM private key of `tls_cert_file`; must not be readable by other accounts (mode 0600 or 0400), or the listener refuses to start.",
+        description="PEM private key of `tls_cert_file`; must not be readable by every account (0600, or 0640 with the service group), or the listener refuses to start.",
     )
 
     _allow_as_list = field_validator("allow", mode="before")(_as_list)
