@@ -107,8 +107,10 @@ def test_certificate_without_key_and_readable_key_are_refused(pki: Pki, tmp_path
     readable = tmp_path / "key.pem"
     readable.write_bytes(pki.server_key.read_bytes())
     readable.chmod(0o644)
-    with pytest.raises(ConfigError, match=r"console\.tls_key_file: .* readable by other accounts"):
+    with pytest.raises(ConfigError, match=r"console\.tls_key_file: .* readable by every account"):
         listener_tls(ConsoleSettings(tls_cert_file=pki.server_cert, tls_key_file=readable), "console")
+    readable.chmod(0o640)  # group read: root-owned, the service's group reads it (as zguard install lays out)
+    assert listener_tls(ConsoleSettings(tls_cert_file=pki.server_cert, tls_key_file=readable), "console") is not None
     context = listener_tls(ApiSettings(tls_cert_file=pki.server_cert, tls_key_file=pki.server_key, tls_client_ca_file=pki.ca), "api")  # fmt: skip
     assert context is not None
     assert context.minimum_version == MINIMUM_VERSION

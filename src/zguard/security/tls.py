@@ -6,7 +6,7 @@ listener asks for a client certificate and refuses the handshake without one tha
 that CA (mTLS), before any HTTP request exists: the certificate is the first gate, tokens or
 passwords the second.
 
-The private key must not be readable by other accounts: `key_file_problem` says why not.
+The private key must not be readable by every account: `key_file_problem` says why not.
 """
 
 from __future__ import annotations
@@ -29,13 +29,14 @@ class TlsError(Exception):
 
 
 def key_file_problem(path: Path) -> str | None:
-    """Why the private key at `path` must not be used (missing, or readable by group or others)."""
+    """Why the private key at `path` must not be used: missing, or open to every account. Group
+    read stays allowed, as for every secret file (0640 root:ai-service, zguard.integrity.storage)."""
     try:
         mode = path.stat().st_mode
     except OSError as exc:
         return f"{path} cannot be read ({exc.strerror})"
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        return f"{path} is readable by other accounts (mode {stat.S_IMODE(mode):04o}); chmod 600 {path}"
+    if mode & (stat.S_IROTH | stat.S_IWOTH):
+        return f"{path} is readable by every account (mode {stat.S_IMODE(mode):04o}); chmod o-rwx {path} (0600, or 0640 with the service group)"
     return None
 
 
