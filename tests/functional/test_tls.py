@@ -15,8 +15,9 @@ import pytest
 
 from tests.common.pki import Pki, make_pki
 from tests.common.servers import ZguardProcess
-from zguard.config import ApiSettings, ConsoleSettings
+from zguard.config import ApiSettings, ConsoleSettings, Settings
 from zguard.errors import ConfigError
+from zguard.integrity.storage import secret_files
 from zguard.security.tls import MINIMUM_VERSION
 from zguard.server import listener_tls
 
@@ -115,3 +116,14 @@ def test_certificate_without_key_and_readable_key_are_refused(pki: Pki, tmp_path
     assert context is not None
     assert context.minimum_version == MINIMUM_VERSION
     assert context.verify_mode == ssl.CERT_REQUIRED
+
+
+def test_doctor_and_serve_check_the_tls_keys_as_secret_files(pki: Pki, tmp_path: Path) -> None:
+    settings = Settings.model_validate(
+        {
+            "state_dir": str(tmp_path / "state"),
+            "console": {"tls_cert_file": str(pki.server_cert), "tls_key_file": str(pki.server_key)},
+        }
+    )
+    assert secret_files(settings)["console.tls_key_file"] == pki.server_key
+    assert "api.tls_key_file" not in secret_files(settings)

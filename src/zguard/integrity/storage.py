@@ -330,6 +330,9 @@ def secret_files(settings: Settings, config_file: Path | None = None, raw_config
     }
     if settings.audit.syslog.key_file is not None:
         files["audit.syslog.key_file"] = settings.audit.syslog.key_file
+    for name, listener in (("api", settings.api), ("console", settings.console)):
+        if listener.tls_key_file is not None:
+            files[f"{name}.tls_key_file"] = listener.tls_key_file
     if config_file is not None and config_secret_keys(raw_config):
         files[f"settings file ({', '.join(config_secret_keys(raw_config))})"] = config_file
     return files
