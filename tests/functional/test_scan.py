@@ -25,6 +25,7 @@ from zguard.store.principals import PrincipalStore
 
 PYYAML = metadata.version("pyyaml")
 DIGEST = "ab" * 32
+STRONG = "$2b$12$" + "a" * 53  # a well-formed bcrypt hash at cost 12 (never checked: no login here)
 NOW = datetime.now(UTC)
 
 
@@ -91,6 +92,8 @@ def test_reports_the_installed_vulnerable_package_and_the_permission_findings(
     store.create_principal("gone", "service", roles=["generator"], enabled=False)
     store.add_token("gone", token_hash=DIGEST, prefix="zg_gone")
     store.create_principal("mixed", "service", roles=["generator", "auditor"])
+    with config.open("a") as settings_file:  # a user of the settings file is a principal too
+        settings_file.write(f"api_auth:\n  users:\n    - {{username: ops, password: '{STRONG}', roles: [admin]}}\n")
 
     code, report = scan(config, capsys, "--vuln-db", str(osv_fixture(tmp_path / "osv")))
 
@@ -106,7 +109,8 @@ def test_reports_the_installed_vulnerable_package_and_the_permission_findings(
     assert found["principal_generation_and_audit"] == ["principal mixed"]
     assert found["many_admins"] == ["role admin"]
     assert sorted(found["weak_bcrypt_cost"]) == ["principal a1", "principal a2", "principal a3", "principal a4"]
-    assert report["admins"] == 4
+    assert report["admins"] == 5
+    assert {"name": "ops", "kind": "config", "roles": ["admin"], "enabled": True} in report["principals"]
     assert {p["name"]: p["roles"] for p in report["principals"]}["mixed"] == ["auditor", "generator"]
     assert report["model"]["verified"] is True
     assert report["status"] == "findings"

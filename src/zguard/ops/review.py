@@ -53,8 +53,13 @@ def _live(token: TokenRecord, now: datetime) -> bool:
 
 
 def permission_review(
-    principals: Sequence[PrincipalRecord], tokens: Iterable[TokenRecord], registry: RoleRegistry, now: datetime
+    principals: Sequence[PrincipalRecord],
+    tokens: Iterable[TokenRecord],
+    registry: RoleRegistry,
+    now: datetime,
+    configured_admins: Sequence[str] = (),
 ) -> list[Finding]:
+    """`configured_admins`: users of the settings file holding `admin` (counted with the database's)."""
     findings: list[Finding] = []
     for role in registry:
         if role.permissions & GENERATION and role.permissions & AUDIT:
@@ -75,11 +80,11 @@ def permission_review(
         cost = bcrypt_cost(principal.password_hash or "")
         if cost is not None and cost < MIN_BCRYPT_COST:
             findings.append(_weak_hash(f"principal {principal.name}", cost, f"zguard user passwd {principal.name}"))
-    admins = [p for p in principals if p.enabled and "admin" in p.roles]
+    admins = [p.name for p in principals if p.enabled and "admin" in p.roles] + list(configured_admins)
     if len(admins) > MAX_ADMINS:
         findings.append(
             Finding("permissions", "many_admins", "medium", "role admin",
-                    f"{len(admins)} enabled admins ({', '.join(p.name for p in admins)})",
+                    f"{len(admins)} enabled admins ({', '.join(admins)})",
                     f"keep admin to the few who need it (at most {MAX_ADMINS})")
         )  # fmt: skip
     for token in tokens:

@@ -162,11 +162,18 @@ def scan_permissions(settings: Settings, engine: Engine, report: ScanReport, now
                     "the state database cannot be read, or is not initialised", "run `zguard init`")
         )  # fmt: skip
         return
+    # Users declared in the settings file are principals too (their roles pass check_assignment
+    # when the settings load, so only the listing and the admin count concern them here).
+    configured = [
+        {"name": u.username, "kind": "config", "roles": sorted(u.roles), "enabled": True}
+        for u in settings.api_auth.users
+    ]
     report.principals = [
         {"name": p.name, "kind": p.kind, "roles": list(p.roles), "enabled": p.enabled} for p in principals
-    ]
-    report.admins = sum(1 for p in principals if p.enabled and "admin" in p.roles)
-    report.findings += permission_review(principals, tokens, settings.role_registry(), now)
+    ] + configured
+    report.admins = sum(1 for p in report.principals if p["enabled"] and "admin" in p["roles"])
+    admins = [p["name"] for p in configured if "admin" in p["roles"]]
+    report.findings += permission_review(principals, tokens, settings.role_registry(), now, admins)
 
 
 def run_scan(
