@@ -22,6 +22,7 @@ from zguard.model_cli import add_model_pin_commands
 from zguard.ops.install_cli import add_install_command
 from zguard.ops.scan import add_scan_command
 from zguard.policy_cli import add_policy_commands
+from zguard.provenance_cli import add_provenance_commands
 from zguard.settings_loader import load_settings, masked_settings
 
 if TYPE_CHECKING:
@@ -196,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_doctor_command(commands, common)
     add_install_command(commands, common)
     add_scan_command(commands, common)
+    add_provenance_commands(commands, common)
     return parser
 
 

@@ -529,6 +529,56 @@ class IsolationSettings(_Section):
     )
 
 
+class ProvenanceSettings(_Section):
+    watermark: bool = Field(
+        True,
+        description="Embed an invisible keyed watermark (a random 64-bit id, recorded on the generation's audit event) in every generated image, so `zguard trace` can name the request that produced it after re-compression, resizing or cropping.",
+    )
+    watermark_key_file: Path | None = Field(
+        None,
+        description="The watermark's secret key (32 random bytes, mode 0600), created on first use; unset: `watermark.key` in `state_dir`. Whoever holds it can read and forge marks: keep it as secret as the token key, and keep a copy, or images marked under it can no longer be traced.",
+    )
+    implicit_label: bool = Field(
+        True,
+        description="Write the GB 45438-2025 implicit label into every image's metadata: XMP (namespace `http://www.tc260.org.cn/ns/AIGC/1.0/`, prefix `TC260`, property `AIGC`) in PNG iTXt, JPEG APP1 and WebP XMP chunks, signed over the label and the pixels.",
+    )
+    content_producer: str = Field(
+        "zguard",
+        min_length=1,
+        max_length=256,
+        description="The label's `ContentProducer`: the name or code of the service provider that generated the content.",
+    )
+    content_propagator: str = Field(
+        "",
+        max_length=256,
+        description="The label's `ContentPropagator`: the name or code of the party that distributes the content; empty when zguard does not distribute it.",
+    )
+    signing_key_file: Path | None = Field(
+        None,
+        description="Ed25519 private key (PEM, mode 0600) that signs labels (`ReservedCode1`); unset: `provenance-signing.pem` in `state_dir`, created on first use. Separate from the audit key: its public key is handed to whoever checks labels outside the bank.",
+    )
+    explicit_label: bool = Field(
+        False,
+        description="Draw a visible label on every image (GB 45438-2025's explicit label, needed for content provided to the public). Off by default for internal use.",
+    )
+    explicit_label_text: str = Field(
+        "AI生成", min_length=1, max_length=32, description="The visible label's text."
+    )
+    explicit_label_corner: Literal["top-left", "top-right", "bottom-left", "bottom-right"] = Field(
+        "bottom-right", description="Where the visible label goes."
+    )
+    explicit_label_font: Path | None = Field(
+        None,
+        description="A TrueType/OpenType font that can draw the label's text (CJK for the default), e.g. `/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc` from Debian's `fonts-noto-cjk`. Unset: the first CJK font fontconfig knows (`fc-match :lang=zh`); the server refuses to start with `explicit_label` on and no such font.",
+    )
+    trace_max_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=1024,
+        le=256 * 1024 * 1024,
+        description="Largest image `POST /v1/provenance/trace` accepts (bytes, before base64).",
+    )
+
+
 class Settings(_Section):
     """Everything zguard can be told. Loaded once at start; never created at import time."""
 
@@ -579,6 +629,10 @@ class Settings(_Section):
     isolation: IsolationSettings = Field(
         default_factory=IsolationSettings,
         description="Zero persistence: the private runtime directory that temporary files and caches are confined to.",
+    )
+    provenance: ProvenanceSettings = Field(
+        default_factory=ProvenanceSettings,
+        description="Provenance of generated images: the invisible watermark `zguard trace` reads, and the GB 45438-2025 implicit and explicit labels.",
     )
     trusted_proxies: list[str] = Field(
         default_factory=list,

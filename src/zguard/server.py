@@ -43,6 +43,7 @@ from zguard.errors import ConfigError
 from zguard.integrity.manifest import ManifestError
 from zguard.pidfile import remove_pid_file, write_pid_file
 from zguard.policy.holder import PolicyHolder, ReloadOnSignal
+from zguard.provenance.marking import ProvenanceMarker
 from zguard.security.keys import KEY_BYTES
 from zguard.security.tokens import new_token, token_digest
 from zguard.services.admin import load_token_key, token_key_path
@@ -274,11 +275,12 @@ def build_runtime(
     *,
     audit: AuditSink | None = None,
     prompts: PromptCapture | None = None,
+    provenance: ProvenanceMarker | None = None,
 ) -> Runtime:
     """Wire the services around one audit sink (default: in memory, for tests; `serve` passes the
     durable trail). Without `prompts`: HMAC fingerprints under a throwaway key.
     Without `auth`: configured users only, under a throwaway token key.
-    Without `rate_limits`: the configured limits."""
+    Without `rate_limits`: the configured limits. Without `provenance`: marks under throwaway keys."""
     if audit is None:  # one sink for everything: the given services', else a new one
         given = auth or rate_limits
         audit = given.audit if given is not None else MemoryAuditSink()
@@ -286,7 +288,8 @@ def build_runtime(
     admission = AdmissionQueue(settings.generation.max_queue, worker)
     readiness = Readiness()
     policy = PolicyHolder.from_settings(settings)  # a list that cannot be loaded stops the start (fail closed)
-    images = ImageService(settings.generation, engine, admission, readiness, policy=policy)
+    provenance = provenance or ProvenanceMarker.ephemeral(settings.provenance)
+    images = ImageService(settings.generation, engine, admission, readiness, policy=policy, provenance=provenance)
     services = Services(
         engine=engine,
         images=images,
@@ -490,6 +493,7 @@ async def _serve(settings: Settings, engine: ImageEngine | None = None) -> int:
         build_auth(settings, store, token_key, audit),
         audit=audit,
         prompts=prompt_capture(settings),
+        provenance=ProvenanceMarker.from_settings(settings),
     )
     audit.emit(lifecycle_event("server.started", settings, detail={"pid": os.getpid()}))
     forwarder = start_forwarder(settings, audit.store)

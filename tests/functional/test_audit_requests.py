@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,9 @@ async def test_generation_records_accepted_then_completed_with_its_metadata(
     expected = hmac.new(HMAC_KEY, PROMPT.encode(), hashlib.sha256).hexdigest()
     assert completed["prompt"] == {"capture": "hmac", "prompt_len": len(PROMPT), "prompt_hmac": expected}
     delivered = base64.b64decode(resp.json()["data"][0]["b64_json"])
-    assert completed["images"] == [{"sha256": hashlib.sha256(delivered).hexdigest(), "bytes": len(delivered)}]
+    [image] = completed["images"]
+    assert re.fullmatch(r"[0-9a-f]{16}", image.pop("watermark_id"))
+    assert image == {"sha256": hashlib.sha256(delivered).hexdigest(), "bytes": len(delivered)}
     assert verify_store(trail.store, None).ok
 
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from zguard.audit import RequestRecord
+from zguard.audit import DetailValue, RequestRecord
 from zguard.config import SIZE_STEP, GenerationSettings, check_size, parse_size
 from zguard.engine import GenerationJob, ImageEngine
 from zguard.engine.admission import AdmissionQueue
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
     from zguard.policy.holder import PolicyHolder
     from zguard.policy.verdict import Verdict
+    from zguard.provenance.marking import ProvenanceMarker
 
 MAX_SEED = 2**63 - 1 - 16  # room for seed + i with i < max_n
 DEMO_DEFAULT_SIDE = 256
@@ -144,6 +145,7 @@ class ImageService:
         encode: Callable[[list[Image], OutputFormat, int], list[bytes]] | None = None,
         clock: Callable[[], float] = time.time,
         policy: PolicyHolder | None = None,
+        provenance: ProvenanceMarker | None = None,
     ) -> None:
         self._limits = limits
         self._engine = engine
@@ -152,6 +154,7 @@ class ImageService:
         self._encode = encode or encode_images
         self._clock = clock
         self._policy = policy
+        self._provenance = provenance
         self.default_size = default_size(limits, demo=engine.info.demo)
 
     def plan(self, data: dict[str, Any], roles: Collection[str] = ()) -> GenerationPlan:
@@ -221,20 +224,20 @@ class ImageService:
         self, plan: GenerationPlan, request_id: str, record: RequestRecord | None = None
     ) -> ImageGenerationResponse:
         """Admit, generate and encode; raise NotReady, ServerBusy or GenerationTimeout.
-        The SHA-256 of each delivered image goes on the request's audit `record`."""
+        The SHA-256 of each delivered image, and its watermark id, go on the request's audit `record`."""
         if not self._readiness.ready:
             raise NotReady("the model is not ready yet; retry shortly", retry_after=5)
         job = plan.job
         try:
             async with asyncio.timeout(self._limits.timeout_s):
                 images = await self._admission.run(lambda should_stop: self._engine.generate(job, should_stop))
-                encoded = await asyncio.to_thread(self._encode, images, plan.output_format, plan.quality)
+                encoded, watermark_ids = await asyncio.to_thread(self._finish, images, plan, request_id)
         except TimeoutError:
             raise GenerationTimeout(
                 f"the generation did not finish within {self._limits.timeout_s:g} s", detail=request_id
             ) from None
         if record is not None:
-            record.images = tuple({"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)} for blob in encoded)
+            record.images = tuple(_image_fields(blob, mark) for blob, mark in zip(encoded, watermark_ids, strict=True))
         return ImageGenerationResponse(
             created=int(self._clock()),
             data=[ImageData(b64_json=base64.b64encode(blob).decode("ascii")) for blob in encoded],
@@ -242,6 +245,22 @@ class ImageService:
             size=f"{job.width}x{job.height}",
             zguard=ZguardMeta(request_id=request_id, seed=job.seed, model=self._engine.info.id),
         )
+
+    def _finish(
+        self, images: list[Image], plan: GenerationPlan, request_id: str
+    ) -> tuple[list[bytes], list[str | None]]:
+        """Mark (labels, watermark) and encode; without provenance, encode only."""
+        if self._provenance is None:
+            return self._encode(images, plan.output_format, plan.quality), [None] * len(images)
+        marked = self._provenance.mark(images, plan.output_format, plan.quality, request_id, self._encode)
+        return [m.blob for m in marked], [m.watermark_id for m in marked]
+
+
+def _image_fields(blob: bytes, watermark_id: str | None) -> dict[str, DetailValue]:
+    fields: dict[str, DetailValue] = {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
+    if watermark_id is not None:
+        fields["watermark_id"] = watermark_id
+    return fields
 
 
 def encode_images(images: list[Image], output_format: OutputFormat, quality: int) -> list[bytes]:

@@ -1,0 +1,174 @@
+"""Provenance end to end: an image generated through the API, re-compressed and halved, is traced
+by `zguard trace` to its audit record; its metadata label verifies; every trace is recorded."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from PIL import Image
+
+from tests.common.audit import audit_trail, sqlite_url
+from tests.common.factories import api_client, make_settings
+from zguard.audit.prompts import PromptCapture
+from zguard.audit.trail import AuditTrail
+from zguard.cli import main
+from zguard.engine.pipeline import DiffusersEngine
+from zguard.provenance.labels import NAMESPACE
+from zguard.provenance.marking import ProvenanceMarker
+from zguard.server import Runtime, build_runtime
+from zguard.services.readiness import ModelState
+
+pytestmark = pytest.mark.anyio
+PROMPT = "a quiet harbour at dawn, fishing boats, soft light"
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    path = tmp_path / "state"
+    path.mkdir(mode=0o700)
+    return path
+
+
+@pytest.fixture
+def trail(state: Path) -> Iterator[AuditTrail]:
+    with audit_trail(sqlite_url(state), state / "keys") as t:
+        yield t
+
+
+@pytest.fixture
+def config(tmp_path: Path, state: Path) -> Path:
+    path = tmp_path / "zguard.yaml"
+    path.write_text(yaml.safe_dump({"state_dir": str(state), "integrity": {"allow_root": True}}))
+    return path
+
+
+def _runtime(state: Path, engine: DiffusersEngine, trail: AuditTrail) -> tuple[Any, Runtime]:
+    settings = make_settings(state, generation={"min_side": 16})
+    runtime = build_runtime(
+        settings,
+        engine,
+        audit=trail,
+        prompts=PromptCapture("none"),
+        provenance=ProvenanceMarker.from_settings(settings),
+    )
+    runtime.services.readiness.set(ModelState.READY)
+    return settings, runtime
+
+
+async def _generate(state: Path, engine: DiffusersEngine, trail: AuditTrail, **extra: Any) -> tuple[str, bytes]:
+    settings, runtime = _runtime(state, engine, trail)
+    request = {"prompt": PROMPT, "size": "512x512", "num_inference_steps": 2, "seed": 11, **extra}
+    try:
+        async with api_client(settings, runtime) as api:
+            resp = await api.post("/v1/images/generations", json=request)
+    finally:
+        runtime.worker.stop(timeout=10)
+    assert resp.status_code == 200, resp.text
+    return resp.headers["x-request-id"], base64.b64decode(resp.json()["data"][0]["b64_json"])
+
+
+def _attacked(blob: bytes) -> bytes:
+    """Re-encoded as JPEG quality 75, then halved (kept as PNG)."""
+    image = Image.open(io.BytesIO(blob)).convert("RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=75)
+    image = Image.open(io.BytesIO(buffer.getvalue()))
+    image = image.resize((image.width // 2, image.height // 2), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+async def test_trace_finds_the_request_after_jpeg_and_halving(
+    *,
+    tmp_path: Path,
+    state: Path,
+    config: Path,
+    demo_engine: DiffusersEngine,
+    trail: AuditTrail,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    request_id, blob = await _generate(state, demo_engine, trail)
+    suspect = tmp_path / "found-on-a-share.png"
+    suspect.write_bytes(_attacked(blob))
+
+    assert main(["trace", str(suspect), "--config", str(config), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["found"] is True
+    generation = result["generation"]
+    assert generation["request_id"] == request_id
+    assert generation["principal"] == "local"
+    assert generation["listener"] == "api"
+    assert generation["model"] == "z-image-turbo"
+    assert result["scale"][0] == pytest.approx(0.5, abs=0.01)
+    stored = [json.loads(e.body) for e in trail.store.iter_events()]
+    completed = next(e for e in stored if e["type"] == "generation.completed")
+    assert completed["images"][0]["watermark_id"] == result["watermark_id"]
+    traced = [e for e in stored if e["type"] == "provenance.traced"]
+    assert [t["detail"]["traced_request_id"] for t in traced] == [request_id]
+
+    assert main(["trace", str(suspect), "--config", str(config)]) == 0
+    printed = capsys.readouterr().out
+    assert f"request: {request_id}" in printed
+    assert "listener: api" in printed
+
+
+async def test_an_unmarked_image_is_not_traced_and_the_attempt_is_recorded(
+    tmp_path: Path, state: Path, config: Path, trail: AuditTrail, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ProvenanceMarker.from_settings(make_settings(state))  # the key exists: a server ran
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (300, 200), (90, 140, 200)).save(plain)
+    assert main(["trace", str(plain), "--config", str(config)]) == 1
+    assert "no zguard watermark found" in capsys.readouterr().out
+    traced = [json.loads(e.body) for e in trail.store.iter_events() if e.type == "provenance.traced"]
+    assert len(traced) == 1
+    assert traced[0]["outcome"] == "failed"
+    assert traced[0]["detail"]["found"] is False
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
+async def test_the_label_verifies_and_fails_once_pixels_change(
+    *,
+    tmp_path: Path,
+    state: Path,
+    config: Path,
+    demo_engine: DiffusersEngine,
+    trail: AuditTrail,
+    fmt: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    request_id, blob = await _generate(state, demo_engine, trail, output_format=fmt, size="128x128")
+    assert NAMESPACE.encode() in blob
+    path = tmp_path / f"image.{fmt}"
+    path.write_bytes(blob)
+    assert main(["provenance", "verify", str(path), "--config", str(config), "--json"]) == 0
+    checked = json.loads(capsys.readouterr().out)
+    assert checked["valid"] is True
+    assert checked["label"]["ProduceID"] == request_id
+    assert checked["label"]["Label"] == "1"
+    assert checked["label"]["ContentProducer"] == "zguard"
+
+    image = Image.open(io.BytesIO(blob))
+    edited = image.convert("RGB")
+    edited.putpixel((5, 5), (0, 0, 0))
+    edited_path = tmp_path / f"edited.{fmt}"
+    edited.save(edited_path, format="PNG", pnginfo=_same_xmp(image))
+    assert main(["provenance", "verify", str(edited_path), "--config", str(config)]) == 1
+    assert "does not match" in capsys.readouterr().out
+
+
+def _same_xmp(image: Image.Image) -> Any:
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    raw = image.info.get("xmp") or image.info.get("XML:com.adobe.xmp")
+    info.add_itxt("XML:com.adobe.xmp", raw.decode() if isinstance(raw, bytes) else raw)
+    return info
