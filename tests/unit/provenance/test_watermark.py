@@ -62,26 +62,30 @@ def test_round_trip_at_psnr_above_42_db(marked: Image.Image) -> None:
 
 def test_survives_jpeg_75(marked: Image.Image) -> None:
     found = Watermarker(KEY).detect(reencode(marked, "JPEG", 75))
-    assert found is not None and found.watermark_id == WATERMARK_ID
+    assert found is not None
+    assert found.watermark_id == WATERMARK_ID
 
 
 def test_survives_halving_then_jpeg() -> None:
     big = Watermarker(KEY).embed(picture(512, seed=2), WATERMARK_ID)
     half = reencode(big.resize((256, 256), Image.Resampling.LANCZOS), "JPEG", 75)
     found = Watermarker(KEY).detect(half)
-    assert found is not None and found.watermark_id == WATERMARK_ID
+    assert found is not None
+    assert found.watermark_id == WATERMARK_ID
 
 
 def test_survives_a_rescale_the_decoder_must_measure() -> None:
     big = Watermarker(KEY).embed(picture(512, seed=3), WATERMARK_ID)
     found = Watermarker(KEY).detect(big.resize((371, 371), Image.Resampling.BICUBIC))  # 72.5%
-    assert found is not None and found.watermark_id == WATERMARK_ID
+    assert found is not None
+    assert found.watermark_id == WATERMARK_ID
     assert found.scale[0] == pytest.approx(371 / 512, abs=0.003)
 
 
 def test_survives_an_odd_crop(marked: Image.Image) -> None:
     found = Watermarker(KEY).detect(marked.crop((27, 13, 229, 240)))
-    assert found is not None and found.watermark_id == WATERMARK_ID
+    assert found is not None
+    assert found.watermark_id == WATERMARK_ID
 
 
 def test_another_key_reads_nothing(marked: Image.Image) -> None:
