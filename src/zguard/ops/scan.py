@@ -164,16 +164,13 @@ def scan_permissions(settings: Settings, engine: Engine, report: ScanReport, now
         return
     # Users declared in the settings file are principals too (their roles pass check_assignment
     # when the settings load, so only the listing and the admin count concern them here).
-    configured = [
-        {"name": u.username, "kind": "config", "roles": sorted(u.roles), "enabled": True}
-        for u in settings.api_auth.users
-    ]
+    configured = [(u.username, sorted(u.roles)) for u in settings.api_auth.users]
     report.principals = [
         {"name": p.name, "kind": p.kind, "roles": list(p.roles), "enabled": p.enabled} for p in principals
-    ] + configured
-    report.admins = sum(1 for p in report.principals if p["enabled"] and "admin" in p["roles"])
-    admins = [p["name"] for p in configured if "admin" in p["roles"]]
-    report.findings += permission_review(principals, tokens, settings.role_registry(), now, admins)
+    ] + [{"name": name, "kind": "config", "roles": roles, "enabled": True} for name, roles in configured]
+    configured_admins = [name for name, roles in configured if "admin" in roles]
+    report.admins = sum(1 for p in principals if p.enabled and "admin" in p.roles) + len(configured_admins)
+    report.findings += permission_review(principals, tokens, settings.role_registry(), now, configured_admins)
 
 
 def run_scan(
