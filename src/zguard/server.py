@@ -178,11 +178,14 @@ def bind(listener: ListenerSettings, name: str) -> socket.socket:
 
 def example_call(settings: Settings) -> str:
     host = settings.api.host if ":" not in settings.api.host else f"[{settings.api.host}]"
+    api = "https" if settings.api.tls_cert_file else "http"
+    console = "https" if settings.console.tls_cert_file else "http"
     return (
-        f"curl -s http://{host}:{settings.api.port}/v1/images/generations -H 'Content-Type: application/json' "
+        f"curl -s {api}://{host}:{settings.api.port}/v1/images/generations -H 'Content-Type: application/json' "
+        + ("--cert <client.pem> --key <client-key.pem> " if settings.api.tls_client_ca_file else "")
         + ("-H 'Authorization: Bearer <your zguard API key>' " if settings.api_auth.enabled else "")
         + f'-d \'{{"prompt": "a lighthouse at dawn", "size": "256x256"}}\'  '
-        f"(console: http://{settings.console.host}:{settings.console.port}/)"
+        f"(console: {console}://{settings.console.host}:{settings.console.port}/)"
     )
 
 

@@ -19,7 +19,7 @@ from zguard.config import ApiSettings, ConsoleSettings, Settings
 from zguard.errors import ConfigError
 from zguard.integrity.storage import secret_files
 from zguard.security.tls import MINIMUM_VERSION
-from zguard.server import listener_tls
+from zguard.server import example_call, listener_tls
 
 pytestmark = pytest.mark.slow
 
@@ -127,3 +127,14 @@ def test_doctor_and_serve_check_the_tls_keys_as_secret_files(pki: Pki, tmp_path:
     )
     assert secret_files(settings)["console.tls_key_file"] == pki.server_key
     assert "api.tls_key_file" not in secret_files(settings)
+
+
+def test_the_start_up_hint_uses_https_and_a_client_certificate(pki: Pki, tmp_path: Path) -> None:
+    tls = {"tls_cert_file": str(pki.server_cert), "tls_key_file": str(pki.server_key)}
+    settings = Settings.model_validate(
+        {"state_dir": str(tmp_path), "api": {**tls, "tls_client_ca_file": str(pki.ca)}, "console": tls}
+    )
+    hint = example_call(settings)
+    assert hint.startswith("curl -s https://127.0.0.1:5000/")
+    assert "--cert <client.pem> --key <client-key.pem>" in hint
+    assert "(console: https://127.0.0.1:7860/)" in hint
