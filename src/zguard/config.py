@@ -569,7 +569,7 @@ class ProvenanceSettings(_Section):
     )
     explicit_label_font: Path | None = Field(
         None,
-        description="A TrueType/OpenType font that can draw the label's text (CJK for the default), e.g. `/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc` from Debian's `fonts-noto-cjk`. Unset: the first CJK font fontconfig knows (`fc-match :lang=zh`); the server refuses to start with `explicit_label` on and no such font.",
+        description="A TrueType/OpenType font that can draw the label's text (CJK for the default), e.g. `/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc` from Debian's `fonts-noto-cjk`. Unset: a CJK font fontconfig lists (`fc-list :lang=zh`, Noto CJK preferred); the server refuses to start with `explicit_label` on and no such font.",
     )
     trace_max_bytes: int = Field(
         32 * 1024 * 1024,

@@ -29,17 +29,16 @@ class FontNotFound(RuntimeError):
 
 
 def find_cjk_font() -> Path | None:
-    """The font fontconfig picks for Chinese, or None (no fontconfig, or no CJK font installed)."""
-    fc_match = shutil.which("fc-match")
-    if fc_match is None:
+    """A font fontconfig lists for Chinese (`fc-list :lang=zh`), or None (no fontconfig, or no CJK
+    font installed). Sorted, so the choice is stable; Noto CJK first when it is there."""
+    fc_list = shutil.which("fc-list")
+    if fc_list is None:
         return None
     result = subprocess.run(  # noqa: S603 - a fixed argument list, no shell
-        [fc_match, "-f", "%{file}\n%{lang}", ":lang=zh"], capture_output=True, text=True, timeout=10, check=False
+        [fc_list, "-f", "%{file}\n", ":lang=zh"], capture_output=True, text=True, timeout=10, check=False
     )
-    lines = result.stdout.splitlines()
-    if result.returncode != 0 or len(lines) < 2 or "zh" not in lines[1]:  # fc-match falls back to any font
-        return None
-    return Path(lines[0])
+    files = sorted(set(result.stdout.split()), key=lambda f: ("Noto" not in f, f)) if result.returncode == 0 else []
+    return Path(files[0]) if files else None
 
 
 @dataclass(frozen=True)
