@@ -172,3 +172,63 @@ def _same_xmp(image: Image.Image) -> Any:
     raw = image.info.get("xmp") or image.info.get("XML:com.adobe.xmp")
     info.add_itxt("XML:com.adobe.xmp", raw.decode() if isinstance(raw, bytes) else raw)
     return info
+
+
+async def test_api_trace_takes_raw_or_base64_uploads_and_records_the_trace(
+    state: Path, demo_engine: DiffusersEngine, trail: AuditTrail
+) -> None:
+    from tests.functional.test_auth import bearer  # the suite's helpers
+    from zguard.security.tokens import new_token, token_digest
+    from zguard.server import build_auth
+    from zguard.store.principals import PrincipalStore
+
+    request_id, blob = await _generate(state, demo_engine, trail)
+    suspect = _attacked(blob)
+    settings = make_settings(state, api_auth={"enabled": True}, generation={"min_side": 16})
+    principals, key, tokens = PrincipalStore(trail.store.engine), b"t" * 32, {}
+    for name, role in (("auditor1", "auditor"), ("gen1", "generator")):
+        principals.create_principal(name, "service", roles=[role])
+        token = new_token()
+        principals.add_token(name, token_hash=token_digest(token.plaintext, key), prefix=token.display_prefix)
+        tokens[name] = bearer(token.plaintext)
+    runtime = build_runtime(
+        settings,
+        demo_engine,
+        build_auth(settings, principals, key, audit=trail),
+        audit=trail,
+        provenance=ProvenanceMarker.from_settings(settings),
+    )
+    auditor, path, png = tokens["auditor1"], "/v1/provenance/trace", {"content-type": "image/png"}
+    plain = _png_of(Image.new("RGB", (200, 200), (9, 9, 9)))
+    try:
+        async with api_client(settings, runtime) as api:
+            denied = await api.post(path, content=suspect, headers={**png, **tokens["gen1"]})
+            raw = await api.post(path, content=suspect, headers={**png, **auditor})
+            encoded = await api.post(path, json={"image": base64.b64encode(suspect).decode()}, headers=auditor)
+            unmarked = await api.post(path, content=plain, headers={**png, **auditor})
+            junk = await api.post(path, content=b"not an image", headers={**png, **auditor})
+            text = await api.post(path, content=b"x", headers={"content-type": "text/plain", **auditor})
+    finally:
+        runtime.worker.stop(timeout=10)
+    assert denied.status_code == 403
+    assert denied.json()["error"]["code"] == "permission_denied"
+    for resp in (raw, encoded):
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["found"] is True
+        assert resp.json()["generation"]["request_id"] == request_id
+    assert unmarked.status_code == 200
+    assert unmarked.json()["found"] is False
+    assert junk.status_code == 400
+    assert junk.json()["error"]["param"] == "image"
+    assert text.status_code == 415
+    traced = [json.loads(e.body) for e in trail.store.iter_events() if e.type == "provenance.traced"]
+    assert [t["outcome"] for t in traced] == ["done", "done", "failed"]
+    assert traced[0]["detail"]["traced_request_id"] == request_id
+    assert traced[0]["principal"] == "auditor1"
+    assert traced[0]["http"]["path"] == path
+
+
+def _png_of(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -17,6 +17,7 @@ from zguard.app.audit import request_record
 from zguard.app.auth import PUBLIC, request_info, requires
 from zguard.app.context import Services
 from zguard.app.middleware import API_SECURITY_HEADERS, NO_TELEMETRY
+from zguard.app.provenance import TRACE_PATH, add_provenance_routes, trace_body_limit
 from zguard.app.stack import install_listener_stack
 from zguard.audit import AuditEvent, AuditReader, DetailValue, RequestRecord
 from zguard.config import Settings
@@ -154,8 +155,10 @@ def create_api_app(settings: Settings, services: Services) -> FastAPI:
         max_body_bytes=settings.api.max_body_bytes,
         headers=API_SECURITY_HEADERS,
         services=services,
+        body_limits={TRACE_PATH: trace_body_limit(settings)},
     )
     images = services.images
+    add_provenance_routes(app, settings, services)
 
     @app.post(
         "/v1/images/generations",

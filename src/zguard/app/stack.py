@@ -37,12 +37,13 @@ def install_listener_stack(
     max_body_bytes: int,
     headers: Mapping[str, str],
     services: Services,
+    body_limits: Mapping[str, int] | None = None,
 ) -> None:
     app.add_exception_handler(ZguardError, handle_zguard_error)
     app.add_exception_handler(StarletteHTTPException, handle_http_exception)
     # add_middleware puts each new layer outside the previous ones: innermost first.
     app.add_middleware(RateLimitHeaders)
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes, per_path=body_limits)
     app.add_middleware(
         AccessControl, router=app.router, auth=services.auth, rate_limits=services.rate_limits, listener=listener
     )

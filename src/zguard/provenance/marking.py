@@ -78,6 +78,7 @@ class ProvenanceMarker:
         visible: VisibleLabel | None = None,
     ) -> None:
         self._settings = settings
+        self.reader = watermarker  # traces read marks even while new images go unmarked
         self._watermarker = watermarker if settings.watermark else None
         self._signing_key = signing_key if settings.implicit_label else None
         self._visible = visible if settings.explicit_label else None
@@ -88,7 +89,7 @@ class ProvenanceMarker:
         section = settings.provenance
         return cls(
             section,
-            load_watermarker(settings, create=True) if section.watermark else None,
+            load_watermarker(settings, create=True),
             load_signing_key(settings, create=True) if section.implicit_label else None,
             _visible(section),
         )

@@ -157,6 +157,10 @@ class ImageService:
         self._provenance = provenance
         self.default_size = default_size(limits, demo=engine.info.demo)
 
+    @property
+    def provenance(self) -> ProvenanceMarker | None:
+        return self._provenance
+
     def plan(self, data: dict[str, Any], roles: Collection[str] = ()) -> GenerationPlan:
         """Validate a parsed body against the schema and the limits, then check its prompts against
         the prompt policy for a caller holding `roles`; raise a RequestError (PromptRejected)."""
