@@ -4,26 +4,20 @@ drawn with a CJK font found through fontconfig (Debian: fonts-noto-cjk or fonts-
 from __future__ import annotations
 
 import io
-import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.common.fonts import LATIN_ONLY, require_fonts
 from zguard.config import ProvenanceSettings
 from zguard.provenance.marking import ProvenanceMarker
-from zguard.provenance.visible import FontNotFound, VisibleLabel, find_cjk_font
+from zguard.provenance.visible import FontNotFound, VisibleLabel
 
 
 @pytest.fixture(scope="module")
 def cjk_font() -> str:
-    font = find_cjk_font()
-    if font is None:
-        message = "no CJK font (apt-get install fonts-noto-cjk)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{message} (CI=true: every test must run)")
-        pytest.skip(message)
-    return str(font)
+    return require_fonts()
 
 
 @pytest.mark.parametrize("background", [(250, 250, 250), (5, 5, 5)])
@@ -55,12 +49,9 @@ def test_marker_draws_the_label_before_the_watermark(cjk_font: str) -> None:
     assert (corner.sum(axis=-1) < 20).sum() > 100  # the dark box is there, under the watermark
 
 
-def test_a_font_without_the_glyphs_is_refused() -> None:
-    latin = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
-    if not os.path.exists(latin):
-        pytest.skip("no DejaVu font to show a refusal with")
+def test_a_font_without_the_glyphs_is_refused(cjk_font: str) -> None:
     with pytest.raises(FontNotFound, match="cannot draw"):
-        VisibleLabel.from_settings(ProvenanceSettings(explicit_label=True, explicit_label_font=latin))
+        VisibleLabel.from_settings(ProvenanceSettings(explicit_label=True, explicit_label_font=str(LATIN_ONLY)))
 
 
 def _png(images: list[Image.Image], fmt: str, quality: int) -> list[bytes]:
