@@ -561,9 +561,7 @@ class ProvenanceSettings(_Section):
         False,
         description="Draw a visible label on every image (GB 45438-2025's explicit label, needed for content provided to the public). Off by default for internal use.",
     )
-    explicit_label_text: str = Field(
-        "AI生成", min_length=1, max_length=32, description="The visible label's text."
-    )
+    explicit_label_text: str = Field("AI生成", min_length=1, max_length=32, description="The visible label's text.")
     explicit_label_corner: Literal["top-left", "top-right", "bottom-left", "bottom-right"] = Field(
         "bottom-right", description="Where the visible label goes."
     )
