@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import URL
 
+from tests.common.cli import ZguardCli
 from tests.common.databases import database_url_for
 from zguard import admin_cli
 from zguard.audit import MemoryAuditSink
@@ -44,32 +45,12 @@ class TerminalInput(io.StringIO):
         return True
 
 
-class Zguard:
+class Zguard(ZguardCli):
     """Runs `zguard ...` against one settings file and reads back what it did."""
 
     def __init__(self, config: Path, capsys: pytest.CaptureFixture[str], sink: MemoryAuditSink) -> None:
-        self.config = config
-        self.capsys = capsys
+        super().__init__(config, capsys)
         self.sink = sink
-        self.settings = load_settings(config, environ={})
-
-    def __call__(self, *argv: str) -> tuple[int, str, str]:
-        self.capsys.readouterr()
-        code = main([*argv, "--config", str(self.config)])
-        out, err = self.capsys.readouterr()
-        assert "Traceback" not in err
-        return code, out, err
-
-    def ok(self, *argv: str) -> str:
-        code, out, err = self(*argv)
-        assert code == 0, err
-        return out
-
-    def refused(self, *argv: str) -> str:
-        code, out, err = self(*argv)
-        assert code == 2, (out, err)
-        assert len(err.strip().splitlines()) == 1, err  # one line, no traceback
-        return err
 
     @property
     def key(self) -> bytes:

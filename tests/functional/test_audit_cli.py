@@ -20,6 +20,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 
 from tests.common.aged_events import DAY_S, append_aged
+from tests.common.cli import ZguardCli
 from tests.common.databases import database_url_for
 from zguard import audit_cli
 from zguard.audit.chain import load_public_key
@@ -28,7 +29,6 @@ from zguard.audit.retention import purge
 from zguard.audit.setup import archive_dir, open_audit_store, prompt_capture, signing_key_path
 from zguard.audit.store import AuditStore
 from zguard.cli import main
-from zguard.settings_loader import load_settings
 from zguard.store.database import create_store_engine, database_url
 
 backends = pytest.mark.parametrize(
@@ -36,31 +36,8 @@ backends = pytest.mark.parametrize(
 )
 
 
-class Zguard:
+class Zguard(ZguardCli):
     """Runs `zguard ...` against one settings file; opens its audit store to write and tamper."""
-
-    def __init__(self, config: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        self.config = config
-        self.capsys = capsys
-        self.settings = load_settings(config, environ={})
-
-    def __call__(self, *argv: str) -> tuple[int, str, str]:
-        self.capsys.readouterr()
-        code = main([*argv, "--config", str(self.config)])
-        out, err = self.capsys.readouterr()
-        assert "Traceback" not in err
-        return code, out, err
-
-    def ok(self, *argv: str) -> str:
-        code, out, err = self(*argv)
-        assert code == 0, (out, err)
-        return out
-
-    def refused(self, *argv: str) -> str:
-        code, out, err = self(*argv)
-        assert code == 2, (out, err)
-        assert len(err.strip().splitlines()) == 1, err  # one line, no traceback
-        return err
 
     @contextmanager
     def store(self) -> Iterator[tuple[Engine, AuditStore]]:
