@@ -96,9 +96,8 @@ def cmd_model_verify(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    if not report.ok:
+    if not report.ok or report.manifest is None:  # an intact report always has its manifest
         return _report_refusal(ManifestError(model_dir, report.problems))
-    assert report.manifest is not None  # noqa: S101 - ok implies a manifest; for mypy
     signature = "signature valid" if public_key is not None else "signature not checked (no --public-key)"
     if report.manifest.signature is None:
         signature = "unsigned"

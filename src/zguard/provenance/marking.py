@@ -122,15 +122,15 @@ class ProvenanceMarker:
             marked.append(image)
         blobs = encode(marked, output_format, quality)
         if self._signing_key is not None:
-            blobs = [self._label(blob, output_format, request_id) for blob in blobs]
+            key = self._signing_key
+            blobs = [self._label(key, blob, output_format, request_id) for blob in blobs]
         return [MarkedImage(blob, watermark_id) for blob, watermark_id in zip(blobs, ids, strict=True)]
 
-    def _label(self, blob: bytes, output_format: ImageFormat, request_id: str) -> bytes:
-        assert self._signing_key is not None  # noqa: S101 - checked by the caller; narrows the type
+    def _label(self, key: Ed25519PrivateKey, blob: bytes, output_format: ImageFormat, request_id: str) -> bytes:
         with Image.open(io.BytesIO(blob)) as decoded:
             pixels = pixel_hash(decoded)
         label = make_label(
-            self._signing_key,
+            key,
             pixels,
             producer=self._settings.content_producer,
             produce_id=request_id,
