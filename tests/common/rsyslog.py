@@ -33,8 +33,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-import pytest
-
+from tests.common.debian import apt_install, skip_or_fail
 from tests.common.pki import SERVER_NAME, Pki
 from zguard.audit.syslog import BOM, decode_param_value
 from zguard.config import SyslogSettings
@@ -56,19 +55,8 @@ def rsyslogd_unavailable() -> str | None:
     """Why rsyslogd cannot be had, or None once it is installed (installs at most once per run)."""
     if _rsyslogd_path() is not None:
         return None
-    if shutil.which("apt-get") is None:
-        return "rsyslogd (with rsyslog-gnutls) is not installed and there is no apt-get to install it"
-    if os.geteuid() != 0:
-        return "rsyslogd (with rsyslog-gnutls) is not installed; installing it needs root: apt-get install rsyslog rsyslog-gnutls"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", *_PACKAGES]):
-        try:
-            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return f"`{' '.join(command)}` did not finish: {exc}"
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            return f"`{' '.join(command)}` failed ({done.returncode}): {last}"
+    if (reason := apt_install(_PACKAGES)) is not None:
+        return reason
     return None if _rsyslogd_path() is not None else "rsyslog installed, but rsyslogd or its gtls driver is missing"
 
 
@@ -76,12 +64,9 @@ def require_rsyslogd() -> str:
     """The path of rsyslogd, installed if need be; skip (fail under CI=true) when it cannot be."""
     reason = rsyslogd_unavailable()
     path = _rsyslogd_path()
-    if reason is None and path is not None:
-        return path
-    message = f"no rsyslog to test against: {reason}"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{message} (CI=true: every test must run)")
-    pytest.skip(message)
+    if reason is not None or path is None:
+        skip_or_fail(f"no rsyslog to test against: {reason}")
+    return path
 
 
 def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:

@@ -17,15 +17,9 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-import pytest
+from tests.common.debian import apt_install, skip_or_fail
 
 EXPOSURE = re.compile(r"Overall exposure level for (\S+): (\d+(?:\.\d+)?) (\w+)")
-
-
-def _skip_or_fail(message: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{message} (CI=true: every test must run)")
-    pytest.skip(message)
 
 
 @cache
@@ -33,19 +27,8 @@ def systemd_analyze_unavailable() -> str | None:
     """Why systemd-analyze cannot be had, or None once it is installed (installs at most once per run)."""
     if shutil.which("systemd-analyze") is not None:
         return None
-    if shutil.which("apt-get") is None:
-        return "systemd-analyze is not installed and there is no apt-get to install it"
-    if os.geteuid() != 0:
-        return "systemd-analyze is not installed; installing it needs root: apt-get install systemd"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "systemd"]):
-        try:
-            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return f"`{' '.join(command)}` did not finish: {exc}"
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            return f"`{' '.join(command)}` failed ({done.returncode}): {last}"
+    if (reason := apt_install(("systemd",))) is not None:
+        return reason
     return None if shutil.which("systemd-analyze") else "systemd installed, but systemd-analyze is missing"
 
 
@@ -53,7 +36,7 @@ def require_systemd_analyze() -> str:
     reason = systemd_analyze_unavailable()
     path = shutil.which("systemd-analyze")
     if reason is not None or path is None:
-        _skip_or_fail(f"no systemd-analyze to check the units with: {reason}")
+        skip_or_fail(f"no systemd-analyze to check the units with: {reason}")
     assert path is not None
     return path
 
@@ -61,9 +44,9 @@ def require_systemd_analyze() -> str:
 def require_root() -> None:
     missing = [tool for tool in ("useradd", "groupadd") if shutil.which(tool) is None]
     if os.geteuid() != 0:
-        _skip_or_fail("zguard install creates accounts and sets owners: the test needs root")
+        skip_or_fail("zguard install creates accounts and sets owners: the test needs root")
     if missing:
-        _skip_or_fail(f"{', '.join(missing)} not installed (Debian: apt-get install passwd)")
+        skip_or_fail(f"{', '.join(missing)} not installed (Debian: apt-get install passwd)")
 
 
 @dataclass(frozen=True)
