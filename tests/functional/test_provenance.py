@@ -63,8 +63,11 @@ def _runtime(state: Path, engine: DiffusersEngine, trail: AuditTrail) -> tuple[A
 
 
 async def _generate(state: Path, engine: DiffusersEngine, trail: AuditTrail, **extra: Any) -> tuple[str, bytes]:
+    # 1024² is Turbo's own size. At 512² the mark survives "JPEG 75 then halved" in only ~94% of
+    # (key, id) draws on this image (bench: 91.5% of natural images), which made these tests flaky;
+    # at 1024² it survived 240 of 240 draws. The 512² gap is issue 7's open work, measured in bench/.
     settings, runtime = _runtime(state, engine, trail)
-    request = {"prompt": PROMPT, "size": "512x512", "num_inference_steps": 2, "seed": 11, **extra}
+    request = {"prompt": PROMPT, "size": "1024x1024", "num_inference_steps": 2, "seed": 11, **extra}
     try:
         async with api_client(settings, runtime) as api:
             resp = await api.post("/v1/images/generations", json=request)
