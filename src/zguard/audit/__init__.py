@@ -7,6 +7,7 @@ prompt (a keyed fingerprint at most, see zguard.audit.prompts), an image, a pass
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -122,6 +123,9 @@ class AuditReader(Protocol):
     def search(self, **filters: Any) -> list[Any]:
         """Stored events (`zguard.audit.store.StoredEvent`) matching `AuditStore.search`'s filters."""
 
+    def find_watermark(self, watermark_id: str) -> list[Any]:
+        """Stored events whose images carry `watermark_id`, oldest first: `AuditStore.find_watermark`."""
+
 
 def report(sink: AuditSink, record: RequestRecord | None, event: AuditEvent) -> None:
     """A decision about a request goes into its record; one outside any request is its own event."""
@@ -172,6 +176,14 @@ class MemoryAuditSink:
             if len(found) >= limit:
                 break
         return found
+
+    def find_watermark(self, watermark_id: str) -> list[Any]:
+        # A scan: this sink holds a test's or a tool's few events, not a trail.
+        return [
+            stored
+            for stored in self.search(limit=len(self.events))
+            if any(image.get("watermark_id") == watermark_id for image in json.loads(stored.body)["images"])
+        ]
 
     def of_type(self, prefix: str) -> list[AuditEvent]:
         """Events of a type starting with `prefix`, or request events holding such a decision."""

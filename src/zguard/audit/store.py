@@ -6,14 +6,18 @@ so threads, processes and replicas writing at once still build one chain in one 
 checkpoint, when due, is appended in the same transaction as the events it covers.
 
 Reads serve verification, the syslog outbox (`events_after`, cursors), retention and searches.
+An event whose images carry watermark ids also gets rows in `audit_watermarks`, in the same
+transaction, so `find_watermark` (`zguard trace`) is an index lookup rather than a scan; the
+index is outside the chain (nothing hashed refers to it) and is purged with the events.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -22,11 +26,12 @@ from sqlalchemy.engine import Connection
 
 from zguard.audit import AuditEvent
 from zguard.audit.chain import CHECKPOINT_TYPE, CheckpointSigner, canonical, chain_hash, column_text, event_body
-from zguard.store.models import AuditCursor, AuditEventRow, AuditHead
+from zguard.store.models import AuditCursor, AuditEventRow, AuditHead, AuditWatermark
 
 EVENTS = cast(Table, AuditEventRow.__table__)
 HEAD = cast(Table, AuditHead.__table__)
 CURSORS = cast(Table, AuditCursor.__table__)
+WATERMARKS = cast(Table, AuditWatermark.__table__)
 HEAD_ID = 1
 # The append path's statements, built once: constructing SQLAlchemy statements per call cost
 # more than the SQLite commit itself (~0.8 ms against ~0.15 ms).
@@ -83,6 +88,22 @@ def new_event_id() -> str:
 
 def pending(event: AuditEvent) -> Pending:
     return Pending(event, new_event_id(), int(event.time * 1000))
+
+
+_WATERMARK_ID = re.compile(r"[0-9a-f]{16}")
+
+
+def watermark_ids(images: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The watermark ids an event's images carry, each once: what `audit_watermarks` indexes.
+
+    Only the form the marker writes (16 lowercase hex digits, `WatermarkFound.hex_id`): anything
+    else is no id zguard issued, and must not fail the append on the column's length."""
+    found: list[str] = []
+    for image in images:
+        value = image.get("watermark_id")
+        if isinstance(value, str) and _WATERMARK_ID.fullmatch(value) and value not in found:
+            found.append(value)
+    return found
 
 
 def _stored(row: Any) -> StoredEvent:
@@ -174,8 +195,11 @@ class AuditStore:
             head = _lock_head(conn)
             seq, prev = head.seq, head.hash
             rows: list[dict[str, Any]] = []
+            marks: list[dict[str, Any]] = []
             for item in batch:
                 seq += 1
+                if item.event.images:
+                    marks.extend({"watermark_id": w, "seq": seq} for w in watermark_ids(item.event.images))
                 body = canonical(event_body(item.event, seq=seq, event_id=item.event_id, time_ms=item.time_ms))
                 digest = chain_hash(prev, body)
                 rows.append(
@@ -213,6 +237,8 @@ class AuditStore:
             if rows:
                 sql = _driver_sql(conn)
                 conn.exec_driver_sql(sql.insert_events, rows)
+                if marks:  # only generations carry images: no round trip for the other events
+                    conn.exec_driver_sql(sql.insert_watermarks, marks)
                 conn.exec_driver_sql(
                     sql.move_head,
                     {
@@ -314,6 +340,18 @@ class AuditStore:
             row = conn.execute(select(EVENTS).where(EVENTS.c.event_id == event_id)).first()
             return _stored(row) if row is not None else None
 
+    def find_watermark(self, watermark_id: str) -> list[StoredEvent]:
+        """The events whose images carry `watermark_id` (16 lowercase hex digits), oldest first:
+        usually one, none once retention has purged it. An index lookup, not a scan."""
+        query = (
+            select(EVENTS)
+            .join(WATERMARKS, WATERMARKS.c.seq == EVENTS.c.seq)
+            .where(WATERMARKS.c.watermark_id == watermark_id)
+            .order_by(EVENTS.c.seq)
+        )
+        with self.engine.connect() as conn:
+            return [_stored(row) for row in conn.execute(query)]
+
     def search(
         self,
         *,
@@ -364,6 +402,7 @@ class AuditStore:
             current = conn.execute(select(EVENTS.c.hash).where(EVENTS.c.seq == seq)).scalar()
             if current != expected_hash:
                 raise ValueError(f"event {seq} changed after it was archived; nothing was purged")
+            conn.execute(delete(WATERMARKS).where(WATERMARKS.c.seq <= seq))
             removed = conn.execute(delete(EVENTS).where(EVENTS.c.seq <= seq)).rowcount
             conn.execute(update(HEAD).where(HEAD.c.id == HEAD_ID).values(base_seq=seq, base_hash=expected_hash))
             del head
@@ -390,6 +429,7 @@ def _row(
 @dataclass(frozen=True)
 class _DriverSql:
     insert_events: str
+    insert_watermarks: str
     move_head: str
     read_rows: str
 
@@ -399,7 +439,7 @@ _SQL_CACHE: dict[str, _DriverSql] = {}
 
 
 def _driver_sql(conn: Connection) -> _DriverSql:
-    """The two hot statements as the driver's own SQL (named parameters: `:x` for sqlite3,
+    """The hot statements as the driver's own SQL (named parameters: `:x` for sqlite3,
     `%(x)s` for psycopg): SQLAlchemy's per-execution compilation context cost as much as the
     SQLite commit."""
     dialect = conn.dialect
@@ -415,6 +455,8 @@ def _driver_sql(conn: Connection) -> _DriverSql:
         head_set = ", ".join(f"{c} = {mark('new_' + c)}" for c in ("seq", "hash", "checkpoint_seq", "checkpoint_ms"))
         cached = _SQL_CACHE[dialect.name] = _DriverSql(
             insert_events=f"INSERT INTO audit_events ({columns}) VALUES ({marks})",  # noqa: S608
+            insert_watermarks="INSERT INTO audit_watermarks (watermark_id, seq) "  # noqa: S608
+            f"VALUES ({mark('watermark_id')}, {mark('seq')})",
             move_head=f"UPDATE audit_head SET {head_set} WHERE id = {HEAD_ID}",  # noqa: S608
             read_rows=f"SELECT {columns} FROM audit_events WHERE seq > {mark('after')} "  # noqa: S608
             f"ORDER BY seq LIMIT {mark('batch')}",

@@ -97,6 +97,10 @@ class AuditTrail:
         """Read events back (`AuditStore.search`): what the audit API serves to auditors."""
         return self.store.search(**filters)
 
+    def find_watermark(self, watermark_id: str) -> list[StoredEvent]:
+        """The events whose images carry `watermark_id` (`AuditStore.find_watermark`): for `zguard trace`."""
+        return self.store.find_watermark(watermark_id)
+
     # --- lifecycle ------------------------------------------------------------------------
 
     def close(self, timeout: float = 10.0) -> None:

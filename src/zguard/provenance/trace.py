@@ -1,8 +1,9 @@
 """From an image back to the request that produced it: decode the watermark, find the
 `generation.completed` audit event whose `images[*].watermark_id` matches, read the label.
 
-The lookup scans generation events in the audit store (`AuditReader.search`, by sequence); the
-watermark id is random, so no other index exists yet. The images themselves were never kept.
+The lookup goes through the audit store's watermark index (`AuditReader.find_watermark`, the
+`audit_watermarks` table written with each event): the id is random, so without it every
+generation event would be read. The images themselves were never kept.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from zguard.provenance.watermark import Watermarker, WatermarkFound
 
 GENERATION_EVENT = "generation.completed"
 TRACED_EVENT = "provenance.traced"
-_PAGE = 1000
 # What a trace shows of the generation event: who, when, from where, with what, and the verdict.
 SHOWN_FIELDS = (
     "time",
@@ -42,8 +42,9 @@ MAX_PIXELS = 64_000_000  # a decompression bomb is refused before decoding
 
 
 class GenerationEvents(Protocol):
-    def search(self, *, type_prefix: str | None = ..., after_seq: int | None = ..., limit: int = ...) -> list[Any]:
-        """Stored events (`zguard.audit.store.StoredEvent`), by sequence: `AuditStore.search`."""
+    def find_watermark(self, watermark_id: str) -> list[Any]:
+        """Stored events (`zguard.audit.store.StoredEvent`) whose images carry `watermark_id`,
+        oldest first: `AuditStore.find_watermark`."""
 
 
 class NotAnImage(ValueError):
@@ -88,19 +89,15 @@ def open_image(blob: bytes) -> Image.Image:
 
 
 def find_generation(reader: GenerationEvents, watermark_id: str) -> dict[str, Any] | None:
-    """The generation event whose images carry `watermark_id` (16 hex digits), or None."""
-    needle = f'"watermark_id":"{watermark_id}"'
-    after = 0
-    while True:
-        page = reader.search(type_prefix=GENERATION_EVENT, after_seq=after, limit=_PAGE)
-        for stored in page:
-            if needle in stored.body:
-                body: dict[str, Any] = json.loads(stored.body)
-                if any(image.get("watermark_id") == watermark_id for image in body.get("images") or ()):
-                    return body
-        if len(page) < _PAGE:
-            return None
-        after = page[-1].seq
+    """The oldest generation event whose images carry `watermark_id` (16 hex digits), or None."""
+    for stored in reader.find_watermark(watermark_id):
+        if not stored.type.startswith(GENERATION_EVENT):
+            continue
+        # The body, not the index, decides: the index only says where to look.
+        body: dict[str, Any] = json.loads(stored.body)
+        if any(image.get("watermark_id") == watermark_id for image in body.get("images") or ()):
+            return body
+    return None
 
 
 def trace(blob: bytes, watermarker: Watermarker, reader: GenerationEvents) -> TraceResult:

@@ -185,6 +185,23 @@ class AuditHead(Base):
     checkpoint_ms: Mapped[int] = mapped_column(BigInteger)
 
 
+WATERMARK_ID_LEN = 16  # 64 bits in hex
+
+
+class AuditWatermark(Base):
+    """Which event carries an image's watermark id: the index `zguard trace` looks ids up in.
+
+    Derived data, outside the chain: written in the same transaction as the event it points to,
+    deleted with it by retention, and rebuilt from the bodies by migration 0004. An id may repeat
+    (64 random bits), so the key is the pair.
+    """
+
+    __tablename__ = "audit_watermarks"
+
+    watermark_id: Mapped[str] = mapped_column(String(WATERMARK_ID_LEN), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False, index=True)
+
+
 class AuditCursor(Base):
     """How far a consumer of the trail (the syslog forwarder) has durably got: the outbox."""
 
