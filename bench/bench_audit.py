@@ -1,6 +1,6 @@
 """Benchmark: the audit trail's durable appends and its verification.
 
-Run ``.venv/bin/python bench/bench_audit.py [--events N] [--postgres]``. Prints ONE JSON object.
+Run ``.venv/bin/python bench/bench_audit.py [--events N] [--lookup-events N] [--postgres]``. Prints ONE JSON object.
 
 ``append``
     Events committed through `AuditTrail` (the server's sink: group commit in one writer thread)
@@ -14,6 +14,12 @@ Run ``.venv/bin/python bench/bench_audit.py [--events N] [--postgres]``. Prints 
 ``verify``
     ``verify_store`` over the whole chain written above: rows read in batches, each body parsed,
     re-hashed, linked and compared with its columns, checkpoint signatures checked.
+``lookup``
+    Finding the generation event of a watermark id (``find_generation``, what ``zguard trace``
+    does) among ``--lookup-events`` generation events (after the request events above): ``scan``
+    pages through generation events by sequence (the lookup before the ``audit_watermarks``
+    index), ``index`` asks the index. Median and max over ids spread across the trail, the last
+    one included (a scan's worst case). ``append_s``: writing those events with their index rows.
 Targets from issue 4 (2-core CI machine): ≥ 2,000 durable events/s, verify ≥ 50,000 events/s.
 """
 
@@ -23,6 +29,8 @@ import argparse
 import asyncio
 import json
 import platform
+import secrets
+import statistics
 import sys
 import tempfile
 import threading
@@ -34,9 +42,10 @@ from sqlalchemy.engine import URL, make_url
 
 from zguard.audit import AuditEvent
 from zguard.audit.chain import load_or_create_signing_key
-from zguard.audit.store import AuditStore, CheckpointPolicy
+from zguard.audit.store import AuditStore, CheckpointPolicy, pending
 from zguard.audit.trail import AuditTrail
 from zguard.audit.verify import verify_store
+from zguard.provenance.trace import GENERATION_EVENT, find_generation
 from zguard.store import migrate
 from zguard.store.database import create_store_engine
 
@@ -93,7 +102,69 @@ def measure(store: AuditStore, mode: str, count: int) -> dict[str, Any]:
     return {"events": count, "seconds": round(elapsed, 3), "events_per_s": round(count / elapsed)}
 
 
-def run_backend(url: URL, key_dir: Path, events: int) -> dict[str, Any]:
+def generation(i: int, watermark_id: str) -> AuditEvent:
+    return AuditEvent(
+        type=GENERATION_EVENT,
+        outcome="done",
+        request_id=f"{i:032x}",
+        listener="api",
+        client="10.20.30.40",
+        principal="batch-service",
+        roles=("generator",),
+        auth_method="bearer",
+        model="z-image-turbo",
+        manifest="9f" * 32,
+        generation={"width": 1024, "height": 1024, "steps": 8, "seed": i, "n": 1},
+        prompt={"hmac": "ab" * 32, "length": 120},
+        policy={"verdict": "allowed", "rules": 0},
+        latency_ms=1800.0,
+        images=({"bytes": 1_234_567, "sha256": "cd" * 32, "watermark_id": watermark_id},),
+    )
+
+
+def scan_generation(store: AuditStore, watermark_id: str) -> dict[str, Any] | None:
+    """The lookup as it was before the index: generation events page by page, bodies searched."""
+    needle, after = f'"watermark_id":"{watermark_id}"', 0
+    while True:
+        page = store.search(type_prefix=GENERATION_EVENT, after_seq=after, limit=1000)
+        for stored in page:
+            if needle in stored.body:
+                body: dict[str, Any] = json.loads(stored.body)
+                return body
+        if len(page) < 1000:
+            return None
+        after = page[-1].seq
+
+
+def measure_lookup(store: AuditStore, count: int) -> dict[str, Any]:
+    ids = [secrets.token_hex(8) for _ in range(count)]
+    started = time.perf_counter()
+    for start in range(0, count, 1000):
+        store.append([pending(generation(i, ids[i])) for i in range(start, min(start + 1000, count))])
+    append_s = time.perf_counter() - started
+    wanted = [ids[k] for k in (count // 10, count // 2, (count * 9) // 10, count - 1)]
+
+    def timed(lookup: Any) -> dict[str, float]:
+        seconds = []
+        for watermark_id in wanted:
+            started = time.perf_counter()
+            body = lookup(store, watermark_id)
+            seconds.append(time.perf_counter() - started)
+            if body is None or body["images"][0]["watermark_id"] != watermark_id:
+                raise SystemExit(f"lookup of {watermark_id} failed")
+        return {"median_ms": round(statistics.median(seconds) * 1000, 2), "max_ms": round(max(seconds) * 1000, 2)}
+
+    scan, index = timed(scan_generation), timed(find_generation)
+    return {
+        "generation_events": count,
+        "append_s": round(append_s, 3),
+        "scan": scan,
+        "index": index,
+        "speedup_median": round(scan["median_ms"] / max(index["median_ms"], 0.001)),
+    }
+
+
+def run_backend(url: URL, key_dir: Path, events: int, lookup_events: int) -> dict[str, Any]:
     engine = create_store_engine(url)
     migrate.upgrade(engine)
     signer = load_or_create_signing_key(key_dir / "audit-signing.pem")
@@ -102,8 +173,11 @@ def run_backend(url: URL, key_dir: Path, events: int) -> dict[str, Any]:
     started = time.perf_counter()
     report = verify_store(store, signer.public_key)
     elapsed = time.perf_counter() - started
+    lookup = measure_lookup(store, lookup_events) if lookup_events else None
+    store.close()
     engine.dispose()
     return {
+        "lookup": lookup,
         "append": append,
         "verify": {
             "ok": report.ok,
@@ -125,12 +199,20 @@ def main() -> int:
         const="postgresql+psycopg://postgres@127.0.0.1:5432/test",
         help="also measure PostgreSQL (a throwaway schema is created in this database)",
     )
+    parser.add_argument(
+        "--lookup-events",
+        type=int,
+        default=50_000,
+        help="generation events for the watermark lookup (default 50000; 0 skips it)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         out: dict[str, Any] = {
             "machine": {"python": platform.python_version(), "cpus": len(__import__("os").sched_getaffinity(0))},
-            "sqlite": run_backend(URL.create("sqlite", database=str(directory / "zguard.db")), directory, args.events),
+            "sqlite": run_backend(
+                URL.create("sqlite", database=str(directory / "zguard.db")), directory, args.events, args.lookup_events
+            ),
         }
         if args.postgres:
             from sqlalchemy import create_engine, text
@@ -141,7 +223,7 @@ def main() -> int:
                 conn.execute(text(f'CREATE SCHEMA "{schema}"'))
             try:
                 url = make_url(args.postgres).update_query_dict({"options": f"-csearch_path={schema}"})
-                out["postgresql"] = run_backend(url, directory, args.events)
+                out["postgresql"] = run_backend(url, directory, args.events, args.lookup_events)
             finally:
                 with admin.connect() as conn:
                     conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
