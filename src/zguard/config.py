@@ -538,6 +538,10 @@ class ProvenanceSettings(_Section):
         None,
         description="The watermark's secret key (32 random bytes, mode 0600), created on first use; unset: `watermark.key` in `state_dir`. Whoever holds it can read and forge marks: keep it as secret as the token key, and keep a copy, or images marked under it can no longer be traced.",
     )
+    embed_on_device: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="Where the watermark is added. `auto`: on the GPU when the model runs on CUDA, before the image leaves the device, else on the CPU after decoding; `always`: on the engine's device whatever it is (the CPU included: tests force the device path so); `never`: always on the CPU. The pixels are the same either way. With `explicit_label` on, the mark is always added on the CPU, after the label is drawn.",
+    )
     implicit_label: bool = Field(
         True,
         description="Write the GB 45438-2025 implicit label into every image's metadata: XMP (namespace `http://www.tc260.org.cn/ns/AIGC/1.0/`, prefix `TC260`, property `AIGC`) in PNG iTXt, JPEG APP1 and WebP XMP chunks, signed over the label and the pixels.",

@@ -7,16 +7,26 @@ inside `zguard.engine.pipeline` and `zguard.engine.demo`, which only the server 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
 
+class DeviceMark(Protocol):
+    """Marks image `index` of a job where the engine holds it: `pixels` is a uint8 torch tensor
+    (3, H, W) on the engine's device, quantised as the engine would for a PIL image; it returns the
+    marked pixels (same shape, dtype and device). Called at most once per image, from the engine's
+    thread. The provenance marker supplies it; the engine never sees a key or an id."""
+
+    def __call__(self, index: int, pixels: Any, /) -> Any: ...
+
+
 @dataclass(frozen=True)
 class GenerationJob:
-    """One batch for the engine: already validated and bounded by the service layer."""
+    """One batch for the engine: already validated and bounded by the service layer.
+    `device_mark`: applied to each image on the engine's device before it leaves it (see `DeviceMark`)."""
 
     prompt: str
     negative_prompt: str | None
@@ -25,6 +35,7 @@ class GenerationJob:
     steps: int
     seed: int
     n: int = 1
+    device_mark: DeviceMark | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,9 @@ class ImageEngine(Protocol):
     the same pixels. Image `i` is drawn from the noise of `seed + i`, so it matches the image of
     a job with that seed and `n = 1` up to the rounding of batched arithmetic (a level or so).
     It checks `should_stop()` between denoising steps and raises `GenerationCancelled` when true.
+    When `job.device_mark` is set, an engine that can calls it on each image's pixels before they
+    leave its device; one that does not returns the images unmarked, and the marker marks them on
+    the CPU (with the same result).
     """
 
     @property

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zguard.engine import GenerationCancelled, GenerationJob, ModelInfo
+from zguard.engine import DeviceMark, GenerationCancelled, GenerationJob, ModelInfo
 from zguard.engine.offline import force_offline
 from zguard.integrity.manifest import (
     MANIFEST_FILE,
@@ -193,6 +193,7 @@ class DiffusersEngine:
             return kwargs
 
         generators = [torch.Generator(device=device).manual_seed(job.seed + i) for i in range(job.n)]
+        mark = job.device_mark
         with torch.inference_mode():
             result = self._pipe(
                 prompt=[job.prompt],  # a fresh list: the pipeline rewrites it in place
@@ -204,7 +205,31 @@ class DiffusersEngine:
                 num_images_per_prompt=job.n,
                 generator=generators,
                 callback_on_step_end=check_stop,
-                output_type="pil",
+                # Marked on the device: the decoded tensor, quantised there (see `marked_images`).
+                output_type="pil" if mark is None else "pt",
             )
+            if mark is not None:
+                return marked_images(result.images, mark)
         images: list[Image] = list(result.images)
         return images
+
+
+def marked_images(batch: Any, mark: DeviceMark) -> list[Image]:
+    """PIL images of `batch` (a float tensor in [0, 1], (n, 3, H, W), as `output_type="pt"` gives
+    it), each marked by `mark` on the batch's device first.
+
+    Quantised exactly as diffusers' `VaeImageProcessor` does for `output_type="pil"`
+    (`pt_to_numpy`: `.float()`; `numpy_to_pil`: `(x * 255).round().astype("uint8")`): float32
+    multiplication and round-half-to-even give the same bits on the GPU as in numpy, so an image
+    marked here equals one marked by `Watermarker.embed` after the PIL path.
+    """
+    import torch
+    from PIL import Image as PILImage
+
+    pixels = (batch.float() * 255).round().to(torch.uint8)
+    images: list[Image] = []
+    for index in range(pixels.shape[0]):
+        marked = mark(index, pixels[index])
+        rgb = marked.permute(1, 2, 0).contiguous().cpu().numpy()
+        images.append(PILImage.fromarray(rgb))  # as diffusers does: mode RGB from the shape
+    return images

@@ -2,6 +2,11 @@
 (when configured), the invisible watermark with a fresh random id, encoding, and the signed
 implicit label in the file's metadata.
 
+The watermark is added on the CPU after decoding, or (`provenance.embed_on_device`: on CUDA by
+default) by the engine on its device: `device_marks` then draws each image's id, salt and offset
+before generation and hands the engine a `DeviceMarks`; `mark` records those ids and embeds, on
+the CPU and with the same placement, any image the engine did not mark. The pixels are the same.
+
 Keys are read (or created) once, by `from_settings`, when the server is built; marking itself
 touches no file. Fail closed: when a key cannot be read the server does not start, and an image
 that cannot be marked is not delivered (the error fails the request).
@@ -19,9 +24,11 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 from zguard.provenance.labels import ImageFormat, embed_xmp, make_label, pixel_hash, xmp_packet
-from zguard.provenance.watermark import Watermarker, new_watermark_id
+from zguard.provenance.watermark import SALTS, TILE, Watermarker, new_watermark_id
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from zguard.config import ProvenanceSettings, Settings
@@ -35,6 +42,40 @@ SIGNING_KEY_FILE = "provenance-signing.pem"
 class MarkedImage:
     blob: bytes
     watermark_id: str | None  # 16 hex digits, None when watermarking is off
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One image's mark: its id, the salt of its keyed pattern and the tile's cyclic offset (y, x)."""
+
+    watermark_id: int
+    salt: int
+    offset: tuple[int, int]
+
+    @classmethod
+    def draw(cls) -> Placement:
+        """A fresh random id, salt and offset, as `Watermarker.embed` draws them."""
+        return cls(new_watermark_id(), secrets.randbelow(SALTS), (secrets.randbelow(TILE), secrets.randbelow(TILE)))
+
+
+class DeviceMarks:
+    """One job's marks, for the engine to apply on its device (an `engine.DeviceMark`).
+
+    `applied` holds the indices the engine marked; `ProvenanceMarker.mark` embeds the others on the
+    CPU with the same placement, so an engine that ignores the hook still delivers marked images."""
+
+    def __init__(self, watermarker: Watermarker, placements: list[Placement]) -> None:
+        self._watermarker = watermarker
+        self.placements = placements
+        self.applied: set[int] = set()
+
+    def __call__(self, index: int, pixels: Any, /) -> Any:
+        from zguard.provenance.watermark_torch import embed_tensor  # noqa: PLC0415  (torch: engine side only)
+
+        p = self.placements[index]
+        marked = embed_tensor(self._watermarker, pixels, p.watermark_id, salt=p.salt, offset=p.offset)
+        self.applied.add(index)
+        return marked
 
 
 def watermark_key_path(settings: Settings) -> Path:
@@ -101,6 +142,17 @@ class ProvenanceMarker:
 
         return cls(section, Watermarker(secrets.token_bytes(32)), Ed25519PrivateKey.generate(), _visible(section))
 
+    def device_marks(self, n: int, device: str) -> DeviceMarks | None:
+        """The marks of a job of `n` images for an engine on `device` to apply, or None when the
+        watermark goes on in `mark`: watermarking off, `embed_on_device` never (or auto and not
+        CUDA), or a visible label, which `mark` draws first and the mark must go over."""
+        mode = self._settings.embed_on_device
+        if self._watermarker is None or self._visible is not None or mode == "never":
+            return None
+        if mode == "auto" and device != "cuda":
+            return None
+        return DeviceMarks(self._watermarker, [Placement.draw() for _ in range(n)])
+
     def mark(
         self,
         images: list[Image.Image],
@@ -108,14 +160,24 @@ class ProvenanceMarker:
         quality: int,
         request_id: str,
         encode: Callable[[list[Image.Image], ImageFormat, int], list[bytes]],
+        *,
+        device_marks: DeviceMarks | None = None,
     ) -> list[MarkedImage]:
+        """Mark, encode and label `images`; with `device_marks` (from `device_marks`, given to the
+        engine), their ids are the ones recorded, and an image the engine did not mark is marked here."""
         ids: list[str | None] = []
         marked = []
-        for generated in images:
+        for index, generated in enumerate(images):
             image = generated if self._visible is None else self._visible.draw(generated)
             if self._watermarker is not None:
-                watermark_id = new_watermark_id()
-                image = self._watermarker.embed(image, watermark_id)
+                if device_marks is None:
+                    watermark_id = new_watermark_id()
+                    image = self._watermarker.embed(image, watermark_id)
+                else:
+                    p = device_marks.placements[index]  # an image more than the job had fails the request
+                    watermark_id = p.watermark_id
+                    if index not in device_marks.applied:
+                        image = self._watermarker.embed(image, watermark_id, salt=p.salt, offset=p.offset)
                 ids.append(f"{watermark_id:016x}")
             else:
                 ids.append(None)

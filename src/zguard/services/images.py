@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import io
 import json
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
 
     from zguard.policy.holder import PolicyHolder
     from zguard.policy.verdict import Verdict
-    from zguard.provenance.marking import ProvenanceMarker
+    from zguard.provenance.marking import DeviceMarks, ProvenanceMarker
 
 MAX_SEED = 2**63 - 1 - 16  # room for seed + i with i < max_n
 DEMO_DEFAULT_SIDE = 256
@@ -232,10 +233,13 @@ class ImageService:
         if not self._readiness.ready:
             raise NotReady("the model is not ready yet; retry shortly", retry_after=5)
         job = plan.job
+        marks = None if self._provenance is None else self._provenance.device_marks(job.n, self._engine.info.device)
+        if marks is not None:  # the engine adds the watermark on its device
+            job = dataclasses.replace(job, device_mark=marks)
         try:
             async with asyncio.timeout(self._limits.timeout_s):
                 images = await self._admission.run(lambda should_stop: self._engine.generate(job, should_stop))
-                encoded, watermark_ids = await asyncio.to_thread(self._finish, images, plan, request_id)
+                encoded, watermark_ids = await asyncio.to_thread(self._finish, images, plan, request_id, marks)
         except TimeoutError:
             raise GenerationTimeout(
                 f"the generation did not finish within {self._limits.timeout_s:g} s", detail=request_id
@@ -251,12 +255,14 @@ class ImageService:
         )
 
     def _finish(
-        self, images: list[Image], plan: GenerationPlan, request_id: str
+        self, images: list[Image], plan: GenerationPlan, request_id: str, marks: DeviceMarks | None
     ) -> tuple[list[bytes], list[str | None]]:
         """Mark (labels, watermark) and encode; without provenance, encode only."""
         if self._provenance is None:
             return self._encode(images, plan.output_format, plan.quality), [None] * len(images)
-        marked = self._provenance.mark(images, plan.output_format, plan.quality, request_id, self._encode)
+        marked = self._provenance.mark(
+            images, plan.output_format, plan.quality, request_id, self._encode, device_marks=marks
+        )
         return [m.blob for m in marked], [m.watermark_id for m in marked]
 
 
