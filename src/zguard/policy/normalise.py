@@ -26,7 +26,7 @@ import functools
 import itertools
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from zguard.policy.confusables import CONFUSABLES
 
@@ -35,6 +35,8 @@ _INVISIBLE_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u17b4\u17b5")
 # Blocks of CJK unified ideographs in the BMP: NFKC and case folding leave them alone, so only
 # t2s can change them; they are converted in one OpenCC call instead of one call each.
 _CJK_BMP = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF))
+# Strides, in kept characters, of the walk `Normaliser.originals` takes: few calls per index.
+_STRIDES = (256, 64, 16, 4, 1)
 _TABLE_LIMIT = 300_000  # folds cached per normaliser; an attacker cycling through code points cannot grow it further
 
 
@@ -129,6 +131,8 @@ class Normaliser:
         self._changed = re.compile(f"[{changed_class}]")
         self._dropped_split = re.compile(f"([{dropped_class}]+)")
         self._shifting = re.compile(f"[{_char_class(longer)}\U00010000-\U0010ffff]")
+        self._skip_dropped = re.compile(f"[{dropped_class}]*")
+        self._strides = [(n, re.compile(f"(?:[{dropped_class}]*[^{dropped_class}]){{{n}}}")) for n in _STRIDES]
         self._ascii = {cp: self._table[chr(cp)] or None for cp in range(128) if self._table[chr(cp)] != chr(cp)}
 
     def fold(self, char: str) -> str:
@@ -152,6 +156,31 @@ class Normaliser:
         # A ligature, an emoji or another character folding to zero or several: one entry each.
         folded = list(map(len, map(self._table.__getitem__, text)))
         return PositionMap([0, *itertools.accumulate(folded)][:-1], list(range(len(text))), [1] * len(text))
+
+    def originals(self, text: str, indices: Iterable[int]) -> dict[int, int]:
+        """`positions(text).original(i)` for each of `indices` (each below `len(normalise(text))`).
+
+        A prompt that matched needs a handful of positions; cutting the whole text into pieces for
+        them costs more than the match. Where every character kept folds to exactly one, the
+        `i`-th character of the normalised text comes from the `i`-th character kept, so one walk
+        over the text up to the last index, a stride of kept characters per call, finds them all.
+        """
+        if self._shifting.search(text) is not None:
+            where = self.positions(text)
+            return {index: where.original(index) for index in indices}
+        found: dict[int, int] = {}
+        at = walked = 0  # `at` is just past the `walked`-th kept character
+        for index in sorted(set(indices)):
+            for stride, pattern in self._strides:
+                while index - walked >= stride:
+                    if (match := pattern.match(text, at)) is None:
+                        raise IndexError(f"index {index} is past the normalised text")
+                    at, walked = match.end(), walked + stride
+            skipped = self._skip_dropped.match(text, at)
+            if skipped is None or skipped.end() >= len(text):
+                raise IndexError(f"index {index} is past the normalised text")
+            found[index] = skipped.end()
+        return found
 
     def with_positions(self, text: str) -> tuple[str, list[int]]:
         """The normalised text and, for each of its characters, the index in `text` it came from;

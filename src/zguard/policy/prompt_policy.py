@@ -164,13 +164,15 @@ class PromptPolicy:
         findings: list[Finding] = []
         allowed_spans: list[tuple[int, int]] = []
         if hits or allowed:
-            where = self._normaliser.positions(text)
-            allowed_spans = [(where.original(a), where.original(b - 1) + 1) for a, b in allowed]
+            # Every position the spans below may need, found in one walk (cheaper than a full map).
+            needed = [i for a, b in allowed for i in (a, b - 1)] + [i for a, b, _ in hits for i in (a, b - 1)]
+            where = self._normaliser.originals(text, needed)
+            allowed_spans = [(where[a], where[b - 1] + 1) for a, b in allowed]
             seen: set[str] = set()
             for start, end, (identity, category, listed, word_start, word_end) in hits:
                 if identity in seen or any(a <= start and end <= b for a, b in allowed):
                     continue
-                first, last = where.original(start), where.original(end - 1) + 1
+                first, last = where[start], where[end - 1] + 1
                 if (word_start and self._word_before(text, first)) or (word_end and self._word_after(text, last)):
                     continue
                 seen.add(identity)

@@ -87,3 +87,23 @@ def test_position_map_agrees_with_the_reference(text: str) -> None:
     folded, positions = norm.with_positions(text)
     where = norm.positions(text)
     assert [where.original(i) for i in range(len(folded))] == positions
+
+
+@given(
+    st.text(st.characters(exclude_categories=("Cs",)), max_size=300) | st.text(" .,机密機ﬁß🙂Ab\u200b", max_size=300),
+    st.data(),
+)
+def test_originals_agree_with_the_position_map(text: str, data: st.DataObject) -> None:
+    norm = default_normaliser()
+    folded = norm.normalise(text)
+    indices = data.draw(st.lists(st.integers(0, len(folded) - 1), max_size=6)) if folded else []
+    where = norm.positions(text)
+    assert norm.originals(text, indices) == {i: where.original(i) for i in indices}
+    assert norm.originals(text, range(len(folded))) == {i: where.original(i) for i in range(len(folded))}
+
+
+def test_originals_refuse_an_index_past_the_text(norm: Normaliser) -> None:
+    with pytest.raises(IndexError):
+        norm.originals("机 密", [2])
+    with pytest.raises(IndexError):
+        norm.originals("机 密" * 100, [200])
