@@ -95,9 +95,10 @@ from zguard.config import Settings
 from zguard.engine import GenerationJob, ModelInfo
 from zguard.engine.demo import write_demo_model
 from zguard.engine.pipeline import DiffusersEngine
+from zguard.listeners import listen_socket, listener_config
+from zguard.runtime import build_auth, build_runtime, open_store
 from zguard.schemas import ImageData, ImageGenerationResponse, OutputFormat, ZguardMeta
 from zguard.security.tokens import new_token, token_digest
-from zguard.server import build_auth, build_runtime, listen_socket, listener_config, open_store
 from zguard.services.admin import load_token_key, token_key_path
 from zguard.services.images import encode_images
 from zguard.services.readiness import ModelState

@@ -69,7 +69,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    from zguard.server import check_safe
+    from zguard.listeners import check_safe
 
     check_safe(settings)
     yaml.safe_dump(masked_settings(settings), sys.stdout, allow_unicode=True, sort_keys=False)

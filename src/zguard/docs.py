@@ -15,7 +15,7 @@ from zguard.app.api import create_api_app
 from zguard.audit import MemoryAuditSink
 from zguard.config import Settings
 from zguard.engine import GenerationJob, ModelInfo
-from zguard.server import build_runtime
+from zguard.runtime import build_runtime
 from zguard.settings_loader import iter_settings_fields
 
 if TYPE_CHECKING:

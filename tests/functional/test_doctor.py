@@ -19,8 +19,8 @@ from zguard.audit.prompts import PromptCapture
 from zguard.cli import main
 from zguard.doctor import EXIT_BY_SEVERITY, Host, report, run_checks
 from zguard.integrity.storage import Finding, Identity
+from zguard.runtime import build_auth, build_runtime
 from zguard.security.passwords import hash_password
-from zguard.server import build_auth, build_runtime
 from zguard.services.readiness import ModelState
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32

@@ -22,7 +22,7 @@ from zguard.cli import main
 from zguard.engine.pipeline import DiffusersEngine
 from zguard.provenance.labels import NAMESPACE
 from zguard.provenance.marking import ProvenanceMarker
-from zguard.server import Runtime, build_runtime
+from zguard.runtime import Runtime, build_runtime
 from zguard.services.readiness import ModelState
 
 pytestmark = pytest.mark.anyio
@@ -181,8 +181,8 @@ async def test_api_trace_takes_raw_or_base64_uploads_and_records_the_trace(
     state: Path, demo_engine: DiffusersEngine, trail: AuditTrail
 ) -> None:
     from tests.functional.test_auth import bearer  # the suite's helpers
+    from zguard.runtime import build_auth
     from zguard.security.tokens import new_token, token_digest
-    from zguard.server import build_auth
     from zguard.store.principals import PrincipalStore
 
     request_id, blob = await _generate(state, demo_engine, trail)

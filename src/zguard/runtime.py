@@ -1,0 +1,192 @@
+"""What `zguard serve` runs: the state store, the engine and the services wired around one audit
+sink. Tests, benchmarks and `zguard.docs` build a `Runtime` the same way, around their own engine."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from zguard.app.context import Services
+from zguard.audit import AuditSink, MemoryAuditSink
+from zguard.audit.prompts import PromptCapture
+from zguard.config import Settings
+from zguard.engine import ImageEngine
+from zguard.engine.admission import AdmissionQueue, WorkerThread
+from zguard.errors import ConfigError
+from zguard.policy.holder import PolicyHolder
+from zguard.provenance.marking import ProvenanceMarker
+from zguard.security.keys import KEY_BYTES
+from zguard.security.tokens import new_token, token_digest
+from zguard.services.auth import AuthService
+from zguard.services.images import ImageService
+from zguard.services.ratelimit import RateLimitService
+from zguard.services.readiness import Readiness
+from zguard.store import migrate
+from zguard.store.database import create_store_engine, database_url
+from zguard.store.errors import SchemaNotCurrent
+from zguard.store.principals import PrincipalStore
+
+log = logging.getLogger("zguard.server")  # the name operators' log filters know from before the split
+DEMO_WARNING = (
+    "SERVING THE DEMO MODEL: random weights, every image is noise. "
+    "Set model.path (or ZGUARD_MODEL__PATH) to the Z-Image-Turbo directory to serve real images."
+)
+DEMO_PRINCIPAL = "demo"
+DEMO_TOKEN_FILE = "demo-token"  # noqa: S105 - a file name, not a secret
+
+
+@dataclass
+class Runtime:
+    """What `serve` wires together; tests build one around their own engine."""
+
+    services: Services
+    admission: AdmissionQueue
+    worker: WorkerThread
+    policy: PolicyHolder | None = None
+
+
+def prepare_state_dir(state_dir: Path) -> Path:
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return state_dir
+
+
+def resolve_model_dir(settings: Settings) -> tuple[Path, bool]:
+    """(model directory, is demo). Cheap: the demo model itself is built by the engine's load()."""
+    from zguard.engine.demo import is_demo_model
+
+    if settings.model.path is not None:
+        path = settings.model.path
+        if not (path / "model_index.json").is_file():
+            raise ConfigError(
+                [f"model.path: {path} has no model_index.json; point it at a diffusers-format Z-Image directory"]
+            )
+        return path, is_demo_model(path)
+    return prepare_state_dir(settings.state_dir) / "demo-model", True
+
+
+def configured_engine(settings: Settings) -> ImageEngine:
+    """The Z-Image pipeline of `model.path`, or the demo model (built on first load)."""
+    from zguard.engine.pipeline import DiffusersEngine
+
+    model_dir, demo = resolve_model_dir(settings)
+    if demo:
+        log.warning(DEMO_WARNING)
+    return DiffusersEngine(
+        model_dir,
+        model_id=settings.model.id,
+        device=settings.model.device,
+        demo=demo,
+        build_demo=settings.model.path is None,
+        manifest_required=settings.model.manifest_required,
+        manifest_public_key=settings.model.manifest_public_key,
+    )
+
+
+def open_store(settings: Settings) -> PrincipalStore:
+    """The state store, at the schema this build needs.
+
+    The embedded default (SQLite in `state_dir`, no `database.url`) is created and migrated on
+    first start, so `make serve` needs no extra step. A configured database is never changed by
+    `serve`: schema changes are an operator's decision (`zguard init` / `zguard db upgrade`).
+    """
+    embedded = settings.database.url is None
+    if embedded:
+        prepare_state_dir(settings.state_dir)
+    engine = create_store_engine(database_url(settings))
+    try:
+        if embedded and migrate.current_revision(engine) is None:
+            log.info("creating the state database in %s", settings.state_dir)
+            migrate.upgrade(engine)
+        migrate.check_schema_current(engine)
+    except SchemaNotCurrent as exc:
+        raise ConfigError([f"database: {exc.message}"]) from None
+    except SQLAlchemyError as exc:
+        raise ConfigError(
+            [f"database.url: cannot open the state database ({type(exc).__name__}); check the URL and that it is up"]
+        ) from None
+    return PrincipalStore(engine)
+
+
+def issue_demo_token(settings: Settings, store: PrincipalStore, token_key: bytes) -> None:
+    """On the demo model's first start: a `demo` service account (generator, viewer) and its token.
+
+    On a terminal (`make serve`) the token is printed once with a ready-to-paste command. Anywhere
+    else stdout may be a log (systemd sends it to the journal), so the token goes to the file
+    `state_dir/demo-token` (mode 0600) instead and only that path is logged.
+    """
+    if store.get_principal(DEMO_PRINCIPAL) is not None or not settings.api_auth.enabled:
+        return
+    store.create_principal(DEMO_PRINCIPAL, "service", roles=["generator", "viewer"])
+    issued = new_token()
+    store.add_token(
+        DEMO_PRINCIPAL, token_hash=token_digest(issued.plaintext, token_key), prefix=issued.display_prefix, label="demo"
+    )
+    if not sys.stdout.isatty():
+        path = prepare_state_dir(settings.state_dir) / DEMO_TOKEN_FILE
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(issued.plaintext + "\n")
+        log.warning("a demo API token (service account 'demo') was written to %s (mode 0600)", path)
+        return
+    host = settings.api.host if ":" not in settings.api.host else f"[{settings.api.host}]"
+    print(
+        "\n  A demo API token for the service account 'demo' (roles generator, viewer), shown only this once:\n\n"
+        f"    {issued.plaintext}\n\n"
+        f"  curl -s http://{host}:{settings.api.port}/v1/images/generations "
+        f"-H 'Authorization: Bearer {issued.plaintext}' -H 'Content-Type: application/json' "
+        """-d '{"prompt": "a lighthouse at dawn", "size": "256x256"}'\n""",
+        flush=True,
+    )
+
+
+def build_auth(
+    settings: Settings, store: PrincipalStore | None, token_key: bytes, audit: AuditSink | None = None
+) -> AuthService:
+    return AuthService(
+        settings.api_auth, settings.role_registry(), store=store, token_key=token_key, audit=audit or MemoryAuditSink()
+    )
+
+
+def build_runtime(
+    settings: Settings,
+    engine: ImageEngine,
+    auth: AuthService | None = None,
+    rate_limits: RateLimitService | None = None,
+    *,
+    audit: AuditSink | None = None,
+    prompts: PromptCapture | None = None,
+    provenance: ProvenanceMarker | None = None,
+) -> Runtime:
+    """Wire the services around one audit sink (default: in memory, for tests; `serve` passes the
+    durable trail). Without `prompts`: HMAC fingerprints under a throwaway key.
+    Without `auth`: configured users only, under a throwaway token key.
+    Without `rate_limits`: the configured limits. Without `provenance`: marks under throwaway keys."""
+    if audit is None:  # one sink for everything: the given services', else a new one
+        given = auth or rate_limits
+        audit = given.audit if given is not None else MemoryAuditSink()
+    worker = WorkerThread()
+    admission = AdmissionQueue(settings.generation.max_queue, worker)
+    readiness = Readiness()
+    policy = PolicyHolder.from_settings(settings)  # a list that cannot be loaded stops the start (fail closed)
+    provenance = provenance or ProvenanceMarker.ephemeral(settings.provenance)
+    images = ImageService(settings.generation, engine, admission, readiness, policy=policy, provenance=provenance)
+    services = Services(
+        engine=engine,
+        images=images,
+        admission=admission,
+        auth=auth or build_auth(settings, None, secrets.token_bytes(KEY_BYTES), audit),
+        audit=audit,
+        readiness=readiness,
+        started_at=int(time.time()),
+        rate_limits=rate_limits or RateLimitService.from_settings(settings, audit),
+        prompts=prompts or PromptCapture("hmac", hmac_key=secrets.token_bytes(KEY_BYTES)),
+        policy=policy,
+    )
+    return Runtime(services=services, admission=admission, worker=worker, policy=policy)
