@@ -21,7 +21,9 @@ plain averaging attack.
 Decoding. Luminance → high-pass residual → divided by its local standard deviation (so textured
 areas, where the content is loud, do not drown flat ones) → folded (summed) into one 128×128 tile
 → 2×2 cell sums → FFT cross-correlation with each salt's sync template gives the offset (a crop
-only shifts the folded tile cyclically) → soft payload values → Viterbi → MAC check. Rescaled
+only shifts the folded tile cyclically) → soft payload values → list Viterbi (the `LIST_SIZE`
+best paths, not only the best: where the best path is wrong the right one is usually close
+behind, and the MAC tells them apart) → MAC check of each. Rescaled
 images: the tile repeats exactly, so the residual's autocorrelation peaks at the tile period on
 each axis; its measured period gives the scale, and the whitened residual is resampled back before
 folding (one whitening per decode). Scale 1 and the halved image (×2, whitened after
@@ -30,8 +32,8 @@ resampling) are always tried.
 False traces. A result is returned only when the decoded 64-bit MAC equals
 HMAC-SHA-256(key, salt ‖ id) truncated to 64 bits. For an unmarked image, or one marked under
 another key, the decoded bits are independent of that HMAC, so each candidate passes with
-probability 2^-64; a decode checks at most `MAX_CANDIDATES` (64) candidates, hence
-P(false trace) ≤ 64 · 2^-64 = 2^-58 ≈ 3.5e-18 per decode, by construction and whatever the
+probability 2^-64; a decode checks at most `MAX_CANDIDATES` (512) candidates, hence
+P(false trace) ≤ 512 · 2^-64 = 2^-55 ≈ 2.8e-17 per decode, by construction and whatever the
 image (the synchronisation statistic only ranks candidates, it decides nothing: its null tail is
 heavy, the MAC's is not).
 
@@ -59,7 +61,8 @@ SALTS = 16  # keyed patterns an image may carry
 AMPLITUDE = 2  # luminance levels added or removed per pixel
 ID_BITS = 64
 MAC_BITS = 64
-MAX_CANDIDATES = 64  # MAC checks per decode, at most: the false-trace bound depends on it
+MAX_CANDIDATES = 512  # MAC checks per decode, at most: the false-trace bound depends on it
+LIST_SIZE = 16  # paths the list Viterbi decoder returns per read, each one MAC check
 _K = 7  # constraint length of the convolutional code
 _G = (0o171, 0o133)
 _PAYLOAD_BITS = ID_BITS + MAC_BITS
@@ -143,6 +146,29 @@ def viterbi(soft: FloatArray) -> npt.NDArray[np.uint8]:
         bits[i] = state >> (_K - 2)
         state = int(_PREV[choices[i, state], state])
     return bits[: steps - (_K - 1)]
+
+
+def list_viterbi(soft: FloatArray, size: int) -> list[npt.NDArray[np.uint8]]:
+    """The `size` best paths through `conv_encode`'s terminated trellis, best first (parallel list
+    Viterbi: each state keeps its `size` best survivors); the first is `viterbi`'s."""
+    steps = len(soft) // 2
+    metric = np.full((size, _STATES), -np.inf)
+    metric[0, 0] = 0.0
+    back = np.empty((steps, size, _STATES), dtype=np.int64)  # predecessor bit * size + its rank
+    for i in range(steps):
+        branch = soft[2 * i] * _SIGN0 + soft[2 * i + 1] * _SIGN1  # (2, states)
+        cand = (metric[:, _PREV] + branch[None]).transpose(1, 0, 2).reshape(2 * size, _STATES)
+        top = np.argsort(-cand, axis=0, kind="stable")[:size]
+        metric = np.take_along_axis(cand, top, axis=0)
+        back[i] = top
+    ranks = np.flatnonzero(np.isfinite(metric[:, 0]))  # fewer distinct paths than asked, early on
+    state = np.zeros(len(ranks), dtype=np.int64)  # terminated: every path ends in state 0
+    bits = np.empty((len(ranks), steps), dtype=np.uint8)
+    for i in range(steps - 1, -1, -1):  # all paths traced back together
+        bits[:, i] = state >> (_K - 2)
+        x, ranks = np.divmod(back[i, ranks, state], size)
+        state = _PREV[x, state]
+    return list(bits[:, : steps - (_K - 1)])
 
 
 def _bits(value: int, count: int) -> npt.NDArray[np.uint8]:
@@ -261,12 +287,15 @@ class Watermarker:
         white = whiten(y)  # computed once: scale 1, the period search and every measured scale use it
         checked = 0
         for scale in self._scales(white):
-            for found in self._candidates(y, white, scale):
-                if checked >= MAX_CANDIDATES:
-                    return None
-                checked += 1
-                if found is not None:
-                    return found
+            for rank, (salt, soft, score) in enumerate(self._reads(y, white, scale)):
+                for bits in list_viterbi(soft, LIST_SIZE if rank == 0 else 1):  # a list for the best salt
+                    if checked >= MAX_CANDIDATES:
+                        return None
+                    checked += 1
+                    watermark_id, mac = _int(bits[:ID_BITS]), _int(bits[ID_BITS:])
+                    expected = self.mac(salt, watermark_id)
+                    if hmac.compare_digest(mac.to_bytes(8, "big"), expected.to_bytes(8, "big")):
+                        return WatermarkFound(watermark_id=watermark_id, salt=salt, scale=scale, sync_score=score)
         return None
 
     def _scales(self, white: FloatArray) -> list[tuple[float, float]]:
@@ -279,8 +308,10 @@ class Watermarker:
                     scales.append(scale)
         return scales
 
-    def _candidates(self, y: FloatArray, white: FloatArray, scale: tuple[float, float]) -> list[WatermarkFound | None]:
-        """Up to two MAC checks at one scale: the best sync peak of the two best salts.
+    def _reads(
+        self, y: FloatArray, white: FloatArray, scale: tuple[float, float]
+    ) -> list[tuple[int, FloatArray, float]]:
+        """Soft payload values at one scale, under the best sync peak of each of the two best salts.
 
         A halved image is resampled ×2 and whitened at that size (its 2×2 cells became single
         pixels: whitening them at the small size would blur them away). Any other measured scale
@@ -303,23 +334,16 @@ class Watermarker:
         flat = corr.reshape(SALTS, -1)
         peaks = flat.argmax(axis=1)
         scores = flat[np.arange(SALTS), peaks] / (flat.std(axis=1) + 1e-12)
-        results: list[WatermarkFound | None] = []
+        reads: list[tuple[int, FloatArray, float]] = []
+        chips, sync, assign = self._patterns
         for salt in np.argsort(scores)[::-1][:2]:
             dy, dx = divmod(int(peaks[salt]), TILE)
             grid = np.roll(cells, (-dy, -dx), axis=(0, 1))[::CELL, ::CELL]
-            results.append(self._read(grid, int(salt), scale, float(scores[salt])))
-        return results
-
-    def _read(self, grid: FloatArray, salt: int, scale: tuple[float, float], score: float) -> WatermarkFound | None:
-        chips, sync, assign = self._patterns
-        values = grid * chips[salt]
-        mask = ~sync[salt]
-        soft = np.bincount(assign[salt][mask], weights=values[mask], minlength=_CODED_BITS)
-        bits = viterbi(soft / (np.abs(soft).mean() + 1e-12))
-        watermark_id, mac = _int(bits[:ID_BITS]), _int(bits[ID_BITS:])
-        if not hmac.compare_digest(mac.to_bytes(8, "big"), self.mac(salt, watermark_id).to_bytes(8, "big")):
-            return None
-        return WatermarkFound(watermark_id=watermark_id, salt=salt, scale=scale, sync_score=score)
+            values = grid * chips[salt]
+            mask = ~sync[salt]
+            soft = np.bincount(assign[salt][mask], weights=values[mask], minlength=_CODED_BITS)
+            reads.append((int(salt), soft / (np.abs(soft).mean() + 1e-12), float(scores[salt])))
+        return reads
 
 
 def _lattice_score(auto: FloatArray, periods: FloatArray, reach: int) -> FloatArray:

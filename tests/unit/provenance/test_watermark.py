@@ -15,6 +15,7 @@ from zguard.provenance.watermark import (
     MAX_CANDIDATES,
     Watermarker,
     conv_encode,
+    list_viterbi,
     viterbi,
 )
 
@@ -48,6 +49,20 @@ def test_the_code_corrects_errors() -> None:
     soft = 1.0 - 2.0 * conv_encode(bits)
     soft[::9] *= -1  # one coded bit in nine flipped
     assert np.array_equal(viterbi(soft), bits)
+
+
+def test_the_list_decoder_keeps_the_right_path_when_the_best_one_is_wrong() -> None:
+    rng = np.random.default_rng(5)
+    rescued = 0
+    for _ in range(40):
+        bits = rng.integers(0, 2, 128).astype(np.uint8)
+        soft = 1.0 - 2.0 * conv_encode(bits) + rng.normal(0, 1.1, 268)
+        paths = list_viterbi(soft, 16)
+        assert np.array_equal(paths[0], viterbi(soft))  # the best path is plain Viterbi's
+        assert len({p.tobytes() for p in paths}) == 16  # and the others are distinct
+        best_is_wrong = not np.array_equal(paths[0], bits)
+        rescued += best_is_wrong and any(np.array_equal(p, bits) for p in paths[1:])
+    assert rescued >= 3  # noise at which Viterbi alone fails often; the list finds several
 
 
 def test_round_trip_at_psnr_above_42_db(marked: Image.Image) -> None:
