@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import platform
 import secrets
@@ -103,15 +104,11 @@ def measure(store: AuditStore, mode: str, count: int) -> dict[str, Any]:
 
 
 def generation(i: int, watermark_id: str) -> AuditEvent:
-    return AuditEvent(
+    """A completed generation carrying one watermarked image: what `audit_watermarks` indexes."""
+    return dataclasses.replace(
+        event(i),
         type=GENERATION_EVENT,
         outcome="done",
-        request_id=f"{i:032x}",
-        listener="api",
-        client="10.20.30.40",
-        principal="batch-service",
-        roles=("generator",),
-        auth_method="bearer",
         model="z-image-turbo",
         manifest="9f" * 32,
         generation={"width": 1024, "height": 1024, "steps": 8, "seed": i, "n": 1},
@@ -119,6 +116,8 @@ def generation(i: int, watermark_id: str) -> AuditEvent:
         policy={"verdict": "allowed", "rules": 0},
         latency_ms=1800.0,
         images=({"bytes": 1_234_567, "sha256": "cd" * 32, "watermark_id": watermark_id},),
+        http=None,
+        detail={},
     )
 
 

@@ -50,6 +50,15 @@ def api_client(settings: Settings, runtime: Runtime, peer: tuple[str, int] = LOO
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=peer), base_url="http://zguard.test")
 
 
+async def post_generation(settings: Settings, runtime: Runtime, request: dict[str, Any]) -> httpx.Response:
+    """One `POST /v1/images/generations` through the API app, then the runtime's worker stopped."""
+    try:
+        async with api_client(settings, runtime) as api:
+            return await api.post("/v1/images/generations", json=request)
+    finally:
+        runtime.worker.stop(timeout=10)
+
+
 def console_client(settings: Settings, runtime: Runtime, peer: tuple[str, int] = LOOPBACK_PEER) -> httpx.AsyncClient:
     """An in-process client of the console app; `peer` is the TCP peer address the app sees."""
     app = create_console_app(settings, runtime.services)

@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 
 from tests.common.audit import audit_trail, sqlite_url
-from tests.common.factories import api_client, make_settings
+from tests.common.factories import api_client, make_settings, post_generation
 from zguard.audit.prompts import PromptCapture
 from zguard.audit.trail import AuditTrail
 from zguard.cli import main
@@ -68,11 +68,7 @@ async def _generate(state: Path, engine: DiffusersEngine, trail: AuditTrail, **e
     # at 1024² it survived 240 of 240 draws. The 512² gap is issue 7's open work, measured in bench/.
     settings, runtime = _runtime(state, engine, trail)
     request = {"prompt": PROMPT, "size": "1024x1024", "num_inference_steps": 2, "seed": 11, **extra}
-    try:
-        async with api_client(settings, runtime) as api:
-            resp = await api.post("/v1/images/generations", json=request)
-    finally:
-        runtime.worker.stop(timeout=10)
+    resp = await post_generation(settings, runtime, request)
     assert resp.status_code == 200, resp.text
     return resp.headers["x-request-id"], base64.b64decode(resp.json()["data"][0]["b64_json"])
 

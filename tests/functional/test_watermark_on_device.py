@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.common.factories import api_client, make_settings
+from tests.common.factories import make_settings, post_generation
 from zguard.audit import MemoryAuditSink
 from zguard.engine import GenerationJob
 from zguard.engine.pipeline import DiffusersEngine
@@ -84,11 +84,7 @@ async def test_the_recorded_id_is_the_one_the_image_carries(
     # 512²: at 256² the unattacked mark read back from these noise images in only ~97% of
     # (key, id) draws; at 512² in 400 of 400.
     request = {"prompt": "a harbour at dusk", "size": "512x512", "num_inference_steps": 2, "seed": 3, "n": 2}
-    try:
-        async with api_client(settings, runtime) as api:
-            resp = await api.post("/v1/images/generations", json=request)
-    finally:
-        runtime.worker.stop(timeout=10)
+    resp = await post_generation(settings, runtime, request)
     assert resp.status_code == 200, resp.text
 
     [marks] = handed
