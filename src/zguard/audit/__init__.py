@@ -182,7 +182,7 @@ class MemoryAuditSink:
         return [
             stored
             for stored in self.search(limit=len(self.events))
-            if any(image.get("watermark_id") == watermark_id for image in json.loads(stored.body)["images"])
+            if any(image.get("watermark_id") == watermark_id for image in json.loads(stored.body).get("images") or ())
         ]
 
     def of_type(self, prefix: str) -> list[AuditEvent]:

@@ -167,18 +167,15 @@ class ProvenanceMarker:
         engine), their ids are the ones recorded, and an image the engine did not mark is marked here."""
         ids: list[str | None] = []
         marked = []
+        placements = [Placement.draw() for _ in images] if device_marks is None else device_marks.placements
+        applied = set() if device_marks is None else device_marks.applied
         for index, generated in enumerate(images):
             image = generated if self._visible is None else self._visible.draw(generated)
             if self._watermarker is not None:
-                if device_marks is None:
-                    watermark_id = new_watermark_id()
-                    image = self._watermarker.embed(image, watermark_id)
-                else:
-                    p = device_marks.placements[index]  # an image more than the job had fails the request
-                    watermark_id = p.watermark_id
-                    if index not in device_marks.applied:
-                        image = self._watermarker.embed(image, watermark_id, salt=p.salt, offset=p.offset)
-                ids.append(f"{watermark_id:016x}")
+                p = placements[index]  # an image more than the job had fails the request
+                if index not in applied:
+                    image = self._watermarker.embed(image, p.watermark_id, salt=p.salt, offset=p.offset)
+                ids.append(f"{p.watermark_id:016x}")
             else:
                 ids.append(None)
             marked.append(image)

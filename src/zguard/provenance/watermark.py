@@ -251,12 +251,26 @@ class Watermarker:
 
     def tile(self, watermark_id: int, salt: int) -> npt.NDArray[np.int8]:
         """The ±1 pixel tile (TILE×TILE) for `watermark_id` under `salt`."""
+        if not 0 <= watermark_id < 1 << ID_BITS:
+            raise ValueError("the watermark id must fit in 64 bits")
+        if not 0 <= salt < SALTS:
+            raise ValueError(f"the salt must be in 0..{SALTS - 1}")
         payload = np.concatenate([_bits(watermark_id, ID_BITS), _bits(self.mac(salt, watermark_id), MAC_BITS)])
         coded = conv_encode(payload)
         chips, sync, assign = self._patterns
         signs = np.where(sync[salt], 1.0, 1.0 - 2.0 * coded[np.maximum(assign[salt], 0)])
         cells = (chips[salt] * signs).astype(np.int8)
         return np.repeat(np.repeat(cells, CELL, axis=0), CELL, axis=1)
+
+    def placed_tile(
+        self, watermark_id: int, salt: int | None = None, offset: tuple[int, int] | None = None
+    ) -> npt.NDArray[np.int8]:
+        """`tile` shifted cyclically by `offset` (y, x): what is repeated over an image from its
+        top-left corner. Salt and offset are drawn at random unless given. Shared by `embed` and
+        `watermark_torch.embed_tensor`, so both place the same mark."""
+        salt = secrets.randbelow(SALTS) if salt is None else salt
+        offset = (secrets.randbelow(TILE), secrets.randbelow(TILE)) if offset is None else offset
+        return np.roll(self.tile(watermark_id, salt), offset, axis=(0, 1))
 
     def embed(
         self,
@@ -267,13 +281,9 @@ class Watermarker:
         offset: tuple[int, int] | None = None,
     ) -> Image.Image:
         """Return an RGB copy of `image` carrying `watermark_id` (random salt and offset unless given)."""
-        if not 0 <= watermark_id < 1 << ID_BITS:
-            raise ValueError("the watermark id must fit in 64 bits")
-        salt = secrets.randbelow(SALTS) if salt is None else salt
-        oy, ox = (secrets.randbelow(TILE), secrets.randbelow(TILE)) if offset is None else offset
+        tile = self.placed_tile(watermark_id, salt, offset)
         rgb = np.asarray(image.convert("RGB"))
         h, w = rgb.shape[:2]
-        tile = np.roll(self.tile(watermark_id, salt), (oy, ox), axis=(0, 1))
         reps = (-(-h // TILE), -(-w // TILE))
         delta = (np.tile(tile, reps)[:h, :w] * AMPLITUDE).astype(np.int16)
         out = rgb.astype(np.int16) + delta[..., None]

@@ -1,21 +1,19 @@
 """`Watermarker.embed` on a torch tensor, on whatever device holds it (the GPU, where the image was
 decoded, so the unmarked pixels never leave it).
 
-The same mark, pixel for pixel: the tile comes from `Watermarker.tile` and is shifted by numpy as
-`embed` shifts it, then copied to the device once (16 KiB) and repeated there; the addition is in
+The same mark, pixel for pixel: the shifted tile comes from `Watermarker.placed_tile`, as in
+`embed`, and is copied to the device once (16 KiB) and repeated there; the addition is in
 int16 and clipped to 0..255 as `embed` does. Imported only where a tensor is to be marked, so the
 watermark module itself stays free of torch.
 """
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
-import numpy as np
 import torch
 
-from zguard.provenance.watermark import AMPLITUDE, ID_BITS, SALTS, TILE, Watermarker
+from zguard.provenance.watermark import AMPLITUDE, TILE, Watermarker
 
 CHANNELS = 3
 
@@ -33,17 +31,13 @@ def embed_tensor(
 
     `pixels` is a uint8 RGB tensor, channels first (3, H, W) or last (H, W, 3); a first dimension
     of 3 means channels first."""
-    if not 0 <= watermark_id < 1 << ID_BITS:
-        raise ValueError("the watermark id must fit in 64 bits")
     if not isinstance(pixels, torch.Tensor) or pixels.dtype != torch.uint8:
         raise TypeError("the pixels must be a uint8 torch tensor")
     if pixels.ndim != CHANNELS or CHANNELS not in (pixels.shape[0], pixels.shape[-1]):
         raise ValueError(f"the pixels must be shaped (3, H, W) or (H, W, 3), not {tuple(pixels.shape)}")
     channels_first = pixels.shape[0] == CHANNELS
     h, w = pixels.shape[1:] if channels_first else pixels.shape[:2]
-    salt = secrets.randbelow(SALTS) if salt is None else salt
-    oy, ox = (secrets.randbelow(TILE), secrets.randbelow(TILE)) if offset is None else offset
-    tile = np.roll(watermarker.tile(watermark_id, salt), (oy, ox), axis=(0, 1))
+    tile = watermarker.placed_tile(watermark_id, salt, offset)
     reps = (-(-h // TILE), -(-w // TILE))
     # Scaled and widened at tile size, then repeated: one full-size pass fewer than after.
     delta = (torch.from_numpy(tile).to(pixels.device, torch.int16) * AMPLITUDE).repeat(reps)[:h, :w]

@@ -65,6 +65,13 @@ def test_the_list_decoder_keeps_the_right_path_when_the_best_one_is_wrong() -> N
     assert rescued >= 3  # noise at which Viterbi alone fails often; the list finds several
 
 
+def test_a_salt_outside_the_keyed_patterns_is_refused() -> None:
+    with pytest.raises(ValueError, match="salt"):
+        Watermarker(KEY).embed(picture(64), WATERMARK_ID, salt=16)
+    with pytest.raises(ValueError, match="64 bits"):
+        Watermarker(KEY).embed(picture(64), 1 << 64)
+
+
 def test_round_trip_at_psnr_above_42_db(marked: Image.Image) -> None:
     found = Watermarker(KEY).detect(marked)
     assert found is not None
