@@ -4,6 +4,7 @@ else runs the real demo pipeline."""
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from collections.abc import Callable
@@ -50,3 +51,13 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         time.sleep(0.005)
+
+
+def encode_png(images: list[Image.Image], _fmt: str = "png", _quality: int = 0) -> list[bytes]:
+    """Each image as PNG bytes: the `encode` callback `ProvenanceMarker.mark` takes, for tests."""
+    blobs = []
+    for image in images:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        blobs.append(buffer.getvalue())
+    return blobs

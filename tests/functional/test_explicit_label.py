@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.common.engines import encode_png
 from tests.common.fonts import LATIN_ONLY, require_fonts
 from zguard.config import ProvenanceSettings
 from zguard.provenance.marking import ProvenanceMarker
@@ -43,7 +44,7 @@ def test_label_is_a_readable_box_in_its_corner(cjk_font: str, background: tuple[
 def test_marker_draws_the_label_before_the_watermark(cjk_font: str) -> None:
     section = ProvenanceSettings(explicit_label=True, explicit_label_font=cjk_font)
     marker = ProvenanceMarker.ephemeral(section)
-    [marked] = marker.mark([Image.new("RGB", (256, 256), (128, 128, 128))], "png", 90, "req-1", _png)
+    [marked] = marker.mark([Image.new("RGB", (256, 256), (128, 128, 128))], "png", 90, "req-1", encode_png)
     image = Image.open(io.BytesIO(marked.blob)).convert("RGB")
     corner = np.asarray(image, np.int16)[-30:, -60:]
     assert (corner.sum(axis=-1) < 20).sum() > 100  # the dark box is there, under the watermark
@@ -52,12 +53,3 @@ def test_marker_draws_the_label_before_the_watermark(cjk_font: str) -> None:
 def test_a_font_without_the_glyphs_is_refused(cjk_font: str) -> None:
     with pytest.raises(FontNotFound, match="cannot draw"):
         VisibleLabel.from_settings(ProvenanceSettings(explicit_label=True, explicit_label_font=str(LATIN_ONLY)))
-
-
-def _png(images: list[Image.Image], fmt: str, quality: int) -> list[bytes]:
-    out = []
-    for image in images:
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        out.append(buffer.getvalue())
-    return out

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.common.engines import encode_png
 from zguard.config import ProvenanceSettings
 from zguard.provenance.marking import DeviceMarks, Placement, ProvenanceMarker
 from zguard.provenance.watermark import Watermarker
@@ -30,15 +31,6 @@ def marker(mode: str, *, watermark: bool = True, explicit_label: bool = False) -
         embed_on_device=mode, watermark=watermark, implicit_label=False, explicit_label=explicit_label
     )
     return ProvenanceMarker(section, Watermarker(KEY), None, Unlabelled() if explicit_label else None)  # type: ignore[arg-type]
-
-
-def png(images: list[Image.Image], _fmt: str, _quality: int) -> list[bytes]:
-    blobs = []
-    for image in images:
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        blobs.append(buffer.getvalue())
-    return blobs
 
 
 def pixels(blob: bytes) -> np.ndarray[Any, Any]:
@@ -90,7 +82,7 @@ def test_ids_come_from_the_device_marks_and_unapplied_images_are_marked_here() -
     marks = m.device_marks(2, "cpu")
     assert marks is not None
     images = generated(2)
-    marked = m.mark(images, "png", 90, "req-1", png, device_marks=marks)  # the engine applied none
+    marked = m.mark(images, "png", 90, "req-1", encode_png, device_marks=marks)  # the engine applied none
 
     wm = Watermarker(KEY)
     for image, result, placement in zip(images, marked, marks.placements, strict=True):
@@ -108,7 +100,7 @@ def test_images_the_engine_marked_are_not_marked_twice() -> None:
     assert marks.applied == {0}
     engine_output = Image.fromarray(on_device.permute(1, 2, 0).contiguous().numpy())
 
-    [result] = m.mark([engine_output], "png", 90, "req-2", png, device_marks=marks)
+    [result] = m.mark([engine_output], "png", 90, "req-2", encode_png, device_marks=marks)
 
     assert result.watermark_id == "0000000000001234"
     expected = Watermarker(KEY).embed(image, 0x1234, salt=6, offset=(9, 70))
@@ -121,7 +113,7 @@ def test_more_images_than_the_job_had_fail() -> None:
     marks = m.device_marks(1, "cpu")
     assert marks is not None
     with pytest.raises(IndexError):
-        m.mark(generated(2), "png", 90, "req-3", png, device_marks=marks)
+        m.mark(generated(2), "png", 90, "req-3", encode_png, device_marks=marks)
 
 
 def test_placements_are_drawn_in_range() -> None:
