@@ -58,7 +58,7 @@ CELL = 2  # pixels per cell side
 CELLS = TILE // CELL  # cells per tile side
 SYNC_FRACTION = 4  # one cell in four synchronises
 SALTS = 16  # keyed patterns an image may carry
-AMPLITUDE = 2  # luminance levels added or removed per pixel
+MAX_DELTA = 6  # luminance levels a pixel may change by, at most (most change by 0-3)
 ID_BITS = 64
 MAC_BITS = 64
 MAX_CANDIDATES = 512  # MAC checks per decode, at most: the false-trace bound depends on it
@@ -91,6 +91,13 @@ class WatermarkFound:
 
 def new_watermark_id() -> int:
     return secrets.randbits(ID_BITS)
+
+
+def draw_placement(salt: int | None = None, offset: tuple[int, int] | None = None) -> tuple[int, tuple[int, int]]:
+    """An image's salt and cyclic tile offset (y, x): drawn at random, unless given."""
+    salt = secrets.randbelow(SALTS) if salt is None else salt
+    offset = (secrets.randbelow(TILE), secrets.randbelow(TILE)) if offset is None else offset
+    return salt, offset
 
 
 def _parity(x: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
@@ -249,8 +256,10 @@ class Watermarker:
         msg = b"zguard/watermark/v1/mac" + bytes([salt]) + watermark_id.to_bytes(8, "big")
         return int.from_bytes(hmac.new(self._key, msg, hashlib.sha256).digest()[: MAC_BITS // 8], "big")
 
-    def tile(self, watermark_id: int, salt: int) -> npt.NDArray[np.int8]:
-        """The ±1 pixel tile (TILE×TILE) for `watermark_id` under `salt`."""
+    def layout(self, watermark_id: int, salt: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+        """The tile's cells (CELLS×CELLS) for `watermark_id` under `salt`: each cell's sign (its
+        keyed chip, times its coded bit's ±1 for a payload cell) and the coded bit it carries
+        (-1 for a synchronisation cell). What the embedder spends its budget on."""
         if not 0 <= watermark_id < 1 << ID_BITS:
             raise ValueError("the watermark id must fit in 64 bits")
         if not 0 <= salt < SALTS:
@@ -258,19 +267,8 @@ class Watermarker:
         payload = np.concatenate([_bits(watermark_id, ID_BITS), _bits(self.mac(salt, watermark_id), MAC_BITS)])
         coded = conv_encode(payload)
         chips, sync, assign = self._patterns
-        signs = np.where(sync[salt], 1.0, 1.0 - 2.0 * coded[np.maximum(assign[salt], 0)])
-        cells = (chips[salt] * signs).astype(np.int8)
-        return np.repeat(np.repeat(cells, CELL, axis=0), CELL, axis=1)
-
-    def placed_tile(
-        self, watermark_id: int, salt: int | None = None, offset: tuple[int, int] | None = None
-    ) -> npt.NDArray[np.int8]:
-        """`tile` shifted cyclically by `offset` (y, x): what is repeated over an image from its
-        top-left corner. Salt and offset are drawn at random unless given. Shared by `embed` and
-        `watermark_torch.embed_tensor`, so both place the same mark."""
-        salt = secrets.randbelow(SALTS) if salt is None else salt
-        offset = (secrets.randbelow(TILE), secrets.randbelow(TILE)) if offset is None else offset
-        return np.roll(self.tile(watermark_id, salt), offset, axis=(0, 1))
+        signs = chips[salt] * np.where(sync[salt], 1.0, 1.0 - 2.0 * coded[np.maximum(assign[salt], 0)])
+        return signs, np.where(sync[salt], -1, assign[salt])
 
     def embed(
         self,
@@ -280,14 +278,16 @@ class Watermarker:
         salt: int | None = None,
         offset: tuple[int, int] | None = None,
     ) -> Image.Image:
-        """Return an RGB copy of `image` carrying `watermark_id` (random salt and offset unless given)."""
-        tile = self.placed_tile(watermark_id, salt, offset)
-        rgb = np.asarray(image.convert("RGB"))
-        h, w = rgb.shape[:2]
-        reps = (-(-h // TILE), -(-w // TILE))
-        delta = (np.tile(tile, reps)[:h, :w] * AMPLITUDE).astype(np.int16)
-        out = rgb.astype(np.int16) + delta[..., None]
-        return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8), "RGB")
+        """Return an RGB copy of `image` carrying `watermark_id` (random salt and offset unless
+        given). The embedder is `watermark_torch.embed_tensor`, run here on the CPU: the engine
+        runs the same code on its device."""
+        import torch  # noqa: PLC0415 - the embedder is torch code; reading a mark never loads it
+
+        from zguard.provenance.watermark_torch import embed_tensor  # noqa: PLC0415
+
+        rgb = torch.from_numpy(np.array(image.convert("RGB")))
+        marked = embed_tensor(self, rgb, watermark_id, salt=salt, offset=offset)
+        return Image.fromarray(marked.numpy(), "RGB")
 
     def detect(self, image: Image.Image) -> WatermarkFound | None:
         """The mark under this key, or None. See the module docstring for the false-trace bound."""
@@ -388,7 +388,13 @@ def _tile_periods(r: FloatArray, count: int = 3) -> list[float]:
         return []
     top, left = (r.shape[0] - h) // 2, (r.shape[1] - w) // 2
     r = r[top : top + h, left : left + w]
-    auto = np.fft.fftshift(np.fft.irfft2(np.abs(np.fft.rfft2(r - r.mean())) ** 2, s=r.shape))
+    power = np.abs(np.fft.rfft2(r - r.mean())) ** 2
+    # Spectral whitening: the tile's repetition is a lattice of lines in the power spectrum, a
+    # texture's is a broad hump. Dividing by the locally smoothed spectrum keeps the lines and
+    # flattens the hump, so grass or gravel no longer outscore the tile's period.
+    smooth = np.fft.ifftshift(box_sum(np.fft.fftshift(power, axes=0), 3), axes=0) / 49.0
+    power /= smooth + 1e-9 * power.mean() + 1e-30
+    auto = np.fft.fftshift(np.fft.irfft2(power, s=r.shape))
     auto = auto - box_sum(auto, 3) / 49.0  # the content's autocorrelation is smooth: keep the spikes
     auto /= np.abs(auto).mean() + 1e-12
     coarse = np.arange(0.45 * TILE, 1.1 * TILE, 0.25)

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from zguard.provenance.watermark import (
-    AMPLITUDE,
     MAC_BITS,
     MAX_CANDIDATES,
+    MAX_DELTA,
     Watermarker,
     conv_encode,
     list_viterbi,
@@ -78,7 +78,7 @@ def test_round_trip_at_psnr_above_42_db(marked: Image.Image) -> None:
     assert (found.watermark_id, found.salt) == (WATERMARK_ID, 3)
     assert found.hex_id == "0123456789abcdef"
     error = np.asarray(marked, np.float64) - np.asarray(picture(), np.float64)
-    assert np.abs(error).max() <= AMPLITUDE
+    assert np.abs(error).max() <= MAX_DELTA
     assert 10 * np.log10(255**2 / (error**2).mean()) >= 42
 
 
