@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from zguard.provenance.watermark import CELL, MAX_DELTA, TILE, Watermarker, draw_placement
 
 CHANNELS = 3
-SYNC_AMPLITUDE = 1.6  # luminance levels, before the spatial factors
+SYNC_AMPLITUDE = (1.6, 2.4)  # luminance levels of the sync cells (before the spatial factors): least, most
+SYNC_Z = 14.0  # the sync peak's z-score the embedder aims for, unattacked, within SYNC_AMPLITUDE
 CONTRAST_EXPONENT = 0.3  # amplitude ∝ local standard deviation ** -this
 BLUR_KNEE = 6.0  # local standard deviation at which cells are half blurred, half sharp
 TARGET_MSE = 3.95  # RGB, before rounding; rounding adds ~1/12: PSNR ≈ 42.05 dB
@@ -89,6 +90,24 @@ def _margins(host: np.ndarray, gain: np.ndarray, pixels: np.ndarray, sync_energy
     return np.maximum(0.0, (low - host) / gain)  # type: ignore[no-any-return]
 
 
+def _sync_amplitude(white: torch.Tensor, sign_t: torch.Tensor, payload: torch.Tensor, payload_gain: float) -> float:
+    """The sync cells' level: the least that gives a predicted unattacked sync z-score of SYNC_Z,
+    within SYNC_AMPLITUDE. Most pictures get the least (their peak is strong anyway, and the
+    payload gets the rest); loud textures, whose peak the folded texture drowns, get more.
+
+    Prediction: the decoder's sync statistic at the right offset is (level · gain + host) / σ,
+    σ² = (sync cells) · (mean square of the folded, whitened picture's 2×2 cell sums); the
+    gain per level is the payload cells' gain per pixel times the sync pixels (same chips
+    statistics); the host term is the picture's own projection on the sync chips, cancelled
+    as for the payload bits."""
+    sync_pixels = float((~payload).sum())
+    gain = payload_gain * sync_pixels / max(float(payload.sum()), 1.0)
+    host = float((white * sign_t)[~payload].sum())
+    cells = white + white.roll(-1, 0) + white.roll(-1, 1) + white.roll((-1, -1), (0, 1))
+    sigma = float(torch.sqrt(sync_pixels / CELL**2 * (cells * cells).mean()))
+    return float(np.clip((SYNC_Z * sigma - host) / max(gain, 1e-9), *SYNC_AMPLITUDE))
+
+
 def informed_delta(
     watermarker: Watermarker, y: torch.Tensor, watermark_id: int, salt: int, offset: tuple[int, int]
 ) -> torch.Tensor:
@@ -122,15 +141,17 @@ def informed_delta(
     unit = shape(torch.where(payload, sign_t, 0.0))
     seen = unit - _box_mean(unit, 2)  # what the decoder's high-pass keeps of it
     inverse = 1.0 / contrast
-    host = per_bit(_fold(residual * inverse) * sign_t)  # > 0: the picture already helps the bit
+    white = _fold(residual * inverse)
+    host = per_bit(white * sign_t)  # > 0: the picture already helps the bit
     gain = np.maximum(per_bit(_fold(seen * inverse) * sign_t), 1e-9)
     energy = _fold(spatial * spatial)
     pixels = per_bit(energy)
-    sync_energy = float(energy[~payload].sum()) * SYNC_AMPLITUDE**2
+    sync_amplitude = _sync_amplitude(white, sign_t, payload, float(gain.sum()))
+    sync_energy = float(energy[~payload].sum()) * sync_amplitude**2
     amplitudes = _margins(host, gain, pixels, sync_energy, TARGET_MSE * 3 * LUMA_NORM * h * w)
 
     amp_t = torch.from_numpy(amplitudes).to(device, torch.float32)
-    tile = torch.where(payload, amp_t[bit_t.clamp(min=0)], SYNC_AMPLITUDE) * sign_t
+    tile = torch.where(payload, amp_t[bit_t.clamp(min=0)], sync_amplitude) * sign_t
     delta = shape(tile)
     return delta * float(np.sqrt(TARGET_MSE * 3 * LUMA_NORM / max(float((delta * delta).mean()), 1e-12)))
 
