@@ -3,11 +3,14 @@ period search on textured pictures. Robustness over 59 photographs is bench/benc
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from zguard.provenance import watermark_torch
 from zguard.provenance.watermark import MAX_DELTA, TILE, Watermarker, luminance, whiten
 from zguard.provenance.watermark import _tile_periods as tile_periods
 from zguard.provenance.watermark_torch import _margins as margins
@@ -94,3 +97,21 @@ def test_the_period_search_finds_a_rescaled_tile_under_loud_texture(seed: int) -
     small = marked.resize((364, 364), Image.Resampling.LANCZOS)  # 71%
     periods = tile_periods(whiten(luminance(np.asarray(small))))
     assert periods[0] == pytest.approx(364 / 512 * TILE, abs=0.3)
+
+
+def test_loud_texture_gets_stronger_sync_cells(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shading keeps the least sync level (its peak is strong anyway); loud texture, which drowns
+    the folded sync peak, gets more, within SYNC_AMPLITUDE."""
+    levels: list[float] = []
+    real = watermark_torch._sync_amplitude
+
+    def spy(*args: Any) -> float:
+        levels.append(real(*args))
+        return levels[-1]
+
+    monkeypatch.setattr(watermark_torch, "_sync_amplitude", spy)
+    Watermarker(KEY).embed(shaded(512), WATERMARK_ID, salt=2, offset=(3, 4))
+    Watermarker(KEY).embed(grass(512, 5), WATERMARK_ID, salt=2, offset=(3, 4))
+    least, most = watermark_torch.SYNC_AMPLITUDE
+    assert levels[0] == least
+    assert least < levels[1] <= most
