@@ -540,7 +540,7 @@ class ProvenanceSettings(_Section):
     )
     embed_on_device: Literal["auto", "always", "never"] = Field(
         "auto",
-        description="Where the watermark is added. `auto`: on the GPU when the model runs on CUDA, before the image leaves the device, else on the CPU after decoding; `always`: on the engine's device whatever it is (the CPU included: tests force the device path so); `never`: always on the CPU. The pixels are the same either way. With `explicit_label` on, the mark is always added on the CPU, after the label is drawn.",
+        description="Where the watermark is added. `auto`: on the GPU when the model runs on CUDA, before the image leaves the device, else on the CPU after decoding; `always`: on the engine's device whatever it is (the CPU included: tests force the device path so); `never`: always on the CPU. Both run the same embedder, so the mark is the same either way (on a GPU a float reduction in another order may move a rounding boundary by one level on a few pixels). With `explicit_label` on, the mark is always added on the CPU, after the label is drawn.",
     )
     implicit_label: bool = Field(
         True,
