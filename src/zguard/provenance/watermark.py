@@ -34,8 +34,8 @@ best paths, not only the best: where the best path is wrong the right one is usu
 behind, and the MAC tells them apart) → MAC check of each. Rescaled
 images: the tile repeats exactly, so the residual's autocorrelation peaks at the tile period on
 each axis (computed from the spectrally whitened power spectrum, so a texture's own broad
-spectrum does not outscore the tile's lines); its measured period gives the scale, and the whitened residual is resampled back before
-folding (one whitening per decode). Scale 1 and the halved image (×2, whitened after
+spectrum does not outscore the tile's lines); its measured period gives the scale, and the
+whitened residual is resampled back before folding (one whitening per decode). Scale 1 and the halved image (×2, whitened after
 resampling) are always tried.
 
 False traces. A result is returned only when the decoded 48-bit MAC equals
@@ -67,7 +67,7 @@ CELL = 2  # pixels per cell side
 CELLS = TILE // CELL  # cells per tile side
 SYNC_FRACTION = 4  # one cell in four synchronises
 SALTS = 16  # keyed patterns an image may carry
-MAX_DELTA = 6  # luminance levels a pixel may change by, at most (most change by 0-3)
+MAX_DELTA = 6  # levels any channel of any pixel may change by, at most (most change by 0-3)
 ID_BITS = 64
 MAC_BITS = 48
 MAX_CANDIDATES = 512  # MAC checks per decode, at most: the false-trace bound depends on it

@@ -69,7 +69,8 @@ def _box_mean(a: torch.Tensor, radius: int) -> torch.Tensor:
 
 
 def _fold(a: torch.Tensor) -> torch.Tensor:
-    """Sum the image's TILE×TILE blocks into one tile (zero-padded at the far edges)."""
+    """Sum the image's TILE×TILE blocks into one tile, zero-padded at the far edges (`watermark.fold`
+    in torch: the decoder keeps its numpy copy so that reading a mark never imports torch)."""
     h, w = a.shape
     padded = F.pad(a, (0, -w % TILE, 0, -h % TILE))
     return padded.reshape(padded.shape[0] // TILE, TILE, padded.shape[1] // TILE, TILE).sum(dim=(0, 2))
