@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 from zguard.provenance.labels import ImageFormat, embed_xmp, make_label, pixel_hash, xmp_packet
-from zguard.provenance.watermark import SALTS, TILE, Watermarker, new_watermark_id
+from zguard.provenance.watermark import Watermarker, draw_placement, new_watermark_id
 
 if TYPE_CHECKING:
     from typing import Any
@@ -55,7 +55,7 @@ class Placement:
     @classmethod
     def draw(cls) -> Placement:
         """A fresh random id, salt and offset, as `Watermarker.embed` draws them."""
-        return cls(new_watermark_id(), secrets.randbelow(SALTS), (secrets.randbelow(TILE), secrets.randbelow(TILE)))
+        return cls(new_watermark_id(), *draw_placement())
 
 
 class DeviceMarks:

@@ -67,6 +67,7 @@ CELL = 2  # pixels per cell side
 CELLS = TILE // CELL  # cells per tile side
 SYNC_FRACTION = 4  # one cell in four synchronises
 SALTS = 16  # keyed patterns an image may carry
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # BT.601: the luminance the mark lives in (JPEG's too)
 MAX_DELTA = 6  # levels any channel of any pixel may change by, at most (most change by 0-3)
 ID_BITS = 64
 MAC_BITS = 48
@@ -206,7 +207,7 @@ def luminance(rgb: npt.NDArray[np.uint8]) -> FloatArray:
     f = rgb.astype(np.float64)
     if f.ndim == 2:
         return f
-    return f[..., 0] * 0.299 + f[..., 1] * 0.587 + f[..., 2] * 0.114
+    return f[..., 0] * LUMA_WEIGHTS[0] + f[..., 1] * LUMA_WEIGHTS[1] + f[..., 2] * LUMA_WEIGHTS[2]
 
 
 def whiten(y: FloatArray) -> FloatArray:

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zguard.provenance.watermark import CELL, MAX_DELTA, TILE, Watermarker, draw_placement
+from zguard.provenance.watermark import CELL, LUMA_WEIGHTS, MAX_DELTA, TILE, Watermarker, draw_placement
 
 CHANNELS = 3
 SYNC_AMPLITUDE = (1.6, 2.4)  # luminance levels of the sync cells (before the spatial factors): least, most
@@ -51,10 +51,9 @@ SYNC_Z = 14.0  # the sync peak's z-score the embedder aims for, unattacked, with
 CONTRAST_EXPONENT = 0.3  # amplitude ∝ local standard deviation ** -this
 BLUR_KNEE = 6.0  # local standard deviation at which cells are half blurred, half sharp
 TARGET_MSE = 3.95  # RGB, before rounding; rounding adds ~1/12: PSNR ≈ 42.05 dB
-MAX_MSE = 255.0**2 / 10**4.201  # PSNR 42.01 dB: never exceeded (rescaled, once, where rounding would)
+MAX_MSE = 255.0**2 / 10**4.201  # PSNR 42.01 dB: never exceeded (rescaled down until rounding keeps within it)
 _BISECTIONS = 40
 _RESCALES = 4
-LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # BT.601: the decoder's luminance, and JPEG's
 LUMA_NORM = sum(w * w for w in LUMA_WEIGHTS)  # 0.447: a luminance delta D costs D²/(3·0.447) of RGB MSE
 
 
@@ -119,7 +118,7 @@ def informed_delta(
     watermarker: Watermarker, y: torch.Tensor, watermark_id: int, salt: int, offset: tuple[int, int]
 ) -> torch.Tensor:
     """The real-valued luminance delta (float32, H×W) carrying `watermark_id` on luminance `y`,
-    scaled to the RGB budget once `_rounded` splits it over the channels."""
+    scaled to the RGB budget once `_channel_deltas` splits it over the channels."""
     h, w = y.shape
     device = y.device
     signs, bits = watermarker.layout(watermark_id, salt)  # per cell: ±1 (chip × coded bit), bit or -1
