@@ -34,7 +34,7 @@ format: install
 
 # Regenerate docs/openapi.json and docs/settings.md from the code (tests fail when they drift).
 docs: install
-	$(BIN)/python -m zguard.docs
+	$(BIN)/python -m zguard.cli.docs
 
 bench: install
 	$(BIN)/python bench/bench_generation.py

@@ -112,12 +112,12 @@ from zguard.audit.verify import verify_store
 from zguard.config import ListenerSettings, Settings
 from zguard.engine import GenerationJob, ModelInfo
 from zguard.errors import InvalidApiKey, TooManyFailedLogins
-from zguard.listeners import bind, listen_socket, listener_config
-from zguard.runtime import build_auth, build_runtime
 from zguard.security.keys import KEY_BYTES
 from zguard.security.passwords import DEFAULT_COST, hash_password, verify_password
 from zguard.security.rbac import Permission
 from zguard.security.tokens import new_token, token_digest
+from zguard.serve.listeners import bind, listen_socket, listener_config
+from zguard.serve.wiring import build_auth, build_runtime
 from zguard.services.auth import BCRYPT_SLOTS, AuthService, RequestInfo
 from zguard.services.readiness import ModelState
 from zguard.store import migrate
@@ -788,13 +788,13 @@ def measure_http(
                 f"HTTP load ({client}): {len(scenarios)} scenarios x {rounds} rounds x {secs} s, {connections} connections"
             )
             raw_results = load(client, port, scenarios, rounds, seconds, connections)
-        # The same /healthz on a socket made by zguard.listeners.bind, as `zguard serve` makes it.
+        # The same /healthz on a socket made by zguard.serve.listeners.bind, as `zguard serve` makes it.
         free = socket.socket()
         free.bind(("127.0.0.1", 0))
         listener = ListenerSettings(host="127.0.0.1", port=int(free.getsockname()[1]))
         free.close()
         with http_server(app, bind(listener, "api")) as port:
-            log(f"HTTP load ({client}): /healthz on a socket from zguard.listeners.bind")
+            log(f"HTTP load ({client}): /healthz on a socket from zguard.serve.listeners.bind")
             serve_bind = load(client, port, scenarios[:1], 1, seconds, connections)["healthz_200"]
     finally:
         runtime.worker.stop(timeout=10)
@@ -833,7 +833,7 @@ def measure_http(
             result["scenarios"][name]["latency_ms_p99_median"] = raw_results[name]["latency_ms_p99_median"]
     bind_rps = statistics.median(serve_bind["rps"])
     result["healthz_on_zguard_serve_socket"] = {
-        "what": "GET /healthz, the same app, on a listening socket made by zguard.listeners.bind (proto 0): "
+        "what": "GET /healthz, the same app, on a listening socket made by zguard.serve.listeners.bind (proto 0): "
         "asyncio then leaves TCP_NODELAY off on accepted connections",
         "rps_median": round(bind_rps, 1),
         "ms_per_request_per_connection": round(1000 * connections / bind_rps, 2) if bind_rps else None,

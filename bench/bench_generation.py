@@ -95,10 +95,10 @@ from zguard.config import Settings
 from zguard.engine import GenerationJob, ModelInfo
 from zguard.engine.demo import write_demo_model
 from zguard.engine.pipeline import DiffusersEngine
-from zguard.listeners import listen_socket, listener_config
-from zguard.runtime import build_auth, build_runtime, open_store
 from zguard.schemas import ImageData, ImageGenerationResponse, OutputFormat, ZguardMeta
 from zguard.security.tokens import new_token, token_digest
+from zguard.serve.listeners import listen_socket, listener_config
+from zguard.serve.wiring import build_auth, build_runtime, open_store
 from zguard.services.admin import load_token_key, token_key_path
 from zguard.services.images import encode_images
 from zguard.services.readiness import ModelState
@@ -224,7 +224,7 @@ class TimedApp:
 def http_server(app: ASGIApp) -> Iterator[str]:
     """Serve `app` with uvicorn on a free loopback port in a thread; yield its base URL.
 
-    The uvicorn options are those of `zguard.server.serve`, and like it the server runs on a
+    The uvicorn options are those of `zguard.serve.lifecycle.serve`, and like it the server runs on a
     plain `asyncio.run` loop with the default HTTP implementation.
     """
     sock = listen_socket("127.0.0.1", 0)  # made exactly as `zguard serve` makes its own

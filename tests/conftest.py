@@ -17,7 +17,7 @@ import pytest
 from tests.common.factories import api_client, make_settings, ready_runtime
 from zguard.config import Settings
 from zguard.engine.pipeline import DiffusersEngine
-from zguard.runtime import Runtime
+from zguard.serve.wiring import Runtime
 
 
 @pytest.fixture(scope="session")

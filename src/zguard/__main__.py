@@ -1,5 +1,5 @@
 import sys
 
-from zguard.cli import main
+from zguard.cli.main import main
 
 sys.exit(main())

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from zguard.cli import main
+from zguard.cli.main import main
 from zguard.settings_loader import load_settings
 
 

@@ -13,7 +13,7 @@ from zguard.app.console import create_console_app
 from zguard.audit import AuditSink
 from zguard.config import Settings
 from zguard.engine import ImageEngine
-from zguard.runtime import Runtime, build_runtime
+from zguard.serve.wiring import Runtime, build_runtime
 from zguard.services.auth import AuthService
 from zguard.services.readiness import ModelState
 

@@ -17,7 +17,7 @@ import httpx
 import uvicorn
 
 from tests.common.factories import free_port
-from zguard.listeners import listener_config
+from zguard.serve.listeners import listener_config
 
 
 class ZguardProcess:

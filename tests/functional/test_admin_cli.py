@@ -1,4 +1,4 @@
-"""The admin commands, run in-process through `zguard.cli.main`: init, user, token, role.
+"""The admin commands, run in-process through `zguard.cli.main.main`: init, user, token, role.
 
 Every test runs on a SQLite file in tmp_path; the main path (init, user add, token create,
 revoke) also on PostgreSQL, in a schema of its own (skipped when the server is unreachable,
@@ -21,9 +21,9 @@ from sqlalchemy.engine import URL
 
 from tests.common.cli import ZguardCli
 from tests.common.databases import database_url_for
-from zguard import admin_cli
 from zguard.audit import MemoryAuditSink
-from zguard.cli import main
+from zguard.cli import admin as admin_cli
+from zguard.cli.main import main
 from zguard.security.passwords import verify_password
 from zguard.security.tokens import looks_like_token, token_digest
 from zguard.settings_loader import load_settings

@@ -1,4 +1,4 @@
-"""`zguard audit ...`, run in-process through `zguard.cli.main` against real databases.
+"""`zguard audit ...`, run in-process through `zguard.cli.main.main` against real databases.
 
 Each test gets a SQLite file in tmp_path (verify and purge also a PostgreSQL schema), migrated
 with `zguard db upgrade`, and writes events through an `AuditStore` opened the way `serve` opens
@@ -22,13 +22,13 @@ from sqlalchemy.engine import URL
 from tests.common.aged_events import DAY_S, append_aged
 from tests.common.cli import ZguardCli
 from tests.common.databases import database_url_for
-from zguard import audit_cli
 from zguard.audit.chain import load_public_key
 from zguard.audit.formats import CSV_COLUMNS
 from zguard.audit.retention import purge
 from zguard.audit.setup import archive_dir, open_audit_store, prompt_capture, signing_key_path
 from zguard.audit.store import AuditStore
-from zguard.cli import main
+from zguard.cli import audit as audit_cli
+from zguard.cli.main import main
 from zguard.store.database import create_store_engine, database_url
 
 backends = pytest.mark.parametrize(

@@ -22,7 +22,7 @@ from zguard.audit.prompts import PromptCapture, load_x25519_private, load_x25519
 from zguard.audit.trail import AuditTrail
 from zguard.audit.verify import verify_store
 from zguard.engine.pipeline import DiffusersEngine
-from zguard.runtime import Runtime, build_auth
+from zguard.serve.wiring import Runtime, build_auth
 
 PROMPT = "zebra-striped lighthouse 斑马灯塔-canary-7f3a"
 GENERATE = {"prompt": PROMPT, "size": "64x64", "num_inference_steps": 2, "seed": 7}
@@ -53,7 +53,7 @@ def _runtime(
 
 
 def ready_runtime_with(settings: Any, engine: Any, trail: AuditTrail, capture: PromptCapture) -> Runtime:
-    from zguard.runtime import build_runtime
+    from zguard.serve.wiring import build_runtime
     from zguard.services.readiness import ModelState
 
     runtime = build_runtime(settings, engine, audit=trail, prompts=capture)

@@ -1,7 +1,7 @@
 """Authentication and authorization through the real apps, over a real principal store.
 
 Every test drives `create_api_app` / `create_console_app` through `httpx.ASGITransport` with an
-`AuthService` built by `zguard.runtime.build_auth` over a migrated state database (a SQLite file;
+`AuthService` built by `zguard.serve.wiring.build_auth` over a migrated state database (a SQLite file;
 the token lifecycle tests also run on PostgreSQL, marked `integration`). Changes an operator makes
 (revoke, disable, role or password change) go through a *second* `PrincipalStore` on the same
 database, as `zguard token revoke` in another process would. Where a test needs time to pass,
@@ -40,10 +40,10 @@ from zguard.audit import MemoryAuditSink
 from zguard.config import Settings
 from zguard.engine.pipeline import DiffusersEngine
 from zguard.errors import PermissionDenied
-from zguard.runtime import Runtime, build_auth
 from zguard.security.passwords import cost_of, hash_password, verify_password
 from zguard.security.rbac import BUILTIN_ROLES, Permission
 from zguard.security.tokens import new_token, token_digest
+from zguard.serve.wiring import Runtime, build_auth
 from zguard.services.auth import BCRYPT_SLOTS, INVALID, AuthService, RequestInfo
 from zguard.settings_loader import load_settings
 from zguard.store import migrate

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from zguard.cli import main
+from zguard.cli.main import main
 
 REPO = Path(__file__).resolve().parents[2]
 

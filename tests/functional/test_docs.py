@@ -10,7 +10,7 @@ import pytest
 from tests.common.engines import GatedEngine
 from tests.common.factories import api_client, make_settings, ready_runtime
 from zguard import errors
-from zguard.docs import render_openapi, render_settings_reference
+from zguard.cli.docs import render_openapi, render_settings_reference
 from zguard.settings_loader import iter_settings_fields
 
 REPO = Path(__file__).resolve().parents[2]

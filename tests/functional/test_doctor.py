@@ -16,11 +16,11 @@ from tests.common.audit import audit_trail, sqlite_url
 from tests.common.engines import GatedEngine
 from tests.common.factories import api_client, make_settings
 from zguard.audit.prompts import PromptCapture
-from zguard.cli import main
-from zguard.doctor import EXIT_BY_SEVERITY, Host, report, run_checks
+from zguard.cli.doctor import EXIT_BY_SEVERITY, Host, report, run_checks
+from zguard.cli.main import main
 from zguard.integrity.storage import Finding, Identity
-from zguard.runtime import build_auth, build_runtime
 from zguard.security.passwords import hash_password
+from zguard.serve.wiring import build_auth, build_runtime
 from zguard.services.readiness import ModelState
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32

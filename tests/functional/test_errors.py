@@ -24,7 +24,7 @@ from tests.common.engines import GatedEngine
 from tests.common.factories import api_client, console_client, make_settings, ready_runtime
 from zguard.config import Settings
 from zguard.engine import GenerationJob, ImageEngine, ModelInfo
-from zguard.runtime import Runtime
+from zguard.serve.wiring import Runtime
 from zguard.services.readiness import ModelState
 
 pytestmark = pytest.mark.anyio

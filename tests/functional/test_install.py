@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.common.systemd import require_root, verify
-from zguard.cli import main
+from zguard.cli.main import main
 from zguard.integrity.storage import Identity, model_permissions, secret_file_permissions, state_dir_permissions
 from zguard.ops.install import Accounts
 from zguard.settings_loader import load_settings

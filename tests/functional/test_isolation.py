@@ -27,7 +27,7 @@ from PIL import Image
 from tests.common.servers import ZguardProcess
 from zguard.config import Settings
 from zguard.errors import ConfigError
-from zguard.isolation import CACHE_ENV, CleanupRecord, ProcessIsolation, files_under
+from zguard.serve.isolation import CACHE_ENV, CleanupRecord, ProcessIsolation, files_under
 
 TOKEN = "quokka-lantern-zp7q"
 PROMPT = f"a {TOKEN} over a harbour at dusk, 袋鼠灯笼港口黄昏"
@@ -169,7 +169,7 @@ def test_isolation_points_temp_and_caches_into_the_runtime_dir_and_restores_them
 
 
 def test_runtime_dir_follows_systemd_then_the_setting(tmp_path: Path) -> None:
-    from zguard.isolation import runtime_dir
+    from zguard.serve.isolation import runtime_dir
 
     settings = Settings.model_validate({"state_dir": str(tmp_path)})
     assert runtime_dir(settings, {}) == tmp_path / "run"
@@ -183,7 +183,7 @@ def test_hardening_turns_core_dumps_off_and_the_process_non_dumpable() -> None:
     A served process's own limit is read from /proc above; its dumpable flag is not shown in /proc."""
     code = (
         "import ctypes, resource\n"
-        "from zguard.isolation import disable_core_dumps\n"
+        "from zguard.serve.isolation import disable_core_dumps\n"
         "assert disable_core_dumps() == []\n"
         "print(resource.getrlimit(resource.RLIMIT_CORE), ctypes.CDLL(None).prctl(3, 0, 0, 0, 0))\n"
     )

@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from zguard.cli import main
+from zguard.cli.main import main
 from zguard.integrity.manifest import (
     MANIFEST_FILE,
     FileEntry,
@@ -164,8 +164,8 @@ def test_progress_bar_and_log_lines_for_large_models(caplog: pytest.LogCaptureFi
     import io
     import logging
 
+    from zguard.cli.model import ProgressBar
     from zguard.engine.pipeline import LoadProgress
-    from zguard.model_cli import ProgressBar
 
     stream = io.StringIO()
     bar = ProgressBar(stream, "hashing")

@@ -15,8 +15,8 @@ from tests.common.factories import api_client, make_settings
 from tests.common.servers import ZguardProcess
 from zguard.engine.pipeline import DiffusersEngine
 from zguard.integrity.manifest import MANIFEST_FILE
-from zguard.runtime import build_runtime
-from zguard.server import EXIT_MODEL_FAILED
+from zguard.serve.lifecycle import EXIT_MODEL_FAILED
+from zguard.serve.wiring import build_runtime
 from zguard.services.readiness import ModelState
 
 WEIGHTS = "transformer/diffusion_pytorch_model.safetensors"

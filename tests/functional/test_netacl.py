@@ -22,8 +22,8 @@ from tests.common.servers import ZguardProcess
 from tests.functional.test_errors import GENERATIONS, assert_error
 from zguard.app.netacl import NetworkAcl
 from zguard.audit import MemoryAuditSink
-from zguard.runtime import Runtime
 from zguard.security.netacl import NetworkAllowlist
+from zguard.serve.wiring import Runtime
 
 PERMISSION_ERROR = "permission_error"
 PROXY = "10.0.0.1"

@@ -96,7 +96,7 @@ def test_pickle_weights_are_refused(tmp_path: Path, demo_model_dir: Path) -> Non
 def test_http_side_never_imports_torch_or_diffusers() -> None:
     code = (
         "import sys, json\n"
-        "import zguard.app.api, zguard.app.console, zguard.services.images, zguard.server, zguard.cli, zguard.docs\n"
+        "import zguard.app.api, zguard.app.console, zguard.services.images, zguard.serve.lifecycle, zguard.cli.main, zguard.cli.docs\n"
         "print(json.dumps(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules)))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)

@@ -16,7 +16,7 @@ from tests.common.factories import api_client, make_settings, ready_runtime
 from zguard.audit import MemoryAuditSink
 from zguard.errors import PromptRejected
 from zguard.policy.verdict import term_id
-from zguard.runtime import Runtime
+from zguard.serve.wiring import Runtime
 
 pytestmark = pytest.mark.anyio
 

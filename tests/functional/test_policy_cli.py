@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from tests.common.servers import ZguardProcess
-from zguard.cli import main
-from zguard.policy_cli import EXIT_BLOCKED, EXIT_CONFIG, EXIT_NO_SERVER, EXIT_OK
+from zguard.cli.main import main
+from zguard.cli.policy import EXIT_BLOCKED, EXIT_CONFIG, EXIT_NO_SERVER, EXIT_OK
 
 
 def config(tmp_path: Path, lists: list[Path] | None = None, **policy: object) -> str:

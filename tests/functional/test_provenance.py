@@ -18,11 +18,11 @@ from tests.common.audit import audit_trail, sqlite_url
 from tests.common.factories import api_client, make_settings, post_generation
 from zguard.audit.prompts import PromptCapture
 from zguard.audit.trail import AuditTrail
-from zguard.cli import main
+from zguard.cli.main import main
 from zguard.engine.pipeline import DiffusersEngine
 from zguard.provenance.labels import NAMESPACE
 from zguard.provenance.marking import ProvenanceMarker
-from zguard.runtime import Runtime, build_runtime
+from zguard.serve.wiring import Runtime, build_runtime
 from zguard.services.readiness import ModelState
 
 pytestmark = pytest.mark.anyio
@@ -177,8 +177,8 @@ async def test_api_trace_takes_raw_or_base64_uploads_and_records_the_trace(
     state: Path, demo_engine: DiffusersEngine, trail: AuditTrail
 ) -> None:
     from tests.functional.test_auth import bearer  # the suite's helpers
-    from zguard.runtime import build_auth
     from zguard.security.tokens import new_token, token_digest
+    from zguard.serve.wiring import build_auth
     from zguard.store.principals import PrincipalStore
 
     request_id, blob = await _generate(state, demo_engine, trail)

@@ -23,8 +23,8 @@ from tests.common.factories import api_client, console_client, make_settings
 from tests.functional.test_errors import GENERATIONS, assert_error, assert_retry_after, eventually
 from zguard.audit import MemoryAuditSink
 from zguard.config import Settings
-from zguard.runtime import Runtime, build_runtime
 from zguard.security.passwords import hash_password
+from zguard.serve.wiring import Runtime, build_runtime
 from zguard.services.ratelimit import RateLimitService
 from zguard.services.readiness import ModelState
 

@@ -8,8 +8,8 @@ import pytest
 
 from tests.common.engines import GatedEngine
 from tests.common.factories import api_client, make_settings
-from zguard.runtime import build_runtime
-from zguard.server import load_and_warm_up
+from zguard.serve.lifecycle import load_and_warm_up
+from zguard.serve.wiring import build_runtime
 from zguard.services.readiness import ModelState
 
 pytestmark = pytest.mark.anyio

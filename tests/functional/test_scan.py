@@ -1,4 +1,4 @@
-"""`zguard scan` through `zguard.cli.main`, on a real SQLite state database and a small pinned model directory.
+"""`zguard scan` through `zguard.cli.main.main`, on a real SQLite state database and a small pinned model directory.
 
 The OSV fixture marks the PyYAML version installed in this environment as vulnerable, so the
 dependency check is exercised against what is really installed.
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from zguard.audit.setup import open_audit_store
-from zguard.cli import main
+from zguard.cli.main import main
 from zguard.integrity.manifest import pin
 from zguard.security.passwords import hash_password
 from zguard.settings_loader import load_settings

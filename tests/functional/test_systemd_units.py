@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.common.systemd import require_systemd_analyze, security, verify
-from zguard.cli import main
+from zguard.cli.main import main
 from zguard.ops.install import Layout
 from zguard.ops.units import SCAN_SERVICE, SCAN_TIMER, SERVICE, UNIT_NAMES, render_unit, unit_template
 
@@ -121,7 +121,7 @@ MDWE_RUNNER = """
 import ctypes, sys
 if ctypes.CDLL(None, use_errno=True).prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN
     sys.exit(77)
-from zguard.cli import main
+from zguard.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -18,8 +18,8 @@ from tests.common.servers import ZguardProcess
 from zguard.config import ApiSettings, ConsoleSettings, Settings
 from zguard.errors import ConfigError
 from zguard.integrity.storage import secret_files
-from zguard.listeners import example_call, listener_tls
 from zguard.security.tls import MINIMUM_VERSION
+from zguard.serve.listeners import example_call, listener_tls
 
 pytestmark = pytest.mark.slow
 

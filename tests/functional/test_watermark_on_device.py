@@ -19,7 +19,7 @@ from zguard.engine import GenerationJob
 from zguard.engine.pipeline import DiffusersEngine
 from zguard.provenance.marking import DeviceMarks, Placement, ProvenanceMarker
 from zguard.provenance.watermark import Watermarker
-from zguard.runtime import build_runtime
+from zguard.serve.wiring import build_runtime
 from zguard.services.readiness import ModelState
 
 pytestmark = pytest.mark.anyio

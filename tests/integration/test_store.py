@@ -22,7 +22,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError
 
 from tests.common.databases import database_url_for
-from zguard.cli import main
+from zguard.cli.main import main
 from zguard.store import migrate
 from zguard.store.database import create_store_engine
 from zguard.store.errors import PrincipalExists, PrincipalNotFound, SchemaNotCurrent, TokenExists, TokenNotFound

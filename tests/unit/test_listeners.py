@@ -1,4 +1,4 @@
-"""`zguard.listeners`: which settings `zguard serve` refuses to start with, and what it says; the
+"""`zguard.serve.listeners`: which settings `zguard serve` refuses to start with, and what it says; the
 listening socket."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 
 from zguard.config import Settings
 from zguard.errors import ConfigError
-from zguard.listeners import check_safe
+from zguard.serve.listeners import check_safe
 
 
 def refusals(**sections: Any) -> list[str]:
@@ -67,7 +67,7 @@ def test_every_problem_of_both_listeners_reported_at_once() -> None:
 def test_listening_socket_is_tcp_so_asyncio_sets_nodelay() -> None:
     import socket
 
-    from zguard.listeners import listen_socket
+    from zguard.serve.listeners import listen_socket
 
     sock = listen_socket("127.0.0.1", 0)
     try:

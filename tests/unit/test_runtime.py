@@ -1,4 +1,4 @@
-"""`zguard.runtime`: the demo token issued on the demo model's first start."""
+"""`zguard.serve.wiring`: the demo token issued on the demo model's first start."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def test_demo_token_printed_on_a_terminal_only(tmp_path: Path, monkeypatch: pyte
     import io
     import re
 
-    from zguard.runtime import issue_demo_token
+    from zguard.serve.wiring import issue_demo_token
     from zguard.store.database import create_store_engine
     from zguard.store.migrate import upgrade
     from zguard.store.principals import PrincipalStore

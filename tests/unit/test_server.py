@@ -1,4 +1,4 @@
-"""`zguard.server`: how `serve` handles stop signals."""
+"""`zguard.serve.lifecycle`: how `serve` handles stop signals."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ class _FakeServer:
 def test_stop_signals_first_drains_second_forces_duplicate_ignored() -> None:
     import signal
 
-    from zguard.server import StopSignals
+    from zguard.serve.lifecycle import StopSignals
     from zguard.services.readiness import ModelState, Readiness
 
     now = [100.0]

@@ -37,7 +37,7 @@ PROC = Path("/proc")
 SYS = Path("/sys")
 MAX_SHOWN = 5  # offending paths named in one finding
 MAX_DM_DEPTH = 16
-DEMO_TOKEN_FILE = "demo-token"  # noqa: S105 - zguard.runtime.DEMO_TOKEN_FILE (a file name); server imports us
+DEMO_TOKEN_FILE = "demo-token"  # noqa: S105 - zguard.serve.wiring.DEMO_TOKEN_FILE (a file name); server imports us
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,9 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from zguard import admin_cli
 from zguard.audit import AuditEvent
 from zguard.audit.chain import SigningKeyError, load_public_key
+from zguard.cli import admin as admin_cli
 from zguard.config import Settings
 from zguard.integrity.manifest import verify
 from zguard.ops import osv

@@ -41,7 +41,7 @@ from zguard.integrity.storage import (
     storage_encryption,
     worst,
 )
-from zguard.isolation import CleanupRecord, cleanup_record_path, files_under, runtime_dir
+from zguard.serve.isolation import CleanupRecord, cleanup_record_path, files_under, runtime_dir
 
 EXIT_BY_SEVERITY = {"pass": 0, "warn": 1, "fail": 2}
 EXIT_NOT_FOUND = 2

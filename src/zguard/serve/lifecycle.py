@@ -4,7 +4,7 @@ Start-up order: validate settings and refuse unsafe ones, bind both sockets (so 
 reported before any model work), start serving (`/healthz` answers, `/readyz` says loading),
 load the model and warm it up in the worker thread, then report ready. SIGTERM/SIGINT stop
 both listeners from accepting, let in-flight requests finish within the grace period, and exit 0.
-What runs is built by `zguard.runtime`; how each listener listens is `zguard.listeners`.
+What runs is built by `zguard.serve.wiring`; how each listener listens is `zguard.serve.listeners`.
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ from zguard.config import Settings
 from zguard.engine import GenerationJob, ImageEngine
 from zguard.errors import ConfigError
 from zguard.integrity.manifest import ManifestError
-from zguard.listeners import Listener, bind, check_safe, example_call, listener_config, listener_tls
-from zguard.pidfile import remove_pid_file, write_pid_file
 from zguard.policy.holder import ReloadOnSignal
 from zguard.provenance.marking import ProvenanceMarker
-from zguard.runtime import (
+from zguard.serve.listeners import Listener, bind, check_safe, example_call, listener_config, listener_tls
+from zguard.serve.pidfile import remove_pid_file, write_pid_file
+from zguard.serve.wiring import (
     DEMO_WARNING,
     Runtime,
     build_auth,
@@ -48,7 +48,7 @@ from zguard.runtime import (
 from zguard.services.admin import load_token_key, token_key_path
 from zguard.services.readiness import ModelState, Readiness
 
-log = logging.getLogger("zguard.server")
+log = logging.getLogger("zguard.serve.lifecycle")
 
 
 def lifecycle_event(
@@ -170,7 +170,7 @@ def close_audit(settings: Settings, audit: AuditTrail, forwarder: Forwarder | No
         log.warning("audit events not yet delivered to syslog are sent after the next start (the outbox keeps them)")
 
 
-# --- host checks and zero persistence (zguard.integrity.storage, zguard.isolation) ----------
+# --- host checks and zero persistence (zguard.integrity.storage, zguard.serve.isolation) ----------
 
 
 def check_host(settings: Settings) -> None:
@@ -191,8 +191,8 @@ def check_host(settings: Settings) -> None:
 
 
 async def serve(settings: Settings, engine: ImageEngine | None = None) -> int:
-    """`_serve` inside the private runtime directory, with core dumps off (zguard.isolation)."""
-    from zguard.isolation import ProcessIsolation, harden_process
+    """`_serve` inside the private runtime directory, with core dumps off (zguard.serve.isolation)."""
+    from zguard.serve.isolation import ProcessIsolation, harden_process
 
     check_safe(settings)
     check_host(settings)

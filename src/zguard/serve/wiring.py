@@ -1,5 +1,5 @@
 """What `zguard serve` runs: the state store, the engine and the services wired around one audit
-sink. Tests, benchmarks and `zguard.docs` build a `Runtime` the same way, around their own engine."""
+sink. Tests, benchmarks and `zguard.cli.docs` build a `Runtime` the same way, around their own engine."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from zguard.store.database import create_store_engine, database_url
 from zguard.store.errors import SchemaNotCurrent
 from zguard.store.principals import PrincipalStore
 
-log = logging.getLogger("zguard.server")  # the name operators' log filters know from before the split
+log = logging.getLogger("zguard.serve.lifecycle")  # the name operators' log filters know from before the split
 DEMO_WARNING = (
     "SERVING THE DEMO MODEL: random weights, every image is noise. "
     "Set model.path (or ZGUARD_MODEL__PATH) to the Z-Image-Turbo directory to serve real images."

@@ -1,4 +1,4 @@
-"""Generate the published reference documents from the code: `python -m zguard.docs`.
+"""Generate the published reference documents from the code: `python -m zguard.cli.docs`.
 
 `docs/openapi.json` is the API contract (the live `/openapi.json` is off by default) and
 `docs/settings.md` the settings reference; tests fail when either drifts from the code.
@@ -15,7 +15,7 @@ from zguard.app.api import create_api_app
 from zguard.audit import MemoryAuditSink
 from zguard.config import Settings
 from zguard.engine import GenerationJob, ModelInfo
-from zguard.runtime import build_runtime
+from zguard.serve.wiring import build_runtime
 from zguard.settings_loader import iter_settings_fields
 
 if TYPE_CHECKING:

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zguard.admin_cli import EXIT_OK, EXIT_REFUSED, NOT_INITIALIZED_HINT, acting_user, run_on_database
 from zguard.audit.formats import body_of, event_line, parse_moment, printable, write_events
+from zguard.cli.admin import EXIT_OK, EXIT_REFUSED, NOT_INITIALIZED_HINT, acting_user, run_on_database
 from zguard.config import Settings
 from zguard.errors import ZguardError
 from zguard.settings_loader import load_settings

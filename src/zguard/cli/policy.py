@@ -17,8 +17,8 @@ import sys
 from collections.abc import Callable
 
 from zguard.errors import ConfigError
-from zguard.pidfile import pid_path, running_server
 from zguard.policy.holder import PolicyHolder, PolicyLoadError, build_policy
+from zguard.serve.pidfile import pid_path, running_server
 from zguard.settings_loader import load_settings
 
 EXIT_OK = 0

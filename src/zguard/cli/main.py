@@ -13,16 +13,16 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from zguard.admin_cli import add_admin_commands, run_on_database
-from zguard.audit_cli import add_audit_commands
+from zguard.cli.admin import add_admin_commands, run_on_database
+from zguard.cli.audit import add_audit_commands
+from zguard.cli.doctor import add_doctor_command
+from zguard.cli.install import add_install_command
+from zguard.cli.model import add_model_pin_commands
+from zguard.cli.policy import add_policy_commands
+from zguard.cli.provenance import add_provenance_commands
 from zguard.config import Settings
-from zguard.doctor import add_doctor_command
 from zguard.errors import ConfigError
-from zguard.model_cli import add_model_pin_commands
-from zguard.ops.install_cli import add_install_command
 from zguard.ops.scan import add_scan_command
-from zguard.policy_cli import add_policy_commands
-from zguard.provenance_cli import add_provenance_commands
 from zguard.settings_loader import load_settings, masked_settings
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _setup_logging(settings.log_level)
     from zguard.integrity.storage import refuse_readable_settings_file
-    from zguard.server import serve
+    from zguard.serve.lifecycle import serve
 
     refuse_readable_settings_file(getattr(args, "config", None))  # the rest of the host checks: serve()
 
@@ -69,7 +69,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    from zguard.listeners import check_safe
+    from zguard.serve.listeners import check_safe
 
     check_safe(settings)
     yaml.safe_dump(masked_settings(settings), sys.stdout, allow_unicode=True, sort_keys=False)

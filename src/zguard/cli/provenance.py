@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zguard.admin_cli import EXIT_OK, EXIT_REFUSED, NOT_INITIALIZED_HINT, acting_user, run_on_database
 from zguard.audit.formats import printable
+from zguard.cli.admin import EXIT_OK, EXIT_REFUSED, NOT_INITIALIZED_HINT, acting_user, run_on_database
 from zguard.settings_loader import load_settings
 
 if TYPE_CHECKING:

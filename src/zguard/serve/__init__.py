@@ -1,0 +1,1 @@
+"""The `zguard serve` process: wiring of services, listeners, isolation, the pid file and the lifecycle."""
