@@ -99,9 +99,10 @@ from zguard.schemas import ImageData, ImageGenerationResponse, OutputFormat, Zgu
 from zguard.security.tokens import new_token, token_digest
 from zguard.serve.listeners import listen_socket, listener_config
 from zguard.serve.wiring import build_auth, build_runtime, open_store
-from zguard.services.admin import load_token_key, token_key_path
+from zguard.services.admin import load_token_key
 from zguard.services.images import encode_images
 from zguard.services.readiness import ModelState
+from zguard.state_paths import token_key_file
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -400,7 +401,7 @@ def measure_generation(model_dir: Path, state_dir: Path, args: argparse.Namespac
     timed_engine = TimedEngine(engine)
     # As served: authentication on (a bearer token checked per request), every request one audit
     # event committed to the durable trail before its response (as `zguard serve` opens it).
-    store, token_key = open_store(settings), load_token_key(token_key_path(settings))
+    store, token_key = open_store(settings), load_token_key(token_key_file(settings))
     store.create_principal("bench", "service", roles=["generator"])
     issued = new_token()
     store.add_token("bench", token_hash=token_digest(issued.plaintext, token_key), prefix=issued.display_prefix)

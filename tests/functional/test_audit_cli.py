@@ -22,13 +22,14 @@ from sqlalchemy.engine import URL
 from tests.common.aged_events import DAY_S, append_aged
 from tests.common.cli import ZguardCli
 from tests.common.databases import database_url_for
-from zguard.audit.chain import load_public_key
 from zguard.audit.formats import CSV_COLUMNS
 from zguard.audit.retention import purge
-from zguard.audit.setup import archive_dir, open_audit_store, prompt_capture, signing_key_path
+from zguard.audit.setup import open_audit_store, prompt_capture
 from zguard.audit.store import AuditStore
 from zguard.cli import audit as audit_cli
 from zguard.cli.main import main
+from zguard.security.keys import load_public_key
+from zguard.state_paths import audit_archive_dir, audit_signing_key_file
 from zguard.store.database import create_store_engine, database_url
 
 backends = pytest.mark.parametrize(
@@ -137,7 +138,7 @@ def test_verify_names_each_kind_of_tampering(filled: Zguard, statement: str, kin
 def test_verify_with_another_public_key_finds_the_checkpoints_forged(filled: Zguard, tmp_path: Path) -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from zguard.audit.chain import public_pem
+    from zguard.security.keys import public_pem
 
     other = tmp_path / "other.pub.pem"
     other.write_text(public_pem(Ed25519PrivateKey.generate().public_key()))
@@ -157,7 +158,7 @@ def test_public_key_prints_the_signing_keys_public_half(filled: Zguard, tmp_path
     assert pem.startswith("-----BEGIN PUBLIC KEY-----")
     saved = tmp_path / "offhost.pem"
     saved.write_text(pem)
-    assert load_public_key(saved) == load_public_key(signing_key_path(filled.settings))
+    assert load_public_key(saved) == load_public_key(audit_signing_key_file(filled.settings))
     assert filled.ok("audit", "verify", "--public-key", str(saved)).startswith("audit trail intact")
 
 
@@ -332,7 +333,7 @@ def test_reveal_with_the_wrong_key_fails_cleanly(sealed: tuple[Zguard, str, Path
     assert "秘密" not in err
     assert zguard.events("audit.prompt_revealed") == []
     assert "not a usable X25519 private key" in zguard.refused(
-        "audit", "reveal", event_id, "--key", str(signing_key_path(zguard.settings))
+        "audit", "reveal", event_id, "--key", str(audit_signing_key_file(zguard.settings))
     )
     assert "no audit event" in zguard.refused(
         "audit", "reveal", "0" * 32, "--key", str(tmp_path / "other" / "auditor-prompt.pem")
@@ -367,7 +368,7 @@ def test_purge_then_verify_and_verify_archive(zguard: Zguard) -> None:
 
     out = zguard.ok("audit", "purge")
     assert "archived 5 event(s) (1..5)" in out
-    (archive,) = archive_dir(zguard.settings).glob("*.jsonl")
+    (archive,) = audit_archive_dir(zguard.settings).glob("*.jsonl")
     assert str(archive) in out
     assert "purged through event 5" in zguard.ok("audit", "verify")
     assert ": intact: 5 event(s) 1..5" in zguard.ok("audit", "verify-archive", str(archive))
@@ -418,7 +419,7 @@ def test_purge_held_back_by_the_syslog_cursor_exits_2(zguard: Zguard) -> None:
     assert code == 2
     assert "nothing to purge" in out
     assert "syslog forwarder has delivered only through event 0" in err
-    assert list(archive_dir(zguard.settings).glob("*.jsonl")) == []
+    assert list(audit_archive_dir(zguard.settings).glob("*.jsonl")) == []
 
 
 # --- settings and parsing -------------------------------------------------------------------------

@@ -169,7 +169,7 @@ def test_isolation_points_temp_and_caches_into_the_runtime_dir_and_restores_them
 
 
 def test_runtime_dir_follows_systemd_then_the_setting(tmp_path: Path) -> None:
-    from zguard.serve.isolation import runtime_dir
+    from zguard.state_paths import runtime_dir
 
     settings = Settings.model_validate({"state_dir": str(tmp_path)})
     assert runtime_dir(settings, {}) == tmp_path / "run"

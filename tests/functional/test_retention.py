@@ -22,10 +22,10 @@ from tests.common.databases import database_url_for
 from zguard.audit.archive import verify_archive
 from zguard.audit.chain import chain_hash
 from zguard.audit.retention import PurgeRefused, RetentionJob, purge
-from zguard.audit.setup import archive_dir
 from zguard.audit.store import AuditStore
 from zguard.audit.verify import verify_store
 from zguard.config import Settings
+from zguard.state_paths import audit_archive_dir
 
 backends = pytest.mark.parametrize(
     "backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)], indirect=True
@@ -70,7 +70,7 @@ def public_key(store: AuditStore) -> Ed25519PublicKey:
 
 
 def archives(settings: Settings) -> list[Path]:
-    directory = archive_dir(settings)
+    directory = audit_archive_dir(settings)
     return sorted(directory.glob("*.jsonl")) if directory.exists() else []
 
 
@@ -89,7 +89,7 @@ def test_purge_archives_then_deletes_and_the_chain_still_verifies(settings: Sett
     assert (result.base_seq, result.through_seq, result.count, result.anchors) == (0, 10, 10, 0)
     assert result.archive is not None
     path = result.archive.path
-    assert path.parent == archive_dir(settings)
+    assert path.parent == audit_archive_dir(settings)
     assert path.stat().st_mode & 0o777 == 0o600
     assert path.parent.stat().st_mode & 0o777 == 0o700
     assert not list(path.parent.glob(".*.partial"))
@@ -213,14 +213,14 @@ def test_purge_refuses_a_tampered_chain_and_keeps_the_evidence(
     assert store.head().base_seq == 0
     assert [e.seq for e in store.iter_events()][:6] == [1, 2, 3, 4, 5, 6]
     assert archives(settings) == []
-    assert not list(archive_dir(settings).glob(".*.partial"))
+    assert not list(audit_archive_dir(settings).glob(".*.partial"))
     (failed,) = of_type(store, "audit.purge_failed")
     assert "edited at event 3" in str(failed["detail"])
 
 
 def test_purge_refuses_an_archive_directory_open_to_others(settings: Settings, store: AuditStore) -> None:
     append_aged(store, 2, days_ago=200)
-    directory = archive_dir(settings)
+    directory = audit_archive_dir(settings)
     directory.mkdir(parents=True)
     directory.chmod(0o755)
     with pytest.raises(PurgeRefused, match="chmod 700"):

@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 
 from tests.common.servers import ZguardProcess
-from zguard.audit.chain import load_public_key
 from zguard.audit.store import AuditStore
 from zguard.audit.verify import verify_store
+from zguard.security.keys import load_public_key
 from zguard.store.database import create_store_engine
 
 GENERATE = {"prompt": "a lighthouse at dawn", "size": "64x64", "num_inference_steps": 1}

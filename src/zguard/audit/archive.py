@@ -36,8 +36,9 @@ from typing import Any, NamedTuple
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from zguard.audit.chain import CHECKPOINT_TYPE, CheckpointSigner, canonical, chain_hash, checkpoint_valid, key_id
+from zguard.audit.chain import CHECKPOINT_TYPE, CheckpointSigner, canonical, chain_hash, checkpoint_valid
 from zguard.audit.verify import verify_rows
+from zguard.security.keys import key_id
 
 ARCHIVE_FORMAT = "zguard-audit-archive-v1"
 MANIFEST_CONTEXT = b"zguard-audit-archive-v1\n"

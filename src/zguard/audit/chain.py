@@ -1,4 +1,4 @@
-"""The hash chain and its signed checkpoints: pure functions, no I/O beyond key files.
+"""The hash chain and its signed checkpoints: pure functions; the key files themselves are `zguard.security.keys`.
 
 An event's *body* is its canonical JSON (keys sorted, no spaces, UTF-8, every field present),
 and its hash is SHA-256 over the previous event's hash (hex), a newline and the body:
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from zguard.audit import AuditEvent
+from zguard.security.keys import key_id, load_or_create_private_key
 
 GENESIS = "0" * 64
 CHECKPOINT_TYPE = "audit.checkpoint"
@@ -110,11 +109,6 @@ def checkpoint_message(seq: int, head_hash: str, time_ms: int) -> bytes:
     return b"\n".join((SIGNATURE_CONTEXT, str(seq).encode(), head_hash.encode(), str(time_ms).encode()))
 
 
-def key_id(public_key: Ed25519PublicKey) -> str:
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
-
-
 @dataclass(frozen=True)
 class CheckpointSigner:
     private_key: Ed25519PrivateKey
@@ -147,53 +141,6 @@ def checkpoint_valid(public_key: Ed25519PublicKey, detail: Mapping[str, Any]) ->
     return True
 
 
-class SigningKeyError(Exception):
-    """The checkpoint signing key cannot be used; the message says how to fix it."""
-
-
 def load_or_create_signing_key(path: Path) -> CheckpointSigner:
-    """The Ed25519 key in `path` (PEM, PKCS#8), created mode 0600 when absent."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return CheckpointSigner(read_signing_key(path))
-    key = Ed25519PrivateKey.generate()
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-    return CheckpointSigner(key)
-
-
-def read_signing_key(path: Path) -> Ed25519PrivateKey:
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        raise SigningKeyError(f"{path} is readable by group or others (mode {mode:o}); chmod 600 {path}")
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (ValueError, TypeError) as exc:
-        raise SigningKeyError(f"{path} is not an unencrypted PEM private key: {exc}") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise SigningKeyError(f"{path} holds a {type(key).__name__}, not an Ed25519 key")
-    return key
-
-
-def load_public_key(path: Path) -> Ed25519PublicKey:
-    """An Ed25519 public key (PEM), or the public half of a private key file."""
-    data = path.read_bytes()
-    try:
-        key: object = serialization.load_pem_public_key(data)
-    except ValueError:
-        try:
-            key = serialization.load_pem_private_key(data, password=None).public_key()
-        except (ValueError, TypeError) as exc:
-            raise SigningKeyError(f"{path} is neither a PEM public key nor a PEM private key: {exc}") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise SigningKeyError(f"{path} holds a {type(key).__name__}, not an Ed25519 key")
-    return key
-
-
-def public_pem(public_key: Ed25519PublicKey) -> str:
-    return public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    """The checkpoint signer over the Ed25519 key in `path`, created mode 0600 when absent."""
+    return CheckpointSigner(load_or_create_private_key(path))

@@ -37,10 +37,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from zguard import state_paths
 from zguard.audit import AuditEvent, AuditSink, DetailValue
 from zguard.audit.archive import ArchivedRow, ArchiveInfo, ArchiveWriter, checkpoint_problem
 from zguard.audit.chain import CHECKPOINT_TYPE, CheckpointSigner, iso_ms
-from zguard.audit.setup import archive_dir
 from zguard.audit.store import AuditStore, StoredEvent, pending
 from zguard.audit.verify import verify_rows
 from zguard.config import Settings
@@ -284,7 +284,7 @@ def _record(store: AuditStore, audit: AuditSink | None, event: AuditEvent) -> No
 
 
 def _archive_directory(settings: Settings) -> Path:
-    directory = archive_dir(settings)
+    directory = state_paths.audit_archive_dir(settings)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     mode = directory.stat().st_mode & 0o777
     if mode & 0o077:

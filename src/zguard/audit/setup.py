@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 from sqlalchemy import Engine
 
+from zguard import state_paths
 from zguard.audit import AuditEvent
 from zguard.audit.chain import CheckpointSigner, iso_ms, load_or_create_signing_key
 from zguard.audit.forwarder import Forwarder
@@ -16,22 +16,10 @@ from zguard.audit.trail import AuditTrail
 from zguard.config import Settings
 from zguard.security.keys import load_or_create_key
 
-SIGNING_KEY_FILE = "audit-signing.pem"
-PROMPT_KEY_FILE = "audit-prompt.key"
-ARCHIVE_DIR = "audit-archive"
-
-
-def signing_key_path(settings: Settings) -> Path:
-    return settings.audit.signing_key_file or settings.state_dir / SIGNING_KEY_FILE
-
-
-def archive_dir(settings: Settings) -> Path:
-    return settings.audit.archive_dir or settings.state_dir / ARCHIVE_DIR
-
 
 def signer(settings: Settings) -> CheckpointSigner:
     """The checkpoint signing key, created (0600, its directory 0700 when new) on first use."""
-    path = signing_key_path(settings)
+    path = state_paths.audit_signing_key_file(settings)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     return load_or_create_signing_key(path)
 
@@ -46,7 +34,7 @@ def open_audit_store(settings: Settings, engine: Engine) -> AuditStore:
 def prompt_capture(settings: Settings) -> PromptCapture:
     mode = settings.audit.prompt_capture
     if mode == "hmac":
-        return PromptCapture("hmac", hmac_key=load_or_create_key(settings.state_dir / PROMPT_KEY_FILE))
+        return PromptCapture("hmac", hmac_key=load_or_create_key(state_paths.audit_prompt_key_file(settings)))
     if mode == "encrypted" and settings.audit.auditor_public_key_file is not None:  # the validator requires it
         return PromptCapture("encrypted", recipient=load_x25519_public(settings.audit.auditor_public_key_file))
     return PromptCapture("none")

@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from zguard import state_paths
 from zguard.config import Settings
 from zguard.errors import ZguardError
 from zguard.settings_loader import load_settings
@@ -95,14 +96,14 @@ def run_on_database(settings: Settings, action: Callable[[Engine, str], int]) ->
 def _run(args: argparse.Namespace, action: Callable[[_Context], int], *, upgrade: bool = False) -> int:
     """Open the store (migrating it first with `upgrade`, else requiring it at head) and run `action`."""
     from zguard.security.keys import KeyFileError
-    from zguard.services.admin import Actor, AdminService, load_token_key, token_key_path
+    from zguard.services.admin import Actor, AdminService, load_token_key
     from zguard.store import migrate
     from zguard.store.errors import SchemaNotCurrent
     from zguard.store.principals import PrincipalStore
 
     settings = load_settings(getattr(args, "config", None))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
-    key_path = token_key_path(settings)
+    key_path = state_paths.token_key_file(settings)
 
     def on_store(engine: Engine, shown: str) -> int:
         try:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from zguard import state_paths
 from zguard.audit.formats import body_of, event_line, parse_moment, printable, write_events
 from zguard.cli.admin import EXIT_OK, EXIT_REFUSED, NOT_INITIALIZED_HINT, acting_user, run_on_database
 from zguard.config import Settings
@@ -96,7 +97,6 @@ def _on_store(settings: Settings, action: Callable[[_Context], int], *, signing:
 
 def _refusals(run: Callable[[], int]) -> int:
     """Refusals and unusable key files as one line on stderr and exit 2."""
-    from zguard.audit.chain import SigningKeyError
     from zguard.audit.prompts import SealError
     from zguard.security.keys import KeyFileError
 
@@ -106,16 +106,15 @@ def _refusals(run: Callable[[], int]) -> int:
         if exc.code == "invalid_config":
             raise  # cli.main prints it and exits 2
         print(f"zguard: {exc.message}", file=sys.stderr)
-    except (SigningKeyError, KeyFileError, SealError) as exc:
+    except (KeyFileError, SealError) as exc:
         print(f"zguard: {exc}", file=sys.stderr)
     return EXIT_REFUSED
 
 
 def _public_key(settings: Settings, given: str | None) -> Ed25519PublicKey:
-    from zguard.audit.chain import load_public_key
-    from zguard.audit.setup import signing_key_path
+    from zguard.security.keys import load_public_key
 
-    path = Path(given) if given else signing_key_path(settings)
+    path = Path(given) if given else state_paths.audit_signing_key_file(settings)
     if not path.is_file():
         if given:
             raise Refused(f"no public key file {path}")
@@ -205,10 +204,9 @@ def _has_prompt_hmac(event: StoredEvent, fingerprint: str) -> bool:
 
 def _prompt_fingerprint(settings: Settings, text: str) -> str:
     from zguard.audit.prompts import PromptCapture
-    from zguard.audit.setup import PROMPT_KEY_FILE
     from zguard.security.keys import read_key
 
-    path = settings.state_dir / PROMPT_KEY_FILE
+    path = state_paths.audit_prompt_key_file(settings)
     if not path.is_file():
         raise Refused(f"no prompt HMAC key at {path}: --prompt needs the key `hmac` capture wrote events with")
     return PromptCapture("hmac", hmac_key=read_key(path)).fingerprint(text)
@@ -437,7 +435,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_public_key(args: argparse.Namespace) -> int:
-    from zguard.audit.chain import key_id, public_pem
+    from zguard.security.keys import key_id, public_pem
 
     settings = _settings(args)
 

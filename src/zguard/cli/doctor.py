@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from zguard import state_paths
 from zguard.config import Settings
 from zguard.integrity.storage import (
     PROC,
@@ -41,7 +43,7 @@ from zguard.integrity.storage import (
     storage_encryption,
     worst,
 )
-from zguard.serve.isolation import CleanupRecord, cleanup_record_path, files_under, runtime_dir
+from zguard.serve.isolation import CleanupRecord, files_under
 
 EXIT_BY_SEVERITY = {"pass": 0, "warn": 1, "fail": 2}
 EXIT_NOT_FOUND = 2
@@ -69,7 +71,7 @@ class Host:
 def model_findings(settings: Settings, host: Host) -> list[Finding]:
     required = settings.integrity.require_encrypted_model_storage
     if settings.model.path is None:
-        demo = settings.state_dir / "demo-model"
+        demo = state_paths.demo_model_dir(settings)
         findings = [
             Finding(
                 "model_files_read_only",
@@ -114,8 +116,8 @@ def image_files(root: Path) -> list[Path]:
 
 
 def persistence_findings(settings: Settings, host: Host) -> list[Finding]:
-    record = CleanupRecord.read(cleanup_record_path(settings))
-    runtime = Path(record.runtime_dir) if record is not None else runtime_dir(settings)
+    record = CleanupRecord.read(state_paths.cleanup_record_file(settings))
+    runtime = Path(record.runtime_dir) if record is not None else state_paths.runtime_dir(settings, os.environ)
     findings = []
     left = files_under(runtime)
     if left:
@@ -148,7 +150,7 @@ def persistence_findings(settings: Settings, host: Host) -> list[Finding]:
             Finding(
                 "last_cleanup",
                 "warn",
-                f"no runtime cleanup recorded in {cleanup_record_path(settings)} (zguard serve has not run with this state_dir)",
+                f"no runtime cleanup recorded in {state_paths.cleanup_record_file(settings)} (zguard serve has not run with this state_dir)",
                 "start zguard serve; it records every sweep",
             )
         )
@@ -172,15 +174,14 @@ def audit_findings(settings: Settings) -> list[Finding]:
     """The chain verified as `zguard audit verify` does, and the syslog forwarding lag."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from zguard.audit.chain import load_public_key
-    from zguard.audit.setup import signing_key_path
     from zguard.audit.store import AuditStore
     from zguard.audit.verify import verify_store
+    from zguard.security.keys import load_public_key
     from zguard.store import migrate
     from zguard.store.database import create_store_engine, database_url
     from zguard.store.errors import SchemaNotCurrent
 
-    if settings.database.url is None and not (settings.state_dir / "zguard.db").exists():
+    if settings.database.url is None and not state_paths.database_file(settings).exists():
         return [
             Finding(
                 "audit_trail",
@@ -189,7 +190,7 @@ def audit_findings(settings: Settings) -> list[Finding]:
                 "zguard init (or start zguard serve once)",
             )
         ]
-    key_path = signing_key_path(settings)
+    key_path = state_paths.audit_signing_key_file(settings)
     public_key = load_public_key(key_path) if key_path.is_file() else None
     engine = create_store_engine(database_url(settings))
     try:

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from zguard.audit.chain import SigningKeyError, load_public_key, read_signing_key
 from zguard.integrity.manifest import MANIFEST_FILE, ManifestError, Progress, pin, verify
+from zguard.security.keys import KeyFileError, load_public_key, read_private_key
 
 EXIT_OK = 0
 EXIT_REFUSED = 1  # the directory does not match its manifest (or cannot be pinned)
@@ -62,8 +62,8 @@ def cmd_model_pin(args: argparse.Namespace) -> int:
         print(f"zguard: {model_dir} is not a directory", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        key = read_signing_key(Path(args.key)) if args.key else None
-    except (OSError, SigningKeyError) as exc:
+        key = read_private_key(Path(args.key)) if args.key else None
+    except (OSError, KeyFileError) as exc:
         print(f"zguard: --key: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     bar = _progress("hashing")
@@ -87,7 +87,7 @@ def cmd_model_verify(args: argparse.Namespace) -> int:
     model_dir = Path(args.dir)
     try:
         public_key = load_public_key(Path(args.public_key)) if args.public_key else None
-    except (OSError, SigningKeyError) as exc:
+    except (OSError, KeyFileError) as exc:
         print(f"zguard: --public-key: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     bar = _progress("verifying")

@@ -16,9 +16,10 @@ import signal
 import sys
 from collections.abc import Callable
 
+from zguard import state_paths
 from zguard.errors import ConfigError
 from zguard.policy.holder import PolicyHolder, PolicyLoadError, build_policy
-from zguard.serve.pidfile import pid_path, running_server
+from zguard.serve.pidfile import running_server
 from zguard.settings_loader import load_settings
 
 EXIT_OK = 0
@@ -57,7 +58,7 @@ def cmd_policy_reload(args: argparse.Namespace) -> int:
         print(f"  {name}  sha256 {digest}")
     pid = running_server(settings.state_dir)
     if pid is None:
-        print(f"zguard: no running server found through {pid_path(settings.state_dir)}", file=sys.stderr)
+        print(f"zguard: no running server found through {state_paths.pid_file(settings.state_dir)}", file=sys.stderr)
         return EXIT_CONFIG if problem else EXIT_NO_SERVER
     # Signalled even when a list is broken: the server then keeps its policy and audits the failed reload.
     os.kill(pid, signal.SIGHUP)

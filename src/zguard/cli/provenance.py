@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from zguard import state_paths
 from zguard.audit.formats import printable
 from zguard.cli.admin import EXIT_OK, EXIT_REFUSED, NOT_INITIALIZED_HINT, acting_user, run_on_database
 from zguard.settings_loader import load_settings
@@ -37,7 +38,7 @@ def _read_image(path: str) -> bytes | None:
 
 def cmd_trace(args: argparse.Namespace) -> int:
     from zguard.audit.store import AuditStore, pending
-    from zguard.provenance.marking import load_watermarker, watermark_key_path
+    from zguard.provenance.marking import load_watermarker
     from zguard.provenance.trace import NotAnImage, trace, traced_event
     from zguard.security.keys import KeyFileError
     from zguard.store import migrate
@@ -51,7 +52,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
         watermarker = load_watermarker(settings)
     except (OSError, KeyFileError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
-        print(f"zguard: watermark key {watermark_key_path(settings)}: {reason}", file=sys.stderr)
+        print(f"zguard: watermark key {state_paths.watermark_key_file(settings)}: {reason}", file=sys.stderr)
         return EXIT_REFUSED
 
     def on_engine(engine: Engine, shown: str) -> int:

@@ -148,11 +148,11 @@ class DiffusersEngine:
         checks as it reads); ManifestError names each problem."""
         public_key = None
         if self._manifest_public_key is not None:
-            from zguard.audit.chain import SigningKeyError, load_public_key
+            from zguard.security.keys import KeyFileError, load_public_key
 
             try:
                 public_key = load_public_key(self._manifest_public_key)
-            except (OSError, SigningKeyError) as exc:
+            except (OSError, KeyFileError) as exc:
                 raise ManifestError(
                     self._model_dir,
                     [

@@ -35,7 +35,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from zguard.audit.chain import key_id
+from zguard.security.keys import key_id
 
 MANIFEST_FILE = "zguard-manifest.json"
 FORMAT = "zguard-model-manifest/1"

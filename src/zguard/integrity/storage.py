@@ -25,10 +25,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, SecretStr
 
-from zguard.audit.setup import PROMPT_KEY_FILE, signing_key_path
+from zguard import state_paths
 from zguard.config import Settings
 from zguard.errors import ConfigError
-from zguard.services.admin import token_key_path
 from zguard.settings_loader import config_path
 
 Severity = Literal["pass", "warn", "fail"]
@@ -37,7 +36,6 @@ PROC = Path("/proc")
 SYS = Path("/sys")
 MAX_SHOWN = 5  # offending paths named in one finding
 MAX_DM_DEPTH = 16
-DEMO_TOKEN_FILE = "demo-token"  # noqa: S105 - zguard.serve.wiring.DEMO_TOKEN_FILE (a file name); server imports us
 
 
 @dataclass(frozen=True)
@@ -322,12 +320,7 @@ def config_secret_keys(raw: Any) -> list[str]:
 def secret_files(settings: Settings, config_file: Path | None = None, raw_config: Any = None) -> dict[str, Path]:
     """Files that hold secrets, by what they are: key files, the demo token, the settings file
     when it sets a secret key."""
-    files = {
-        "api_auth.token_key_file": token_key_path(settings),
-        "audit.signing_key_file": signing_key_path(settings),
-        "audit prompt HMAC key": settings.state_dir / PROMPT_KEY_FILE,
-        "demo token": settings.state_dir / DEMO_TOKEN_FILE,
-    }
+    files = state_paths.key_files(settings)
     if settings.audit.syslog.key_file is not None:
         files["audit.syslog.key_file"] = settings.audit.syslog.key_file
     for name, listener in (("api", settings.api), ("console", settings.console)):

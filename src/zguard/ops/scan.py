@@ -31,13 +31,14 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from zguard import state_paths
 from zguard.audit import AuditEvent
-from zguard.audit.chain import SigningKeyError, load_public_key
 from zguard.cli import admin as admin_cli
 from zguard.config import Settings
 from zguard.integrity.manifest import verify
 from zguard.ops import osv
 from zguard.ops.review import SEVERITIES, Finding, at_or_above, config_hygiene, permission_review
+from zguard.security.keys import KeyFileError, load_public_key
 from zguard.settings_loader import load_settings
 from zguard.store import migrate
 from zguard.store.database import create_store_engine, database_url
@@ -122,7 +123,7 @@ def scan_dependencies(vuln_db: Path | None, packages: list[tuple[str, str]], rep
 
 def scan_model(settings: Settings, report: ScanReport) -> None:
 
-    model_dir = settings.model.path or settings.state_dir / "demo-model"
+    model_dir = settings.model.path or state_paths.demo_model_dir(settings)
     report.model = {"path": str(model_dir), "verified": False}
     if not model_dir.is_dir():
         report.findings.append(
@@ -132,7 +133,7 @@ def scan_model(settings: Settings, report: ScanReport) -> None:
         return
     try:
         key = load_public_key(settings.model.manifest_public_key) if settings.model.manifest_public_key else None
-    except (OSError, SigningKeyError) as exc:
+    except (OSError, KeyFileError) as exc:
         report.findings.append(
             Finding("model", "manifest_key_unreadable", "critical", "model.manifest_public_key",
                     f"the manifest key cannot be read ({type(exc).__name__})", "fix model.manifest_public_key")

@@ -18,11 +18,11 @@ import io
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PIL import Image
 
+from zguard import state_paths
 from zguard.provenance.labels import ImageFormat, embed_xmp, make_label, pixel_hash, xmp_packet
 from zguard.provenance.watermark import Watermarker, draw_placement, new_watermark_id
 
@@ -33,9 +33,6 @@ if TYPE_CHECKING:
 
     from zguard.config import ProvenanceSettings, Settings
     from zguard.provenance.visible import VisibleLabel
-
-WATERMARK_KEY_FILE = "watermark.key"
-SIGNING_KEY_FILE = "provenance-signing.pem"
 
 
 @dataclass(frozen=True)
@@ -78,26 +75,18 @@ class DeviceMarks:
         return marked
 
 
-def watermark_key_path(settings: Settings) -> Path:
-    return settings.provenance.watermark_key_file or settings.state_dir / WATERMARK_KEY_FILE
-
-
-def signing_key_path(settings: Settings) -> Path:
-    return settings.provenance.signing_key_file or settings.state_dir / SIGNING_KEY_FILE
-
-
 def load_watermarker(settings: Settings, *, create: bool = False) -> Watermarker:
     from zguard.security.keys import load_or_create_key, read_key  # noqa: PLC0415
 
-    path = watermark_key_path(settings)
+    path = state_paths.watermark_key_file(settings)
     return Watermarker(load_or_create_key(path) if create else read_key(path))
 
 
 def load_signing_key(settings: Settings, *, create: bool = False) -> Ed25519PrivateKey:
-    from zguard.audit.chain import load_or_create_signing_key, read_signing_key  # noqa: PLC0415
+    from zguard.security.keys import load_or_create_private_key, read_private_key  # noqa: PLC0415
 
-    path = signing_key_path(settings)
-    return load_or_create_signing_key(path).private_key if create else read_signing_key(path)
+    path = state_paths.provenance_signing_key_file(settings)
+    return load_or_create_private_key(path) if create else read_private_key(path)
 
 
 def _visible(section: ProvenanceSettings) -> VisibleLabel | None:

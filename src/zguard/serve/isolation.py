@@ -28,13 +28,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from zguard import state_paths
 from zguard.config import Settings
 from zguard.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-RUNTIME_SUBDIR = "run"
-CLEANUP_RECORD = "runtime-cleanup.json"
 PR_SET_DUMPABLE = 4  # <linux/prctl.h>
 
 # Each variable and the subdirectory of the runtime directory it points at.
@@ -61,18 +60,6 @@ CACHE_ENV: Mapping[str, str] = {
     "MPLCONFIGDIR": "matplotlib",
     "NUMBA_CACHE_DIR": "numba",
 }
-
-
-def runtime_dir(settings: Settings, environ: Mapping[str, str] = os.environ) -> Path:
-    """`isolation.runtime_dir`, else systemd's `$RUNTIME_DIRECTORY` (its first entry), else `state_dir/run`."""
-    if settings.isolation.runtime_dir is not None:
-        return settings.isolation.runtime_dir
-    systemd = environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
-    return Path(systemd) if systemd else settings.state_dir / RUNTIME_SUBDIR
-
-
-def cleanup_record_path(settings: Settings) -> Path:
-    return settings.state_dir / CLEANUP_RECORD
 
 
 def disable_core_dumps() -> list[str]:
@@ -151,8 +138,8 @@ class ProcessIsolation:
     it and restores the variables (so a test can run it in-process)."""
 
     def __init__(self, settings: Settings, environ: Mapping[str, str] = os.environ) -> None:
-        self.root = runtime_dir(settings, environ).absolute()
-        self.record_path = cleanup_record_path(settings)
+        self.root = state_paths.runtime_dir(settings, environ).absolute()
+        self.record_path = state_paths.cleanup_record_file(settings)
         self.state_dir = settings.state_dir
         self.interval_s = settings.isolation.cleanup_interval_s
         self._saved_env: dict[str, str | None] = {}

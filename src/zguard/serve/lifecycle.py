@@ -19,6 +19,7 @@ from pathlib import Path
 
 import uvicorn
 
+from zguard import state_paths
 from zguard.app.api import create_api_app
 from zguard.app.console import create_console_app
 from zguard.audit import AuditEvent, AuditSink, DetailValue, Outcome
@@ -45,7 +46,7 @@ from zguard.serve.wiring import (
     prepare_state_dir,
     resolve_model_dir,
 )
-from zguard.services.admin import load_token_key, token_key_path
+from zguard.services.admin import load_token_key
 from zguard.services.readiness import ModelState, Readiness
 
 log = logging.getLogger("zguard.serve.lifecycle")
@@ -213,7 +214,7 @@ async def _serve(settings: Settings, engine: ImageEngine | None = None) -> int:
     if engine is None:
         engine = configured_engine(settings)
     store = open_store(settings)
-    token_key = load_token_key(token_key_path(settings))
+    token_key = load_token_key(state_paths.token_key_file(settings))
     audit = AuditTrail(open_audit_store(settings, store.engine))
     runtime = build_runtime(
         settings,

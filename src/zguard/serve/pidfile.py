@@ -11,16 +11,12 @@ import contextlib
 import os
 from pathlib import Path
 
-PID_FILE = "zguard.pid"
-
-
-def pid_path(state_dir: Path) -> Path:
-    return state_dir / PID_FILE
+from zguard import state_paths
 
 
 def write_pid_file(state_dir: Path) -> Path:
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = pid_path(state_dir)
+    path = state_paths.pid_file(state_dir)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as handle:
         handle.write(f"{os.getpid()}\n")
@@ -37,7 +33,7 @@ def remove_pid_file(path: Path) -> None:
 def running_server(state_dir: Path) -> int | None:
     """The pid of the zguard server using `state_dir`, or None when none is running."""
     try:
-        pid = int(pid_path(state_dir).read_text(encoding="ascii").strip())
+        pid = int(state_paths.pid_file(state_dir).read_text(encoding="ascii").strip())
     except (OSError, ValueError):
         return None
     if pid <= 0:

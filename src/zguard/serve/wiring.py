@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from zguard import state_paths
 from zguard.app.context import Services
 from zguard.audit import AuditSink, MemoryAuditSink
 from zguard.audit.prompts import PromptCapture
@@ -39,7 +40,6 @@ DEMO_WARNING = (
     "Set model.path (or ZGUARD_MODEL__PATH) to the Z-Image-Turbo directory to serve real images."
 )
 DEMO_PRINCIPAL = "demo"
-DEMO_TOKEN_FILE = "demo-token"  # noqa: S105 - a file name, not a secret
 
 
 @dataclass
@@ -68,7 +68,8 @@ def resolve_model_dir(settings: Settings) -> tuple[Path, bool]:
                 [f"model.path: {path} has no model_index.json; point it at a diffusers-format Z-Image directory"]
             )
         return path, is_demo_model(path)
-    return prepare_state_dir(settings.state_dir) / "demo-model", True
+    prepare_state_dir(settings.state_dir)
+    return state_paths.demo_model_dir(settings), True
 
 
 def configured_engine(settings: Settings) -> ImageEngine:
@@ -129,7 +130,8 @@ def issue_demo_token(settings: Settings, store: PrincipalStore, token_key: bytes
         DEMO_PRINCIPAL, token_hash=token_digest(issued.plaintext, token_key), prefix=issued.display_prefix, label="demo"
     )
     if not sys.stdout.isatty():
-        path = prepare_state_dir(settings.state_dir) / DEMO_TOKEN_FILE
+        prepare_state_dir(settings.state_dir)
+        path = state_paths.demo_token_file(settings)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="ascii") as handle:
             handle.write(issued.plaintext + "\n")

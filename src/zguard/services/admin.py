@@ -39,7 +39,6 @@ from itertools import combinations
 from pathlib import Path
 
 from zguard.audit import AuditEvent, AuditSink, DetailValue
-from zguard.config import Settings
 from zguard.errors import ZguardError
 from zguard.security.keys import load_or_create_key
 from zguard.security.passwords import DEFAULT_COST, MAX_PASSWORD_BYTES, hash_password
@@ -50,7 +49,6 @@ from zguard.store.principals import PrincipalKind, PrincipalRecord, PrincipalSto
 
 ADMIN_ROLE = "admin"
 INIT_TOKEN_LABEL = "zguard init"  # noqa: S105 - a label shown in `token list`, not a secret
-TOKEN_KEY_FILE = "token.key"  # noqa: S105 - a file name, not a secret
 MAX_TOKEN_LIFETIME = timedelta(days=3650)
 _DURATION = re.compile(r"([1-9][0-9]{0,6})([mhd])")
 _DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
@@ -139,11 +137,6 @@ class IssuedApiToken:
 
     record: TokenRecord
     plaintext: str = field(repr=False)
-
-
-def token_key_path(settings: Settings) -> Path:
-    """`api_auth.token_key_file`, else ``token.key`` in `state_dir` (the same file `serve` reads)."""
-    return settings.api_auth.token_key_file or settings.state_dir / TOKEN_KEY_FILE
 
 
 def load_token_key(path: Path) -> bytes:

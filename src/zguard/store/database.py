@@ -17,9 +17,9 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 
+from zguard import state_paths
 from zguard.config import Settings
 
-DEFAULT_DB_FILE = "zguard.db"
 SQLITE_BUSY_TIMEOUT_MS = 5_000
 POSTGRES_CONNECT_TIMEOUT_S = 10
 
@@ -28,7 +28,7 @@ def database_url(settings: Settings) -> URL:
     """`database.url`, or the SQLite file `zguard.db` in `state_dir` when unset."""
     if settings.database.url is not None:
         return make_url(settings.database.url.get_secret_value())
-    return URL.create("sqlite", database=str(settings.state_dir / DEFAULT_DB_FILE))
+    return URL.create("sqlite", database=str(state_paths.database_file(settings)))
 
 
 def create_store_engine(url: URL | str, *, echo: bool = False) -> Engine:
