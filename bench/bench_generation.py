@@ -95,7 +95,7 @@ from zguard.config import Settings
 from zguard.engine import GenerationJob, ModelInfo
 from zguard.engine.demo import write_demo_model
 from zguard.engine.pipeline import DiffusersEngine
-from zguard.schemas import ImageData, ImageGenerationResponse, OutputFormat, ZguardMeta
+from zguard.app.schemas import ImageData, ImageGenerationResponse, OutputFormat, ZguardMeta
 from zguard.security.tokens import new_token, token_digest
 from zguard.serve.listeners import listen_socket, listener_config
 from zguard.serve.wiring import build_auth, build_runtime, open_store

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from zguard.cli.main import main
-from zguard.settings_loader import load_settings
+from zguard.config.loader import load_settings
 
 
 class ZguardCli:

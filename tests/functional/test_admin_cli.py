@@ -24,9 +24,9 @@ from tests.common.databases import database_url_for
 from zguard.audit import MemoryAuditSink
 from zguard.cli import admin as admin_cli
 from zguard.cli.main import main
+from zguard.config.loader import load_settings
 from zguard.security.passwords import verify_password
 from zguard.security.tokens import looks_like_token, token_digest
-from zguard.settings_loader import load_settings
 from zguard.store.database import create_store_engine, database_url
 from zguard.store.principals import PrincipalStore, TokenRecord
 

@@ -38,6 +38,7 @@ from zguard.app.auth import UNSET, declared_access
 from zguard.app.console import create_console_app
 from zguard.audit import MemoryAuditSink
 from zguard.config import Settings
+from zguard.config.loader import load_settings
 from zguard.engine.pipeline import DiffusersEngine
 from zguard.errors import PermissionDenied
 from zguard.security.passwords import cost_of, hash_password, verify_password
@@ -45,7 +46,6 @@ from zguard.security.rbac import BUILTIN_ROLES, Permission
 from zguard.security.tokens import new_token, token_digest
 from zguard.serve.wiring import Runtime, build_auth
 from zguard.services.auth import BCRYPT_SLOTS, INVALID, AuthService, RequestInfo
-from zguard.settings_loader import load_settings
 from zguard.store import migrate
 from zguard.store.database import create_store_engine
 from zguard.store.principals import PrincipalStore

@@ -11,7 +11,7 @@ from tests.common.engines import GatedEngine
 from tests.common.factories import api_client, make_settings, ready_runtime
 from zguard import errors
 from zguard.cli.docs import render_openapi, render_settings_reference
-from zguard.settings_loader import iter_settings_fields
+from zguard.config.loader import iter_settings_fields
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -16,9 +16,9 @@ import pytest
 
 from tests.common.systemd import require_root, verify
 from zguard.cli.main import main
-from zguard.integrity.storage import Identity, model_permissions, secret_file_permissions, state_dir_permissions
+from zguard.config.loader import load_settings
+from zguard.ops.host_checks import Identity, model_permissions, secret_file_permissions, state_dir_permissions
 from zguard.ops.install import Accounts
-from zguard.settings_loader import load_settings
 
 ZGUARD = Path(sys.executable).parent / "zguard"
 UNITS = ("zguard.service", "zguard-scan.service", "zguard-scan.timer")

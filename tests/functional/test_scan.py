@@ -16,9 +16,9 @@ import pytest
 
 from zguard.audit.setup import open_audit_store
 from zguard.cli.main import main
+from zguard.config.loader import load_settings
 from zguard.integrity.manifest import pin
 from zguard.security.passwords import hash_password
-from zguard.settings_loader import load_settings
 from zguard.store import migrate
 from zguard.store.database import create_store_engine, database_url
 from zguard.store.principals import PrincipalStore

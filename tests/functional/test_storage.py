@@ -13,7 +13,7 @@ import yaml
 
 from tests.common.factories import free_port
 from zguard.config import Settings
-from zguard.integrity.storage import (
+from zguard.ops.host_checks import (
     Identity,
     config_secret_keys,
     encryption_layers,

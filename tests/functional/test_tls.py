@@ -17,7 +17,7 @@ from tests.common.pki import Pki, make_pki
 from tests.common.servers import ZguardProcess
 from zguard.config import ApiSettings, ConsoleSettings, Settings
 from zguard.errors import ConfigError
-from zguard.integrity.storage import secret_files
+from zguard.ops.host_checks import secret_files
 from zguard.security.tls import MINIMUM_VERSION
 from zguard.serve.listeners import example_call, listener_tls
 

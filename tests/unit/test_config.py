@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from zguard.config import DEFAULT_CONFIG_PATH, Settings, check_size, parse_size
+from zguard.config import DEFAULT_CONFIG_PATH, Settings
+from zguard.config.loader import load_settings, masked_settings
+from zguard.engine.sizes import check_size, parse_size
 from zguard.errors import ConfigError
-from zguard.settings_loader import load_settings, masked_settings
 
 REPO = Path(__file__).resolve().parents[2]
 HASH = "$2b$12$8i8ZeW6kD42l.xd8k374x.ch6fqDYAQ/UtnXviq460paZ/YYi0bie"

@@ -18,11 +18,7 @@ from zguard.app.auth import PUBLIC, request_info, requires
 from zguard.app.context import Services
 from zguard.app.middleware import API_SECURITY_HEADERS, NO_TELEMETRY
 from zguard.app.provenance import TRACE_PATH, add_provenance_routes, trace_body_limit
-from zguard.app.stack import install_listener_stack
-from zguard.audit import AuditEvent, AuditReader, DetailValue, RequestRecord
-from zguard.config import Settings
-from zguard.errors import AuditUnavailable, InvalidValue, PromptRejected, UnsupportedMediaType
-from zguard.schemas import (
+from zguard.app.schemas import (
     AuditEventList,
     ErrorResponse,
     ImageGenerationRequest,
@@ -30,6 +26,10 @@ from zguard.schemas import (
     ModelCard,
     ModelList,
 )
+from zguard.app.stack import install_listener_stack
+from zguard.audit import AuditEvent, AuditReader, DetailValue, RequestRecord
+from zguard.config import Settings
+from zguard.errors import AuditUnavailable, InvalidValue, PromptRejected, UnsupportedMediaType
 from zguard.security.rbac import Permission
 from zguard.services.auth import Identity, RequestInfo
 from zguard.services.images import GenerationPlan, parse_json_object

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING
 
 from zguard import state_paths
 from zguard.config import Settings
+from zguard.config.loader import load_settings
 from zguard.errors import ZguardError
-from zguard.settings_loader import load_settings
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine

@@ -34,8 +34,8 @@ from zguard import state_paths
 from zguard.audit.formats import body_of, event_line, parse_moment, printable, write_events
 from zguard.cli.admin import EXIT_OK, EXIT_REFUSED, NOT_INITIALIZED_HINT, acting_user, run_on_database
 from zguard.config import Settings
+from zguard.config.loader import load_settings
 from zguard.errors import ZguardError
-from zguard.settings_loader import load_settings
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 from zguard.app.api import create_api_app
 from zguard.audit import MemoryAuditSink
 from zguard.config import Settings
+from zguard.config.loader import iter_settings_fields
 from zguard.engine import GenerationJob, ModelInfo
 from zguard.serve.wiring import build_runtime
-from zguard.settings_loader import iter_settings_fields
 
 if TYPE_CHECKING:
     from PIL.Image import Image

@@ -7,7 +7,7 @@
 Exit status by the worst finding: 0 all pass, 1 a warning, 2 a failure. `--explain`: 0 when the
 request was found (refused or not), 2 when the audit trail has no event for it or cannot be read.
 
-The checks are zguard.integrity.storage's (root, state directory, secret files, model files,
+The checks are zguard.ops.host_checks's (root, state directory, secret files, model files,
 encrypted volume, SELinux/AppArmor) plus what zero persistence leaves to show (runtime directory
 empty, no image files under the state directory, the last cleanup) and the audit trail (the
 chain verified as `zguard audit verify` does; the syslog forwarding lag).
@@ -27,7 +27,7 @@ from typing import Any
 
 from zguard import state_paths
 from zguard.config import Settings
-from zguard.integrity.storage import (
+from zguard.ops.host_checks import (
     PROC,
     SEVERITY_ORDER,
     SYS,
@@ -405,7 +405,7 @@ def explain(settings: Settings, request_id: str, *, as_json: bool) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from zguard.settings_loader import load_settings
+    from zguard.config.loader import load_settings
 
     settings = load_settings(getattr(args, "config", None))
     if args.explain:

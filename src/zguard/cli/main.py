@@ -21,9 +21,9 @@ from zguard.cli.model import add_model_pin_commands
 from zguard.cli.policy import add_policy_commands
 from zguard.cli.provenance import add_provenance_commands
 from zguard.config import Settings
+from zguard.config.loader import load_settings, masked_settings
 from zguard.errors import ConfigError
 from zguard.ops.scan import add_scan_command
-from zguard.settings_loader import load_settings, masked_settings
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -51,7 +51,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _setup_logging(settings.log_level)
-    from zguard.integrity.storage import refuse_readable_settings_file
+    from zguard.ops.host_checks import refuse_readable_settings_file
     from zguard.serve.lifecycle import serve
 
     refuse_readable_settings_file(getattr(args, "config", None))  # the rest of the host checks: serve()

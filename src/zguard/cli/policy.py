@@ -17,10 +17,10 @@ import sys
 from collections.abc import Callable
 
 from zguard import state_paths
+from zguard.config.loader import load_settings
 from zguard.errors import ConfigError
 from zguard.policy.holder import PolicyHolder, PolicyLoadError, build_policy
 from zguard.serve.pidfile import running_server
-from zguard.settings_loader import load_settings
 
 EXIT_OK = 0
 EXIT_NO_SERVER = 1  # `reload`: no running server found for this state_dir

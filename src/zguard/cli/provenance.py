@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from zguard import state_paths
 from zguard.audit.formats import printable
 from zguard.cli.admin import EXIT_OK, EXIT_REFUSED, NOT_INITIALIZED_HINT, acting_user, run_on_database
-from zguard.settings_loader import load_settings
+from zguard.config.loader import load_settings
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine

@@ -35,11 +35,11 @@ from zguard import state_paths
 from zguard.audit import AuditEvent
 from zguard.cli import admin as admin_cli
 from zguard.config import Settings
+from zguard.config.loader import load_settings
 from zguard.integrity.manifest import verify
 from zguard.ops import osv
 from zguard.ops.review import SEVERITIES, Finding, at_or_above, config_hygiene, permission_review
 from zguard.security.keys import KeyFileError, load_public_key
-from zguard.settings_loader import load_settings
 from zguard.store import migrate
 from zguard.store.database import create_store_engine, database_url
 from zguard.store.principals import PrincipalStore

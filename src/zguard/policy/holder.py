@@ -23,7 +23,8 @@ from zguard.config import PolicySettings, Settings
 from zguard.errors import ConfigError, PromptRejected
 from zguard.policy.prompt_policy import PolicyError, PromptPolicy
 from zguard.policy.terms import Term, TermListError, parse_term_list
-from zguard.policy.verdict import TERMS, Verdict
+from zguard.policy.verdict import Verdict
+from zguard.security.detectors import TERMS
 
 log = logging.getLogger("zguard.policy")
 BUILTIN = "builtin:"

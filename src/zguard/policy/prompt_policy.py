@@ -23,7 +23,8 @@ import ahocorasick
 from zguard.policy.normalise import Normaliser, default_normaliser
 from zguard.policy.pii import find_pii
 from zguard.policy.terms import Term
-from zguard.policy.verdict import DEFAULT_ACTIONS, DETECTORS, PII_CATEGORY, TERMS, Action, Finding, Verdict, term_id
+from zguard.policy.verdict import PII_CATEGORY, Finding, Verdict, term_id
+from zguard.security.detectors import DEFAULT_ACTIONS, DETECTORS, TERMS, Action
 
 MIXED_PINYIN_MAX_CHARS = 4  # longer terms match their full pinyin only: 2**n mixtures grow fast
 _INVISIBLE = frozenset(("Cf", "Mn", "Me"))

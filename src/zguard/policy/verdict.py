@@ -10,21 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Literal
 
-Action = Literal["block", "flag"]
+from zguard.security.detectors import Action
+
 Outcome = Literal["allowed", "flagged", "blocked"]
-TERMS = "terms"
 PII_CATEGORY = "pii"
-# Every detector an action can be set for: banned terms and the four personal-data detectors.
-DETECTORS = (TERMS, "resident_id", "bank_card", "mobile", "email")
-# Fail closed for a bank: everything blocks except an e-mail address, which posters often carry.
-DEFAULT_ACTIONS: Mapping[str, Action] = MappingProxyType(
-    {TERMS: "block", "resident_id": "block", "bank_card": "block", "mobile": "block", "email": "flag"}
-)
 AuditValue = str | int | float | bool | None
 
 

@@ -30,7 +30,7 @@ class TlsError(Exception):
 
 def key_file_problem(path: Path) -> str | None:
     """Why the private key at `path` must not be used: missing, or open to every account. Group
-    read stays allowed, as for every secret file (0640 root:ai-service, zguard.integrity.storage)."""
+    read stays allowed, as for every secret file (0640 root:ai-service, zguard.ops.host_checks)."""
     try:
         mode = path.stat().st_mode
     except OSError as exc:

@@ -171,13 +171,13 @@ def close_audit(settings: Settings, audit: AuditTrail, forwarder: Forwarder | No
         log.warning("audit events not yet delivered to syslog are sent after the next start (the outbox keeps them)")
 
 
-# --- host checks and zero persistence (zguard.integrity.storage, zguard.serve.isolation) ----------
+# --- host checks and zero persistence (zguard.ops.host_checks, zguard.serve.isolation) ----------
 
 
 def check_host(settings: Settings) -> None:
-    """Refuse to start on the host problems of zguard.integrity.storage (root, state directory,
+    """Refuse to start on the host problems of zguard.ops.host_checks (root, state directory,
     secret files, writable or unencrypted model storage); log its warnings."""
-    from zguard.integrity.storage import Identity, startup_problems, tighten_state_dir
+    from zguard.ops.host_checks import Identity, startup_problems, tighten_state_dir
 
     who = Identity.current()
     prepare_state_dir(settings.state_dir)

@@ -23,10 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from zguard.app.schemas import ImageData, ImageGenerationRequest, ImageGenerationResponse, OutputFormat, ZguardMeta
 from zguard.audit import DetailValue, RequestRecord
-from zguard.config import SIZE_STEP, GenerationSettings, check_size, parse_size
+from zguard.config import GenerationSettings
 from zguard.engine import GenerationJob, ImageEngine
 from zguard.engine.admission import AdmissionQueue
+from zguard.engine.sizes import SIZE_STEP, check_size, parse_size
 from zguard.errors import (
     GenerationTimeout,
     InvalidJSON,
@@ -41,7 +43,6 @@ from zguard.errors import (
     UnknownField,
     UnsupportedResponseFormat,
 )
-from zguard.schemas import ImageData, ImageGenerationRequest, ImageGenerationResponse, OutputFormat, ZguardMeta
 from zguard.services.readiness import Readiness
 
 if TYPE_CHECKING:

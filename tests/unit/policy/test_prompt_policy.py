@@ -9,7 +9,8 @@ import pytest
 from tests.common.evasions import CONTEXTS, EVASIONS, TERMS
 from zguard.policy.prompt_policy import PolicyError, PromptPolicy, pinyin_keys
 from zguard.policy.terms import parse_term_list
-from zguard.policy.verdict import DETECTORS, term_id
+from zguard.policy.verdict import term_id
+from zguard.security.detectors import DETECTORS
 
 CARD = "4111 1111 1111 1111"
 

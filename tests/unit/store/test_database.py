@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
+from zguard.config.loader import load_settings, masked_settings
 from zguard.errors import ConfigError
-from zguard.settings_loader import load_settings, masked_settings
 from zguard.store.database import database_url
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from zguard.settings_loader import load_settings
+from zguard.config.loader import load_settings
 from zguard.store.database import create_store_engine, database_url
 from zguard.store.models import Base
 

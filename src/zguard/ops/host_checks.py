@@ -27,8 +27,8 @@ from pydantic import BaseModel, SecretStr
 
 from zguard import state_paths
 from zguard.config import Settings
+from zguard.config.loader import config_path
 from zguard.errors import ConfigError
-from zguard.settings_loader import config_path
 
 Severity = Literal["pass", "warn", "fail"]
 SEVERITY_ORDER: Mapping[Severity, int] = {"pass": 0, "warn": 1, "fail": 2}

@@ -1,6 +1,6 @@
 """zguard's settings: one typed model with help text on every key.
 
-`zguard.settings_loader` reads it from a YAML file plus ``ZGUARD_*`` variables; this module only
+`zguard.config.loader` reads it from a YAML file plus ``ZGUARD_*`` variables; this module only
 declares what can be set, its defaults and its validation.
 """
 
@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from zguard.policy.verdict import DEFAULT_ACTIONS, DETECTORS, Action
+from zguard.engine.sizes import SIZE_STEP, check_size, parse_size
+from zguard.security.detectors import DEFAULT_ACTIONS, DETECTORS, Action
 from zguard.security.netacl import LOOPBACK_NETWORKS, parse_networks
 from zguard.security.rates import parse_rates
 from zguard.security.rbac import CustomRole, RoleError, RoleRegistry, build_registry, check_assignment
@@ -21,7 +22,6 @@ from zguard.security.rbac import CustomRole, RoleError, RoleRegistry, build_regi
 DEFAULT_CONFIG_PATH = Path("config/zguard.yaml")
 ENV_PREFIX = "ZGUARD_"
 ENV_CONFIG = "ZGUARD_CONFIG"
-SIZE_STEP = 16  # Z-Image works on latents 1/16 of the image side; sizes must be multiples.
 _BCRYPT_HASH = re.compile(r"^\$2[aby]\$\d{2}\$[./A-Za-z0-9]{53}$")
 
 
@@ -692,21 +692,3 @@ class Settings(_Section):
         if self.api.port == self.console.port and self.api.host == self.console.host:
             raise ValueError("api.port and console.port must differ: each listener needs its own port")
         return self
-
-
-def parse_size(text: str) -> tuple[int, int] | None:
-    """``"1024x768"`` → ``(1024, 768)``; None when the text is not of that shape."""
-    match = re.fullmatch(r"([1-9][0-9]{0,4})[xX×]([1-9][0-9]{0,4})", text)  # ASCII digits only
-    return (int(match.group(1)), int(match.group(2))) if match else None
-
-
-def check_size(size: tuple[int, int], limits: GenerationSettings) -> str | None:
-    """Why `size` is not allowed under `limits`, or None when it is."""
-    width, height = size
-    if width % SIZE_STEP or height % SIZE_STEP:
-        return f"width and height must be multiples of {SIZE_STEP}"
-    if min(width, height) < limits.min_side or max(width, height) > limits.max_side:
-        return f"width and height must be between {limits.min_side} and {limits.max_side}"
-    if width * height > limits.max_pixels:
-        return f"width x height must not exceed {limits.max_pixels} pixels"
-    return None

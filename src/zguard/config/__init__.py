@@ -1,0 +1,49 @@
+"""zguard's settings: the typed model (`settings`) and how it is read (`loader`).
+
+Everything outside imports from here. The model imports nothing above it: only `zguard.errors`,
+the pure parsers of `zguard.security` and the size rules of `zguard.engine.sizes`.
+"""
+
+from zguard.config.settings import (
+    DEFAULT_CONFIG_PATH,
+    ENV_CONFIG,
+    ENV_PREFIX,
+    ApiAuthSettings,
+    ApiSettings,
+    AuditSettings,
+    ConfigUser,
+    ConsoleSettings,
+    DatabaseSettings,
+    GenerationSettings,
+    IntegritySettings,
+    IsolationSettings,
+    ListenerSettings,
+    ModelSettings,
+    PolicySettings,
+    ProvenanceSettings,
+    RateLimitSettings,
+    Settings,
+    SyslogSettings,
+)
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "ENV_CONFIG",
+    "ENV_PREFIX",
+    "ApiAuthSettings",
+    "ApiSettings",
+    "AuditSettings",
+    "ConfigUser",
+    "ConsoleSettings",
+    "DatabaseSettings",
+    "GenerationSettings",
+    "IntegritySettings",
+    "IsolationSettings",
+    "ListenerSettings",
+    "ModelSettings",
+    "PolicySettings",
+    "ProvenanceSettings",
+    "RateLimitSettings",
+    "Settings",
+    "SyslogSettings",
+]
