@@ -35,9 +35,26 @@
 
 The public `message` is written for the client and never contains `str()` of another exception;
 `detail` holds what the operator needs and stays server-side.
+
+Exit codes, one table for every `zguard` command (README "Exit codes"):
+
+    0  EXIT_OK           done; the check passed
+    1  EXIT_NO           the command ran and the answer is no: `db current` not at head,
+                         `audit verify` damaged, `model verify` mismatch, `trace` found nothing or
+                         the label is invalid, `policy test` would block, `policy reload` found no
+                         server, `scan` findings at or above --fail-on, `doctor` WARN
+    2  EXIT_FIX          the operator must change something: settings, arguments, a refused
+                         action, an unusable key file, a schema not current, `doctor` FAIL
+    3  EXIT_UNAVAILABLE  a dependency failed: the state database cannot be reached, the audit
+                         trail could not record the command, the model failed to load (`serve`)
 """
 
 from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_NO = 1
+EXIT_FIX = 2
+EXIT_UNAVAILABLE = 3
 
 
 class ZguardError(Exception):

@@ -23,6 +23,7 @@ from tests.common.cli import ZguardCli
 from tests.common.databases import database_url_for
 from zguard.audit import MemoryAuditSink
 from zguard.cli import admin as admin_cli
+from zguard.cli import common as cli_common
 from zguard.cli.main import main
 from zguard.config.loader import load_settings
 from zguard.security.passwords import verify_password
@@ -89,7 +90,7 @@ def db_url(backend: str, tmp_path: Path) -> Iterator[URL]:
 @pytest.fixture
 def sink(monkeypatch: pytest.MonkeyPatch) -> MemoryAuditSink:
     memory = MemoryAuditSink()
-    monkeypatch.setattr(admin_cli, "audit_sink_factory", lambda settings, engine: memory)
+    monkeypatch.setattr(cli_common, "audit_sink_factory", lambda settings, engine: memory)
     monkeypatch.setattr(admin_cli, "PASSWORD_COST", 4)  # bcrypt's lowest: the tests check behaviour, not cost
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     return memory

@@ -16,8 +16,8 @@ from tests.common.audit import audit_trail, sqlite_url
 from tests.common.engines import GatedEngine
 from tests.common.factories import api_client, make_settings
 from zguard.audit.prompts import PromptCapture
-from zguard.cli.doctor import EXIT_BY_SEVERITY, Host, report, run_checks
 from zguard.cli.main import main
+from zguard.ops.doctor import EXIT_BY_SEVERITY, Host, report, run_checks
 from zguard.ops.host_checks import Finding, Identity
 from zguard.security.passwords import hash_password
 from zguard.serve.wiring import build_auth, build_runtime

@@ -13,7 +13,8 @@ import yaml
 
 from tests.common.servers import ZguardProcess
 from zguard.cli.main import main
-from zguard.cli.policy import EXIT_BLOCKED, EXIT_CONFIG, EXIT_NO_SERVER, EXIT_OK
+from zguard.cli.common import EXIT_FIX, EXIT_OK
+from zguard.cli.policy import EXIT_BLOCKED, EXIT_NO_SERVER
 
 
 def config(tmp_path: Path, lists: list[Path] | None = None, **policy: object) -> str:
@@ -64,14 +65,14 @@ def test_policy_test_reads_stdin_roles_and_reveals_on_request(
     assert verdict_of(capsys)["verdict"] == "flagged"
     assert main(["policy", "test", "x", "--negative", "机密", "--config", cfg]) == EXIT_BLOCKED
     assert verdict_of(capsys)["findings"][0]["field"] == "negative_prompt"  # type: ignore[index]
-    assert main(["policy", "test", "x", "--role", "nobody", "--config", cfg]) == EXIT_CONFIG
+    assert main(["policy", "test", "x", "--role", "nobody", "--config", cfg]) == EXIT_FIX
     assert "unknown role(s) nobody" in capsys.readouterr().err
 
 
 def test_policy_test_refuses_a_broken_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     broken = tmp_path / "broken.txt"
     broken.write_text("@nonsense\n", encoding="utf-8")
-    assert main(["policy", "test", "x", "--config", config(tmp_path, [broken])]) == EXIT_CONFIG
+    assert main(["policy", "test", "x", "--config", config(tmp_path, [broken])]) == EXIT_FIX
     assert "broken.txt:1: unknown directive" in capsys.readouterr().err
 
 
@@ -116,7 +117,7 @@ def test_reload_signals_the_running_server(tmp_path: Path, capsys: pytest.Captur
         assert status("北极星") == 200
         assert "prompt policy reloaded: 1 terms" in server.log()
         terms.write_text("@broken\n", encoding="utf-8")
-        assert main(["policy", "reload", "--config", cfg]) == EXIT_CONFIG
+        assert main(["policy", "reload", "--config", cfg]) == EXIT_FIX
         assert "the server (pid" in capsys.readouterr().err
         until(lambda: "reload failed" in server.log())
         assert status("银河计划") == 400  # the previous policy stays in force

@@ -9,8 +9,8 @@ Decisions:
   not a terminal; never from argv, where `ps` and shell history would keep them.
 - A refused action (unknown name, bad role, schema not current, ...) is one line on stderr and exit
   2; an unreachable database is exit 3, like `zguard db`. No traceback for either.
-- Audit events go through `audit_sink_factory(settings, engine)`: committed to the audit trail
-  in the same database before the command reports success; tests put a `MemoryAuditSink` there.
+- Audit events go through `zguard.cli.common.audit_sink_factory(settings, engine)`: committed to
+  the audit trail in the same database before the command reports success.
 """
 
 from __future__ import annotations
@@ -26,42 +26,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from zguard import state_paths
+from zguard.cli import common as cli_common
+from zguard.cli.common import EXIT_FIX, EXIT_OK, acting_user, run_on_database, schema_not_current, settings_of
 from zguard.config import Settings
-from zguard.config.loader import load_settings
 from zguard.errors import ZguardError
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from zguard.audit import AuditSink
     from zguard.services.admin import Actor, AdminService
     from zguard.store.principals import PrincipalKind
 
-EXIT_OK = 0
-EXIT_REFUSED = 2  # the same code as a configuration error: the operator must change something
-EXIT_DATABASE = 3  # the state database cannot be reached (as in `zguard db`)
 PASSWORD_COST = 12  # bcrypt cost of new hashes (passwords.DEFAULT_COST); tests lower it
-NOT_INITIALIZED_HINT = "run `zguard init` (or `zguard db upgrade`)"
-
-
-def _trail_sink(settings: Settings, engine: Engine) -> AuditSink:
-    from zguard.audit.setup import StoreSink, open_audit_store
-
-    return StoreSink(open_audit_store(settings, engine))
-
-
-audit_sink_factory: Callable[[Settings, Engine], AuditSink] = _trail_sink
-"""Where admin commands report their audit events; replace it to capture them."""
-
-
-def acting_user() -> str:
-    """``cli:<os user>``: who ran the command, as far as the operating system says."""
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (OSError, KeyError):  # no login name in the environment or the password database
-        import os
-
-        return f"cli:uid={os.getuid()}"
 
 
 @dataclass(frozen=True)
@@ -73,26 +49,6 @@ class _Context:
     key_path: Path
 
 
-def run_on_database(settings: Settings, action: Callable[[Engine, str], int]) -> int:
-    """Open the state database of `settings` and run `action(engine, url with the password hidden)`;
-    a database failure is one line on stderr and exit 3, never a traceback. `zguard db` uses it too."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from zguard.store.database import create_store_engine, database_url
-
-    url = database_url(settings)
-    shown = url.render_as_string(hide_password=True)
-    engine = create_store_engine(url)
-    try:
-        return action(engine, shown)
-    except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc.__class__.__name__).strip().splitlines()[0]
-        print(f"zguard: state database {shown}: {reason}", file=sys.stderr)
-        return EXIT_DATABASE
-    finally:
-        engine.dispose()
-
-
 def _run(args: argparse.Namespace, action: Callable[[_Context], int], *, upgrade: bool = False) -> int:
     """Open the store (migrating it first with `upgrade`, else requiring it at head) and run `action`."""
     from zguard.security.keys import KeyFileError
@@ -101,7 +57,7 @@ def _run(args: argparse.Namespace, action: Callable[[_Context], int], *, upgrade
     from zguard.store.errors import SchemaNotCurrent
     from zguard.store.principals import PrincipalStore
 
-    settings = load_settings(getattr(args, "config", None))
+    settings = settings_of(args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
     key_path = state_paths.token_key_file(settings)
 
@@ -117,22 +73,20 @@ def _run(args: argparse.Namespace, action: Callable[[_Context], int], *, upgrade
                 PrincipalStore(engine),
                 settings.role_registry(),
                 token_key=lambda: load_token_key(key_path),
-                audit=audit_sink_factory(settings, engine),
+                audit=cli_common.audit_sink_factory(settings, engine),
                 password_cost=PASSWORD_COST,
                 reserved_names=[user.username for user in settings.api_auth.users],
             )
             return action(_Context(settings, service, Actor(acting_user()), shown, key_path))
         except SchemaNotCurrent as exc:
-            where = "empty" if exc.current is None else f"at revision {exc.current}"
-            reason = f"is {where}, this zguard needs {exc.head}; {NOT_INITIALIZED_HINT}" if exc.known else exc.message
-            print(f"zguard: state database {shown} {reason}", file=sys.stderr)
-            return EXIT_REFUSED
+            print(f"zguard: state database {shown} {schema_not_current(exc)}", file=sys.stderr)
+            return EXIT_FIX
         except ZguardError as exc:  # admin refusals and store errors: messages written for the operator
             print(f"zguard: {exc.message}", file=sys.stderr)
-            return EXIT_REFUSED
+            return EXIT_FIX
         except KeyFileError as exc:
             print(f"zguard: token key: {exc}", file=sys.stderr)
-            return EXIT_REFUSED
+            return EXIT_FIX
 
     return run_on_database(settings, on_store)
 
@@ -277,7 +231,7 @@ def cmd_user_hash_password(args: argparse.Namespace) -> int:
         password = read_new_password()
     except ZguardError as exc:
         print(f"zguard: {exc.message}", file=sys.stderr)
-        return EXIT_REFUSED
+        return EXIT_FIX
     print(hash_password(password, PASSWORD_COST))
     return EXIT_OK
 
@@ -340,7 +294,7 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_role_list(args: argparse.Namespace) -> int:
-    settings = load_settings(getattr(args, "config", None))
+    settings = settings_of(args)
     rows = [
         [role.name, "built-in" if role.builtin else "custom", ", ".join(sorted(role.permissions))]
         for role in sorted(settings.role_registry(), key=lambda r: (not r.builtin, r.name))
@@ -358,27 +312,16 @@ def _role_option(parser: argparse.ArgumentParser, *, required: bool, help_text: 
     )
 
 
-def add_admin_commands(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
+def register(commands: cli_common.Commands, common: argparse.ArgumentParser) -> None:
     """Add `init`, `user`, `token` and `role` to the `zguard` parser; `common` carries --config."""
 
-    def group(name: str, help_text: str) -> argparse._SubParsersAction[argparse.ArgumentParser]:
-        parser = commands.add_parser(
-            name, parents=[common], help=help_text, description=help_text[0].upper() + help_text[1:] + "."
-        )
-        return parser.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
+    def group(name: str, help_text: str) -> cli_common.Commands:
+        return cli_common.group(commands, common, name, help_text, help_text[0].upper() + help_text[1:] + ".")
 
     def command(
-        where: argparse._SubParsersAction[argparse.ArgumentParser],
-        name: str,
-        handler: Callable[..., int],
-        help_text: str,
-        description: str,
+        where: cli_common.Commands, name: str, handler: cli_common.Handler, help_text: str, description: str
     ) -> argparse.ArgumentParser:
-        parser = where.add_parser(name, parents=[common], help=help_text, description=description)
-        parser.set_defaults(handler=handler)
-        return parser
+        return cli_common.command(where, common, name, handler, help_text=help_text, description=description)
 
     init = commands.add_parser(
         "init",

@@ -32,9 +32,17 @@ from typing import TYPE_CHECKING, Any
 
 from zguard import state_paths
 from zguard.audit.formats import body_of, event_line, parse_moment, printable, write_events
-from zguard.cli.admin import EXIT_OK, EXIT_REFUSED, NOT_INITIALIZED_HINT, acting_user, run_on_database
+from zguard.cli.common import (
+    EXIT_FIX,
+    EXIT_NO,
+    EXIT_OK,
+    Commands,
+    acting_user,
+    run_on_database,
+    schema_not_current,
+    settings_of,
+)
 from zguard.config import Settings
-from zguard.config.loader import load_settings
 from zguard.errors import ZguardError
 
 if TYPE_CHECKING:
@@ -44,7 +52,6 @@ if TYPE_CHECKING:
     from zguard.audit import AuditEvent, DetailValue
     from zguard.audit.store import AuditStore, StoredEvent
 
-EXIT_DAMAGED = 1  # verify, verify-archive: the record is not intact
 FOLLOW_POLL_S = 1.0
 PAGE = 1_000
 _sleep = time.sleep  # `tail --follow` waits with this; tests replace it
@@ -67,7 +74,7 @@ class _Context:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(getattr(args, "config", None))
+    return settings_of(args)
 
 
 def _on_store(settings: Settings, action: Callable[[_Context], int], *, signing: bool = False) -> int:
@@ -87,10 +94,8 @@ def _on_store(settings: Settings, action: Callable[[_Context], int], *, signing:
             finally:
                 store.close()
         except SchemaNotCurrent as exc:
-            where = "empty" if exc.current is None else f"at revision {exc.current}"
-            reason = f"is {where}, this zguard needs {exc.head}; {NOT_INITIALIZED_HINT}" if exc.known else exc.message
-            print(f"zguard: state database {shown} {reason}", file=sys.stderr)
-            return EXIT_REFUSED
+            print(f"zguard: state database {shown} {schema_not_current(exc)}", file=sys.stderr)
+            return EXIT_FIX
 
     return _refusals(lambda: run_on_database(settings, on_engine))
 
@@ -108,7 +113,7 @@ def _refusals(run: Callable[[], int]) -> int:
         print(f"zguard: {exc.message}", file=sys.stderr)
     except (KeyFileError, SealError) as exc:
         print(f"zguard: {exc}", file=sys.stderr)
-    return EXIT_REFUSED
+    return EXIT_FIX
 
 
 def _public_key(settings: Settings, given: str | None) -> Ed25519PublicKey:
@@ -245,7 +250,7 @@ def _verify(ctx: _Context, public_key: Ed25519PublicKey, *, as_json: bool) -> in
     head = ctx.store.head()
     if as_json:
         print(json.dumps({**report.as_dict(), "base_seq": head.base_seq, "head_seq": head.seq}, indent=2))
-        return EXIT_OK if report.ok else EXIT_DAMAGED
+        return EXIT_OK if report.ok else EXIT_NO
     if report.problem is not None:
         problem = report.problem
         print(f"audit trail NOT intact: {problem.kind} at event {problem.seq}")
@@ -253,7 +258,7 @@ def _verify(ctx: _Context, public_key: Ed25519PublicKey, *, as_json: bool) -> in
         damaged = list(ctx.store.iter_events(after=problem.seq - 1, until=problem.seq))
         if damaged:
             print(f"  event {problem.seq} as stored: id {damaged[0].event_id}: {event_line(damaged[0]).strip()}")
-        return EXIT_DAMAGED
+        return EXIT_NO
     span = f"events {report.first_seq}..{report.last_seq}" if report.events else "no events stored"
     covers = report.last_checkpoint if report.last_checkpoint is not None else "-"
     print(
@@ -428,7 +433,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         private, public = write_keypair(Path(args.dir))
     except FileExistsError:
         print(f"zguard: {args.dir} already holds an auditor key pair; choose another directory", file=sys.stderr)
-        return EXIT_REFUSED
+        return EXIT_FIX
     print(f"private key: {private} (mode 0600): keep it with the auditor, never on the server")
     print(f"public key:  {public}: set audit.auditor_public_key_file to it and audit.prompt_capture: encrypted")
     return EXIT_OK
@@ -481,7 +486,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
             print(f"  sha256 {info.sha256}; then deleted them: the chain now starts after event {info.last_seq}")
         for note in result.notes:
             print(f"zguard: {note}", file=sys.stderr)
-        return EXIT_REFUSED if result.held_back else EXIT_OK
+        return EXIT_FIX if result.held_back else EXIT_OK
 
     return _on_store(_settings(args), action, signing=True)
 
@@ -522,7 +527,7 @@ def cmd_verify_archive(args: argparse.Namespace) -> int:
                 print(f"{report.path}: NOT intact: {report.problem.kind}{where}: {printable(report.problem.message)}")
         if args.json:
             print(json.dumps([report.as_dict() for report in reports], indent=2))
-        return EXIT_OK if all(report.ok for report in reports) else EXIT_DAMAGED
+        return EXIT_OK if all(report.ok for report in reports) else EXIT_NO
 
     return _refusals(run)
 
@@ -543,9 +548,7 @@ def _filter_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--request-id", metavar="ID", help="only events of this request")
 
 
-def add_audit_commands(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
+def register(commands: Commands, common: argparse.ArgumentParser) -> None:
     """Add `zguard audit ...` to the `zguard` parser; `common` carries --config."""
     audit = commands.add_parser(
         "audit",

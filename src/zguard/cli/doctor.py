@@ -6,263 +6,22 @@
 
 Exit status by the worst finding: 0 all pass, 1 a warning, 2 a failure. `--explain`: 0 when the
 request was found (refused or not), 2 when the audit trail has no event for it or cannot be read.
-
-The checks are zguard.ops.host_checks's (root, state directory, secret files, model files,
-encrypted volume, SELinux/AppArmor) plus what zero persistence leaves to show (runtime directory
-empty, no image files under the state directory, the last cleanup) and the audit trail (the
-chain verified as `zguard audit verify` does; the syslog forwarding lag).
+The checks themselves are zguard.ops.doctor's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
 
-from zguard import state_paths
+from zguard.cli.common import EXIT_FIX, EXIT_OK, Commands, settings_of
 from zguard.config import Settings
-from zguard.ops.host_checks import (
-    PROC,
-    SEVERITY_ORDER,
-    SYS,
-    Finding,
-    Identity,
-    model_permissions,
-    running_as,
-    secret_file_permissions,
-    secret_files,
-    security_modules,
-    settings_file,
-    state_dir_permissions,
-    storage_encryption,
-    worst,
-)
-from zguard.serve.isolation import CleanupRecord, files_under
+from zguard.ops.doctor import EXIT_BY_SEVERITY, explain_event, report, run_checks
+from zguard.ops.host_checks import SEVERITY_ORDER, Finding, settings_file, worst
 
-EXIT_BY_SEVERITY = {"pass": 0, "warn": 1, "fail": 2}
-EXIT_NOT_FOUND = 2
-IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a")
-MAX_SCANNED_FILES = 100_000
-
-
-@dataclass(frozen=True)
-class Host:
-    """What the checks read beyond the settings; tests give fake roots and another identity."""
-
-    who: Identity
-    proc_root: Path = PROC
-    sys_root: Path = SYS
-    now: Callable[[], float] = time.time
-
-    @classmethod
-    def current(cls) -> Host:
-        return cls(Identity.current())
-
-
-# --- the checks -------------------------------------------------------------------------------
-
-
-def model_findings(settings: Settings, host: Host) -> list[Finding]:
-    required = settings.integrity.require_encrypted_model_storage
-    if settings.model.path is None:
-        demo = state_paths.demo_model_dir(settings)
-        findings = [
-            Finding(
-                "model_files_read_only",
-                "warn",
-                f"serving the demo model ({demo}, random weights, built and owned by zguard itself)",
-                "set model.path to the Z-Image-Turbo directory (root-owned, mode 750/640)",
-            )
-        ]
-        where = demo if demo.exists() else settings.state_dir
-        return [
-            *findings,
-            storage_encryption(where, required=required, proc_root=host.proc_root, sys_root=host.sys_root),
-        ]
-    path = settings.model.path
-    if not (path / "model_index.json").is_file():
-        return [
-            Finding(
-                "model_files_read_only",
-                "fail",
-                f"{path}: no model_index.json (not a diffusers-format model directory, or not readable)",
-                f"point model.path at the Z-Image directory; check: ls -l {path}",
-            )
-        ]
-    return [
-        *model_permissions(path, host.who),
-        storage_encryption(path, required=required, proc_root=host.proc_root, sys_root=host.sys_root),
-    ]
-
-
-def _is_image(path: Path) -> bool:
-    try:
-        with path.open("rb") as handle:
-            head = handle.read(16)
-    except OSError:
-        return False
-    return head.startswith(IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
-
-
-def image_files(root: Path) -> list[Path]:
-    """Files under `root` that begin like a PNG, JPEG, GIF or WebP image."""
-    return [path for path in files_under(root)[:MAX_SCANNED_FILES] if _is_image(path)]
-
-
-def persistence_findings(settings: Settings, host: Host) -> list[Finding]:
-    record = CleanupRecord.read(state_paths.cleanup_record_file(settings))
-    runtime = Path(record.runtime_dir) if record is not None else state_paths.runtime_dir(settings, os.environ)
-    findings = []
-    left = files_under(runtime)
-    if left:
-        shown = ", ".join(str(p) for p in left[:5])
-        findings.append(
-            Finding(
-                "runtime_dir_empty",
-                "warn",
-                f"{runtime}: {len(left)} file(s) left by libraries: {shown} (a running server sweeps them; "
-                "a stopped one should have left none)",
-                f"stop zguard (it empties the directory on exit), or: find {runtime} -type f -delete",
-            )
-        )
-    else:
-        findings.append(Finding("runtime_dir_empty", "pass", f"{runtime}: no files"))
-    images = image_files(settings.state_dir)
-    if images:
-        findings.append(
-            Finding(
-                "no_images_on_disk",
-                "fail",
-                f"{settings.state_dir}: {len(images)} image file(s): {', '.join(str(p) for p in images[:5])}",
-                "find out what wrote them (zguard keeps images in memory only), then shred -u them",
-            )
-        )
-    else:
-        findings.append(Finding("no_images_on_disk", "pass", f"{settings.state_dir}: no image files"))
-    if record is None:
-        findings.append(
-            Finding(
-                "last_cleanup",
-                "warn",
-                f"no runtime cleanup recorded in {state_paths.cleanup_record_file(settings)} (zguard serve has not run with this state_dir)",
-                "start zguard serve; it records every sweep",
-            )
-        )
-    else:
-        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.time))
-        age = host.now() - record.time
-        stale = record.reason not in ("stop", "start") and age > 2 * settings.isolation.cleanup_interval_s
-        findings.append(
-            Finding(
-                "last_cleanup",
-                "warn" if stale else "pass",
-                f"last runtime cleanup {when} ({age:.0f} s ago, {record.reason}, {record.removed} file(s) removed)",
-                "the periodic sweep has stopped: check that zguard serve is running and its log" if stale else None,
-                {"time": when, "reason": record.reason, "removed": record.removed},
-            )
-        )
-    return findings
-
-
-def audit_findings(settings: Settings) -> list[Finding]:
-    """The chain verified as `zguard audit verify` does, and the syslog forwarding lag."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from zguard.audit.store import AuditStore
-    from zguard.audit.verify import verify_store
-    from zguard.security.keys import load_public_key
-    from zguard.store import migrate
-    from zguard.store.database import create_store_engine, database_url
-    from zguard.store.errors import SchemaNotCurrent
-
-    if settings.database.url is None and not state_paths.database_file(settings).exists():
-        return [
-            Finding(
-                "audit_trail",
-                "warn",
-                f"no state database in {settings.state_dir} yet",
-                "zguard init (or start zguard serve once)",
-            )
-        ]
-    key_path = state_paths.audit_signing_key_file(settings)
-    public_key = load_public_key(key_path) if key_path.is_file() else None
-    engine = create_store_engine(database_url(settings))
-    try:
-        migrate.check_schema_current(engine)
-        store = AuditStore(engine)
-        report = verify_store(store, public_key)
-        head, cursors = store.head(), store.cursors()
-    except (SQLAlchemyError, SchemaNotCurrent, OSError, ValueError) as exc:  # a finding, not a crash
-        return [
-            Finding(
-                "audit_trail",
-                "fail",
-                f"cannot read the audit trail: {type(exc).__name__}: {exc}",
-                "zguard audit status; zguard db current",
-            )
-        ]
-    finally:
-        engine.dispose()
-    findings = []
-    if report.problem is not None:
-        findings.append(
-            Finding(
-                "audit_trail",
-                "fail",
-                f"audit trail NOT intact: {report.problem.kind} at event {report.problem.seq}: {report.problem.message}",
-                "zguard audit verify; compare with the checkpoints forwarded to syslog, and treat as an incident",
-            )
-        )
-    else:
-        unsigned = "" if public_key is not None else f" (no signing key at {key_path}: signatures not checked)"
-        findings.append(
-            Finding(
-                "audit_trail",
-                "pass" if public_key is not None else "warn",
-                f"audit trail intact: {report.events} event(s), {report.checkpoints} checkpoint(s){unsigned}",
-                None if public_key is not None else "zguard audit verify --public-key FILE",
-            )
-        )
-    if settings.audit.syslog.transport != "off":
-        lags = {name: max(0, head.seq - seq) for name, seq in cursors.items()}
-        lag = max(lags.values(), default=head.seq)
-        findings.append(
-            Finding(
-                "syslog_forwarding",
-                "pass" if lag <= settings.audit.syslog.batch_size else "warn",
-                f"syslog forwarding to {settings.audit.syslog.host}:{settings.audit.syslog.port}: {lag} event(s) behind",
-                None
-                if lag <= settings.audit.syslog.batch_size
-                else "check the collector is reachable (zguard audit status shows the cursor); the outbox keeps the events",
-                {"lag": lag},
-            )
-        )
-    return findings
-
-
-def run_checks(
-    settings: Settings, host: Host | None = None, config_file: Path | None = None, raw_config: Any = None
-) -> list[Finding]:
-    host = host or Host.current()
-    findings = [running_as(host.who, allow_root=settings.integrity.allow_root)]
-    findings.append(state_dir_permissions(settings.state_dir, host.who))
-    findings += secret_file_permissions(secret_files(settings, config_file, raw_config))
-    findings += model_findings(settings, host)
-    findings.append(security_modules(host.proc_root, host.sys_root))
-    findings += persistence_findings(settings, host)
-    findings += audit_findings(settings)
-    return findings
-
-
-def report(findings: Sequence[Finding]) -> dict[str, Any]:
-    status = worst(findings)
-    return {"status": status, "exit": EXIT_BY_SEVERITY[status], "findings": [f.as_dict() for f in findings]}
+EXIT_NOT_FOUND = EXIT_FIX  # --explain: no event for the id, or the trail cannot be read
 
 
 def print_findings(findings: Sequence[Finding]) -> None:
@@ -273,94 +32,6 @@ def print_findings(findings: Sequence[Finding]) -> None:
     status = worst(findings)
     counts = {s: sum(f.severity == s for f in findings) for s in ("pass", "warn", "fail")}
     print(f"\n{counts['pass']} passed, {counts['warn']} warning(s), {counts['fail']} failure(s): {status.upper()}")
-
-
-# --- --explain --------------------------------------------------------------------------------
-
-
-def _allow_key(settings: Settings, listener: str | None) -> tuple[str, list[str]]:
-    if listener == "console":
-        return "console.allow", settings.console.allow
-    return "api.allow", settings.api.allow
-
-
-def explain_event(body: Mapping[str, Any], settings: Settings) -> tuple[str, str | None]:
-    """(what refused the request, how to fix it) for one audit event body."""
-    code = body.get("code")
-    detail: Mapping[str, Any] = body.get("detail") or {}
-    client, listener, principal = body.get("client"), body.get("listener"), body.get("principal")
-    roles = ", ".join(body.get("roles") or []) or "none"
-    status = (body.get("http") or {}).get("status")
-    if code is None:
-        return f"the request was not refused: outcome {body.get('outcome')}, HTTP {status}", None
-    if code == "ip_not_allowed":
-        key, allow = _allow_key(settings, listener)
-        return (
-            f"the network allowlist refused client {client} on the {listener} listener (TCP peer {detail.get('peer')}, "
-            f"{detail.get('forwarded_headers', 0)} X-Forwarded-For header(s)): it is outside {key} = {allow}",
-            f"add the client's network to {key} (e.g. {key}: [{client}/32]), or call from an allowed network; "
-            "behind a proxy, list the proxy in trusted_proxies so X-Forwarded-For is read",
-        )
-    if code == "missing_credentials":
-        return (
-            "authentication refused it: the request carried no credentials (no Authorization header)",
-            "send 'Authorization: Bearer <zguard API key>' (zguard token create --user NAME), or HTTP Basic",
-        )
-    if code == "invalid_api_key":
-        reason = detail.get("reason", "wrong credentials")
-        return (
-            f"authentication refused the Authorization header ({body.get('auth_method') or 'credentials'}): {reason}",
-            "check the Authorization header: the key copied whole (zg_...), not revoked, expired or disabled "
-            "(zguard token list); issue a new one with zguard token create --user NAME",
-        )
-    if code == "permission_denied":
-        permission = detail.get("permission", "?")
-        return (
-            f"authorization refused {principal} (roles: {roles}): {detail.get('reason') or f'needs {permission}'}",
-            f"give {principal} a role that grants {permission}: zguard user roles {principal} --role ROLE",
-        )
-    if code == "rate_limit_exceeded":
-        return (
-            f"the rate limit refused {principal}: at most {detail.get('limit')} request(s) per {detail.get('period_s')} s",
-            f"retry after {detail.get('retry_after')} s, or raise rate_limit / rate_limits.per_principal.{principal} "
-            "/ rate_limits.per_role",
-        )
-    if code == "too_many_concurrent_requests":
-        limit = settings.rate_limits.max_concurrent_per_principal
-        return (
-            f"the concurrency limit refused {principal}: already {limit} generation(s) in flight",
-            "wait for one to finish, or raise rate_limits.max_concurrent_per_principal",
-        )
-    if code == "too_many_failed_logins":
-        return (
-            f"too many failed logins from {client} or for this user; locked out for {detail.get('retry_after', '?')} s",
-            "fix the password in the client, wait out the lockout; limits: api_auth.failed_logins_per_user / "
-            "api_auth.failed_logins_per_address",
-        )
-    if code == "prompt_rejected":
-        policy = body.get("policy") or {}
-        return (
-            f"the prompt policy rejected the prompt: category {policy.get('category')}, detector "
-            f"{policy.get('detector')}, term {policy.get('term_id')}",
-            "rephrase the prompt; if it is legitimate, an admin adds the phrase to policy.allow_phrases "
-            "(check with zguard policy test)",
-        )
-    if code == "audit_unavailable":
-        return (
-            "the audit trail could not record the request, so it was refused (fail closed)",
-            "check the state database (zguard audit status, zguard doctor); the server log has the error",
-        )
-    fixes = {
-        "server_busy": "the admission queue was full: retry later, or raise generation.max_queue",
-        "model_not_ready": "the model was loading: wait until /readyz answers 200",
-        "rate_limiter_unavailable": "the rate-limit storage (rate_limits.storage, Redis) failed: check it is up",
-        "generation_timeout": "the generation ran past generation.timeout_s: fewer steps, smaller size, or raise it",
-        "request_too_large": "the body exceeded api.max_body_bytes",
-    }
-    return (
-        f"refused with {code} (HTTP {status}); detail: {json.dumps(dict(detail), ensure_ascii=False)}",
-        fixes.get(code, "see docs/errors for this code"),
-    )
 
 
 def explain(settings: Settings, request_id: str, *, as_json: bool) -> int:
@@ -389,7 +60,7 @@ def explain(settings: Settings, request_id: str, *, as_json: bool) -> int:
     if as_json:
         out = {"request_id": request_id, "code": body.get("code"), "outcome": body.get("outcome")}
         print(json.dumps({**out, "explanation": what, "fix": fix, "events": bodies}, indent=2, ensure_ascii=False))
-        return 0
+        return EXIT_OK
     status = (body.get("http") or {}).get("status")
     print(
         f"request {request_id}: {body.get('type')} {body.get('outcome')} at {body.get('time')}, "
@@ -398,16 +69,14 @@ def explain(settings: Settings, request_id: str, *, as_json: bool) -> int:
     print(f"  {what}")
     if fix:
         print(f"  fix: {fix}")
-    return 0
+    return EXIT_OK
 
 
 # --- the command ------------------------------------------------------------------------------
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from zguard.config.loader import load_settings
-
-    settings = load_settings(getattr(args, "config", None))
+    settings = settings_of(args)
     if args.explain:
         return explain(settings, args.explain, as_json=args.json)
     path, raw = settings_file(getattr(args, "config", None))
@@ -419,7 +88,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return EXIT_BY_SEVERITY[worst(findings)]
 
 
-def add_doctor_command(commands: Any, common: argparse.ArgumentParser) -> None:
+def register(commands: Commands, common: argparse.ArgumentParser) -> None:
     doctor = commands.add_parser(
         "doctor",
         parents=[common],

@@ -10,8 +10,8 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
+from zguard.cli.common import EXIT_FIX, EXIT_OK, Commands
 from zguard.ops.install import (
     DEFAULT_APP_DIR,
     DEFAULT_CONFIG_DIR,
@@ -26,8 +26,6 @@ from zguard.ops.install import (
     host_gpus,
 )
 
-EXIT_OK = 0
-EXIT_FAILED = 2
 SYSTEMD_RUNNING = Path("/run/systemd/system")
 
 
@@ -95,10 +93,10 @@ def cmd_install(args: argparse.Namespace) -> int:
         return install(args)
     except InstallError as exc:
         print(f"zguard install: {exc.message}", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_FIX
 
 
-def add_install_command(commands: Any, common: argparse.ArgumentParser) -> None:
+def register(commands: Commands, common: argparse.ArgumentParser) -> None:
     parser = commands.add_parser(
         "install",
         parents=[common],

@@ -1,4 +1,4 @@
-"""`zguard model pin` and `zguard model verify`: the model manifest from the command line."""
+"""`zguard model demo`, `model pin` and `model verify`: the demo model and the manifest from the command line."""
 
 from __future__ import annotations
 
@@ -8,12 +8,10 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from zguard.cli.common import EXIT_FIX, EXIT_NO, EXIT_OK, Commands, command, group, setup_logging
 from zguard.integrity.manifest import MANIFEST_FILE, ManifestError, Progress, pin, verify
 from zguard.security.keys import KeyFileError, load_public_key, read_private_key
 
-EXIT_OK = 0
-EXIT_REFUSED = 1  # the directory does not match its manifest (or cannot be pinned)
-EXIT_CONFIG = 2
 PROGRESS_MIN_BYTES = 64 * 1024 * 1024  # smaller models finish before a bar would help
 BAR_WIDTH = 30
 
@@ -53,19 +51,19 @@ def _progress(label: str) -> ProgressBar | None:
 
 def _report_refusal(exc: ManifestError) -> int:
     print(f"zguard: {exc.message}", file=sys.stderr)
-    return EXIT_REFUSED
+    return EXIT_NO
 
 
 def cmd_model_pin(args: argparse.Namespace) -> int:
     model_dir = Path(args.dir)
     if not model_dir.is_dir():
         print(f"zguard: {model_dir} is not a directory", file=sys.stderr)
-        return EXIT_CONFIG
+        return EXIT_FIX
     try:
         key = read_private_key(Path(args.key)) if args.key else None
     except (OSError, KeyFileError) as exc:
         print(f"zguard: --key: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return EXIT_FIX
     bar = _progress("hashing")
     progress: Progress | None = bar
     try:
@@ -89,7 +87,7 @@ def cmd_model_verify(args: argparse.Namespace) -> int:
         public_key = load_public_key(Path(args.public_key)) if args.public_key else None
     except (OSError, KeyFileError) as exc:
         print(f"zguard: --public-key: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return EXIT_FIX
     bar = _progress("verifying")
     try:
         report = verify(model_dir, public_key, progress=bar)
@@ -108,9 +106,31 @@ def cmd_model_verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def add_model_pin_commands(
-    model_commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
+def cmd_model_demo(args: argparse.Namespace) -> int:
+    setup_logging("warning")
+    from zguard.engine.demo import write_demo_model
+
+    try:
+        path = write_demo_model(Path(args.dir))
+    except FileExistsError:
+        print(f"zguard: {args.dir} exists and is not empty; choose an empty or new directory", file=sys.stderr)
+        return EXIT_FIX
+    print(f"demo model written to {path} (random weights: images are noise), pinned in its manifest")
+    return EXIT_OK
+
+
+def register(commands: Commands, common: argparse.ArgumentParser) -> None:
+    """Add `model demo`, `model pin` and `model verify`; `common` carries --config."""
+    model_commands = group(commands, common, "model", "model tools", "Model tools.")
+    demo = command(
+        model_commands,
+        common,
+        "demo",
+        cmd_model_demo,
+        help_text="build the tiny random-weight demo model",
+        description="Write the tiny random-weight demo pipeline (safetensors, byte-identical every build) to DIR.",
+    )
+    demo.add_argument("dir", metavar="DIR", help="new or empty directory to write the model to")
     pin_cmd = model_commands.add_parser(
         "pin",
         parents=[common],

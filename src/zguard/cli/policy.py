@@ -1,7 +1,7 @@
 """`zguard policy test TEXT` and `zguard policy reload`.
 
 `test` judges a prompt with the configured lists, as the server would, and prints the verdict as
-JSON; it exits 0 when the prompt would be served (flagged or not) and 3 when it would be blocked.
+JSON; it exits 0 when the prompt would be served (flagged or not) and 1 when it would be blocked.
 `reload` checks the lists here first, then sends SIGHUP to the server found through
 `state_dir/zguard.pid`; the server swaps the new policy in, or keeps the old one when a list is
 broken, and records `policy.reloaded` with each list's SHA-256 in the audit trail.
@@ -17,15 +17,13 @@ import sys
 from collections.abc import Callable
 
 from zguard import state_paths
-from zguard.config.loader import load_settings
+from zguard.cli.common import EXIT_FIX, EXIT_NO, EXIT_OK, Commands, settings_of
 from zguard.errors import ConfigError
 from zguard.policy.holder import PolicyHolder, PolicyLoadError, build_policy
 from zguard.serve.pidfile import running_server
 
-EXIT_OK = 0
-EXIT_NO_SERVER = 1  # `reload`: no running server found for this state_dir
-EXIT_CONFIG = 2
-EXIT_BLOCKED = 3  # `test`: the policy would block the prompt
+EXIT_BLOCKED = EXIT_NO  # `test`: the policy would block the prompt
+EXIT_NO_SERVER = EXIT_NO  # `reload`: no running server found for this state_dir
 
 
 def _text(value: str) -> str:
@@ -34,7 +32,7 @@ def _text(value: str) -> str:
 
 
 def cmd_policy_test(args: argparse.Namespace) -> int:
-    settings = load_settings(getattr(args, "config", None))
+    settings = settings_of(args)
     roles = args.role or []
     if unknown := sorted(set(roles) - set(settings.role_registry().roles)):
         raise ConfigError([f"--role: unknown role(s) {', '.join(unknown)}"])
@@ -47,7 +45,7 @@ def cmd_policy_test(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_reload(args: argparse.Namespace) -> int:
-    settings = load_settings(getattr(args, "config", None))
+    settings = settings_of(args)
     problem = None
     try:
         policy, hashes = build_policy(settings.policy)
@@ -59,19 +57,17 @@ def cmd_policy_reload(args: argparse.Namespace) -> int:
     pid = running_server(settings.state_dir)
     if pid is None:
         print(f"zguard: no running server found through {state_paths.pid_file(settings.state_dir)}", file=sys.stderr)
-        return EXIT_CONFIG if problem else EXIT_NO_SERVER
+        return EXIT_FIX if problem else EXIT_NO_SERVER
     # Signalled even when a list is broken: the server then keeps its policy and audits the failed reload.
     os.kill(pid, signal.SIGHUP)
     if problem:
         print(f"zguard: {problem}; the server (pid {pid}) keeps its current policy", file=sys.stderr)
-        return EXIT_CONFIG
+        return EXIT_FIX
     print(f"sent SIGHUP to the server (pid {pid}); it logs and audits the reload")
     return EXIT_OK
 
 
-def add_policy_commands(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
+def register(commands: Commands, common: argparse.ArgumentParser) -> None:
     """Add `policy test` and `policy reload` to the `zguard` parser; `common` carries --config."""
     policy = commands.add_parser(
         "policy",

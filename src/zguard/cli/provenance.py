@@ -17,15 +17,21 @@ from typing import TYPE_CHECKING, Any
 
 from zguard import state_paths
 from zguard.audit.formats import printable
-from zguard.cli.admin import EXIT_OK, EXIT_REFUSED, NOT_INITIALIZED_HINT, acting_user, run_on_database
-from zguard.config.loader import load_settings
+from zguard.cli.common import (
+    EXIT_FIX,
+    EXIT_NO,
+    EXIT_OK,
+    NOT_INITIALIZED_HINT,
+    Commands,
+    acting_user,
+    run_on_database,
+    settings_of,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from zguard.provenance.trace import TraceResult
-
-EXIT_NOT_FOUND = 1
 
 
 def _read_image(path: str) -> bytes | None:
@@ -44,35 +50,35 @@ def cmd_trace(args: argparse.Namespace) -> int:
     from zguard.store import migrate
     from zguard.store.errors import SchemaNotCurrent
 
-    settings = load_settings(args.config)
+    settings = settings_of(args)
     blob = _read_image(args.image)
     if blob is None:
-        return EXIT_REFUSED
+        return EXIT_FIX
     try:
         watermarker = load_watermarker(settings)
     except (OSError, KeyFileError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         print(f"zguard: watermark key {state_paths.watermark_key_file(settings)}: {reason}", file=sys.stderr)
-        return EXIT_REFUSED
+        return EXIT_FIX
 
     def on_engine(engine: Engine, shown: str) -> int:
         try:
             migrate.check_schema_current(engine)
         except SchemaNotCurrent:
             print(f"zguard: state database {shown} is not current; {NOT_INITIALIZED_HINT}", file=sys.stderr)
-            return EXIT_REFUSED
+            return EXIT_FIX
         store = AuditStore(engine)
         try:
             try:
                 result = trace(blob, watermarker, store)
             except NotAnImage as exc:
                 print(f"zguard: {args.image}: {exc}", file=sys.stderr)
-                return EXIT_REFUSED
+                return EXIT_FIX
             store.append([pending(traced_event(result, principal=acting_user(), source="cli"))])
         finally:
             store.close()
         _print(result, as_json=args.json)
-        return EXIT_OK if result.found else EXIT_NOT_FOUND
+        return EXIT_OK if result.found else EXIT_NO
 
     return run_on_database(settings, on_engine)
 
@@ -118,27 +124,27 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     blob = _read_image(args.image)
     if blob is None:
-        return EXIT_REFUSED
+        return EXIT_FIX
     if args.public_key is not None:
         key = serialization.load_pem_public_key(Path(args.public_key).read_bytes())
         if not isinstance(key, Ed25519PublicKey):
             print(f"zguard: {args.public_key} is not an Ed25519 public key", file=sys.stderr)
-            return EXIT_REFUSED
+            return EXIT_FIX
         public_key = key
     else:
-        public_key = load_signing_key(load_settings(args.config)).public_key()
+        public_key = load_signing_key(settings_of(args)).public_key()
     try:
         check = verify(open_image(blob), public_key)
     except NotAnImage as exc:
         print(f"zguard: {args.image}: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
+        return EXIT_FIX
     if args.json:
         print(json.dumps({"valid": check.valid, "reason": check.reason, "label": check.label}, ensure_ascii=False))
     else:
         print(("label OK: " if check.valid else "label NOT valid: ") + check.reason)
         for name, value in (check.label or {}).items():
             print(f"  {name}: {printable(value)}")
-    return EXIT_OK if check.valid else EXIT_NOT_FOUND
+    return EXIT_OK if check.valid else EXIT_NO
 
 
 def cmd_public_key(args: argparse.Namespace) -> int:
@@ -146,16 +152,14 @@ def cmd_public_key(args: argparse.Namespace) -> int:
 
     from zguard.provenance.marking import load_signing_key
 
-    key = load_signing_key(load_settings(args.config)).public_key()
+    key = load_signing_key(settings_of(args)).public_key()
     sys.stdout.write(
         key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
     )
     return EXIT_OK
 
 
-def add_provenance_commands(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
+def register(commands: Commands, common: argparse.ArgumentParser) -> None:
     """Add `zguard trace` and `zguard provenance ...`; `common` carries --config."""
     trace = commands.add_parser(
         "trace",

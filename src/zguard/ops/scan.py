@@ -1,8 +1,4 @@
-"""`zguard scan`: the monthly security scan, offline.
-
-    zguard scan --vuln-db osv-pypi.zip            a table for people
-    zguard scan --vuln-db DIR --json              {"status", "counts", "findings", ...} for machines
-    zguard scan --fail-on medium                  exit 1 when any finding is medium or worse
+"""The monthly security scan, offline (`zguard scan`, zguard.cli.scan).
 
 Four checks: (a) installed Python packages against an OSV database the operator supplies
 (zguard.ops.osv); (b) the model directory re-verified against its manifest; (c) a permission
@@ -11,17 +7,11 @@ review of the state database; (d) configuration hygiene (zguard.ops.review).
 Fail closed: no database, a package that cannot be compared, a model or state database that
 cannot be read each become a finding and the status `incomplete`; only a scan that checked
 everything and found nothing says `clean`. Every scan is recorded as `scan.completed` in the
-audit trail; if it cannot be, the scan exits 3.
-
-Exit status: 0 no finding at or above `--fail-on` (default high); 1 at least one;
-2 the settings or `--vuln-db` cannot be used; 3 the audit event could not be recorded.
+audit trail (by the command); if it cannot be, the scan exits 3.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -32,23 +22,14 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from zguard import state_paths
-from zguard.audit import AuditEvent
-from zguard.cli import admin as admin_cli
 from zguard.config import Settings
-from zguard.config.loader import load_settings
 from zguard.integrity.manifest import verify
 from zguard.ops import osv
-from zguard.ops.review import SEVERITIES, Finding, at_or_above, config_hygiene, permission_review
+from zguard.ops.review import SEVERITIES, Finding, config_hygiene, permission_review
 from zguard.security.keys import KeyFileError, load_public_key
 from zguard.store import migrate
-from zguard.store.database import create_store_engine, database_url
 from zguard.store.principals import PrincipalStore
 
-EXIT_CLEAN = 0
-EXIT_FINDINGS = 1
-EXIT_USAGE = 2
-EXIT_AUDIT = 3
-DEFAULT_FAIL_ON = "high"
 MAX_LISTED_PROBLEMS = 5
 
 
@@ -189,78 +170,3 @@ def run_scan(
     report.findings += config_hygiene(settings)
     report.findings.sort(key=lambda f: (-SEVERITIES.index(f.severity), f.check, f.subject))
     return report
-
-
-def render_table(report: ScanReport) -> str:
-    deps = report.dependencies
-    lines = [
-        f"zguard scan: {report.status.upper()}",
-        "  dependencies: "
-        + (
-            f"{deps.get('checked', 0)} of {deps['installed']} packages checked against "
-            f"{deps.get('advisories', 0)} PyPI advisories in {deps['database']}"
-            if deps.get("database")
-            else f"{deps['installed']} packages NOT checked (no --vuln-db)"
-        ),
-        f"  model: {report.model.get('path')} " + ("verified" if report.model.get("verified") else "NOT verified"),
-        f"  principals: {len(report.principals)}, enabled admins: "
-        + ("?" if report.admins is None else str(report.admins)),
-    ]
-    lines += [f"    {p['name']:<24} {p['kind']:<8} {'enabled ' if p['enabled'] else 'DISABLED'} "
-              f"{','.join(p['roles']) or '-'}" for p in report.principals]  # fmt: skip
-    counts = report.counts()
-    lines.append("  findings: " + ", ".join(f"{counts[s]} {s}" for s in reversed(SEVERITIES)))
-    if report.findings:
-        lines.append("")
-        lines.append(f"{'SEVERITY':<9} {'CHECK':<12} {'CODE':<32} {'SUBJECT':<36} MESSAGE")
-        for f in report.findings:
-            lines.append(f"{f.severity.upper():<9} {f.check:<12} {f.code:<32} {f.subject:<36} {f.message}")
-            if f.fix:
-                lines.append(f"{'':<9} fix: {f.fix}")
-    return "\n".join(lines)
-
-
-def cmd_scan(args: argparse.Namespace) -> int:
-
-    settings = load_settings(getattr(args, "config", None))
-    engine = create_store_engine(database_url(settings))
-    vuln_db = Path(args.vuln_db) if args.vuln_db else None
-    try:
-        report = run_scan(settings, engine, vuln_db=vuln_db)
-    except osv.VulnDbError as exc:
-        print(f"zguard: {exc.message}", file=sys.stderr)
-        return EXIT_USAGE
-    failing = [f for f in report.findings if at_or_above(f.severity, args.fail_on)]
-    code = EXIT_FINDINGS if failing else EXIT_CLEAN
-    print(json.dumps(report.to_json(), indent=2) if args.json else render_table(report))
-    event = AuditEvent(
-        type="scan.completed",
-        outcome="done",
-        principal=admin_cli.acting_user(),
-        detail={"status": report.status, "fail_on": args.fail_on, "exit": code, "vuln_db": vuln_db is not None,
-                **{f"findings_{s}": n for s, n in report.counts().items()}},
-    )  # fmt: skip
-    try:
-        admin_cli.audit_sink_factory(settings, engine).emit(event)
-    except Exception as exc:  # noqa: BLE001 - fail closed: any failure to record means no scan happened
-        print(f"zguard: the scan could not be recorded in the audit trail ({type(exc).__name__}); "
-              "run `zguard init` or check database.url", file=sys.stderr)  # fmt: skip
-        return EXIT_AUDIT
-    return code
-
-
-def add_scan_command(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:  # fmt: skip
-    scan = commands.add_parser(
-        "scan",
-        parents=[common],
-        help="security scan: vulnerable packages, model manifest, permissions, configuration",
-        description=(__doc__ or "").split("\n\n")[0],
-        epilog="exit status: 0 nothing at or above --fail-on, 1 findings at or above it, "
-        "2 unusable settings or --vuln-db, 3 the scan could not be audited",
-    )
-    scan.add_argument("--vuln-db", metavar="PATH", help="OSV database: a directory of JSON files or a zip export")
-    scan.add_argument("--json", action="store_true", help="print the report as JSON")
-    scan.add_argument(
-        "--fail-on", choices=SEVERITIES[1:], default=DEFAULT_FAIL_ON, help="exit 1 on findings this severe or worse"
-    )
-    scan.set_defaults(handler=cmd_scan)

@@ -29,7 +29,7 @@ from zguard.audit.setup import open_audit_store, prompt_capture, start_forwarder
 from zguard.audit.trail import AuditTrail
 from zguard.config import Settings
 from zguard.engine import GenerationJob, ImageEngine
-from zguard.errors import ConfigError
+from zguard.errors import EXIT_UNAVAILABLE, ConfigError
 from zguard.integrity.manifest import ManifestError
 from zguard.policy.holder import ReloadOnSignal
 from zguard.provenance.marking import ProvenanceMarker
@@ -83,7 +83,7 @@ def serve_policy_reloads(loop: asyncio.AbstractEventLoop, runtime: Runtime, audi
     return write_pid_file(state_dir)
 
 
-EXIT_MODEL_FAILED = 3
+EXIT_MODEL_FAILED = EXIT_UNAVAILABLE  # the model did not load or warm up
 DUPLICATE_SIGNAL_S = 1.0  # a second stop signal within this is the first one delivered twice
 
 

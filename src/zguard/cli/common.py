@@ -1,0 +1,127 @@
+"""What every `zguard` command shares: the parser builders, settings, the state database, the
+acting user and where CLI audit events go. The exit codes are `zguard.errors`' one table.
+
+This module imports no database, bcrypt or crypto module: `zguard --help` must stay fast, so
+each helper imports what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeAlias
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from zguard.audit import AuditSink
+    from zguard.config import Settings
+    from zguard.store.errors import SchemaNotCurrent
+
+from zguard.errors import EXIT_FIX, EXIT_NO, EXIT_OK, EXIT_UNAVAILABLE
+
+__all__ = ["EXIT_FIX", "EXIT_NO", "EXIT_OK", "EXIT_UNAVAILABLE"]  # with the helpers below
+
+NOT_INITIALIZED_HINT = "run `zguard init` (or `zguard db upgrade`)"
+
+Handler = Callable[[argparse.Namespace], int]
+# Where subcommands go; argparse has no public name for it, and it cannot be subscripted at run time.
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def config_parent() -> argparse.ArgumentParser:
+    """The parent parser giving every (sub)command `--config`."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,  # so a subcommand's absent --config does not mask the top-level one
+        help="settings file (default: $ZGUARD_CONFIG, else config/zguard.yaml if present)",
+    )
+    return common
+
+
+def group(commands: Commands, common: argparse.ArgumentParser, name: str, help_text: str, description: str) -> Commands:
+    """A command with subcommands (`zguard NAME COMMAND`); returns where to add them."""
+    parser = commands.add_parser(name, parents=[common], help=help_text, description=description)
+    return parser.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
+
+
+def command(
+    where: Commands,
+    common: argparse.ArgumentParser,
+    name: str,
+    handler: Handler,
+    *,
+    help_text: str,
+    description: str | None = None,
+) -> argparse.ArgumentParser:
+    """A runnable (sub)command; its arguments are added to the returned parser."""
+    parser = where.add_parser(name, parents=[common], help=help_text, description=description or help_text)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def settings_of(args: argparse.Namespace) -> Settings:
+    """The settings the user pointed at: --config, else $ZGUARD_CONFIG, else config/zguard.yaml."""
+    from zguard.config.loader import load_settings
+
+    return load_settings(getattr(args, "config", None))
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def acting_user() -> str:
+    """``cli:<os user>``: who ran the command, as far as the operating system says."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):  # no login name in the environment or the password database
+        return f"cli:uid={os.getuid()}"
+
+
+def _trail_sink(settings: Settings, engine: Engine) -> AuditSink:
+    from zguard.audit.setup import StoreSink, open_audit_store
+
+    return StoreSink(open_audit_store(settings, engine))
+
+
+audit_sink_factory: Callable[[Settings, Engine], AuditSink] = _trail_sink
+"""Where commands report their audit events (committed to the trail in the same database
+before the command reports success); tests replace it to capture them."""
+
+
+def schema_not_current(exc: SchemaNotCurrent) -> str:
+    """The end of "state database URL ...": where it is, what this zguard needs and what to run."""
+    where = "empty" if exc.current is None else f"at revision {exc.current}"
+    return f"is {where}, this zguard needs {exc.head}; {NOT_INITIALIZED_HINT}" if exc.known else exc.message
+
+
+def run_on_database(settings: Settings, action: Callable[[Engine, str], int]) -> int:
+    """Open the state database of `settings` and run `action(engine, url with the password hidden)`;
+    a database failure is one line on stderr and EXIT_UNAVAILABLE, never a traceback."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from zguard.store.database import create_store_engine, database_url
+
+    url = database_url(settings)
+    shown = url.render_as_string(hide_password=True)
+    engine = create_store_engine(url)
+    try:
+        return action(engine, shown)
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc.__class__.__name__).strip().splitlines()[0]
+        print(f"zguard: state database {shown}: {reason}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    finally:
+        engine.dispose()
