@@ -6,7 +6,7 @@ import pytest
 
 from zguard.config import DEFAULT_CONFIG_PATH, Settings
 from zguard.config.loader import load_settings, masked_settings
-from zguard.engine.sizes import check_size, parse_size
+from zguard.config.sizes import check_size, parse_size
 from zguard.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]

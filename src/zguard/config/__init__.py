@@ -1,7 +1,7 @@
 """zguard's settings: the typed model (`settings`) and how it is read (`loader`).
 
 Everything outside imports from here. The model imports nothing above it: only `zguard.errors`,
-the pure parsers of `zguard.security` and the size rules of `zguard.engine.sizes`.
+the pure parsers of `zguard.security` and its own pure size rules (`zguard.config.sizes`).
 """
 
 from zguard.config.settings import (

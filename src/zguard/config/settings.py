@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from zguard.engine.sizes import SIZE_STEP, check_size, parse_size
+from zguard.config.sizes import SIZE_STEP, check_size, parse_size
 from zguard.security.detectors import DEFAULT_ACTIONS, DETECTORS, Action
 from zguard.security.netacl import LOOPBACK_NETWORKS, parse_networks
 from zguard.security.rates import parse_rates

@@ -26,9 +26,9 @@ from pydantic import ValidationError
 from zguard.app.schemas import ImageData, ImageGenerationRequest, ImageGenerationResponse, OutputFormat, ZguardMeta
 from zguard.audit import DetailValue, RequestRecord
 from zguard.config import GenerationSettings
+from zguard.config.sizes import SIZE_STEP, check_size, parse_size
 from zguard.engine import GenerationJob, ImageEngine
 from zguard.engine.admission import AdmissionQueue
-from zguard.engine.sizes import SIZE_STEP, check_size, parse_size
 from zguard.errors import (
     GenerationTimeout,
     InvalidJSON,
