@@ -40,10 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.common.benign_prompts import CHINESE, ENGLISH
 
 from zguard.config import PolicySettings
-from zguard.policy.holder import load_terms
 from zguard.policy.normalise import default_normaliser
 from zguard.policy.prompt_policy import PromptPolicy
 from zguard.policy.terms import Term
+from zguard.services.prompt_policy import load_terms
 
 PROMPT_CHARS = 1000
 TARGET_US = 200.0

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from tests.common.servers import ZguardProcess
-from zguard.cli.main import main
 from zguard.cli.common import EXIT_FIX, EXIT_OK
+from zguard.cli.main import main
 from zguard.cli.policy import EXIT_BLOCKED, EXIT_NO_SERVER
 
 

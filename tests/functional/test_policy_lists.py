@@ -6,8 +6,8 @@ import functools
 
 from tests.common.benign_prompts import ALL, CHINESE, ENGLISH
 from zguard.config import PolicySettings
-from zguard.policy.holder import build_policy, builtin_names, load_terms
 from zguard.policy.prompt_policy import PromptPolicy
+from zguard.services.prompt_policy import build_policy, builtin_names, load_terms
 
 MAX_RATE = 0.01
 

@@ -12,7 +12,7 @@ import pytest
 from tests.common.factories import make_settings
 from zguard.audit import MemoryAuditSink
 from zguard.errors import ConfigError, PromptRejected
-from zguard.policy.holder import RELOAD_EVENT, PolicyHolder, reload_and_audit
+from zguard.services.prompt_policy import RELOAD_EVENT, PolicyHolder, reload_and_audit
 
 
 def holder_for(tmp_path: Path, text: str, **policy: object) -> tuple[PolicyHolder, Path]:

@@ -9,10 +9,10 @@ from zguard.audit.prompts import PromptCapture
 from zguard.audit.setup import AuditHealth
 from zguard.engine import ImageEngine
 from zguard.engine.admission import AdmissionQueue
-from zguard.policy.holder import PolicyHolder
 from zguard.services.auth import AuthService
 from zguard.services.images import ImageService
 from zguard.services.metrics import RequestMetrics
+from zguard.services.prompt_policy import PolicyHolder
 from zguard.services.ratelimit import RateLimitService
 from zguard.services.readiness import Readiness
 

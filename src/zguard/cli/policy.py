@@ -19,8 +19,8 @@ from collections.abc import Callable
 from zguard import state_paths
 from zguard.cli.common import EXIT_FIX, EXIT_NO, EXIT_OK, Commands, settings_of
 from zguard.errors import ConfigError
-from zguard.policy.holder import PolicyHolder, PolicyLoadError, build_policy
 from zguard.serve.pidfile import running_server
+from zguard.services.prompt_policy import PolicyHolder, PolicyLoadError, build_policy
 
 EXIT_BLOCKED = EXIT_NO  # `test`: the policy would block the prompt
 EXIT_NO_SERVER = EXIT_NO  # `reload`: no running server found for this state_dir

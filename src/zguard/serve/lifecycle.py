@@ -31,7 +31,6 @@ from zguard.config import Settings
 from zguard.engine import GenerationJob, ImageEngine
 from zguard.errors import EXIT_UNAVAILABLE, ConfigError
 from zguard.integrity.manifest import ManifestError
-from zguard.policy.holder import ReloadOnSignal
 from zguard.provenance.marking import ProvenanceMarker
 from zguard.serve.listeners import Listener, bind, check_safe, example_call, listener_config, listener_tls
 from zguard.serve.pidfile import remove_pid_file, write_pid_file
@@ -47,6 +46,7 @@ from zguard.serve.wiring import (
     resolve_model_dir,
 )
 from zguard.services.admin import load_token_key
+from zguard.services.prompt_policy import ReloadOnSignal
 from zguard.services.readiness import ModelState, Readiness
 
 log = logging.getLogger("zguard.serve.lifecycle")
@@ -76,7 +76,7 @@ def lifecycle_event(
 
 
 def serve_policy_reloads(loop: asyncio.AbstractEventLoop, runtime: Runtime, audit: AuditSink, state_dir: Path) -> Path:
-    """SIGHUP re-reads the banned-term lists (zguard.policy.holder); the pid file it writes tells
+    """SIGHUP re-reads the banned-term lists (zguard.services.prompt_policy); the pid file it writes tells
     `zguard policy reload` where to send the signal. Returns the pid file's path."""
     if runtime.policy is not None:
         loop.add_signal_handler(signal.SIGHUP, ReloadOnSignal(runtime.policy, audit))

@@ -21,12 +21,12 @@ from zguard.config import Settings
 from zguard.engine import ImageEngine
 from zguard.engine.admission import AdmissionQueue, WorkerThread
 from zguard.errors import ConfigError
-from zguard.policy.holder import PolicyHolder
 from zguard.provenance.marking import ProvenanceMarker
 from zguard.security.keys import KEY_BYTES
 from zguard.security.tokens import new_token, token_digest
 from zguard.services.auth import AuthService
 from zguard.services.images import ImageService
+from zguard.services.prompt_policy import PolicyHolder
 from zguard.services.ratelimit import RateLimitService
 from zguard.services.readiness import Readiness
 from zguard.store import migrate

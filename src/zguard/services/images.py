@@ -48,9 +48,9 @@ from zguard.services.readiness import Readiness
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from zguard.policy.holder import PolicyHolder
     from zguard.policy.verdict import Verdict
     from zguard.provenance.marking import DeviceMarks, ProvenanceMarker
+    from zguard.services.prompt_policy import PolicyHolder
 
 MAX_SEED = 2**63 - 1 - 16  # room for seed + i with i < max_n
 DEMO_DEFAULT_SIDE = 256

@@ -1,6 +1,7 @@
 """`PolicyHolder`: the policy in force, loaded from the configured lists and swapped on reload.
 
-This is the one module of the package that reads files. A reload builds a whole new
+The policy itself (zguard.policy) is pure; this service reads the lists, handles SIGHUP, audits
+reloads and turns a blocking verdict into `PromptRejected`. A reload builds a whole new
 `PromptPolicy` aside and then replaces the reference in one assignment, so a check sees either
 the old policy or the new one, never a mixture. A list that cannot be read, is not UTF-8 or has
 a bad line leaves the old policy in force and says why (fail closed: the server never runs
