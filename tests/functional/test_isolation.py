@@ -27,7 +27,8 @@ from PIL import Image
 from tests.common.servers import ZguardProcess
 from zguard.config import Settings
 from zguard.errors import ConfigError
-from zguard.serve.isolation import CACHE_ENV, CleanupRecord, ProcessIsolation, files_under
+from zguard.ops.persistence import CleanupRecord, files_under
+from zguard.serve.isolation import CACHE_ENV, ProcessIsolation
 
 TOKEN = "quokka-lantern-zp7q"
 PROMPT = f"a {TOKEN} over a harbour at dusk, 袋鼠灯笼港口黄昏"

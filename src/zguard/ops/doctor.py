@@ -38,8 +38,8 @@ from zguard.ops.host_checks import (
     storage_encryption,
     worst,
 )
+from zguard.ops.persistence import CleanupRecord, files_under
 from zguard.security.keys import load_public_key
-from zguard.serve.isolation import CleanupRecord, files_under
 from zguard.store import migrate
 from zguard.store.database import create_store_engine, database_url
 from zguard.store.errors import SchemaNotCurrent

@@ -25,7 +25,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from zguard import state_paths
@@ -101,36 +100,6 @@ def empty_directory(root: Path, *, older_than: float | None = None) -> int:
         except FileNotFoundError:  # a library removed it itself meanwhile
             continue
     return removed
-
-
-def files_under(root: Path) -> list[Path]:
-    """Every file (anything but a directory) below `root`; [] when it does not exist."""
-    if not root.is_dir():
-        return []
-    return [Path(base) / name for base, _dirs, names in os.walk(root) for name in names]
-
-
-@dataclass(frozen=True)
-class CleanupRecord:
-    """The last sweep, as `zguard doctor` reads it from `state_dir/runtime-cleanup.json`."""
-
-    time: float
-    runtime_dir: str
-    removed: int
-    reason: str
-
-    @classmethod
-    def read(cls, path: Path) -> CleanupRecord | None:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return cls(
-                time=float(data["time"]),
-                runtime_dir=str(data["runtime_dir"]),
-                removed=int(data["removed"]),
-                reason=str(data["reason"]),
-            )
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
 
 
 class ProcessIsolation:
