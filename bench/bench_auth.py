@@ -79,7 +79,6 @@ import base64
 import collections
 import contextlib
 import importlib.util
-import inspect
 import json
 import logging
 import multiprocessing
@@ -112,6 +111,7 @@ from zguard.audit.verify import verify_store
 from zguard.config import ListenerSettings, Settings
 from zguard.engine import GenerationJob, ModelInfo
 from zguard.errors import InvalidApiKey, TooManyFailedLogins
+from zguard.provenance.marking import ProvenanceMarker
 from zguard.security.keys import KEY_BYTES
 from zguard.security.passwords import DEFAULT_COST, hash_password, verify_password
 from zguard.security.rbac import Permission
@@ -700,9 +700,14 @@ def measure_asgi_cpu(d: Deployment, scenarios: list[Scenario], requests: int, co
 
 def api_app(d: Deployment, rate_limits: Any) -> tuple[Any, Any]:
     """The API app over `d`'s services and the durable trail, as `zguard serve` wires them; and its runtime."""
-    kwargs = {"rate_limits": rate_limits} if "rate_limits" in inspect.signature(build_runtime).parameters else {}
     runtime = build_runtime(
-        d.settings, NullEngine(), d.auth, audit=d.audit, prompts=prompt_capture(d.settings), **kwargs
+        d.settings,
+        NullEngine(),
+        auth=d.auth,
+        audit=d.audit,
+        prompts=prompt_capture(d.settings),
+        provenance=ProvenanceMarker.ephemeral(d.settings.provenance),  # no image is made: the keys do not matter
+        rate_limits=rate_limits,
     )
     runtime.services.readiness.set(ModelState.READY)
     return create_api_app(d.settings, runtime.services), runtime

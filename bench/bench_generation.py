@@ -89,13 +89,14 @@ import httpx
 import uvicorn
 
 from zguard.app.api import create_api_app
+from zguard.app.schemas import ImageData, ImageGenerationResponse, OutputFormat, ZguardMeta
 from zguard.audit.setup import open_audit_store, prompt_capture
 from zguard.audit.trail import AuditTrail
 from zguard.config import Settings
 from zguard.engine import GenerationJob, ModelInfo
 from zguard.engine.demo import write_demo_model
 from zguard.engine.pipeline import DiffusersEngine
-from zguard.app.schemas import ImageData, ImageGenerationResponse, OutputFormat, ZguardMeta
+from zguard.provenance.marking import ProvenanceMarker
 from zguard.security.tokens import new_token, token_digest
 from zguard.serve.listeners import listen_socket, listener_config
 from zguard.serve.wiring import build_auth, build_runtime, open_store
@@ -409,9 +410,10 @@ def measure_generation(model_dir: Path, state_dir: Path, args: argparse.Namespac
     runtime = build_runtime(
         settings,
         timed_engine,
-        build_auth(settings, store, token_key, audit),
+        auth=build_auth(settings, store, token_key, audit),
         audit=audit,
         prompts=prompt_capture(settings),
+        provenance=ProvenanceMarker.from_settings(settings),  # as `zguard serve`: marks under the state_dir's keys
     )
     runtime.services.readiness.set(ModelState.READY)  # as tests/common/factories.ready_runtime
     timed_app = TimedApp(create_api_app(settings, runtime.services))

@@ -21,7 +21,7 @@ from sqlalchemy.engine import URL
 
 from tests.common.cli import ZguardCli
 from tests.common.databases import database_url_for
-from zguard.audit import MemoryAuditSink
+from zguard.audit.memory import MemoryAuditSink
 from zguard.cli import admin as admin_cli
 from zguard.cli import common as cli_common
 from zguard.cli.main import main

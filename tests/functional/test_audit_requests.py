@@ -17,7 +17,7 @@ from sqlalchemy import text
 
 from tests.common.audit import audit_trail, sqlite_url
 from tests.common.engines import GatedEngine
-from tests.common.factories import api_client, console_client, make_settings, ready_runtime
+from tests.common.factories import api_client, build_test_runtime, console_client, make_settings, ready_runtime
 from zguard.audit.prompts import PromptCapture, load_x25519_private, load_x25519_public, open_sealed, write_keypair
 from zguard.audit.trail import AuditTrail
 from zguard.audit.verify import verify_store
@@ -53,10 +53,9 @@ def _runtime(
 
 
 def ready_runtime_with(settings: Any, engine: Any, trail: AuditTrail, capture: PromptCapture) -> Runtime:
-    from zguard.serve.wiring import build_runtime
     from zguard.services.readiness import ModelState
 
-    runtime = build_runtime(settings, engine, audit=trail, prompts=capture)
+    runtime = build_test_runtime(settings, engine, audit=trail, prompts=capture)
     runtime.services.readiness.set(ModelState.READY)
     return runtime
 

@@ -36,7 +36,7 @@ from tests.functional.test_errors import GENERATIONS, assert_error, assert_retry
 from zguard.app.api import create_api_app
 from zguard.app.auth import UNSET, declared_access
 from zguard.app.console import create_console_app
-from zguard.audit import MemoryAuditSink
+from zguard.audit.memory import MemoryAuditSink
 from zguard.config import Settings
 from zguard.config.loader import load_settings
 from zguard.engine.pipeline import DiffusersEngine

@@ -14,13 +14,13 @@ import pytest
 
 from tests.common.audit import audit_trail, sqlite_url
 from tests.common.engines import GatedEngine
-from tests.common.factories import api_client, make_settings
+from tests.common.factories import api_client, build_test_runtime, make_settings
 from zguard.audit.prompts import PromptCapture
 from zguard.cli.main import main
 from zguard.ops.doctor import EXIT_BY_SEVERITY, Host, report, run_checks
 from zguard.ops.host_checks import Finding, Identity
 from zguard.security.passwords import hash_password
-from zguard.serve.wiring import build_auth, build_runtime
+from zguard.serve.wiring import build_auth
 from zguard.services.readiness import ModelState
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
@@ -157,7 +157,7 @@ def refused(state: Path) -> Iterator[dict[str, str]]:
     ids: dict[str, str] = {}
 
     async def requests(trail: Any) -> None:
-        runtime = build_runtime(
+        runtime = build_test_runtime(
             settings,
             GatedEngine(),
             build_auth(settings, None, b"t" * 32, trail),

@@ -11,12 +11,11 @@ import httpx
 import pytest
 
 from tests.common.audit import audit_trail, sqlite_url
-from tests.common.factories import api_client, make_settings
+from tests.common.factories import api_client, build_test_runtime, make_settings
 from tests.common.servers import ZguardProcess
 from zguard.engine.pipeline import DiffusersEngine
 from zguard.integrity.manifest import MANIFEST_FILE
 from zguard.serve.lifecycle import EXIT_MODEL_FAILED
-from zguard.serve.wiring import build_runtime
 from zguard.services.readiness import ModelState
 
 WEIGHTS = "transformer/diffusion_pytorch_model.safetensors"
@@ -66,7 +65,7 @@ async def test_a_generation_audit_event_carries_the_digest(
     assert demo_engine.info.manifest == manifest_digest(demo_model_dir)
     settings = make_settings(tmp_path / "state", generation={"min_side": 16})
     with audit_trail(sqlite_url(tmp_path), tmp_path / "keys") as trail:
-        runtime = build_runtime(settings, demo_engine, audit=trail)
+        runtime = build_test_runtime(settings, demo_engine, audit=trail)
         runtime.services.readiness.set(ModelState.READY)
         try:
             async with api_client(settings, runtime) as api:

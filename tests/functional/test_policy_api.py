@@ -13,7 +13,7 @@ import pytest
 
 from tests.common.engines import GatedEngine
 from tests.common.factories import api_client, make_settings, ready_runtime
-from zguard.audit import MemoryAuditSink
+from zguard.audit.memory import MemoryAuditSink
 from zguard.errors import PromptRejected
 from zguard.policy.verdict import term_id
 from zguard.serve.wiring import Runtime

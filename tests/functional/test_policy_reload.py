@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.common.factories import make_settings
-from zguard.audit import MemoryAuditSink
+from zguard.audit.memory import MemoryAuditSink
 from zguard.errors import ConfigError, PromptRejected
 from zguard.services.prompt_policy import RELOAD_EVENT, PolicyHolder, reload_and_audit
 

@@ -15,14 +15,14 @@ import yaml
 from PIL import Image
 
 from tests.common.audit import audit_trail, sqlite_url
-from tests.common.factories import api_client, make_settings, post_generation
+from tests.common.factories import api_client, build_test_runtime, make_settings, post_generation
 from zguard.audit.prompts import PromptCapture
 from zguard.audit.trail import AuditTrail
 from zguard.cli.main import main
 from zguard.engine.pipeline import DiffusersEngine
 from zguard.provenance.labels import NAMESPACE
 from zguard.provenance.marking import ProvenanceMarker
-from zguard.serve.wiring import Runtime, build_runtime
+from zguard.serve.wiring import Runtime
 from zguard.services.readiness import ModelState
 
 pytestmark = pytest.mark.anyio
@@ -51,7 +51,7 @@ def config(tmp_path: Path, state: Path) -> Path:
 
 def _runtime(state: Path, engine: DiffusersEngine, trail: AuditTrail) -> tuple[Any, Runtime]:
     settings = make_settings(state, generation={"min_side": 16})
-    runtime = build_runtime(
+    runtime = build_test_runtime(
         settings,
         engine,
         audit=trail,
@@ -190,7 +190,7 @@ async def test_api_trace_takes_raw_or_base64_uploads_and_records_the_trace(
         token = new_token()
         principals.add_token(name, token_hash=token_digest(token.plaintext, key), prefix=token.display_prefix)
         tokens[name] = bearer(token.plaintext)
-    runtime = build_runtime(
+    runtime = build_test_runtime(
         settings,
         demo_engine,
         build_auth(settings, principals, key, audit=trail),

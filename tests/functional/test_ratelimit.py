@@ -19,12 +19,12 @@ import httpx
 import pytest
 
 from tests.common.engines import GatedEngine
-from tests.common.factories import api_client, console_client, make_settings
+from tests.common.factories import api_client, build_test_runtime, console_client, make_settings
 from tests.functional.test_errors import GENERATIONS, assert_error, assert_retry_after, eventually
-from zguard.audit import MemoryAuditSink
+from zguard.audit.memory import MemoryAuditSink
 from zguard.config import Settings
 from zguard.security.passwords import hash_password
-from zguard.serve.wiring import Runtime, build_runtime
+from zguard.serve.wiring import Runtime
 from zguard.services.ratelimit import RateLimitService
 from zguard.services.readiness import ModelState
 
@@ -48,7 +48,7 @@ async def deployed(
         engine = GatedEngine()
         engine.release()
     audit = MemoryAuditSink()
-    runtime = build_runtime(settings, engine, rate_limits=RateLimitService.from_settings(settings, audit))
+    runtime = build_test_runtime(settings, engine, rate_limits=RateLimitService.from_settings(settings, audit))
     runtime.services.readiness.set(ModelState.READY)
     try:
         async with api_client(settings, runtime) as api, console_client(settings, runtime) as console:
@@ -246,7 +246,7 @@ async def test_redis_down_fails_closed_with_503(tmp_path: Path, caplog: pytest.L
 
 async def test_redis_down_is_one_failed_request_event_naming_the_decision(tmp_path: Path) -> None:
     settings = settings_for(tmp_path, rate_limit="2/minute", rate_limits={"storage": "redis://127.0.0.1:1/0"})
-    runtime = build_runtime(settings, GatedEngine())
+    runtime = build_test_runtime(settings, GatedEngine())
     runtime.services.readiness.set(ModelState.READY)
     try:
         async with api_client(settings, runtime) as api:

@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 
 from tests.common.engines import GatedEngine
-from tests.common.factories import api_client, make_settings
+from tests.common.factories import api_client, build_test_runtime, make_settings
 from zguard.serve.lifecycle import load_and_warm_up
-from zguard.serve.wiring import build_runtime
 from zguard.services.readiness import ModelState
 
 pytestmark = pytest.mark.anyio
@@ -23,7 +22,7 @@ class FailingEngine(GatedEngine):
 async def test_not_ready_until_warm_up_ran(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     engine = GatedEngine()
-    runtime = build_runtime(settings, engine)
+    runtime = build_test_runtime(settings, engine)
     async with api_client(settings, runtime) as client:
         assert (await client.get("/healthz")).status_code == 200
         loading = await client.get("/readyz")
@@ -41,7 +40,7 @@ async def test_not_ready_until_warm_up_ran(tmp_path: Path) -> None:
 async def test_warm_up_can_be_skipped(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, model={"warmup": False})
     engine = GatedEngine()
-    runtime = build_runtime(settings, engine)
+    runtime = build_test_runtime(settings, engine)
     assert await load_and_warm_up(runtime, settings) is True
     runtime.worker.stop(timeout=5)
     assert engine.started == []
@@ -50,7 +49,7 @@ async def test_warm_up_can_be_skipped(tmp_path: Path) -> None:
 
 async def test_failed_load_reports_failed(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
-    runtime = build_runtime(settings, FailingEngine())
+    runtime = build_test_runtime(settings, FailingEngine())
     async with api_client(settings, runtime) as client:
         assert await load_and_warm_up(runtime, settings) is False
         failed = await client.get("/readyz")

@@ -13,13 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.common.factories import make_settings, post_generation
-from zguard.audit import MemoryAuditSink
+from tests.common.factories import build_test_runtime, make_settings, post_generation
+from zguard.audit.memory import MemoryAuditSink
 from zguard.engine import GenerationJob
 from zguard.engine.pipeline import DiffusersEngine
 from zguard.provenance.marking import DeviceMarks, Placement, ProvenanceMarker
 from zguard.provenance.watermark import Watermarker
-from zguard.serve.wiring import build_runtime
 from zguard.services.readiness import ModelState
 
 pytestmark = pytest.mark.anyio
@@ -70,7 +69,7 @@ async def test_the_recorded_id_is_the_one_the_image_carries(
     settings = make_settings(tmp_path / "state", generation={"min_side": 16}, provenance={"embed_on_device": mode})
     marker = ProvenanceMarker.ephemeral(settings.provenance)
     audit = MemoryAuditSink()
-    runtime = build_runtime(settings, demo_engine, audit=audit, provenance=marker)
+    runtime = build_test_runtime(settings, demo_engine, audit=audit, provenance=marker)
     runtime.services.readiness.set(ModelState.READY)
     # Where the mark went on: spy on the marker's hand-off to the engine.
     handed: list[DeviceMarks | None] = []

@@ -16,7 +16,7 @@ import pytest
 
 from tests.common.redis_server import count_keys, redis_key_prefix, redis_url
 from tests.common.servers import ZguardProcess
-from zguard.audit import MemoryAuditSink
+from zguard.audit.memory import MemoryAuditSink
 from zguard.errors import RateLimitExceeded
 from zguard.security.rates import Rate
 from zguard.services.auth import Identity, RequestInfo

@@ -3,7 +3,8 @@ sink's lookup that tests and tools trace against."""
 
 from __future__ import annotations
 
-from zguard.audit import AuditEvent, MemoryAuditSink
+from zguard.audit import AuditEvent
+from zguard.audit.memory import MemoryAuditSink
 from zguard.audit.store import watermark_ids
 from zguard.provenance.trace import GENERATION_EVENT, find_generation
 

@@ -12,11 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zguard.app.api import create_api_app
-from zguard.audit import MemoryAuditSink
+from zguard.audit.memory import MemoryAuditSink
+from zguard.audit.prompts import PromptCapture
 from zguard.config import Settings
 from zguard.config.loader import iter_settings_fields
 from zguard.engine import GenerationJob, ModelInfo
-from zguard.serve.wiring import build_runtime
+from zguard.provenance.marking import ProvenanceMarker
+from zguard.security.keys import KEY_BYTES
+from zguard.serve.wiring import build_auth, build_runtime
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -38,7 +41,15 @@ class _NoEngine:
 
 def openapi_document() -> dict[str, Any]:
     settings = Settings()
-    runtime = build_runtime(settings, _NoEngine(), audit=MemoryAuditSink())
+    audit, unused_key = MemoryAuditSink(), bytes(KEY_BYTES)  # the document needs the app's shape, no keys
+    runtime = build_runtime(
+        settings,
+        _NoEngine(),
+        auth=build_auth(settings, None, unused_key, audit),
+        audit=audit,
+        prompts=PromptCapture("none"),
+        provenance=ProvenanceMarker.ephemeral(settings.provenance),
+    )
     try:
         document: dict[str, Any] = create_api_app(settings, runtime.services).openapi()
     finally:

@@ -25,7 +25,7 @@ from zguard.app.console import create_console_app
 from zguard.audit import AuditEvent, AuditSink, DetailValue, Outcome
 from zguard.audit.forwarder import Forwarder
 from zguard.audit.retention import RetentionJob
-from zguard.audit.setup import open_audit_store, prompt_capture, start_forwarder
+from zguard.audit.setup import AuditHealth, open_audit_store, prompt_capture, start_forwarder
 from zguard.audit.trail import AuditTrail
 from zguard.config import Settings
 from zguard.engine import GenerationJob, ImageEngine
@@ -46,7 +46,7 @@ from zguard.serve.wiring import (
     resolve_model_dir,
 )
 from zguard.services.admin import load_token_key
-from zguard.services.prompt_policy import ReloadOnSignal
+from zguard.services.prompt_policy import PolicyHolder, ReloadOnSignal
 from zguard.services.readiness import ModelState, Readiness
 
 log = logging.getLogger("zguard.serve.lifecycle")
@@ -216,17 +216,20 @@ async def _serve(settings: Settings, engine: ImageEngine | None = None) -> int:
     store = open_store(settings)
     token_key = load_token_key(state_paths.token_key_file(settings))
     audit = AuditTrail(open_audit_store(settings, store.engine))
+    policy = PolicyHolder.from_settings(settings)  # a list that cannot be loaded stops the start (fail closed)
+    provenance = ProvenanceMarker.from_settings(settings)
+    audit.emit(lifecycle_event("server.started", settings, detail={"pid": os.getpid()}))
+    forwarder = start_forwarder(settings, audit.store)
     runtime = build_runtime(
         settings,
         engine,
-        build_auth(settings, store, token_key, audit),
+        auth=build_auth(settings, store, token_key, audit),
         audit=audit,
         prompts=prompt_capture(settings),
-        provenance=ProvenanceMarker.from_settings(settings),
+        provenance=provenance,
+        policy=policy,
+        audit_health=AuditHealth(audit, forwarder),
     )
-    audit.emit(lifecycle_event("server.started", settings, detail={"pid": os.getpid()}))
-    forwarder = start_forwarder(settings, audit.store)
-    runtime.services.audit_health.trail, runtime.services.audit_health.forwarder = audit, forwarder
     retention = RetentionJob(audit.store, settings, audit=audit)  # daily: archive, then delete, past retention
     retention.start()
     if engine.info.demo:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import sys
 import time
 from dataclasses import dataclass
@@ -15,14 +14,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from zguard import state_paths
 from zguard.app.context import Services
-from zguard.audit import AuditSink, MemoryAuditSink
+from zguard.audit import AuditSink
 from zguard.audit.prompts import PromptCapture
+from zguard.audit.setup import AuditHealth
 from zguard.config import Settings
 from zguard.engine import ImageEngine
 from zguard.engine.admission import AdmissionQueue, WorkerThread
 from zguard.errors import ConfigError
 from zguard.provenance.marking import ProvenanceMarker
-from zguard.security.keys import KEY_BYTES
 from zguard.security.tokens import new_token, token_digest
 from zguard.services.auth import AuthService
 from zguard.services.images import ImageService
@@ -148,47 +147,43 @@ def issue_demo_token(settings: Settings, store: PrincipalStore, token_key: bytes
     )
 
 
-def build_auth(
-    settings: Settings, store: PrincipalStore | None, token_key: bytes, audit: AuditSink | None = None
-) -> AuthService:
-    return AuthService(
-        settings.api_auth, settings.role_registry(), store=store, token_key=token_key, audit=audit or MemoryAuditSink()
-    )
+def build_auth(settings: Settings, store: PrincipalStore | None, token_key: bytes, audit: AuditSink) -> AuthService:
+    return AuthService(settings.api_auth, settings.role_registry(), store=store, token_key=token_key, audit=audit)
 
 
 def build_runtime(
     settings: Settings,
     engine: ImageEngine,
-    auth: AuthService | None = None,
-    rate_limits: RateLimitService | None = None,
     *,
-    audit: AuditSink | None = None,
-    prompts: PromptCapture | None = None,
-    provenance: ProvenanceMarker | None = None,
+    auth: AuthService,
+    audit: AuditSink,
+    prompts: PromptCapture,
+    provenance: ProvenanceMarker,
+    rate_limits: RateLimitService | None = None,
+    policy: PolicyHolder | None = None,
+    audit_health: AuditHealth | None = None,
 ) -> Runtime:
-    """Wire the services around one audit sink (default: in memory, for tests; `serve` passes the
-    durable trail). Without `prompts`: HMAC fingerprints under a throwaway key.
-    Without `auth`: configured users only, under a throwaway token key.
-    Without `rate_limits`: the configured limits. Without `provenance`: marks under throwaway keys."""
-    if audit is None:  # one sink for everything: the given services', else a new one
-        given = auth or rate_limits
-        audit = given.audit if given is not None else MemoryAuditSink()
+    """Wire the services, once, around the given audit sink, keys and marker: nothing here falls
+    back to an in-memory trail or a throwaway key (tests build those in tests/common/factories).
+    Without `rate_limits`: the configured limits, auditing to `audit`. Without `policy`: the
+    configured lists (a list that cannot be loaded stops the start: fail closed). Without
+    `audit_health`: no trail to report on (`zguard docs`)."""
     worker = WorkerThread()
     admission = AdmissionQueue(settings.generation.max_queue, worker)
     readiness = Readiness()
-    policy = PolicyHolder.from_settings(settings)  # a list that cannot be loaded stops the start (fail closed)
-    provenance = provenance or ProvenanceMarker.ephemeral(settings.provenance)
+    policy = policy or PolicyHolder.from_settings(settings)
     images = ImageService(settings.generation, engine, admission, readiness, policy=policy, provenance=provenance)
     services = Services(
         engine=engine,
         images=images,
         admission=admission,
-        auth=auth or build_auth(settings, None, secrets.token_bytes(KEY_BYTES), audit),
+        auth=auth,
         audit=audit,
         readiness=readiness,
         started_at=int(time.time()),
         rate_limits=rate_limits or RateLimitService.from_settings(settings, audit),
-        prompts=prompts or PromptCapture("hmac", hmac_key=secrets.token_bytes(KEY_BYTES)),
+        prompts=prompts,
+        audit_health=audit_health or AuditHealth(),
         policy=policy,
     )
     return Runtime(services=services, admission=admission, worker=worker, policy=policy)

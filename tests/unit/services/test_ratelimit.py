@@ -15,7 +15,8 @@ import limits.aio.strategies
 import pytest
 from limits.errors import StorageError
 
-from zguard.audit import MemoryAuditSink, RequestRecord
+from zguard.audit import RequestRecord
+from zguard.audit.memory import MemoryAuditSink
 from zguard.config import Settings
 from zguard.errors import RateLimiterUnavailable, RateLimitExceeded, TooManyConcurrentRequests
 from zguard.security.rates import Rate
