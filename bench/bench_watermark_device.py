@@ -37,9 +37,9 @@ from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 
 from zguard.engine.pipeline import marked_images
+from zguard.provenance.embedder import embed, embed_tensor
 from zguard.provenance.marking import DeviceMarks, Placement
 from zguard.provenance.watermark import Watermarker
-from zguard.provenance.watermark_torch import embed_tensor
 
 KEY = b"bench-watermark-key-0123456789ab"
 WARMUP = 3
@@ -88,7 +88,7 @@ def main() -> int:
     pixels = torch.from_numpy(rgb).permute(2, 0, 1).contiguous().to(device)
 
     def on_cpu(p: Placement) -> Image.Image:
-        return wm.embed(image, p.watermark_id, salt=p.salt, offset=p.offset)
+        return embed(wm, image, p.watermark_id, salt=p.salt, offset=p.offset)
 
     def on_device(p: Placement) -> Any:
         return embed_tensor(wm, pixels, p.watermark_id, salt=p.salt, offset=p.offset)
@@ -99,7 +99,7 @@ def main() -> int:
 
     def tail_cpu(p: Placement) -> Image.Image:
         plain = VaeImageProcessor.numpy_to_pil(VaeImageProcessor.pt_to_numpy(decoded))[0]
-        return wm.embed(plain, p.watermark_id, salt=p.salt, offset=p.offset)
+        return embed(wm, plain, p.watermark_id, salt=p.salt, offset=p.offset)
 
     def tail_device(p: Placement) -> Image.Image:
         return marked_images(decoded, DeviceMarks(wm, [p]))[0]

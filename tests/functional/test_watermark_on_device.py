@@ -17,6 +17,7 @@ from tests.common.factories import build_test_runtime, make_settings, post_gener
 from zguard.audit.memory import MemoryAuditSink
 from zguard.engine import GenerationJob
 from zguard.engine.pipeline import DiffusersEngine
+from zguard.provenance.embedder import embed
 from zguard.provenance.marking import DeviceMarks, Placement, ProvenanceMarker
 from zguard.provenance.watermark import Watermarker
 from zguard.services.readiness import ModelState
@@ -43,7 +44,7 @@ def test_engine_marks_on_the_device_as_the_cpu_path_does(demo_engine: DiffusersE
     for image, marked, p in zip(plain, on_device, placements, strict=True):
         assert marked.mode == "RGB"
         assert marked.size == image.size == (208, 336)
-        expected = wm.embed(image, p.watermark_id, salt=p.salt, offset=p.offset)
+        expected = embed(wm, image, p.watermark_id, salt=p.salt, offset=p.offset)
         assert np.array_equal(np.asarray(marked), np.asarray(expected))
         assert not np.array_equal(np.asarray(marked), np.asarray(image))
 

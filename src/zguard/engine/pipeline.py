@@ -221,7 +221,7 @@ def marked_images(batch: Any, mark: DeviceMark) -> list[Image]:
     Quantised exactly as diffusers' `VaeImageProcessor` does for `output_type="pil"`
     (`pt_to_numpy`: `.float()`; `numpy_to_pil`: `(x * 255).round().astype("uint8")`): float32
     multiplication and round-half-to-even give the same bits on the GPU as in numpy, so an image
-    marked here equals one marked by `Watermarker.embed` after the PIL path.
+    marked here equals one marked by `embedder.embed` after the PIL path.
     """
     import torch
     from PIL import Image as PILImage

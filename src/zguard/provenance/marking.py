@@ -51,7 +51,7 @@ class Placement:
 
     @classmethod
     def draw(cls) -> Placement:
-        """A fresh random id, salt and offset, as `Watermarker.embed` draws them."""
+        """A fresh random id, salt and offset, as `embedder.embed` draws them."""
         return cls(new_watermark_id(), *draw_placement())
 
 
@@ -67,7 +67,7 @@ class DeviceMarks:
         self.applied: set[int] = set()
 
     def __call__(self, index: int, pixels: Any, /) -> Any:
-        from zguard.provenance.watermark_torch import embed_tensor  # noqa: PLC0415  (torch: engine side only)
+        from zguard.provenance.embedder import embed_tensor  # noqa: PLC0415  (torch: engine side only)
 
         p = self.placements[index]
         marked = embed_tensor(self._watermarker, pixels, p.watermark_id, salt=p.salt, offset=p.offset)
@@ -161,9 +161,11 @@ class ProvenanceMarker:
         for index, generated in enumerate(images):
             image = generated if self._visible is None else self._visible.draw(generated)
             if self._watermarker is not None:
+                from zguard.provenance.embedder import embed  # noqa: PLC0415 - torch loads only when an image is marked
+
                 p = placements[index]  # an image more than the job had fails the request
                 if index not in applied:
-                    image = self._watermarker.embed(image, p.watermark_id, salt=p.salt, offset=p.offset)
+                    image = embed(self._watermarker, image, p.watermark_id, salt=p.salt, offset=p.offset)
                 ids.append(f"{p.watermark_id:016x}")
             else:
                 ids.append(None)

@@ -7,7 +7,7 @@ each coded bit spread over ~13 cells, each cell multiplied by its own keyed chip
 sync, which coded bit each payload cell carries, and every chip derive from
 HMAC-SHA-256(key, salt): without the key the pattern is white noise to an observer.
 
-Embedding (`watermark_torch`, one torch implementation for the CPU and the engine's device) is
+Embedding (`zguard.provenance.embedder`, one torch implementation for the CPU and the engine's device) is
 *informed*: it reads the picture as the decoder will and spends a fixed budget (PSNR ≈ 42.05 dB,
 never below 42.01) where it counts: per coded bit, enough to lift what the picture alone
 contributes to a common margin (host cancellation); more in flat areas than in texture; blurred
@@ -279,25 +279,6 @@ class Watermarker:
         chips, sync, assign = self._patterns
         signs = chips[salt] * np.where(sync[salt], 1.0, 1.0 - 2.0 * coded[np.maximum(assign[salt], 0)])
         return signs, np.where(sync[salt], -1, assign[salt])
-
-    def embed(
-        self,
-        image: Image.Image,
-        watermark_id: int,
-        *,
-        salt: int | None = None,
-        offset: tuple[int, int] | None = None,
-    ) -> Image.Image:
-        """Return an RGB copy of `image` carrying `watermark_id` (random salt and offset unless
-        given). The embedder is `watermark_torch.embed_tensor`, run here on the CPU: the engine
-        runs the same code on its device."""
-        import torch  # noqa: PLC0415 - the embedder is torch code; reading a mark never loads it
-
-        from zguard.provenance.watermark_torch import embed_tensor  # noqa: PLC0415
-
-        rgb = torch.from_numpy(np.array(image.convert("RGB")))
-        marked = embed_tensor(self, rgb, watermark_id, salt=salt, offset=offset)
-        return Image.fromarray(marked.numpy(), "RGB")
 
     def detect(self, image: Image.Image) -> WatermarkFound | None:
         """The mark under this key, or None. See the module docstring for the false-trace bound."""

@@ -1,4 +1,4 @@
-"""The informed embedder (watermark_torch): where it spends the PSNR budget, and the decoder's
+"""The informed embedder (zguard.provenance.embedder): where it spends the PSNR budget, and the decoder's
 period search on textured pictures. Robustness over 59 photographs is bench/bench_watermark.py's."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from zguard.provenance import watermark_torch
+from zguard.provenance import embedder
+from zguard.provenance.embedder import _margins as margins
+from zguard.provenance.embedder import embed, informed_delta
 from zguard.provenance.watermark import MAX_DELTA, TILE, Watermarker, luminance, whiten
 from zguard.provenance.watermark import _tile_periods as tile_periods
-from zguard.provenance.watermark_torch import _margins as margins
-from zguard.provenance.watermark_torch import informed_delta
 
 KEY = b"i" * 32
 WATERMARK_ID = 0x0F1E_2D3C_4B5A_6978
@@ -62,7 +62,7 @@ def test_margins_follow_each_bits_gain() -> None:
 
 @pytest.mark.parametrize("picture", [grass(256, 1), shaded(256)], ids=["texture", "shading"])
 def test_psnr_stays_above_42_db_and_no_pixel_moves_more_than_max_delta(picture: Image.Image) -> None:
-    marked = Watermarker(KEY).embed(picture, WATERMARK_ID, salt=4, offset=(9, 77))
+    marked = embed(Watermarker(KEY), picture, WATERMARK_ID, salt=4, offset=(9, 77))
     assert 42.0 <= psnr(picture, marked) < 42.3  # the budget is spent, not left over
     assert np.abs(np.asarray(marked, np.int16) - np.asarray(picture, np.int16)).max() <= MAX_DELTA
 
@@ -71,7 +71,7 @@ def test_the_delta_is_luminance_weighted() -> None:
     """Channel c changes by luma · w_c / Σw²: green most, blue least, for 1.16x the luminance change
     of adding the same delta to R, G and B at the same PSNR."""
     picture = shaded(256)
-    marked = Watermarker(KEY).embed(picture, WATERMARK_ID, salt=1, offset=(0, 0))
+    marked = embed(Watermarker(KEY), picture, WATERMARK_ID, salt=1, offset=(0, 0))
     change = np.abs(np.asarray(marked, np.float64) - np.asarray(picture, np.float64)).mean(axis=(0, 1))
     red, green, blue = change
     assert green > 1.5 * red > 1.5 * 1.5 * blue
@@ -93,7 +93,7 @@ def test_the_period_search_finds_a_rescaled_tile_under_loud_texture(seed: int) -
     """Whitening the power spectrum keeps the tile's spectral lines and flattens the texture's
     hump; without it the texture's own autocorrelation outscored the tile (0 of 6 such pictures
     before the change, 6 of 6 after)."""
-    marked = Watermarker(KEY).embed(grass(512, seed), WATERMARK_ID, salt=seed, offset=(7 * seed, 11 * seed))
+    marked = embed(Watermarker(KEY), grass(512, seed), WATERMARK_ID, salt=seed, offset=(7 * seed, 11 * seed))
     small = marked.resize((364, 364), Image.Resampling.LANCZOS)  # 71%
     periods = tile_periods(whiten(luminance(np.asarray(small))))
     assert periods[0] == pytest.approx(364 / 512 * TILE, abs=0.3)
@@ -103,15 +103,15 @@ def test_loud_texture_gets_stronger_sync_cells(monkeypatch: pytest.MonkeyPatch) 
     """Shading keeps the least sync level (its peak is strong anyway); loud texture, which drowns
     the folded sync peak, gets more, within SYNC_AMPLITUDE."""
     levels: list[float] = []
-    real = watermark_torch._sync_amplitude
+    real = embedder._sync_amplitude
 
     def spy(*args: Any) -> float:
         levels.append(real(*args))
         return levels[-1]
 
-    monkeypatch.setattr(watermark_torch, "_sync_amplitude", spy)
-    Watermarker(KEY).embed(shaded(512), WATERMARK_ID, salt=2, offset=(3, 4))
-    Watermarker(KEY).embed(grass(512, 5), WATERMARK_ID, salt=2, offset=(3, 4))
-    least, most = watermark_torch.SYNC_AMPLITUDE
+    monkeypatch.setattr(embedder, "_sync_amplitude", spy)
+    embed(Watermarker(KEY), shaded(512), WATERMARK_ID, salt=2, offset=(3, 4))
+    embed(Watermarker(KEY), grass(512, 5), WATERMARK_ID, salt=2, offset=(3, 4))
+    least, most = embedder.SYNC_AMPLITUDE
     assert levels[0] == least
     assert least < levels[1] <= most

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
+from zguard.provenance.embedder import embed, embed_tensor
 from zguard.provenance.watermark import MAX_DELTA, TILE, Watermarker
-from zguard.provenance.watermark_torch import embed_tensor
 
 KEY = b"t" * 32
 WATERMARK_ID = 0xFEDC_BA98_7654_3210
@@ -30,7 +30,7 @@ def noise(h: int, w: int, seed: int = 0) -> npt.NDArray[np.uint8]:
 def on_cpu(
     watermarker: Watermarker, rgb: npt.NDArray[np.uint8], salt: int, offset: tuple[int, int]
 ) -> npt.NDArray[np.uint8]:
-    return np.asarray(watermarker.embed(Image.fromarray(rgb), WATERMARK_ID, salt=salt, offset=offset))
+    return np.asarray(embed(watermarker, Image.fromarray(rgb), WATERMARK_ID, salt=salt, offset=offset))
 
 
 @pytest.mark.parametrize(

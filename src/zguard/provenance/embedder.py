@@ -1,6 +1,6 @@
-"""The embedder: `Watermarker.embed`'s mark, computed on a torch tensor on whatever device holds it
+"""The embedder: `embed`'s mark, computed on a torch tensor on whatever device holds it
 (the GPU, where the image was decoded, so the unmarked pixels never leave it; the CPU for
-`Watermarker.embed`). One implementation for both, so both place the same mark.
+`embed`, below). One implementation for both, so both place the same mark.
 
 The mark is *informed*: the embedder reads the image the way the decoder will and spends the
 fixed energy budget (PSNR ≈ 42.05 dB) where it buys the most, instead of adding the same ±2 to
@@ -31,7 +31,7 @@ on the other pixels); the deltas are rounded to integers and clipped to 0..255, 
 never below PSNR 42.01 dB (clipping only lowers the error). Whatever the embedder spent where, the
 decoder reads the same chips, cells and code, on the luminance.
 
-Imported lazily (`Watermarker.embed`, the engine's device marks), so reading a mark never loads
+Imported lazily (by the marker when it marks an image, and by the engine's device marks), so reading a mark never loads
 torch.
 """
 
@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from zguard.provenance.watermark import CELL, LUMA_WEIGHTS, MAX_DELTA, TILE, Watermarker, draw_placement
 
@@ -218,3 +219,19 @@ def embed_tensor(
     luma = informed_delta(watermarker, y, watermark_id, salt, offset)
     delta = torch.stack(_channel_deltas(luma), dim=0 if channels_first else -1).to(torch.int16)
     return (pixels.to(torch.int16) + delta).clamp_(0, 255).to(torch.uint8)
+
+
+def embed(
+    watermarker: Watermarker,
+    image: Image.Image,
+    watermark_id: int,
+    *,
+    salt: int | None = None,
+    offset: tuple[int, int] | None = None,
+) -> Image.Image:
+    """Return an RGB copy of `image` carrying `watermark_id` under `watermarker`'s key (random salt
+    and offset unless given): `embed_tensor` run on the CPU, the same code the engine runs on its
+    device."""
+    rgb = torch.from_numpy(np.array(image.convert("RGB")))
+    marked = embed_tensor(watermarker, rgb, watermark_id, salt=salt, offset=offset)
+    return Image.fromarray(marked.numpy(), "RGB")
