@@ -89,7 +89,7 @@ import httpx
 import uvicorn
 
 from zguard.app.api import create_api_app
-from zguard.app.schemas import ImageData, ImageGenerationResponse, OutputFormat, ZguardMeta
+from zguard.app.schemas import ImageData, ImageGenerationResponse, ZguardMeta
 from zguard.audit.setup import open_audit_store, prompt_capture
 from zguard.audit.trail import AuditTrail
 from zguard.config import Settings
@@ -101,7 +101,7 @@ from zguard.security.tokens import new_token, token_digest
 from zguard.serve.listeners import listen_socket, listener_config
 from zguard.serve.wiring import build_auth, build_runtime, open_store
 from zguard.services.admin import load_token_key
-from zguard.services.images import encode_images
+from zguard.services.images import OutputFormat, encode_images
 from zguard.services.readiness import ModelState
 from zguard.state_paths import token_key_file
 

@@ -17,6 +17,7 @@ from zguard.audit.memory import MemoryAuditSink
 from zguard.errors import PromptRejected
 from zguard.policy.verdict import term_id
 from zguard.serve.wiring import Runtime
+from zguard.services.images import ImageRequest
 
 pytestmark = pytest.mark.anyio
 
@@ -84,7 +85,7 @@ async def test_the_callers_roles_decide_flag_or_block(tmp_path: Path) -> None:
 async def test_plan_carries_the_verdict_for_the_audit_trail(tmp_path: Path) -> None:
     async with serving(tmp_path, per_role={"approver": {"terms": "flag"}}) as (_, runtime, _engine):
         images = runtime.services.images
-        flagged = images.plan({"prompt": "内部 代号", "size": "64x64"}, roles={"approver"})
+        flagged = images.plan(ImageRequest(prompt="内部 代号", size="64x64"), roles={"approver"})
         assert flagged.verdict is not None
         assert flagged.verdict.audit_fields() == {
             "verdict": "flagged",
@@ -92,7 +93,7 @@ async def test_plan_carries_the_verdict_for_the_audit_trail(tmp_path: Path) -> N
             "detector": "terms",
             "term_id": flagged.verdict.findings[0].term_id,
         }
-        clean = images.plan({"prompt": "a lighthouse", "size": "64x64"})
+        clean = images.plan(ImageRequest(prompt="a lighthouse", size="64x64"))
         assert clean.verdict is not None
         assert clean.verdict.audit_fields() == {
             "verdict": "allowed",
@@ -101,7 +102,7 @@ async def test_plan_carries_the_verdict_for_the_audit_trail(tmp_path: Path) -> N
             "term_id": None,
         }
         with pytest.raises(PromptRejected) as info:
-            images.plan({"prompt": "内部 代号", "size": "64x64"}, roles={"generator"})
+            images.plan(ImageRequest(prompt="内部 代号", size="64x64"), roles={"generator"})
         assert info.value.policy["category"] == "code-name"
 
 

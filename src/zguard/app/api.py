@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive
 
 from zguard.app.audit import request_record
-from zguard.app.auth import PUBLIC, request_info, requires
+from zguard.app.auth import PUBLIC, CurrentIdentity, request_info, requires
 from zguard.app.context import Services
 from zguard.app.middleware import API_SECURITY_HEADERS, NO_TELEMETRY
 from zguard.app.provenance import TRACE_PATH, add_provenance_routes, trace_body_limit
@@ -27,12 +27,11 @@ from zguard.app.schemas import (
     ModelList,
 )
 from zguard.app.stack import install_listener_stack
-from zguard.audit import AuditEvent, AuditReader, DetailValue, RequestRecord
+from zguard.app.wire import image_request, image_response, parse_json_object
+from zguard.audit import AuditReader
 from zguard.config import Settings
 from zguard.errors import AuditUnavailable, InvalidValue, PromptRejected, UnsupportedMediaType
 from zguard.security.rbac import Permission
-from zguard.services.auth import Identity, RequestInfo
-from zguard.services.images import GenerationPlan, parse_json_object
 
 T = TypeVar("T")
 API_TITLE = "zguard image API"
@@ -94,48 +93,6 @@ def parse_time_ms(value: str | None, param: str) -> int | None:
     return int(moment.timestamp() * 1000)
 
 
-async def record_accepted(
-    services: Services, record: RequestRecord | None, plan: GenerationPlan, where: RequestInfo, identity: Identity
-) -> None:
-    """Describe the generation on the request's record and commit its `generation.accepted` event.
-
-    The prompt itself is never recorded: `audit.prompt_capture` decides what stands for it.
-    """
-    job = plan.job
-    info = services.engine.info
-    generation: dict[str, DetailValue] = {
-        "size": f"{job.width}x{job.height}",
-        "steps": job.steps,
-        "seed": job.seed,
-        "n": job.n,
-        "output_format": plan.output_format,
-    }
-    prompt = services.prompts.fields(job.prompt, job.negative_prompt)
-    verdict = getattr(plan, "verdict", None)
-    policy = verdict.audit_fields() if verdict is not None else None
-    if record is not None:
-        record.type = "generation"
-        record.model, record.manifest = info.id, info.manifest
-        record.generation, record.prompt, record.policy = generation, prompt, policy
-    await services.audit.record(
-        AuditEvent(
-            type="generation.accepted",
-            outcome="allowed",
-            request_id=where.request_id,
-            listener=where.listener,
-            client=where.client,
-            principal=identity.name,
-            roles=tuple(sorted(identity.roles)),
-            auth_method=identity.method,
-            model=info.id,
-            manifest=info.manifest,
-            generation=generation,
-            prompt=prompt,
-            policy=policy,
-        )
-    )
-
-
 def create_api_app(settings: Settings, services: Services) -> FastAPI:
     docs = settings.api.docs_enabled
     app = FastAPI(
@@ -168,24 +125,23 @@ def create_api_app(settings: Settings, services: Services) -> FastAPI:
         summary="Create images from a prompt",
         dependencies=[requires(Permission.IMAGES_GENERATE)],
     )
-    async def generate_images(request: Request) -> Response:
+    async def generate_images(request: Request, identity: CurrentIdentity) -> Response:
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type != "application/json":
             raise UnsupportedMediaType("send the body as application/json")
         try:
-            plan = images.plan(parse_json_object(await request.body()), roles=request.state.identity.roles)
+            plan = images.plan(image_request(parse_json_object(await request.body())), roles=identity.roles)
         except PromptRejected as rejected:  # the refusal's audit event names category, detector and term id
             if (refused := request_record(request.scope)) is not None:
                 refused.policy = rejected.policy
             raise
         request_id: str = request.state.request_id
-        identity: Identity = request.state.identity
         record = request_record(request.scope)
         try:
             where = request_info(request)
             async with services.rate_limits.concurrency(identity, where):
                 # Committed before any GPU work; AuditUnavailable (503) stops the request here.
-                await record_accepted(services, record, plan, where, identity)
+                await images.record_accepted(plan, where, identity, record)
                 result = await run_unless_disconnected(request.receive, images.generate(plan, request_id, record))
         except ClientDisconnected:
             if record is not None:
@@ -199,7 +155,7 @@ def create_api_app(settings: Settings, services: Services) -> FastAPI:
         if record is not None:
             record.type = "generation.completed"
             record.set_outcome("done")
-        return Response(result.model_dump_json(), media_type="application/json")
+        return Response(image_response(result).model_dump_json(), media_type="application/json")
 
     @app.get(
         "/v1/models",

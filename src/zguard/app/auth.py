@@ -9,7 +9,7 @@ and fails on one that declares neither, so a new route cannot be open by omissio
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Depends
 from fastapi.routing import APIRoute
@@ -42,6 +42,18 @@ class Requires:
         if identity is None:
             raise RuntimeError(f"{request.url.path} needs {self.permission} but AccessControl did not run")
         return identity
+
+
+def current_identity(request: Request) -> Identity:
+    """Who is calling, as AccessControl authenticated them; fails closed if it did not run."""
+    identity: Identity | None = getattr(request.state, IDENTITY_KEY, None)
+    if identity is None:
+        raise RuntimeError(f"{request.url.path} asks who is calling but AccessControl did not run")
+    return identity
+
+
+CurrentIdentity = Annotated[Identity, Depends(current_identity)]
+"""A route parameter `identity: CurrentIdentity` is the authenticated caller."""
 
 
 def request_info(request: Request) -> RequestInfo:

@@ -21,12 +21,12 @@ from starlette.responses import JSONResponse
 from zguard.app.audit import request_record
 from zguard.app.auth import requires
 from zguard.app.context import Services
+from zguard.app.wire import parse_json_object
 from zguard.audit import AuditReader
 from zguard.config import Settings
 from zguard.errors import AuditUnavailable, InvalidValue, RequestTooLarge, ServiceUnavailable, UnsupportedMediaType
 from zguard.provenance.trace import TRACED_EVENT, NotAnImage, trace, traced_event
 from zguard.security.rbac import Permission
-from zguard.services.images import parse_json_object
 
 TRACE_PATH = "/v1/provenance/trace"
 RAW_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "application/octet-stream"})

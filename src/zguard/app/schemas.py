@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-OutputFormat = Literal["png", "jpeg", "webp"]
+from zguard.services.images import OutputFormat
 
 
 class ImageGenerationRequest(BaseModel):

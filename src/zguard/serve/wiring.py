@@ -172,7 +172,16 @@ def build_runtime(
     admission = AdmissionQueue(settings.generation.max_queue, worker)
     readiness = Readiness()
     policy = policy or PolicyHolder.from_settings(settings)
-    images = ImageService(settings.generation, engine, admission, readiness, policy=policy, provenance=provenance)
+    images = ImageService(
+        settings.generation,
+        engine,
+        admission,
+        readiness,
+        audit=audit,
+        prompts=prompts,
+        policy=policy,
+        provenance=provenance,
+    )
     services = Services(
         engine=engine,
         images=images,

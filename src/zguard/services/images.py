@@ -8,39 +8,30 @@ while this one is being compressed.
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import hashlib
 import io
-import json
 import math
 import secrets
 import time
 import unicodedata
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import ValidationError
-
-from zguard.app.schemas import ImageData, ImageGenerationRequest, ImageGenerationResponse, OutputFormat, ZguardMeta
-from zguard.audit import DetailValue, RequestRecord
+from zguard.audit import AuditEvent, AuditSink, DetailValue, RequestRecord
+from zguard.audit.prompts import PromptCapture
 from zguard.config import GenerationSettings
 from zguard.config.sizes import SIZE_STEP, check_size, parse_size
 from zguard.engine import GenerationJob, ImageEngine
 from zguard.engine.admission import AdmissionQueue
 from zguard.errors import (
     GenerationTimeout,
-    InvalidJSON,
     InvalidPrompt,
     InvalidSize,
-    InvalidType,
     InvalidValue,
-    MissingField,
     ModelNotFound,
     NotReady,
-    RequestError,
-    UnknownField,
     UnsupportedResponseFormat,
 )
 from zguard.services.readiness import Readiness
@@ -50,6 +41,7 @@ if TYPE_CHECKING:
 
     from zguard.policy.verdict import Verdict
     from zguard.provenance.marking import DeviceMarks, ProvenanceMarker
+    from zguard.services.auth import Identity, RequestInfo
     from zguard.services.prompt_policy import PolicyHolder
 
 MAX_SEED = 2**63 - 1 - 16  # room for seed + i with i < max_n
@@ -57,6 +49,26 @@ DEMO_DEFAULT_SIDE = 256
 DEFAULT_SIDE = 1024
 DEFAULT_QUALITY = 90
 _ALLOWED_CONTROLS = frozenset("\t\n\r")
+OutputFormat = Literal["png", "jpeg", "webp"]
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """What a caller asked for, typed (the HTTP edge parses and type-checks the JSON body into
+    it); `ImageService.plan` checks it against the limits and the prompt policy."""
+
+    prompt: str
+    model: str | None = None
+    n: int = 1
+    size: str | None = None
+    response_format: Literal["b64_json", "url"] | None = None
+    output_format: OutputFormat | None = None
+    output_compression: int | None = None
+    user: str | None = None
+    seed: int | None = None
+    num_inference_steps: int | None = None
+    negative_prompt: str | None = None
+    background: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,29 +79,17 @@ class GenerationPlan:
     verdict: Verdict | None = None  # the prompt policy's; `verdict.audit_fields()` is what the audit trail may keep
 
 
-def parse_json_object(body: bytes) -> dict[str, Any]:
-    """Parse a request body strictly: an object, UTF-8, no duplicate keys, no NaN/Infinity."""
+@dataclass(frozen=True)
+class GeneratedImages:
+    """The encoded images of one request, marked and labelled, with what the caller is told."""
 
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        obj: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in obj:
-                raise InvalidJSON(f"the body repeats the key {key!r}", param=key)
-            obj[key] = value
-        return obj
-
-    def no_constants(name: str) -> Any:
-        raise InvalidJSON(f"the body contains {name}, which is not JSON")
-
-    try:
-        data = json.loads(body.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=no_constants)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise InvalidJSON("the body is not valid UTF-8 JSON") from None
-    except ValueError:  # an integer literal longer than Python's int conversion limit (4300 digits)
-        raise InvalidJSON("the body contains a number with too many digits") from None
-    if not isinstance(data, dict):
-        raise InvalidJSON("the body must be a JSON object")
-    return data
+    created: int
+    blobs: list[bytes]
+    output_format: OutputFormat
+    size: str
+    request_id: str
+    seed: int
+    model: str
 
 
 def _text_problem(text: str) -> str | None:
@@ -100,24 +100,6 @@ def _text_problem(text: str) -> str | None:
         if category == "Cs":
             return "must not contain unpaired surrogates"
     return None
-
-
-def _from_validation_error(error: ValidationError) -> RequestError:
-    first = error.errors()[0]
-    loc = first["loc"]
-    param = str(loc[0])[:64] if loc else None  # field names are client text: echo a bounded part
-    kind = first["type"]
-    if kind == "string_unicode":  # an unpaired surrogate where pydantic needs real text
-        if param is None:  # in a field name: no field's name has one
-            return UnknownField("a field name contains an unpaired surrogate", param=None)
-        return InvalidValue(f"'{param}' must not contain unpaired surrogates", param=param)
-    if kind == "missing":
-        return MissingField(f"'{param}' is required", param=param)
-    if kind == "extra_forbidden":
-        return UnknownField(f"unknown field '{param}'; see docs/openapi.json for the accepted fields", param=param)
-    if kind == "literal_error":
-        return InvalidValue(f"'{param}' {first['msg'][0].lower()}{first['msg'][1:]}", param=param)
-    return InvalidType(f"'{param}' has the wrong type: {first['msg'][0].lower()}{first['msg'][1:]}", param=param)
 
 
 def default_size(limits: GenerationSettings, *, demo: bool) -> tuple[int, int]:
@@ -144,6 +126,8 @@ class ImageService:
         admission: AdmissionQueue,
         readiness: Readiness,
         *,
+        audit: AuditSink,
+        prompts: PromptCapture,
         encode: Callable[[list[Image], OutputFormat, int], list[bytes]] | None = None,
         clock: Callable[[], float] = time.time,
         policy: PolicyHolder | None = None,
@@ -153,6 +137,8 @@ class ImageService:
         self._engine = engine
         self._admission = admission
         self._readiness = readiness
+        self._audit = audit
+        self._prompts = prompts
         self._encode = encode or encode_images
         self._clock = clock
         self._policy = policy
@@ -163,13 +149,9 @@ class ImageService:
     def provenance(self) -> ProvenanceMarker | None:
         return self._provenance
 
-    def plan(self, data: dict[str, Any], roles: Collection[str] = ()) -> GenerationPlan:
-        """Validate a parsed body against the schema and the limits, then check its prompts against
-        the prompt policy for a caller holding `roles`; raise a RequestError (PromptRejected)."""
-        try:
-            req = ImageGenerationRequest.model_validate(data)
-        except ValidationError as exc:
-            raise _from_validation_error(exc) from None
+    def plan(self, req: ImageRequest, roles: Collection[str] = ()) -> GenerationPlan:
+        """Check a request against the limits, then its prompts against the prompt policy for a
+        caller holding `roles`; raise a RequestError (PromptRejected)."""
         limits = self._limits
         for name in ("prompt", "negative_prompt"):
             text = getattr(req, name)
@@ -226,9 +208,50 @@ class ImageService:
         quality = DEFAULT_QUALITY if req.output_compression is None else req.output_compression
         return GenerationPlan(job=job, output_format=req.output_format or "png", quality=quality, verdict=verdict)
 
+    async def record_accepted(
+        self, plan: GenerationPlan, where: RequestInfo, identity: Identity, record: RequestRecord | None
+    ) -> None:
+        """Describe the generation on the request's record and commit its `generation.accepted`
+        event; AuditUnavailable (503) means it was not recorded and must not run.
+
+        The prompt itself is never recorded: `audit.prompt_capture` decides what stands for it.
+        """
+        job = plan.job
+        info = self._engine.info
+        generation: dict[str, DetailValue] = {
+            "size": f"{job.width}x{job.height}",
+            "steps": job.steps,
+            "seed": job.seed,
+            "n": job.n,
+            "output_format": plan.output_format,
+        }
+        prompt = self._prompts.fields(job.prompt, job.negative_prompt)
+        policy = plan.verdict.audit_fields() if plan.verdict is not None else None
+        if record is not None:
+            record.type = "generation"
+            record.model, record.manifest = info.id, info.manifest
+            record.generation, record.prompt, record.policy = generation, prompt, policy
+        await self._audit.record(
+            AuditEvent(
+                type="generation.accepted",
+                outcome="allowed",
+                request_id=where.request_id,
+                listener=where.listener,
+                client=where.client,
+                principal=identity.name,
+                roles=tuple(sorted(identity.roles)),
+                auth_method=identity.method,
+                model=info.id,
+                manifest=info.manifest,
+                generation=generation,
+                prompt=prompt,
+                policy=policy,
+            )
+        )
+
     async def generate(
         self, plan: GenerationPlan, request_id: str, record: RequestRecord | None = None
-    ) -> ImageGenerationResponse:
+    ) -> GeneratedImages:
         """Admit, generate and encode; raise NotReady, ServerBusy or GenerationTimeout.
         The SHA-256 of each delivered image, and its watermark id, go on the request's audit `record`."""
         if not self._readiness.ready:
@@ -247,12 +270,14 @@ class ImageService:
             ) from None
         if record is not None:
             record.images = tuple(_image_fields(blob, mark) for blob, mark in zip(encoded, watermark_ids, strict=True))
-        return ImageGenerationResponse(
+        return GeneratedImages(
             created=int(self._clock()),
-            data=[ImageData(b64_json=base64.b64encode(blob).decode("ascii")) for blob in encoded],
+            blobs=encoded,
             output_format=plan.output_format,
             size=f"{job.width}x{job.height}",
-            zguard=ZguardMeta(request_id=request_id, seed=job.seed, model=self._engine.info.id),
+            request_id=request_id,
+            seed=job.seed,
+            model=self._engine.info.id,
         )
 
     def _finish(
