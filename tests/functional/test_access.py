@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from tests.common.engines import GatedEngine
 from tests.common.factories import api_client, make_settings, ready_runtime
 from zguard.app.auth import PUBLIC, requires
-from zguard.app.middleware import RequestContext
+from zguard.app.middleware.request_context import RequestContext
 from zguard.security.rbac import Permission
 
 pytestmark = pytest.mark.anyio

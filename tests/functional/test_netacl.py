@@ -20,7 +20,7 @@ from tests.common.engines import GatedEngine
 from tests.common.factories import api_client, console_client, make_settings, ready_runtime
 from tests.common.servers import ZguardProcess
 from tests.functional.test_errors import GENERATIONS, assert_error
-from zguard.app.netacl import NetworkAcl
+from zguard.app.middleware.network_acl import NetworkAcl
 from zguard.audit.memory import MemoryAuditSink
 from zguard.security.netacl import NetworkAllowlist
 from zguard.serve.wiring import Runtime

@@ -13,10 +13,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive
 
-from zguard.app.audit import request_record
 from zguard.app.auth import PUBLIC, CurrentIdentity, request_info, requires
 from zguard.app.context import Services
-from zguard.app.middleware import API_SECURITY_HEADERS, NO_TELEMETRY
+from zguard.app.middleware.audit_requests import request_record
+from zguard.app.middleware.request_context import API_SECURITY_HEADERS
 from zguard.app.provenance import TRACE_PATH, add_provenance_routes, trace_body_limit
 from zguard.app.schemas import (
     AuditEventList,
@@ -26,9 +26,8 @@ from zguard.app.schemas import (
     ModelCard,
     ModelList,
 )
-from zguard.app.stack import install_listener_stack
+from zguard.app.stack import NO_TELEMETRY, install_listener_stack
 from zguard.app.wire import image_request, image_response, parse_json_object
-from zguard.audit import AuditReader
 from zguard.config import Settings
 from zguard.errors import AuditUnavailable, InvalidValue, PromptRejected, UnsupportedMediaType
 from zguard.security.rbac import Permission
@@ -188,8 +187,8 @@ def create_api_app(settings: Settings, services: Services) -> FastAPI:
         after: int | None = None,
         limit: int = 100,
     ) -> AuditEventList:
-        reader = services.audit
-        if not isinstance(reader, AuditReader):
+        reader = services.audit_reader
+        if reader is None:
             raise AuditUnavailable("this server keeps no readable audit store")
         if not 1 <= limit <= AUDIT_PAGE_MAX:
             raise InvalidValue(f"'limit' must be between 1 and {AUDIT_PAGE_MAX}", param="limit")

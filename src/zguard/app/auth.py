@@ -15,7 +15,7 @@ from fastapi import Depends
 from fastapi.routing import APIRoute
 from starlette.requests import Request
 
-from zguard.app.audit import request_record
+from zguard.app.middleware.audit_requests import request_record
 from zguard.security.rbac import Permission
 from zguard.services.auth import Identity, RequestInfo
 
@@ -28,7 +28,7 @@ IDENTITY_KEY = "identity"
 class Requires:
     """A route's access declaration, as a FastAPI dependency (None: a public route).
 
-    `zguard.app.access.AccessControl` enforces the declarations before routing; here a protected
+    `zguard.app.middleware.access_control.AccessControl` enforces the declarations before routing; here a protected
     route only checks that it did, failing closed if the middleware was left out.
     """
 

@@ -13,8 +13,8 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from zguard.app.auth import PUBLIC, requires
 from zguard.app.context import Services
-from zguard.app.middleware import CONSOLE_SECURITY_HEADERS, NO_TELEMETRY
-from zguard.app.stack import install_listener_stack
+from zguard.app.middleware.request_context import CONSOLE_SECURITY_HEADERS
+from zguard.app.stack import NO_TELEMETRY, install_listener_stack
 from zguard.config import Settings
 from zguard.security.rbac import Permission
 from zguard.services.metrics import CONTENT_TYPE, service_gauges

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from zguard.audit import AuditSink
+from zguard.audit import AuditReader, AuditSink
 from zguard.audit.prompts import PromptCapture
 from zguard.audit.setup import AuditHealth
 from zguard.engine import ImageEngine
@@ -31,3 +31,4 @@ class Services:
     audit_health: AuditHealth = field(default_factory=AuditHealth)
     metrics: RequestMetrics = field(default_factory=RequestMetrics)
     policy: PolicyHolder | None = None  # for its reload counts on /metrics
+    audit_reader: AuditReader | None = None  # the trail as auditors read it; None: no readable store

@@ -18,11 +18,10 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from zguard.app.audit import request_record
 from zguard.app.auth import requires
 from zguard.app.context import Services
+from zguard.app.middleware.audit_requests import request_record
 from zguard.app.wire import parse_json_object
-from zguard.audit import AuditReader
 from zguard.config import Settings
 from zguard.errors import AuditUnavailable, InvalidValue, RequestTooLarge, ServiceUnavailable, UnsupportedMediaType
 from zguard.provenance.trace import TRACED_EVENT, NotAnImage, trace, traced_event
@@ -80,10 +79,10 @@ def add_provenance_routes(app: FastAPI, settings: Settings, services: Services) 
     )
     async def trace_image(request: Request) -> JSONResponse:
         marker = services.images.provenance
-        reader = services.audit
+        reader = services.audit_reader
         if marker is None or marker.reader is None:
             raise ServiceUnavailable("this server has no watermark key to read marks with", retry_after=60)
-        if not isinstance(reader, AuditReader):
+        if reader is None:
             raise AuditUnavailable("this server keeps no readable audit store")
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         blob = _image_bytes(media_type, await request.body())

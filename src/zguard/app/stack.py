@@ -13,19 +13,33 @@ then FastAPI's routing, with ZguardError and HTTP errors mapped to the OpenAI er
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from zguard.app.access import AccessControl
-from zguard.app.audit import AuditRequests
 from zguard.app.context import Services
 from zguard.app.errors import handle_http_exception, handle_zguard_error
-from zguard.app.middleware import BodyLimit, RequestContext
-from zguard.app.netacl import NetworkAcl
-from zguard.app.ratelimit import RateLimitHeaders
+from zguard.app.middleware.access_control import AccessControl
+from zguard.app.middleware.audit_requests import AuditRequests
+from zguard.app.middleware.body_limit import BodyLimit
+from zguard.app.middleware.network_acl import NetworkAcl
+from zguard.app.middleware.rate_limit_headers import RateLimitHeaders
+from zguard.app.middleware.request_context import RequestContext
 from zguard.errors import ZguardError
 from zguard.security.netacl import NetworkAllowlist
+
+# FastAPI's built-in OpenTelemetry instrumentation, all off. Its logs record exception messages
+# and stack traces (which may quote client input), and FASTAPI_OTEL_AUTO_CONFIGURE=true in the
+# environment would add OTLP exporters sending them off the host. Observability for zguard is
+# its own audit trail and logs; it also cost ~100 µs a request.
+NO_TELEMETRY: Any = {
+    "tracing": False,
+    "metrics": False,
+    "logs": False,
+    "operation_spans": False,
+    "auto_configure": False,
+}
 
 
 def install_listener_stack(

@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from zguard import state_paths
 from zguard.app.context import Services
-from zguard.audit import AuditSink
+from zguard.audit import AuditReader, AuditSink
 from zguard.audit.prompts import PromptCapture
 from zguard.audit.setup import AuditHealth
 from zguard.config import Settings
@@ -194,5 +194,6 @@ def build_runtime(
         prompts=prompts,
         audit_health=audit_health or AuditHealth(),
         policy=policy,
+        audit_reader=audit if isinstance(audit, AuditReader) else None,  # decided once, not per request
     )
     return Runtime(services=services, admission=admission, worker=worker, policy=policy)

@@ -15,8 +15,8 @@ import logging
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from zguard.app.audit import request_record
 from zguard.app.errors import error_response
+from zguard.app.middleware.audit_requests import request_record
 from zguard.audit import AuditEvent, AuditSink, report
 from zguard.errors import IpNotAllowed
 from zguard.security.netacl import Client, NetworkAllowlist, client_address

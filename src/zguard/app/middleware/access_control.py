@@ -20,10 +20,10 @@ from fastapi.routing import APIRoute
 from starlette.routing import Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from zguard.app.audit import request_record
 from zguard.app.auth import IDENTITY_KEY, UNSET, declared_access
 from zguard.app.errors import error_response
-from zguard.app.ratelimit import STATE_KEY as RATE_LIMIT_STATE
+from zguard.app.middleware.audit_requests import request_record
+from zguard.app.middleware.rate_limit_headers import STATE_KEY as RATE_LIMIT_STATE
 from zguard.errors import ZguardError
 from zguard.security.rbac import Permission
 from zguard.services.auth import AuthService, RequestInfo

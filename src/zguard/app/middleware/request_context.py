@@ -1,6 +1,6 @@
-"""Pure ASGI middleware shared by both listeners (one concern per class).
+"""`RequestContext`, the outermost layer of each app, and the security headers it adds.
 
-`RequestContext` is the outermost layer of each app: it assigns the request id, adds the
+It it assigns the request id, adds the
 security headers to every response, and turns any exception that escaped the app into a
 generic `internal_error` body, so even a crash answers in the error shape with the headers.
 """
@@ -10,27 +10,13 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Mapping
-from typing import Any
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from zguard.app.errors import error_response, internal_error
-from zguard.errors import RequestTooLarge
+from zguard.app.errors import internal_error
 
 log = logging.getLogger("zguard.http")
-
-# FastAPI's built-in OpenTelemetry instrumentation, all off. Its logs record exception messages
-# and stack traces (which may quote client input), and FASTAPI_OTEL_AUTO_CONFIGURE=true in the
-# environment would add OTLP exporters sending them off the host. Observability for zguard is
-# its own audit trail and logs; it also cost ~100 µs a request.
-NO_TELEMETRY: Any = {
-    "tracing": False,
-    "metrics": False,
-    "logs": False,
-    "operation_spans": False,
-    "auto_configure": False,
-}
 
 API_SECURITY_HEADERS: Mapping[str, str] = {
     "X-Content-Type-Options": "nosniff",
@@ -81,36 +67,3 @@ class RequestContext:
             if started:
                 raise
             await internal_error(request_id)(scope, receive, send_with_headers)
-
-
-class BodyLimit:
-    """Refuse bodies over `max_bytes` with 413, by Content-Length up front or while streaming.
-    `per_path` raises the limit for the routes that take uploads (`POST /v1/provenance/trace`)."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int, per_path: Mapping[str, int] | None = None) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-        self.per_path = dict(per_path or {})
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        max_bytes = self.per_path.get(scope["path"], self.max_bytes)
-        too_large = RequestTooLarge(f"the request body exceeds {max_bytes} bytes")
-        for name, value in scope["headers"]:
-            if name == b"content-length" and (not value.isdigit() or int(value) > max_bytes):
-                await error_response(too_large)(scope, receive, send)
-                return
-        seen = 0
-
-        async def counting_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > max_bytes:
-                    raise too_large
-            return message
-
-        await self.app(scope, counting_receive, send)
