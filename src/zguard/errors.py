@@ -1,40 +1,79 @@
-"""zguard's exceptions: one base class, each subclass with a stable `code` a client can act on.
+"""zguard's exceptions: one tree, every class with a stable `code`, a `message` and a `fix`.
 
-    ZguardError                        code, HTTP status, OpenAI error type, optional `param`
-    ├── ConfigError                    bad settings: names every offending key and its fix
-    ├── RequestError (400)             the request is wrong; do not retry it unchanged
-    │   ├── InvalidJSON                invalid_json
-    │   ├── MissingField               missing_required_field
-    │   ├── UnknownField               unknown_field
-    │   ├── InvalidType                invalid_type
-    │   ├── InvalidValue               invalid_value
-    │   ├── InvalidPrompt              invalid_prompt
-    │   ├── InvalidSize                invalid_size
-    │   ├── UnsupportedResponseFormat  unsupported_response_format
-    │   ├── ModelNotFound              model_not_found
-    │   └── PromptRejected             prompt_rejected: the prompt policy blocked it; names the category
-    ├── UnsupportedMediaType (415)     unsupported_media_type
-    ├── RequestTooLarge (413)          request_too_large
-    ├── IpNotAllowed (403)             ip_not_allowed: the client address is not in the listener's allowlist
-    ├── AuthenticationError (401)      carries the `WWW-Authenticate` challenge
-    │   ├── MissingCredentials         missing_credentials
-    │   └── InvalidApiKey              invalid_api_key: wrong, unknown, revoked, expired or disabled
-    ├── PermissionDenied (403)         permission_denied: names the missing permission
-    ├── TooManyRequests (429)          carries `retry_after` seconds
-    │   ├── TooManyFailedLogins        too_many_failed_logins: checked before any password work
-    │   ├── RateLimitExceeded          rate_limit_exceeded: the principal's request rate; RateLimit-* headers
-    │   └── TooManyConcurrentRequests  too_many_concurrent_requests: the principal's in-flight generations
-    ├── RouteNotFound (404)            not_found
-    ├── MethodNotAllowed (405)         method_not_allowed
-    ├── ServiceUnavailable (503)       carries `retry_after` seconds
-    │   ├── ServerBusy                 server_busy: the admission queue is full
-    │   ├── NotReady                   model_not_ready: loading or warming up
-    │   └── RateLimiterUnavailable     rate_limiter_unavailable: the counter storage (Redis) failed; fail closed
-    ├── GenerationTimeout (504)        generation_timeout
-    └── InternalError (500)            internal_error: details go to the log, never to the client
+Two branches. The HTTP branch is what a client is told: an HTTP status, the OpenAI error `type`,
+the `code` a client can act on, and headers (Retry-After, WWW-Authenticate, RateLimit-*); its
+`fix` is the operator's hint that `zguard doctor --explain` prints for a refused request. The
+operator branch is what someone at the command line or watching `serve` start is told: the
+message names the file, key or setting, `fix` the command that mends it, and `exit_code` comes
+from the one table below. Every CLI catches `ZguardError` once (zguard.cli.main) and prints the
+message and the fix; the HTTP layer (zguard.app.errors) answers an operator error as a generic
+`internal_error`, never with its message.
 
-The public `message` is written for the client and never contains `str()` of another exception;
-`detail` holds what the operator needs and stays server-side.
+    ZguardError                             code, message, fix; `detail` stays server-side
+    ├── HTTP branch                         status, type, param, headers
+    │   ├── RequestError (400)              the request is wrong; do not retry it unchanged
+    │   │   ├── InvalidJSON                 invalid_json
+    │   │   ├── MissingField                missing_required_field
+    │   │   ├── UnknownField                unknown_field
+    │   │   ├── InvalidType                 invalid_type
+    │   │   ├── InvalidValue                invalid_value
+    │   │   ├── InvalidPrompt               invalid_prompt
+    │   │   ├── InvalidSize                 invalid_size
+    │   │   ├── UnsupportedResponseFormat   unsupported_response_format
+    │   │   ├── ModelNotFound               model_not_found
+    │   │   └── PromptRejected              prompt_rejected: the prompt policy blocked it; names the category
+    │   ├── UnsupportedMediaType (415)      unsupported_media_type
+    │   ├── RequestTooLarge (413)           request_too_large
+    │   ├── IpNotAllowed (403)              ip_not_allowed: the client address is not in the listener's allowlist
+    │   ├── AuthenticationError (401)       carries the `WWW-Authenticate` challenge
+    │   │   ├── MissingCredentials          missing_credentials
+    │   │   └── InvalidApiKey               invalid_api_key: wrong, unknown, revoked, expired or disabled
+    │   ├── PermissionDenied (403)          permission_denied: names the missing permission
+    │   ├── TooManyRequests (429)           carries `retry_after` seconds
+    │   │   ├── TooManyFailedLogins         too_many_failed_logins: checked before any password work
+    │   │   ├── RateLimitExceeded           rate_limit_exceeded: the principal's request rate; RateLimit-* headers
+    │   │   └── TooManyConcurrentRequests   too_many_concurrent_requests: the principal's in-flight generations
+    │   ├── RouteNotFound (404)             not_found
+    │   ├── MethodNotAllowed (405)          method_not_allowed
+    │   ├── ServiceUnavailable (503)        carries `retry_after` seconds
+    │   │   ├── ServerBusy                  server_busy: the admission queue is full
+    │   │   ├── NotReady                    model_not_ready: loading or warming up
+    │   │   ├── RateLimiterUnavailable      rate_limiter_unavailable: the counter storage (Redis) failed; fail closed
+    │   │   └── AuditUnavailable            audit_unavailable: the trail could not record the request; fail closed
+    │   ├── GenerationTimeout (504)         generation_timeout
+    │   ├── InternalError (500)             internal_error: details go to the log, never to the client
+    │   ├── AdminError                      admin_refused (zguard.services.admin)
+    │   │   ├── RolesRefused                roles_refused
+    │   │   ├── AlreadyInitialized          already_initialized
+    │   │   ├── NameReserved                name_reserved
+    │   │   ├── PrincipalDisabled           principal_disabled
+    │   │   ├── NotAUser                    not_a_user
+    │   │   └── InvalidInput                invalid_input
+    │   └── StoreError                      store_error (zguard.store.errors)
+    │       ├── SchemaNotCurrent            schema_not_current: run `zguard db upgrade`
+    │       ├── PrincipalExists             principal_exists
+    │       ├── PrincipalNotFound           principal_not_found
+    │       ├── TokenExists                 token_exists
+    │       └── TokenNotFound               token_not_found
+    └── OperatorError                       exit_code (the table below)
+        ├── ConfigError                     invalid_config: names every offending key and its fix
+        ├── KeyFileError                    key_file_unusable (zguard.security.keys)
+        ├── TlsError                        tls_file_unusable (zguard.security.tls)
+        ├── ManifestError                   model_manifest_mismatch (zguard.integrity.manifest)
+        ├── ModelLoadError                  model_load_failed (zguard.engine.verified_load)
+        ├── PolicyLoadError                 policy_lists_unusable (zguard.services.prompt_policy)
+        ├── SealError                       sealed_prompt_unreadable (zguard.audit.prompts)
+        ├── PurgeRefused                    audit_purge_refused (zguard.audit.retention)
+        ├── SyslogUnavailable               syslog_unavailable (zguard.audit.syslog_transport)
+        ├── AuditCommandRefused             audit_command_refused (zguard.cli.audit)
+        ├── FontNotFound                    label_font_not_found (zguard.provenance.visible)
+        ├── InstallError                    install_step_failed (zguard.ops.install)
+        └── VulnDbError                     vuln_db_unusable (zguard.ops.osv)
+
+A test imports every module and checks that this drawing lists every subclass of ZguardError.
+
+The public `message` of an HTTP error is written for the client and never contains `str()` of
+another exception; `detail` holds what the operator needs and stays server-side.
 
 Exit codes, one table for every `zguard` command (README "Exit codes"):
 
@@ -58,24 +97,40 @@ EXIT_UNAVAILABLE = 3
 
 
 class ZguardError(Exception):
-    """Base of every error zguard raises on purpose."""
+    """Base of every error zguard raises on purpose. The HTTP branch's classes derive from it
+    directly (status, type, param, headers); the operator branch from `OperatorError`."""
 
     code = "internal_error"
     status = 500
     type = "server_error"
+    fix: str | None = None  # how to mend it; an instance may say more than its class
 
-    def __init__(self, message: str, *, param: str | None = None, detail: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, param: str | None = None, detail: str | None = None, fix: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.detail = detail
+        if fix is not None:
+            self.fix = fix
         self.headers: dict[str, str] = {}  # extra response headers (e.g. RateLimit-*)
 
 
-class ConfigError(ZguardError):
-    """Settings that cannot be used; `problems` holds one line per offending key."""
+class OperatorError(ZguardError):
+    """A refusal for the operator: at the command line, or when `serve` starts. The message names
+    the file, key or setting; `fix` the command that mends it; the CLI exits with `exit_code`.
+    Never shown to an HTTP client (zguard.app.errors answers `internal_error` instead)."""
+
+    code = "operator_error"
+    exit_code = EXIT_FIX
+
+
+class ConfigError(OperatorError):
+    """Settings that cannot be used; `problems` holds one line per offending key, each with its fix."""
 
     code = "invalid_config"
+    fix = "change the named keys in the settings file or their ZGUARD_* variables, then `zguard config check`"
 
     def __init__(self, problems: list[str]) -> None:
         super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
@@ -86,6 +141,7 @@ class RequestError(ZguardError):
     status = 400
     type = "invalid_request_error"
     code = "invalid_request"
+    fix = "the client changes the request: the message names the field and what is allowed (docs/openapi.json)"
 
 
 class InvalidJSON(RequestError):
@@ -132,6 +188,7 @@ class PromptRejected(RequestError):
     """
 
     code = "prompt_rejected"
+    fix = "rephrase the prompt; if it is legitimate, an admin adds the phrase to policy.allow_phrases (check with zguard policy test)"
 
     def __init__(
         self,
@@ -153,12 +210,14 @@ class UnsupportedMediaType(ZguardError):
     status = 415
     type = "invalid_request_error"
     code = "unsupported_media_type"
+    fix = "send the body as application/json (or the image type the route names)"
 
 
 class RequestTooLarge(ZguardError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+    fix = "send a smaller body, or raise api.max_body_bytes (console.max_body_bytes)"
 
 
 class IpNotAllowed(ZguardError):
@@ -167,6 +226,7 @@ class IpNotAllowed(ZguardError):
     status = 403
     type = "permission_error"
     code = "ip_not_allowed"
+    fix = "add the client's network to the listener's allow list (api.allow / console.allow); behind a proxy, list the proxy in trusted_proxies"
 
     def __init__(self, message: str, *, listener: str, address: str, detail: str | None = None) -> None:
         super().__init__(message, detail=detail)
@@ -179,6 +239,7 @@ class AuthenticationError(ZguardError):
     type = "authentication_error"
     code = "authentication_failed"
     challenge = 'Bearer realm="zguard", Basic realm="zguard", charset="UTF-8"'
+    fix = "send 'Authorization: Bearer <zguard API key>' (zguard token create --user NAME), or HTTP Basic"
 
 
 class MissingCredentials(AuthenticationError):
@@ -187,12 +248,14 @@ class MissingCredentials(AuthenticationError):
 
 class InvalidApiKey(AuthenticationError):
     code = "invalid_api_key"
+    fix = "check the key is copied whole (zg_...), not revoked, expired or disabled (zguard token list); issue a new one with zguard token create --user NAME"
 
 
 class PermissionDenied(ZguardError):
     status = 403
     type = "permission_error"
     code = "permission_denied"
+    fix = "give the principal a role that grants the permission: zguard user roles NAME --role ROLE (zguard role list)"
 
     def __init__(self, message: str, *, permission: str, detail: str | None = None) -> None:
         super().__init__(message, detail=detail)
@@ -203,6 +266,7 @@ class TooManyRequests(ZguardError):
     status = 429
     type = "rate_limit_error"
     code = "too_many_requests"
+    fix = "retry after Retry-After seconds"
 
     def __init__(self, message: str, *, retry_after: int, detail: str | None = None) -> None:
         super().__init__(message, detail=detail)
@@ -211,36 +275,42 @@ class TooManyRequests(ZguardError):
 
 class TooManyFailedLogins(TooManyRequests):
     code = "too_many_failed_logins"
+    fix = "fix the password in the client and wait out the lockout; limits: api_auth.failed_logins_per_user / api_auth.failed_logins_per_address"
 
 
 class RateLimitExceeded(TooManyRequests):
     """Over one of the principal's rates; `headers` carries RateLimit-Limit/-Remaining/-Reset."""
 
     code = "rate_limit_exceeded"
+    fix = "retry after Retry-After seconds, or raise rate_limit / rate_limits.per_principal / rate_limits.per_role"
 
 
 class TooManyConcurrentRequests(TooManyRequests):
     """The principal already has its maximum of generations in flight."""
 
     code = "too_many_concurrent_requests"
+    fix = "wait for a generation to finish, or raise rate_limits.max_concurrent_per_principal"
 
 
 class RouteNotFound(ZguardError):
     status = 404
     type = "invalid_request_error"
     code = "not_found"
+    fix = "check the path against docs/openapi.json"
 
 
 class MethodNotAllowed(ZguardError):
     status = 405
     type = "invalid_request_error"
     code = "method_not_allowed"
+    fix = "check the method against docs/openapi.json"
 
 
 class ServiceUnavailable(ZguardError):
     status = 503
     type = "server_error"
     code = "service_unavailable"
+    fix = "retry after Retry-After seconds"
 
     def __init__(self, message: str, *, retry_after: int, detail: str | None = None) -> None:
         super().__init__(message, detail=detail)
@@ -249,16 +319,19 @@ class ServiceUnavailable(ZguardError):
 
 class ServerBusy(ServiceUnavailable):
     code = "server_busy"
+    fix = "the admission queue was full: retry later, or raise generation.max_queue"
 
 
 class NotReady(ServiceUnavailable):
     code = "model_not_ready"
+    fix = "the model was loading: wait until /readyz answers 200"
 
 
 class RateLimiterUnavailable(ServiceUnavailable):
     """The rate limiter's storage could not be asked; requests are refused rather than let through."""
 
     code = "rate_limiter_unavailable"
+    fix = "the rate-limit storage (rate_limits.storage, Redis) failed: check it is up"
 
 
 AUDIT_RETRY_AFTER_S = 5
@@ -268,6 +341,7 @@ class AuditUnavailable(ServiceUnavailable):
     """The audit store could not record the request, so it was refused: nothing runs unrecorded."""
 
     code = "audit_unavailable"
+    fix = "check the state database (zguard audit status, zguard doctor); the server log has the error"
 
     def __init__(self, message: str, *, retry_after: int = AUDIT_RETRY_AFTER_S, detail: str | None = None) -> None:
         super().__init__(message, retry_after=retry_after, detail=detail)
@@ -277,7 +351,25 @@ class GenerationTimeout(ZguardError):
     status = 504
     type = "server_error"
     code = "generation_timeout"
+    fix = "fewer steps or a smaller size, or raise generation.timeout_s"
 
 
 class InternalError(ZguardError):
     code = "internal_error"
+    fix = "the server log has the error under the request id"
+
+
+def error_classes() -> list[type[ZguardError]]:
+    """Every subclass of ZguardError defined in the modules imported so far, depth first."""
+    found: list[type[ZguardError]] = []
+    stack = list(reversed(ZguardError.__subclasses__()))
+    while stack:
+        cls = stack.pop()
+        found.append(cls)
+        stack.extend(reversed(cls.__subclasses__()))
+    return found
+
+
+def fix_for(code: str) -> str | None:
+    """The operator's fix for an error `code`, from the class that carries it."""
+    return next((cls.fix for cls in error_classes() if cls.code == code and cls.fix), None)

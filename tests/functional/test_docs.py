@@ -10,7 +10,7 @@ import pytest
 from tests.common.engines import GatedEngine
 from tests.common.factories import api_client, make_settings, ready_runtime
 from zguard import errors
-from zguard.cli.docs import render_openapi, render_settings_reference
+from zguard.cli.docs import render_errors_reference, render_openapi, render_settings_reference
 from zguard.config.loader import iter_settings_fields
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,6 +43,10 @@ def test_openapi_documents_the_request_and_its_errors() -> None:
 
 def test_settings_reference_matches_code() -> None:
     assert (REPO / "docs" / "settings.md").read_text(encoding="utf-8") == render_settings_reference(), "run `make docs`"
+
+
+def test_errors_reference_matches_code() -> None:
+    assert (REPO / "docs" / "errors.md").read_text(encoding="utf-8") == render_errors_reference(), "run `make docs`"
 
 
 def test_every_setting_has_help_text() -> None:

@@ -17,6 +17,7 @@ from zguard.errors import (
     AuthenticationError,
     InternalError,
     MethodNotAllowed,
+    OperatorError,
     RequestError,
     RouteNotFound,
     ServiceUnavailable,
@@ -52,6 +53,9 @@ def internal_error(request_id: str) -> JSONResponse:
 async def handle_zguard_error(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, ZguardError):  # pragma: no cover - registered for ZguardError only
         raise exc
+    if isinstance(exc, OperatorError):  # an operator's message names files and keys: not for a client
+        log.error("request %s failed: %s: %s", request.state.request_id, exc.code, exc.message)
+        return internal_error(request.state.request_id)
     # Refusals are evidence in the audit trail; in the operational log they are debug detail.
     level = logging.DEBUG if exc.status < 500 else logging.WARNING
     log.log(

@@ -25,14 +25,18 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from zguard.audit import DetailValue
+from zguard.errors import OperatorError
 
 Capture = Literal["hmac", "none", "encrypted"]
 SEAL_INFO = b"zguard-prompt-seal-v1"
 _RAW = serialization.Encoding.Raw, serialization.PublicFormat.Raw
 
 
-class SealError(Exception):
+class SealError(OperatorError):
     """A sealed prompt cannot be opened (wrong key, damaged data)."""
+
+    code = "sealed_prompt_unreadable"
+    fix = "pass the investigator's private key that matches audit.prompt_seal_public_key (--key FILE)"
 
 
 def _derive(shared: bytes, ephemeral: bytes, recipient: bytes) -> bytes:

@@ -44,7 +44,7 @@ from zguard.audit.chain import CHECKPOINT_TYPE, CheckpointSigner, iso_ms
 from zguard.audit.store import AuditStore, StoredEvent, pending
 from zguard.audit.verify import verify_rows
 from zguard.config import Settings
-from zguard.errors import ZguardError
+from zguard.errors import OperatorError
 
 log = logging.getLogger("zguard.audit")
 SYSLOG_CURSOR = "syslog"  # zguard.audit.forwarder.CURSOR_NAME
@@ -54,10 +54,11 @@ FIRST_PURGE_DELAY_S = 600.0  # not at start-up: let the server settle and the fo
 LOCK_FILE = ".purge.lock"
 
 
-class PurgeRefused(ZguardError):
+class PurgeRefused(OperatorError):
     """Nothing was purged; `message` says why and what to do."""
 
     code = "audit_purge_refused"
+    fix = "let the syslog forwarder deliver the held-back events (zguard audit status), then purge again"
 
 
 @dataclass

@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final, Protocol
 
-from zguard.errors import ZguardError
+from zguard.errors import EXIT_UNAVAILABLE, OperatorError
 
 if TYPE_CHECKING:
     from zguard.config import SyslogSettings
@@ -37,12 +37,12 @@ UDP_MAX_BYTES: Final = 8192
 _SIOCOUTQ: Final = getattr(termios, "TIOCOUTQ", None)  # Linux: bytes not yet acknowledged by the peer
 
 
-class SyslogUnavailable(ZguardError):
+class SyslogUnavailable(OperatorError):
     """The collector did not take the messages; `target` says which one (`tcp://host:port`)."""
 
     code = "syslog_unavailable"
-    status = 503
-    type = "server_error"
+    exit_code = EXIT_UNAVAILABLE
+    fix = "check the collector in audit.syslog is up and reachable; the forwarder retries from its cursor"
 
     def __init__(self, target: str, reason: str) -> None:
         super().__init__(f"syslog collector {target} unavailable: {reason}", detail=reason)

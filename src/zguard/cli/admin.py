@@ -81,11 +81,11 @@ def _run(args: argparse.Namespace, action: Callable[[_Context], int], *, upgrade
         except SchemaNotCurrent as exc:
             print(f"zguard: state database {shown} {schema_not_current(exc)}", file=sys.stderr)
             return EXIT_FIX
+        except KeyFileError as exc:
+            print(f"zguard: token key: {exc.message}", file=sys.stderr)
+            return EXIT_FIX
         except ZguardError as exc:  # admin refusals and store errors: messages written for the operator
             print(f"zguard: {exc.message}", file=sys.stderr)
-            return EXIT_FIX
-        except KeyFileError as exc:
-            print(f"zguard: token key: {exc}", file=sys.stderr)
             return EXIT_FIX
 
     return run_on_database(settings, on_store)

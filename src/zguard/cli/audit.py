@@ -43,7 +43,7 @@ from zguard.cli.common import (
     settings_of,
 )
 from zguard.config import Settings
-from zguard.errors import ZguardError
+from zguard.errors import ConfigError, OperatorError, ZguardError
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -57,10 +57,11 @@ PAGE = 1_000
 _sleep = time.sleep  # `tail --follow` waits with this; tests replace it
 
 
-class Refused(ZguardError):
+class AuditCommandRefused(OperatorError):
     """The command cannot do what was asked; the message says why and what to do."""
 
     code = "audit_command_refused"
+    fix = "change the arguments as the message says (zguard audit COMMAND --help)"
 
 
 # --- opening the store -----------------------------------------------------------------------
@@ -101,18 +102,13 @@ def _on_store(settings: Settings, action: Callable[[_Context], int], *, signing:
 
 
 def _refusals(run: Callable[[], int]) -> int:
-    """Refusals and unusable key files as one line on stderr and exit 2."""
-    from zguard.audit.prompts import SealError
-    from zguard.security.keys import KeyFileError
-
+    """Refusals, unusable key files and unreadable seals as one line on stderr and exit 2."""
     try:
         return run()
+    except ConfigError:
+        raise  # cli.main prints it with its fix and exits 2
     except ZguardError as exc:
-        if exc.code == "invalid_config":
-            raise  # cli.main prints it and exits 2
         print(f"zguard: {exc.message}", file=sys.stderr)
-    except (KeyFileError, SealError) as exc:
-        print(f"zguard: {exc}", file=sys.stderr)
     return EXIT_FIX
 
 
@@ -122,8 +118,10 @@ def _public_key(settings: Settings, given: str | None) -> Ed25519PublicKey:
     path = Path(given) if given else state_paths.audit_signing_key_file(settings)
     if not path.is_file():
         if given:
-            raise Refused(f"no public key file {path}")
-        raise Refused(f"no signing key at {path} (the server creates it at first start); pass --public-key FILE")
+            raise AuditCommandRefused(f"no public key file {path}")
+        raise AuditCommandRefused(
+            f"no signing key at {path} (the server creates it at first start); pass --public-key FILE"
+        )
     return load_public_key(path)
 
 
@@ -213,7 +211,9 @@ def _prompt_fingerprint(settings: Settings, text: str) -> str:
 
     path = state_paths.audit_prompt_key_file(settings)
     if not path.is_file():
-        raise Refused(f"no prompt HMAC key at {path}: --prompt needs the key `hmac` capture wrote events with")
+        raise AuditCommandRefused(
+            f"no prompt HMAC key at {path}: --prompt needs the key `hmac` capture wrote events with"
+        )
     return PromptCapture("hmac", hmac_key=read_key(path)).fingerprint(text)
 
 
@@ -359,7 +359,9 @@ def cmd_export(args: argparse.Namespace) -> int:
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             except FileExistsError:
-                raise Refused(f"{path} exists; choose a new file (an export never overwrites one)") from None
+                raise AuditCommandRefused(
+                    f"{path} exists; choose a new file (an export never overwrites one)"
+                ) from None
             with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
                 count = write_events(handle, _matching(ctx.store, filters, limit=None), args.format)
             print(f"exported {count} event(s) to {path} ({args.format}, mode 0600)", file=sys.stderr)
@@ -384,22 +386,24 @@ def cmd_reveal(args: argparse.Namespace) -> int:
         try:
             private_key = load_x25519_private(key_path)
         except (OSError, ValueError, TypeError) as exc:
-            raise Refused(f"--key {key_path}: not a usable X25519 private key (PEM): {exc}") from None
+            raise AuditCommandRefused(f"--key {key_path}: not a usable X25519 private key (PEM): {exc}") from None
         event = ctx.store.get(args.event_id)
         if event is None:
-            raise Refused(f"no audit event {args.event_id!r} (purged events are in the archives)")
+            raise AuditCommandRefused(f"no audit event {args.event_id!r} (purged events are in the archives)")
         prompt = body_of(event).get("prompt") or {}
         sealed = {
             name: prompt[f"{name}_sealed"] for name in ("prompt", "negative_prompt") if f"{name}_sealed" in prompt
         }
         if not sealed:
             capture = prompt.get("capture") or "nothing"
-            raise Refused(f"event {args.event_id} holds no sealed prompt (its prompt was captured as {capture})")
+            raise AuditCommandRefused(
+                f"event {args.event_id} holds no sealed prompt (its prompt was captured as {capture})"
+            )
         mine = recipient_id(private_key.public_key())
         try:
             opened = {name: open_sealed(blob, private_key) for name, blob in sealed.items()}
         except SealError:
-            raise Refused(
+            raise AuditCommandRefused(
                 f"this key ({mine}) does not open event {args.event_id}'s prompt, sealed to {prompt.get('recipient', '?')}"
             ) from None
         if chain_hash(event.prev_hash, event.body) != event.hash:
@@ -502,7 +506,7 @@ def cmd_verify_archive(args: argparse.Namespace) -> int:
         for name in args.files:
             path = Path(name)
             if not path.is_file():
-                raise Refused(f"no archive file {path}")
+                raise AuditCommandRefused(f"no archive file {path}")
             reports.append(verify_archive(path, key))
         intact = [r for r in reports if r.ok]
         intact.sort(key=lambda r: r.manifest["first_seq"] or 0)

@@ -1,4 +1,4 @@
-"""Generate the published reference documents from the code: `python -m zguard.cli.docs`.
+"""Generate the published reference documents from the code: `python -m zguard.cli.docs` (`make docs`).
 
 `docs/openapi.json` is the API contract (the live `/openapi.json` is off by default) and
 `docs/settings.md` the settings reference; tests fail when either drifts from the code.
@@ -6,11 +6,13 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from zguard import errors
 from zguard.app.api import create_api_app
 from zguard.audit.memory import MemoryAuditSink
 from zguard.audit.prompts import PromptCapture
@@ -87,11 +89,51 @@ def render_settings_reference() -> str:
     return "\n".join(lines) + "\n"
 
 
+# The modules that define error classes outside zguard.errors (the drawing in its docstring names them).
+ERROR_MODULES = (
+    "zguard.services.admin",
+    "zguard.store.errors",
+    "zguard.security.keys",
+    "zguard.security.tls",
+    "zguard.integrity.manifest",
+    "zguard.engine.verified_load",
+    "zguard.services.prompt_policy",
+    "zguard.audit.prompts",
+    "zguard.audit.retention",
+    "zguard.audit.syslog_transport",
+    "zguard.cli.audit",
+    "zguard.provenance.visible",
+    "zguard.ops.install",
+    "zguard.ops.osv",
+)
+
+
+def render_errors_reference() -> str:
+    for name in ERROR_MODULES:
+        importlib.import_module(name)
+    lines = [
+        "# Error codes",
+        "",
+        "Generated from `zguard.errors` (and the modules it names) by `make docs`; a test keeps it in sync.",
+        'HTTP errors reach clients in the OpenAI shape `{"error": {"message", "type", "param", "code"}}`;',
+        "`zguard doctor --explain REQUEST_ID` prints the fix for a refused request. Operator errors are",
+        "printed by the `zguard` command (message, then `fix:`) and end it with the exit code shown.",
+        "",
+        "| code | class | HTTP status / exit code | fix |",
+        "|---|---|---|---|",
+    ]
+    for cls in sorted(errors.error_classes(), key=lambda c: (issubclass(c, errors.OperatorError), c.code)):
+        where = f"exit {cls.exit_code}" if issubclass(cls, errors.OperatorError) else f"HTTP {cls.status}"
+        lines.append(f"| `{cls.code}` | `{cls.__module__}.{cls.__name__}` | {where} | {cls.fix or '-'} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     DOCS_DIR.mkdir(exist_ok=True)
     (DOCS_DIR / "openapi.json").write_text(render_openapi(), encoding="utf-8")
     (DOCS_DIR / "settings.md").write_text(render_settings_reference(), encoding="utf-8")
-    print("wrote docs/openapi.json and docs/settings.md")
+    (DOCS_DIR / "errors.md").write_text(render_errors_reference(), encoding="utf-8")
+    print("wrote docs/openapi.json, docs/settings.md and docs/errors.md")
 
 
 if __name__ == "__main__":

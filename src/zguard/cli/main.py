@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from zguard.cli.common import EXIT_FIX, EXIT_OK, Handler, config_parent
-from zguard.errors import ConfigError
+from zguard.errors import OperatorError, ZguardError
 
 # command → (module in zguard.cli that registers it, one-line help); in the order `--help` lists them.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -72,9 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FIX
     try:
         return handler(args)
-    except ConfigError as exc:
+    except ZguardError as exc:  # one catch for every command: the message, the fix, the exit code
         print(f"zguard: {exc.message}", file=sys.stderr)
-        return EXIT_FIX
+        if exc.fix and exc.fix not in exc.message:
+            print(f"  fix: {exc.fix}", file=sys.stderr)
+        return exc.exit_code if isinstance(exc, OperatorError) else EXIT_FIX
     except KeyboardInterrupt:
         return EXIT_OK
 

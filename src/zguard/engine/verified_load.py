@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from zguard.errors import EXIT_UNAVAILABLE, OperatorError
 from zguard.integrity.manifest import VerifiedReader
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,12 @@ LIBRARIES = ("diffusers", "transformers")
 _VARIANT = re.compile(r"^[^.]+\.[^.]+\.safetensors$")  # model.fp16.safetensors: a variant, not loaded
 
 
-class ModelLoadError(Exception):
+class ModelLoadError(OperatorError):
     """The model directory is pinned and intact but cannot be assembled (missing weights, unknown class)."""
+
+    code = "model_load_failed"
+    exit_code = EXIT_UNAVAILABLE
+    fix = "point model.path at a complete diffusers-format Z-Image directory, then `zguard model pin DIR`"
 
 
 def _component_class(library: str, class_name: str) -> type[Any]:

@@ -35,6 +35,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from zguard.errors import EXIT_NO, OperatorError
 from zguard.security.keys import key_id
 
 MANIFEST_FILE = "zguard-manifest.json"
@@ -85,8 +86,12 @@ class Problem:
         return FIXES.get(self.code, FIX_REPIN)
 
 
-class ManifestError(Exception):
+class ManifestError(OperatorError):
     """The model directory does not match its manifest; `problems` names each file and why."""
+
+    code = "model_manifest_mismatch"
+    exit_code = EXIT_NO
+    fix = "restore the pinned files from the release, or after an approved change re-pin: `zguard model pin DIR --key KEY`"
 
     def __init__(
         self, model_dir: Path, problems: Iterable[Problem], headline: str = "does not match its manifest"
@@ -94,10 +99,9 @@ class ManifestError(Exception):
         self.model_dir = model_dir
         self.problems = tuple(problems)
         self.headline = headline
-        super().__init__(self.message)
+        super().__init__(self._describe())
 
-    @property
-    def message(self) -> str:
+    def _describe(self) -> str:
         shown = self.problems[:10]
         more = len(self.problems) - len(shown)
         fixes = dict.fromkeys(problem.fix for problem in shown)

@@ -23,7 +23,7 @@ from zguard import state_paths
 from zguard.audit.store import AuditStore
 from zguard.audit.verify import verify_store
 from zguard.config import Settings
-from zguard.errors import EXIT_FIX, EXIT_NO, EXIT_OK
+from zguard.errors import EXIT_FIX, EXIT_NO, EXIT_OK, fix_for
 from zguard.ops.host_checks import (
     PROC,
     SYS,
@@ -329,14 +329,7 @@ def explain_event(body: Mapping[str, Any], settings: Settings) -> tuple[str, str
             "the audit trail could not record the request, so it was refused (fail closed)",
             "check the state database (zguard audit status, zguard doctor); the server log has the error",
         )
-    fixes = {
-        "server_busy": "the admission queue was full: retry later, or raise generation.max_queue",
-        "model_not_ready": "the model was loading: wait until /readyz answers 200",
-        "rate_limiter_unavailable": "the rate-limit storage (rate_limits.storage, Redis) failed: check it is up",
-        "generation_timeout": "the generation ran past generation.timeout_s: fewer steps, smaller size, or raise it",
-        "request_too_large": "the body exceeded api.max_body_bytes",
-    }
     return (
         f"refused with {code} (HTTP {status}); detail: {json.dumps(dict(detail), ensure_ascii=False)}",
-        fixes.get(code, "see docs/errors for this code"),
+        fix_for(str(code)) or "the server log has the request id; the code is listed in docs/errors.md",
     )

@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from zguard.errors import OperatorError
 from zguard.ops.units import ENABLED_UNITS, UNIT_NAMES, render_unit
 
 DEFAULT_USER = "ai-runner"
@@ -49,12 +50,11 @@ OSV_DB_FILE = "osv-pypi.zip"  # osv.dev's PyPI export, copied in by the operator
 _NO_LOGIN_SHELLS = frozenset({NOLOGIN, "/sbin/nologin", "/usr/bin/nologin", "/bin/false", "/usr/bin/false"})
 
 
-class InstallError(Exception):
+class InstallError(OperatorError):
     """A step could not be carried out; `message` names it and the reason."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+    code = "install_step_failed"
+    fix = "mend what the message names and run `zguard install` again: the steps done stay done"
 
 
 @dataclass(frozen=True)

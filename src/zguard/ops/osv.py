@@ -22,6 +22,8 @@ from typing import Any
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from zguard.errors import OperatorError
+
 ECOSYSTEM = "PyPI"
 RANGE_TYPES = frozenset({"ECOSYSTEM", "SEMVER"})
 # OSV/GHSA severity words to zguard's scale; an advisory without one counts as high (fail closed).
@@ -35,12 +37,11 @@ SEVERITY_WORDS: Mapping[str, str] = {
 UNKNOWN_SEVERITY = "high"
 
 
-class VulnDbError(Exception):
+class VulnDbError(OperatorError):
     """The database cannot be read at all; `message` names the path and the fix."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+    code = "vuln_db_unusable"
+    fix = "point --vuln-db at osv.dev's PyPI export (a zip or a directory of JSON files) copied onto this host"
 
 
 @dataclass(frozen=True)

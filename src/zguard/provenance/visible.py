@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFont
 
+from zguard.errors import OperatorError
+
 if TYPE_CHECKING:
     from zguard.config import ProvenanceSettings
 
@@ -24,8 +26,11 @@ MIN_HEIGHT_FRACTION = 0.05
 _MARGIN_FRACTION = 0.02
 
 
-class FontNotFound(RuntimeError):
+class FontNotFound(OperatorError):
     """No font that can draw the explicit label: name one in `provenance.explicit_label_font`."""
+
+    code = "label_font_not_found"
+    fix = "install a CJK font (apt-get install fonts-noto-cjk) or name one in provenance.explicit_label_font"
 
 
 def find_cjk_font() -> Path | None:

@@ -15,12 +15,17 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from zguard.errors import OperatorError
+
 KEY_BYTES = 32
 KEY_ID_HEX = 16  # hex digits of SHA-256 over the raw public key that name an Ed25519 key
 
 
-class KeyFileError(Exception):
+class KeyFileError(OperatorError):
     """The key file exists but cannot be used; the message says how to fix it."""
+
+    code = "key_file_unusable"
+    fix = "make the key file private to the service account (chmod 600 FILE) or replace it as the message says"
 
 
 def _refuse_if_shared(path: Path) -> None:

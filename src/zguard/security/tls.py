@@ -15,17 +15,21 @@ import ssl
 import stat
 from pathlib import Path
 
+from zguard.errors import OperatorError
+
 MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
 
 
-class TlsError(Exception):
+class TlsError(OperatorError):
     """A certificate, key or CA file cannot be used; `setting` names which (`tls_key_file`, ...),
     `message` the file and the fix."""
+
+    code = "tls_file_unusable"
+    fix = "point the named setting at a readable PEM file (key mode 0600 or 0640 to the service group)"
 
     def __init__(self, setting: str, message: str) -> None:
         super().__init__(message)
         self.setting = setting
-        self.message = message
 
 
 def key_file_problem(path: Path) -> str | None:

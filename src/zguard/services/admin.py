@@ -58,7 +58,12 @@ _DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
 
 
 class AdminError(ZguardError):
+    """An admin action refused; the message (written for the operator) says why and what to change."""
+
     code = "admin_refused"
+    status = 400
+    type = "invalid_request_error"
+    fix = "change what the message names; `zguard user list` and `zguard role list` show what exists"
 
 
 class RolesRefused(AdminError):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from zguard.audit import AuditEvent, AuditSink
 from zguard.config import PolicySettings, Settings
-from zguard.errors import ConfigError, PromptRejected
+from zguard.errors import ConfigError, OperatorError, PromptRejected
 from zguard.policy.prompt_policy import PolicyError, PromptPolicy
 from zguard.policy.terms import Term, TermListError, parse_term_list
 from zguard.policy.verdict import Verdict
@@ -32,12 +32,14 @@ BUILTIN = "builtin:"
 RELOAD_EVENT = "policy.reloaded"
 
 
-class PolicyLoadError(Exception):
+class PolicyLoadError(OperatorError):
     """The lists could not make a policy; `hashes` has the SHA-256 of each list read so far."""
+
+    code = "policy_lists_unusable"
+    fix = "mend the list the message names (UTF-8, one term per line), check it with `zguard policy test`, then `zguard policy reload`"
 
     def __init__(self, message: str, hashes: dict[str, str]) -> None:
         super().__init__(message)
-        self.message = message
         self.hashes = hashes
 
 

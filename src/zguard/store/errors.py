@@ -16,12 +16,15 @@ from zguard.errors import ZguardError
 
 class StoreError(ZguardError):
     code = "store_error"
+    fix = "`zguard db current` and `zguard doctor` show the state database's state"
 
 
 class SchemaNotCurrent(StoreError):
     """The database is not at the revision this build of zguard expects."""
 
     code = "schema_not_current"
+    status = 503
+    fix = "run `zguard db upgrade` (or `zguard init` on a new state directory)"
 
     def __init__(self, current: str | None, head: str, *, known: bool) -> None:
         at = "empty (no zguard tables)" if current is None else f"at revision {current}"
@@ -40,6 +43,8 @@ class SchemaNotCurrent(StoreError):
 
 class PrincipalExists(StoreError):
     code = "principal_exists"
+    status = 409
+    fix = "choose another name, or change the existing one (`zguard user list`)"
 
     def __init__(self, name: str) -> None:
         super().__init__(f"a principal named {name!r} already exists")
@@ -48,6 +53,8 @@ class PrincipalExists(StoreError):
 
 class PrincipalNotFound(StoreError):
     code = "principal_not_found"
+    status = 404
+    fix = "check the name with `zguard user list`"
 
     def __init__(self, name: str | None = None, principal_id: int | None = None) -> None:
         super().__init__(f"no principal {name!r}" if name is not None else f"no principal with id {principal_id}")
@@ -57,6 +64,8 @@ class PrincipalNotFound(StoreError):
 
 class TokenExists(StoreError):
     code = "token_exists"
+    status = 409
+    fix = "create a new token instead (`zguard token create`)"
 
     def __init__(self) -> None:
         super().__init__("an API token with this hash is already stored")
@@ -64,6 +73,8 @@ class TokenExists(StoreError):
 
 class TokenNotFound(StoreError):
     code = "token_not_found"
+    status = 404
+    fix = "check the prefix with `zguard token list`"
 
     def __init__(self, token_id: int) -> None:
         super().__init__(f"no API token with id {token_id}")

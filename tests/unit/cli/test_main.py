@@ -70,3 +70,18 @@ def test_an_unknown_command_is_a_usage_error() -> None:
     with pytest.raises(SystemExit) as exc:
         main(["nonsense"])
     assert exc.value.code == 2
+
+
+def test_an_operator_error_prints_its_fix_and_exits_with_its_code(
+    tmp_path: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pathlib import Path
+
+    from zguard.cli.main import main
+
+    config = Path(str(tmp_path)) / "zguard.yaml"
+    config.write_text("api:\n  port: not-a-port\n")
+    assert main(["config", "check", "--config", str(config)]) == errors.ConfigError.exit_code == 2
+    err = capsys.readouterr().err
+    assert "api.port" in err
+    assert f"fix: {errors.ConfigError.fix}" in err
