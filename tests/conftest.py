@@ -1,23 +1,19 @@
-"""Shared fixtures: the real demo model is built once per session and loaded once.
+"""Fixtures every kind of test may use; it imports nothing heavy, so a unit test file starts in
+about a second (the functional fixtures, which load the app and the pipeline, are in
+tests/functional/conftest.py).
 
-`hypothesis` is imported here, at collection, because its pytest plugin otherwise imports it in
-the terminal summary, where CPython 3.11.7 fails with "AST constructor recursion depth mismatch"
-after tests that ran servers in threads.
+Hypothesis's pytest plugin is off (`-p no:hypothesispytest` in pyproject.toml): registered as a
+plugin, the whole hypothesis package went through pytest's assertion rewriting at start (~2.4 s
+when bytecode is not cached), and the plugin imported hypothesis in the terminal summary, where
+CPython 3.11.7 fails with "AST constructor recursion depth mismatch" after tests that ran servers
+in threads. `@given` works without it; the test modules that use it import it themselves.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import httpx
-import hypothesis  # noqa: F401  (see below)
 import pytest
-
-from tests.common.factories import api_client, make_settings, ready_runtime
-from zguard.config import Settings
-from zguard.engine.pipeline import DiffusersEngine
-from zguard.serve.wiring import Runtime
 
 
 @pytest.fixture(scope="session")
@@ -27,33 +23,7 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="session")
 def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random-weight demo pipeline, written once per session (torch loads only when asked)."""
     from zguard.engine.demo import write_demo_model
 
     return write_demo_model(tmp_path_factory.mktemp("models") / "demo")
-
-
-@pytest.fixture(scope="session")
-def demo_engine(demo_model_dir: Path) -> DiffusersEngine:
-    """The real ZImagePipeline on the demo weights, loaded once (CPU, float32)."""
-    engine = DiffusersEngine(demo_model_dir, model_id="z-image-turbo", device="cpu", demo=True)
-    engine.load()
-    return engine
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return make_settings(tmp_path / "state", generation={"min_side": 16})
-
-
-@pytest.fixture
-def runtime(settings: Settings, demo_engine: DiffusersEngine) -> Iterator[Runtime]:
-    rt = ready_runtime(settings, demo_engine)
-    yield rt
-    rt.worker.stop(timeout=10)
-
-
-@pytest.fixture
-async def client(settings: Settings, runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
-    """An in-process client of the API app over the real demo pipeline."""
-    async with api_client(settings, runtime) as c:
-        yield c

@@ -9,7 +9,7 @@ from zguard.config.loader import load_settings, masked_settings
 from zguard.config.sizes import check_size, parse_size
 from zguard.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 HASH = "$2b$12$8i8ZeW6kD42l.xd8k374x.ch6fqDYAQ/UtnXviq460paZ/YYi0bie"
 
 
