@@ -16,6 +16,7 @@ from fastapi.routing import APIRoute
 from starlette.requests import Request
 
 from zguard.app.middleware.audit_requests import request_record
+from zguard.app.middleware.network_acl import client_of
 from zguard.security.rbac import Permission
 from zguard.services.auth import Identity, RequestInfo
 
@@ -57,11 +58,9 @@ CurrentIdentity = Annotated[Identity, Depends(current_identity)]
 
 
 def request_info(request: Request) -> RequestInfo:
-    state = request.state
-    client = getattr(state, "client_address", None) or (request.client.host if request.client else "unknown")
     return RequestInfo(
-        client=client,
-        request_id=getattr(state, "request_id", None),
+        client=client_of(request.scope),
+        request_id=getattr(request.state, "request_id", None),
         listener=getattr(request.app.state, "listener", None),
         record=request_record(request.scope),
     )

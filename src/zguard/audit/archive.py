@@ -2,7 +2,7 @@
 
 An archive is JSON Lines, one object a line, in this order:
 
-- `{"kind": "event", ...}` with every column of the `audit_events` row (`verify.ROW_COLUMNS`:
+- `{"kind": "event", ...}` with every column of the `audit_events` row (`store.ROW_COLUMNS`:
   seq, event_id, time_ms, type, outcome, principal, request_id, body, prev_hash, hash) for each
   archived event, in sequence order; `body` is the canonical JSON string exactly as hashed;
 - `{"kind": "anchor", ...the same fields}` for the events after the last archived one up to the
@@ -46,7 +46,7 @@ _KINDS = ("event", "anchor", "checkpoint", "manifest")
 
 
 class ArchivedRow(NamedTuple):
-    """An event as the archive keeps it: an `audit_events` row, fields in `verify.ROW_COLUMNS`
+    """An event as the archive keeps it: an `audit_events` row, fields in `store.ROW_COLUMNS`
     order, so that `verify_rows` reads it like a row from the store."""
 
     seq: int

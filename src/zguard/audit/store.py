@@ -321,7 +321,7 @@ class AuditStore:
             position = rows[-1].seq
 
     def iter_rows(self, *, batch: int = 5_000) -> Iterator[tuple[Any, ...]]:
-        """Raw rows as tuples in `verify.ROW_COLUMNS` order, by seq, for verification.
+        """Raw rows as tuples in `ROW_COLUMNS` order, by seq, for verification.
 
         Read through the driver's own cursor: plain tuples, no result-row objects, which made up
         a third of verification's time."""
@@ -434,7 +434,8 @@ class _DriverSql:
     read_rows: str
 
 
-_COLUMNS = ("seq", "event_id", "time_ms", "type", "outcome", "principal", "request_id", "body", "prev_hash", "hash")
+ROW_COLUMNS = ("seq", "event_id", "time_ms", "type", "outcome", "principal", "request_id", "body", "prev_hash", "hash")
+"""The `audit_events` columns in the order raw rows are read, verified and archived."""
 _SQL_CACHE: dict[str, _DriverSql] = {}
 
 
@@ -451,7 +452,7 @@ def _driver_sql(conn: Connection) -> _DriverSql:
             return style.format(name)
 
         # Column names and placeholders are constants of this module; values are bound parameters.
-        columns, marks = ", ".join(_COLUMNS), ", ".join(mark(c) for c in _COLUMNS)
+        columns, marks = ", ".join(ROW_COLUMNS), ", ".join(mark(c) for c in ROW_COLUMNS)
         head_set = ", ".join(f"{c} = {mark('new_' + c)}" for c in ("seq", "hash", "checkpoint_seq", "checkpoint_ms"))
         cached = _SQL_CACHE[dialect.name] = _DriverSql(
             insert_events=f"INSERT INTO audit_events ({columns}) VALUES ({marks})",  # noqa: S608

@@ -28,7 +28,7 @@ from typing import Any, Literal
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from zguard.audit.chain import CHECKPOINT_TYPE, checkpoint_valid, column_text
-from zguard.audit.store import AuditStore
+from zguard.audit.store import ROW_COLUMNS, AuditStore
 
 Kind = Literal["edited", "deleted", "inserted", "reordered", "truncated", "forged_checkpoint"]
 
@@ -70,7 +70,7 @@ class Report:
 
 
 # Rows are tuples in this column order (AuditStore.iter_rows).
-ROW_COLUMNS = ("seq", "event_id", "time_ms", "type", "outcome", "principal", "request_id", "body", "prev_hash", "hash")
+_SEQ, _BODY, _PREV, _HASH = (ROW_COLUMNS.index(name) for name in ("seq", "body", "prev_hash", "hash"))
 # (index, name, length limit of a text column) of the columns that repeat a body field
 _CHECKED = (
     (1, "event_id", 0),
@@ -112,7 +112,7 @@ def verify_rows(
         return report
 
     for row in rows:
-        seq, raw, row_prev, row_hash = row[0], row[7], row[8], row[9]
+        seq, raw, row_prev, row_hash = row[_SEQ], row[_BODY], row[_PREV], row[_HASH]
         if report.first_seq is None:
             report.first_seq = seq
         if head_seq is not None and seq > head_seq:

@@ -7,7 +7,6 @@ declares what can be set, its defaults and its validation.
 from __future__ import annotations
 
 import ipaddress
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,13 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from zguard.config.sizes import SIZE_STEP, check_size, parse_size
 from zguard.security.detectors import DEFAULT_ACTIONS, DETECTORS, Action
 from zguard.security.netacl import LOOPBACK_NETWORKS, parse_networks
+from zguard.security.passwords import is_bcrypt_hash
 from zguard.security.rates import parse_rates
 from zguard.security.rbac import CustomRole, RoleError, RoleRegistry, build_registry, check_assignment
 
 DEFAULT_CONFIG_PATH = Path("config/zguard.yaml")
 ENV_PREFIX = "ZGUARD_"
 ENV_CONFIG = "ZGUARD_CONFIG"
-_BCRYPT_HASH = re.compile(r"^\$2[aby]\$\d{2}\$[./A-Za-z0-9]{53}$")
 
 
 class _Section(BaseModel):
@@ -211,7 +210,7 @@ class ConfigUser(_Section):
     @field_validator("password")
     @classmethod
     def _bcrypt_only(cls, value: SecretStr) -> SecretStr:
-        if not _BCRYPT_HASH.match(value.get_secret_value()):
+        if not is_bcrypt_hash(value.get_secret_value()):
             raise ValueError(
                 "must be a bcrypt hash ($2a$/$2b$/$2y$...), not a plaintext password; "
                 "hash it with `zguard user hash-password` (reads the password from the terminal or stdin)"

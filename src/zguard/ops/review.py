@@ -8,12 +8,12 @@ disabled but can still call the API, which role mixes generating with reading th
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from zguard.config import ListenerSettings, Settings
+from zguard.security.passwords import cost_of
 from zguard.security.rbac import AUDIT, GENERATION, RoleRegistry
 from zguard.store.principals import PrincipalRecord, TokenRecord
 
@@ -22,7 +22,6 @@ UNUSED_AFTER = timedelta(days=90)
 MIN_BCRYPT_COST = 10
 MAX_ADMINS = 3  # more than this many enabled admins is worth a second look
 OPEN_NETWORKS = frozenset({"0.0.0.0/0", "::/0"})
-_BCRYPT_COST = re.compile(r"^\$2[aby]\$(\d{2})\$")
 
 
 @dataclass(frozen=True)
@@ -44,8 +43,10 @@ def at_or_above(severity: str, threshold: str) -> bool:
 
 
 def bcrypt_cost(password_hash: str) -> int | None:
-    match = _BCRYPT_COST.match(password_hash)
-    return int(match.group(1)) if match else None
+    try:
+        return cost_of(password_hash)
+    except ValueError:
+        return None
 
 
 def _live(token: TokenRecord, now: datetime) -> bool:

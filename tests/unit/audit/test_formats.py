@@ -10,8 +10,7 @@ import pytest
 
 from zguard.audit.archive import ArchivedRow
 from zguard.audit.formats import CSV_COLUMNS, csv_cell, csv_row, event_line, parse_moment, printable, write_events
-from zguard.audit.store import StoredEvent
-from zguard.audit.verify import ROW_COLUMNS
+from zguard.audit.store import ROW_COLUMNS, StoredEvent
 
 NOW = 1_795_000_000.0
 

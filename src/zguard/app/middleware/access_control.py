@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from zguard.app.auth import IDENTITY_KEY, UNSET, declared_access
 from zguard.app.errors import error_response
 from zguard.app.middleware.audit_requests import request_record
+from zguard.app.middleware.network_acl import client_of
 from zguard.app.middleware.rate_limit_headers import STATE_KEY as RATE_LIMIT_STATE
 from zguard.errors import ZguardError
 from zguard.security.rbac import Permission
@@ -72,7 +73,7 @@ class AccessControl:
         headers = dict(scope["headers"])
         authorization = headers.get(b"authorization")
         info = RequestInfo(
-            client=state.get("client_address") or (scope["client"][0] if scope.get("client") else "unknown"),
+            client=client_of(scope),
             request_id=state.get("request_id"),
             listener=self.listener,
             record=request_record(scope),

@@ -100,3 +100,13 @@ class NetworkAcl:
             await send({"type": "websocket.close", "code": WEBSOCKET_POLICY_VIOLATION})
             return
         await error_response(error)(scope, receive, send)
+
+
+def client_of(scope: Scope) -> str:
+    """The client address NetworkAcl decided on, else the TCP peer, else "unknown": the one
+    fallback every later layer uses, so all of them name the same client."""
+    decided = scope.get("state", {}).get("client_address")
+    if decided:
+        return str(decided)
+    peer = scope.get("client")
+    return str(peer[0]) if peer else "unknown"
