@@ -18,7 +18,7 @@ from tests.common.factories import api_client, build_test_runtime, make_settings
 from zguard.audit.prompts import PromptCapture
 from zguard.cli.main import main
 from zguard.ops.doctor import EXIT_BY_SEVERITY, Host, report, run_checks
-from zguard.ops.host_checks import Finding, Identity
+from zguard.ops.host_checks import CheckResult, ProcessUser
 from zguard.security.passwords import hash_password
 from zguard.serve.wiring import build_auth
 from zguard.services.readiness import ModelState
@@ -75,10 +75,10 @@ def test_json_shape_and_exit_status_by_the_worst_finding(state: Path, capsys: py
 
 
 def test_exit_codes_are_0_pass_1_warn_2_fail() -> None:
-    passing = Finding("a", "pass", "ok")
+    passing = CheckResult("a", "pass", "ok")
     assert report([passing])["exit"] == 0
-    assert report([passing, Finding("b", "warn", "hm", "do x")])["exit"] == 1
-    assert report([passing, Finding("b", "warn", "hm", "x"), Finding("c", "fail", "no", "y")])["exit"] == 2
+    assert report([passing, CheckResult("b", "warn", "hm", "do x")])["exit"] == 1
+    assert report([passing, CheckResult("b", "warn", "hm", "x"), CheckResult("c", "fail", "no", "y")])["exit"] == 2
 
 
 def test_a_loose_state_dir_and_an_image_file_fail_with_their_fixes(
@@ -112,7 +112,7 @@ def test_a_world_readable_secret_config_fails(state: Path, capsys: pytest.Captur
 
 def test_root_is_a_failure_unless_allowed(state: Path) -> None:
     settings = make_settings(state, integrity={"allow_root": False})
-    root = Host(Identity(0, 0, frozenset({0})))
+    root = Host(ProcessUser(0, 0, frozenset({0})))
     assert {f.check: f.severity for f in run_checks(settings, root)}["not_root"] == "fail"
 
 

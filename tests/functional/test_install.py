@@ -17,7 +17,7 @@ import pytest
 from tests.common.systemd import require_root, verify
 from zguard.cli.main import main
 from zguard.config.loader import load_settings
-from zguard.ops.host_checks import Identity, model_permissions, secret_file_permissions, state_dir_permissions
+from zguard.ops.host_checks import ProcessUser, model_permissions, secret_file_permissions, state_dir_permissions
 from zguard.ops.install import Accounts
 
 ZGUARD = Path(sys.executable).parent / "zguard"
@@ -102,7 +102,7 @@ def test_install_builds_the_guide_tree(staged: Path, capsys: pytest.CaptureFixtu
     assert not any((staged / "etc/systemd/system").glob("*.wants"))  # nothing enabled
 
     # doctor's own checks pass for the service account on this tree
-    runner = Identity(uid, gid, frozenset({gid}))
+    runner = ProcessUser(uid, gid, frozenset({gid}))
     assert {f.severity for f in model_permissions(model, runner)} == {"pass"}
     assert state_dir_permissions(staged / "var/lib/zguard", runner).severity == "pass"
     settings_file = staged / "etc/zguard/zguard.yaml"

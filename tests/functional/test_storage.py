@@ -14,7 +14,7 @@ import yaml
 from tests.common.factories import free_port
 from zguard.config import Settings
 from zguard.ops.host_checks import (
-    Identity,
+    ProcessUser,
     config_secret_keys,
     encryption_layers,
     model_permissions,
@@ -30,7 +30,7 @@ from zguard.ops.host_checks import (
     worst,
 )
 
-SERVICE = Identity(uid=4242, gid=4242, gids=frozenset({4242}))
+SERVICE = ProcessUser(uid=4242, gid=4242, gids=frozenset({4242}))
 
 
 def fake_host(tmp_path: Path, mounts: list[tuple[str, str, str, str]]) -> tuple[Path, Path]:
@@ -190,7 +190,7 @@ def test_startup_refuses_a_writable_model_dir_naming_path_and_fix(tmp_path: Path
     root = model_dir(tmp_path, dir_mode=0o777, file_mode=0o666)
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
-    who = Identity(os.geteuid(), os.getegid(), frozenset({os.getegid()}))
+    who = ProcessUser(os.geteuid(), os.getegid(), frozenset({os.getegid()}))
     settings = Settings.model_validate({"state_dir": str(state), "integrity": {"allow_root": True}})
     refusals, _ = startup_problems(settings, root, demo=False, who=who)
     assert len(refusals) == 1
@@ -237,7 +237,7 @@ def test_state_dir_must_be_0700_and_owned_by_the_service_account(tmp_path: Path)
     state = tmp_path / "state"
     state.mkdir(mode=0o755)
     state.chmod(0o755)
-    me = Identity(os.geteuid(), os.getegid(), frozenset({os.getegid()}))
+    me = ProcessUser(os.geteuid(), os.getegid(), frozenset({os.getegid()}))
     loose = state_dir_permissions(state, me)
     assert loose.severity == "fail"
     assert loose.fix == f"chmod 700 {state}"
@@ -252,7 +252,7 @@ def test_state_dir_must_be_0700_and_owned_by_the_service_account(tmp_path: Path)
 
 
 def test_running_as_root_is_refused_unless_allowed() -> None:
-    root = Identity(0, 0, frozenset({0}))
+    root = ProcessUser(0, 0, frozenset({0}))
     refused = running_as(root, allow_root=False)
     assert refused.severity == "fail"
     assert refused.fix is not None

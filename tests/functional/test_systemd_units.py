@@ -15,7 +15,7 @@ import pytest
 
 from tests.common.systemd import require_systemd_analyze, security, verify
 from zguard.cli.main import main
-from zguard.ops.install import Layout
+from zguard.ops.install import InstallLayout
 from zguard.ops.units import SCAN_SERVICE, SCAN_TIMER, SERVICE, UNIT_NAMES, render_unit, unit_template
 
 MAX_EXPOSURE = 1.5
@@ -33,7 +33,7 @@ def units(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     assert ZGUARD.is_file(), f"the venv's zguard is missing: {ZGUARD}"
     folder = tmp_path_factory.mktemp("units")
     paths = {}
-    for name, text in Layout(zguard_bin=ZGUARD, gpus=2).units().items():
+    for name, text in InstallLayout(zguard_bin=ZGUARD, gpus=2).units().items():
         paths[name] = folder / name
         paths[name].write_text(text, encoding="utf-8")
     return paths
@@ -98,7 +98,7 @@ def test_scan_runs_monthly_without_network(units: dict[str, Path]) -> None:
 
 
 def test_state_outside_var_lib_is_made_writable_by_path(tmp_path: Path) -> None:
-    unit = Layout(zguard_bin=ZGUARD, state_dir=Path("/srv/zguard/state"), gpus=0).units()[SERVICE]
+    unit = InstallLayout(zguard_bin=ZGUARD, state_dir=Path("/srv/zguard/state"), gpus=0).units()[SERVICE]
     settings = dict(directives(unit))
     assert settings["ReadWritePaths"] == "/srv/zguard/state"
     assert "StateDirectory" not in settings
@@ -108,7 +108,7 @@ def test_state_outside_var_lib_is_made_writable_by_path(tmp_path: Path) -> None:
 
 
 def test_every_template_field_is_filled() -> None:
-    fields = Layout().unit_fields()
+    fields = InstallLayout().unit_fields()
     for name in UNIT_NAMES:
         assert not re.search(r"@[A-Z_]+@", render_unit(name, fields))
     with pytest.raises(KeyError, match="no value for @APP_DIR@"):

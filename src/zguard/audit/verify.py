@@ -34,7 +34,7 @@ Kind = Literal["edited", "deleted", "inserted", "reordered", "truncated", "forge
 
 
 @dataclass(frozen=True)
-class Problem:
+class ChainProblem:
     kind: Kind
     seq: int
     message: str
@@ -47,7 +47,7 @@ class Report:
     first_seq: int | None = None
     last_seq: int | None = None
     last_checkpoint: int | None = None
-    problem: Problem | None = None
+    problem: ChainProblem | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -108,7 +108,7 @@ def verify_rows(
     sha256 = hashlib.sha256
 
     def fail(kind: Kind, seq: int, message: str) -> Report:
-        report.problem = Problem(kind, seq, message)
+        report.problem = ChainProblem(kind, seq, message)
         return report
 
     for row in rows:

@@ -19,12 +19,12 @@ from collections.abc import Sequence
 from zguard.cli.common import EXIT_FIX, EXIT_OK, Commands, settings_of
 from zguard.config import Settings
 from zguard.ops.doctor import EXIT_BY_SEVERITY, explain_event, report, run_checks
-from zguard.ops.host_checks import SEVERITY_ORDER, Finding, settings_file, worst
+from zguard.ops.host_checks import SEVERITY_ORDER, CheckResult, settings_file, worst
 
 EXIT_NOT_FOUND = EXIT_FIX  # --explain: no event for the id, or the trail cannot be read
 
 
-def print_findings(findings: Sequence[Finding]) -> None:
+def print_findings(findings: Sequence[CheckResult]) -> None:
     for finding in sorted(findings, key=lambda f: -SEVERITY_ORDER[f.severity]):
         print(f"{finding.severity.upper():4}  {finding.check}: {finding.message}")
         if finding.fix and finding.severity != "pass":

@@ -1,4 +1,4 @@
-"""The `zguard install` command: flags to a Layout, the plan printed or carried out.
+"""The `zguard install` command: flags to a InstallLayout, the plan printed or carried out.
 
 Exit status: 0 done (or, with --dry-run, planned); 2 not root, a bad path, or a step that failed
 (named, with the reason; what ran before it stays done, and running install again finishes).
@@ -22,14 +22,14 @@ from zguard.ops.install import (
     DEFAULT_USER,
     Installer,
     InstallError,
-    Layout,
+    InstallLayout,
     host_gpus,
 )
 
 SYSTEMD_RUNNING = Path("/run/systemd/system")
 
 
-def layout_from(args: argparse.Namespace) -> Layout:
+def layout_from(args: argparse.Namespace) -> InstallLayout:
     paths = {
         "--app-dir": args.app_dir,
         "--config-dir": args.config_dir,
@@ -42,7 +42,7 @@ def layout_from(args: argparse.Namespace) -> Layout:
         relative.append(f"--zguard-bin {args.zguard_bin}")
     if relative:
         raise InstallError(f"paths must be absolute (as on the target system): {', '.join(relative)}")
-    return Layout(
+    return InstallLayout(
         app_dir=Path(args.app_dir),
         config_dir=Path(args.config_dir),
         state_dir=Path(args.state_dir),

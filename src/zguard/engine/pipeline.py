@@ -19,8 +19,8 @@ from zguard.engine.offline import force_offline
 from zguard.integrity.manifest import (
     MANIFEST_FILE,
     ManifestError,
+    ManifestProblem,
     ModelManifest,
-    Problem,
     VerifiedReader,
     check_layout,
     scan,
@@ -156,7 +156,7 @@ class DiffusersEngine:
                 raise ManifestError(
                     self._model_dir,
                     [
-                        Problem(
+                        ManifestProblem(
                             "bad_signature",
                             str(self._manifest_public_key),
                             f"model.manifest_public_key unusable: {exc}",

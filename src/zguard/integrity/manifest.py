@@ -5,7 +5,7 @@ the `digest` and `signature` fields; it names the model's exact content and is w
 trail records. It holds no timestamp, so the same files always give the same digest. An optional
 Ed25519 `signature` signs the digest.
 
-Checks, each reported as a `Problem` naming the file:
+Checks, each reported as a `ManifestProblem` naming the file:
     manifest_missing / manifest_invalid   no manifest, or one that does not parse or whose digest is wrong
     bad_signature / unsigned              a public key was given and the signature is wrong or absent
     missing / extra                       a pinned file is gone, or a file is there that is not pinned
@@ -73,7 +73,7 @@ class FileEntry:
 
 
 @dataclass(frozen=True)
-class Problem:
+class ManifestProblem:
     code: str
     path: str
     detail: str
@@ -94,7 +94,7 @@ class ManifestError(OperatorError):
     fix = "restore the pinned files from the release, or after an approved change re-pin: `zguard model pin DIR --key KEY`"
 
     def __init__(
-        self, model_dir: Path, problems: Iterable[Problem], headline: str = "does not match its manifest"
+        self, model_dir: Path, problems: Iterable[ManifestProblem], headline: str = "does not match its manifest"
     ) -> None:
         self.model_dir = model_dir
         self.problems = tuple(problems)
@@ -171,13 +171,15 @@ class ModelManifest:
             raise ValueError("malformed signature block")
         return cls(files=files, digest=digest, signature=signature)
 
-    def signature_problem(self, public_key: Ed25519PublicKey) -> Problem | None:
+    def signature_problem(self, public_key: Ed25519PublicKey) -> ManifestProblem | None:
         if self.signature is None:
-            return Problem("unsigned", MANIFEST_FILE, "the manifest is not signed, and a public key is configured")
+            return ManifestProblem(
+                "unsigned", MANIFEST_FILE, "the manifest is not signed, and a public key is configured"
+            )
         try:
             public_key.verify(bytes.fromhex(self.signature["ed25519"]), SIGNATURE_CONTEXT + self.digest.encode())
         except (InvalidSignature, ValueError):
-            return Problem(
+            return ManifestProblem(
                 "bad_signature",
                 MANIFEST_FILE,
                 f"the signature does not verify with the public key {key_id(public_key)} "
@@ -195,18 +197,18 @@ def body_digest(body: dict[str, Any]) -> str:
 
 
 @dataclass
-class Layout:
+class ModelLayout:
     """What a model directory holds: regular files by relative path (symlinks inside resolved)."""
 
     files: dict[str, Path] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
-    problems: list[Problem] = field(default_factory=list)
+    problems: list[ManifestProblem] = field(default_factory=list)
 
 
-def scan(model_dir: Path) -> Layout:
+def scan(model_dir: Path) -> ModelLayout:
     """Walk `model_dir` without following a link out of it; the manifest file itself is left out."""
     root = Path(model_dir).resolve(strict=True)
-    layout = Layout()
+    layout = ModelLayout()
     seen_dirs = {root}
     stack: list[tuple[Path, str]] = [(root, "")]
     while stack:
@@ -221,28 +223,28 @@ def scan(model_dir: Path) -> Layout:
                     target = path.resolve()
                     if not target.is_relative_to(root):
                         layout.problems.append(
-                            Problem("symlink_escapes", rel, f"a symlink to {target}, outside {root}")
+                            ManifestProblem("symlink_escapes", rel, f"a symlink to {target}, outside {root}")
                         )
                         continue
                     path = target
                 try:
                     st = path.stat()
                 except OSError:
-                    layout.problems.append(Problem("not_regular", rel, "a dangling symlink"))
+                    layout.problems.append(ManifestProblem("not_regular", rel, "a dangling symlink"))
                     continue
                 if stat.S_ISDIR(st.st_mode):
                     if path.resolve() not in seen_dirs:  # a link back up would loop
                         seen_dirs.add(path.resolve())
                         stack.append((path, rel + "/"))
                 elif not stat.S_ISREG(st.st_mode):
-                    layout.problems.append(Problem("not_regular", rel, "not a regular file"))
+                    layout.problems.append(ManifestProblem("not_regular", rel, "not a regular file"))
                 else:
                     layout.files[rel] = path
                     layout.sizes[rel] = st.st_size
     for rel in layout.files:
         if Path(rel).suffix.lower() in PICKLE_SUFFIXES:
             layout.problems.append(
-                Problem("pickle_weights", rel, "pickle-format weights, refused whether pinned or not")
+                ManifestProblem("pickle_weights", rel, "pickle-format weights, refused whether pinned or not")
             )
     return layout
 
@@ -253,16 +255,18 @@ def read_manifest(model_dir: Path) -> ModelManifest:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ManifestError(model_dir, [Problem("manifest_missing", MANIFEST_FILE, "no manifest")]) from None
+        raise ManifestError(model_dir, [ManifestProblem("manifest_missing", MANIFEST_FILE, "no manifest")]) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(model_dir, [Problem("manifest_invalid", MANIFEST_FILE, f"unreadable: {exc}")]) from None
+        raise ManifestError(
+            model_dir, [ManifestProblem("manifest_invalid", MANIFEST_FILE, f"unreadable: {exc}")]
+        ) from None
     try:
         return ModelManifest.from_json(text)
     except ValueError as exc:  # json.JSONDecodeError is a ValueError
-        raise ManifestError(model_dir, [Problem("manifest_invalid", MANIFEST_FILE, str(exc))]) from None
+        raise ManifestError(model_dir, [ManifestProblem("manifest_invalid", MANIFEST_FILE, str(exc))]) from None
 
 
-def compare(manifest: ModelManifest, layout: Layout) -> list[Problem]:
+def compare(manifest: ModelManifest, layout: ModelLayout) -> list[ManifestProblem]:
     """Missing, extra and resized files (stat only)."""
     pinned = manifest.by_path()
     reported = {problem.path for problem in layout.problems}  # a link leading out is not also "missing"
@@ -270,18 +274,18 @@ def compare(manifest: ModelManifest, layout: Layout) -> list[Problem]:
     for rel, entry in pinned.items():
         if rel not in layout.files:
             if rel not in reported:
-                problems.append(Problem("missing", rel, "pinned in the manifest but not in the directory"))
+                problems.append(ManifestProblem("missing", rel, "pinned in the manifest but not in the directory"))
         elif layout.sizes[rel] != entry.size:
-            problems.append(Problem("size_changed", rel, f"{layout.sizes[rel]} bytes, pinned at {entry.size}"))
+            problems.append(ManifestProblem("size_changed", rel, f"{layout.sizes[rel]} bytes, pinned at {entry.size}"))
     problems += [
-        Problem("extra", rel, "not in the manifest")
+        ManifestProblem("extra", rel, "not in the manifest")
         for rel in layout.files
         if rel not in pinned and rel not in reported
     ]
     return problems
 
 
-def check_layout(model_dir: Path, public_key: Ed25519PublicKey | None = None) -> tuple[ModelManifest, Layout]:
+def check_layout(model_dir: Path, public_key: Ed25519PublicKey | None = None) -> tuple[ModelManifest, ModelLayout]:
     """Every check but the hashes. Raises ManifestError naming each problem."""
     manifest = read_manifest(model_dir)
     layout = scan(model_dir)
@@ -332,7 +336,7 @@ def hash_file(path: Path, counter: ProgressCounter | None = None, chunk: int = R
     return digest.hexdigest(), size
 
 
-def _hash_all(layout: Layout, progress: Progress | None, threads: int) -> dict[str, tuple[str, int]]:
+def _hash_all(layout: ModelLayout, progress: Progress | None, threads: int) -> dict[str, tuple[str, int]]:
     counter = ProgressCounter(sum(layout.sizes.values()), progress)
     # Largest first, so the last file to finish is a small one and no thread idles at the end.
     order = sorted(layout.files, key=lambda rel: -layout.sizes[rel])
@@ -366,7 +370,7 @@ def pin(
 class VerifyReport:
     model_dir: Path
     manifest: ModelManifest | None
-    problems: tuple[Problem, ...]
+    problems: tuple[ManifestProblem, ...]
     bytes_hashed: int = 0
 
     @property
@@ -398,13 +402,13 @@ def verify(
         problems.insert(0, bad)
     problems += compare(manifest, layout)
     pinned = manifest.by_path()
-    hashable = Layout(
+    hashable = ModelLayout(
         files={rel: p for rel, p in layout.files.items() if rel in pinned and layout.sizes[rel] == pinned[rel].size},
         sizes=layout.sizes,
     )
     hashes = _hash_all(hashable, progress, threads)
     problems += [
-        Problem("changed", rel, f"SHA-256 {sha[:16]}..., pinned {pinned[rel].sha256[:16]}...")
+        ManifestProblem("changed", rel, f"SHA-256 {sha[:16]}..., pinned {pinned[rel].sha256[:16]}...")
         for rel, (sha, _size) in sorted(hashes.items())
         if sha != pinned[rel].sha256
     ]
@@ -423,7 +427,7 @@ class VerifiedReader:
     """
 
     def __init__(
-        self, model_dir: Path, manifest: ModelManifest | None, layout: Layout, progress: Progress | None = None
+        self, model_dir: Path, manifest: ModelManifest | None, layout: ModelLayout, progress: Progress | None = None
     ) -> None:
         """`manifest` None: an unpinned model (model.manifest_required false); sizes from `layout`, no hashes compared."""
         self.model_dir = Path(model_dir)
@@ -441,7 +445,7 @@ class VerifiedReader:
     def read(self, rel: str) -> bytes:
         entry = self._pinned.get(rel)
         if entry is None or rel not in self._paths:
-            raise ManifestError(self.model_dir, [Problem("extra", rel, "not in the manifest")])
+            raise ManifestError(self.model_dir, [ManifestProblem("extra", rel, "not in the manifest")])
         digest = hashlib.sha256()
         pieces: list[bytes] = []
         size = 0
@@ -455,12 +459,16 @@ class VerifiedReader:
                 self._counter.add(len(piece))
         if size != entry.size:
             raise ManifestError(
-                self.model_dir, [Problem("size_changed", rel, f"read {size} bytes, pinned at {entry.size}")]
+                self.model_dir, [ManifestProblem("size_changed", rel, f"read {size} bytes, pinned at {entry.size}")]
             )
         if self._check_hash and digest.hexdigest() != entry.sha256:
             raise ManifestError(
                 self.model_dir,
-                [Problem("changed", rel, f"SHA-256 {digest.hexdigest()[:16]}..., pinned {entry.sha256[:16]}...")],
+                [
+                    ManifestProblem(
+                        "changed", rel, f"SHA-256 {digest.hexdigest()[:16]}..., pinned {entry.sha256[:16]}..."
+                    )
+                ],
             )
         data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         pieces.clear()

@@ -27,8 +27,8 @@ from zguard.errors import EXIT_FIX, EXIT_NO, EXIT_OK, fix_for
 from zguard.ops.host_checks import (
     PROC,
     SYS,
-    Finding,
-    Identity,
+    CheckResult,
+    ProcessUser,
     model_permissions,
     running_as,
     secret_file_permissions,
@@ -53,25 +53,25 @@ MAX_SCANNED_FILES = 100_000
 class Host:
     """What the checks read beyond the settings; tests give fake roots and another identity."""
 
-    who: Identity
+    who: ProcessUser
     proc_root: Path = PROC
     sys_root: Path = SYS
     now: Callable[[], float] = time.time
 
     @classmethod
     def current(cls) -> Host:
-        return cls(Identity.current())
+        return cls(ProcessUser.current())
 
 
 # --- the checks -------------------------------------------------------------------------------
 
 
-def model_findings(settings: Settings, host: Host) -> list[Finding]:
+def model_findings(settings: Settings, host: Host) -> list[CheckResult]:
     required = settings.integrity.require_encrypted_model_storage
     if settings.model.path is None:
         demo = state_paths.demo_model_dir(settings)
         findings = [
-            Finding(
+            CheckResult(
                 "model_files_read_only",
                 "warn",
                 f"serving the demo model ({demo}, random weights, built and owned by zguard itself)",
@@ -86,7 +86,7 @@ def model_findings(settings: Settings, host: Host) -> list[Finding]:
     path = settings.model.path
     if not (path / "model_index.json").is_file():
         return [
-            Finding(
+            CheckResult(
                 "model_files_read_only",
                 "fail",
                 f"{path}: no model_index.json (not a diffusers-format model directory, or not readable)",
@@ -113,7 +113,7 @@ def image_files(root: Path) -> list[Path]:
     return [path for path in files_under(root)[:MAX_SCANNED_FILES] if _is_image(path)]
 
 
-def persistence_findings(settings: Settings, host: Host) -> list[Finding]:
+def persistence_findings(settings: Settings, host: Host) -> list[CheckResult]:
     record = CleanupRecord.read(state_paths.cleanup_record_file(settings))
     runtime = Path(record.runtime_dir) if record is not None else state_paths.runtime_dir(settings, os.environ)
     findings = []
@@ -121,7 +121,7 @@ def persistence_findings(settings: Settings, host: Host) -> list[Finding]:
     if left:
         shown = ", ".join(str(p) for p in left[:5])
         findings.append(
-            Finding(
+            CheckResult(
                 "runtime_dir_empty",
                 "warn",
                 f"{runtime}: {len(left)} file(s) left by libraries: {shown} (a running server sweeps them; "
@@ -130,11 +130,11 @@ def persistence_findings(settings: Settings, host: Host) -> list[Finding]:
             )
         )
     else:
-        findings.append(Finding("runtime_dir_empty", "pass", f"{runtime}: no files"))
+        findings.append(CheckResult("runtime_dir_empty", "pass", f"{runtime}: no files"))
     images = image_files(settings.state_dir)
     if images:
         findings.append(
-            Finding(
+            CheckResult(
                 "no_images_on_disk",
                 "fail",
                 f"{settings.state_dir}: {len(images)} image file(s): {', '.join(str(p) for p in images[:5])}",
@@ -142,10 +142,10 @@ def persistence_findings(settings: Settings, host: Host) -> list[Finding]:
             )
         )
     else:
-        findings.append(Finding("no_images_on_disk", "pass", f"{settings.state_dir}: no image files"))
+        findings.append(CheckResult("no_images_on_disk", "pass", f"{settings.state_dir}: no image files"))
     if record is None:
         findings.append(
-            Finding(
+            CheckResult(
                 "last_cleanup",
                 "warn",
                 f"no runtime cleanup recorded in {state_paths.cleanup_record_file(settings)} (zguard serve has not run with this state_dir)",
@@ -157,7 +157,7 @@ def persistence_findings(settings: Settings, host: Host) -> list[Finding]:
         age = host.now() - record.time
         stale = record.reason not in ("stop", "start") and age > 2 * settings.isolation.cleanup_interval_s
         findings.append(
-            Finding(
+            CheckResult(
                 "last_cleanup",
                 "warn" if stale else "pass",
                 f"last runtime cleanup {when} ({age:.0f} s ago, {record.reason}, {record.removed} file(s) removed)",
@@ -168,11 +168,11 @@ def persistence_findings(settings: Settings, host: Host) -> list[Finding]:
     return findings
 
 
-def audit_findings(settings: Settings) -> list[Finding]:
+def audit_findings(settings: Settings) -> list[CheckResult]:
     """The chain verified as `zguard audit verify` does, and the syslog forwarding lag."""
     if settings.database.url is None and not state_paths.database_file(settings).exists():
         return [
-            Finding(
+            CheckResult(
                 "audit_trail",
                 "warn",
                 f"no state database in {settings.state_dir} yet",
@@ -189,7 +189,7 @@ def audit_findings(settings: Settings) -> list[Finding]:
         head, cursors = store.head(), store.cursors()
     except (SQLAlchemyError, SchemaNotCurrent, OSError, ValueError) as exc:  # a finding, not a crash
         return [
-            Finding(
+            CheckResult(
                 "audit_trail",
                 "fail",
                 f"cannot read the audit trail: {type(exc).__name__}: {exc}",
@@ -201,7 +201,7 @@ def audit_findings(settings: Settings) -> list[Finding]:
     findings = []
     if report.problem is not None:
         findings.append(
-            Finding(
+            CheckResult(
                 "audit_trail",
                 "fail",
                 f"audit trail NOT intact: {report.problem.kind} at event {report.problem.seq}: {report.problem.message}",
@@ -211,7 +211,7 @@ def audit_findings(settings: Settings) -> list[Finding]:
     else:
         unsigned = "" if public_key is not None else f" (no signing key at {key_path}: signatures not checked)"
         findings.append(
-            Finding(
+            CheckResult(
                 "audit_trail",
                 "pass" if public_key is not None else "warn",
                 f"audit trail intact: {report.events} event(s), {report.checkpoints} checkpoint(s){unsigned}",
@@ -222,7 +222,7 @@ def audit_findings(settings: Settings) -> list[Finding]:
         lags = {name: max(0, head.seq - seq) for name, seq in cursors.items()}
         lag = max(lags.values(), default=head.seq)
         findings.append(
-            Finding(
+            CheckResult(
                 "syslog_forwarding",
                 "pass" if lag <= settings.audit.syslog.batch_size else "warn",
                 f"syslog forwarding to {settings.audit.syslog.host}:{settings.audit.syslog.port}: {lag} event(s) behind",
@@ -237,7 +237,7 @@ def audit_findings(settings: Settings) -> list[Finding]:
 
 def run_checks(
     settings: Settings, host: Host | None = None, config_file: Path | None = None, raw_config: Any = None
-) -> list[Finding]:
+) -> list[CheckResult]:
     host = host or Host.current()
     findings = [running_as(host.who, allow_root=settings.integrity.allow_root)]
     findings.append(state_dir_permissions(settings.state_dir, host.who))
@@ -249,7 +249,7 @@ def run_checks(
     return findings
 
 
-def report(findings: Sequence[Finding]) -> dict[str, Any]:
+def report(findings: Sequence[CheckResult]) -> dict[str, Any]:
     status = worst(findings)
     return {"status": status, "exit": EXIT_BY_SEVERITY[status], "findings": [f.as_dict() for f in findings]}
 

@@ -1,6 +1,6 @@
 """Storage and permission checks: where the model lies, who may change it, who may read secrets.
 
-Every check returns `Finding`s (PASS / WARN / FAIL, a message naming the path and what is wrong,
+Every check returns `CheckResult`s (PASS / WARN / FAIL, a message naming the path and what is wrong,
 and the command that fixes it); `serve` refuses to start on the FAILs of `startup_problems`,
 and `zguard doctor` prints them all. The kernel's views are read from injectable roots (`/proc`,
 `/sys`), so tests show an encrypted and an unencrypted device with fake trees.
@@ -39,7 +39,7 @@ MAX_DM_DEPTH = 16
 
 
 @dataclass(frozen=True)
-class Finding:
+class CheckResult:
     """One check's verdict. `fix` is the command (or setting) that makes it pass."""
 
     check: str
@@ -58,12 +58,12 @@ class Finding:
         }
 
 
-def worst(findings: Iterable[Finding]) -> Severity:
+def worst(findings: Iterable[CheckResult]) -> Severity:
     return max((f.severity for f in findings), key=SEVERITY_ORDER.__getitem__, default="pass")
 
 
 @dataclass(frozen=True)
-class Identity:
+class ProcessUser:
     """Who zguard runs as: the effective uid, its primary group and every group it holds."""
 
     uid: int
@@ -71,7 +71,7 @@ class Identity:
     gids: frozenset[int]
 
     @classmethod
-    def current(cls) -> Identity:
+    def current(cls) -> ProcessUser:
         return cls(os.geteuid(), os.getegid(), frozenset({os.getegid(), *os.getgroups()}))
 
     def group_name(self) -> str:
@@ -167,7 +167,7 @@ def encryption_layers(device: str, sys_root: Path = SYS) -> tuple[bool, list[str
     return visit(node, 0), layers
 
 
-def storage_encryption(path: Path, *, required: bool, proc_root: Path = PROC, sys_root: Path = SYS) -> Finding:
+def storage_encryption(path: Path, *, required: bool, proc_root: Path = PROC, sys_root: Path = SYS) -> CheckResult:
     """Whether `path` lies on dm-crypt. Not encrypted: FAIL when `required`, else WARN."""
     missing: Severity = "fail" if required else "warn"
     fix = (
@@ -176,7 +176,7 @@ def storage_encryption(path: Path, *, required: bool, proc_root: Path = PROC, sy
     )
     mount = mount_of(path, proc_root)
     if mount is None:
-        return Finding(
+        return CheckResult(
             "model_storage_encrypted",
             missing,
             f"{path}: cannot find its mount in {proc_root}/self/mountinfo; encryption unknown",
@@ -189,7 +189,7 @@ def storage_encryption(path: Path, *, required: bool, proc_root: Path = PROC, sy
         "source": mount.source,
     }
     if mount.major == 0:
-        return Finding(
+        return CheckResult(
             "model_storage_encrypted",
             missing,
             f"{path}: on {mount.fstype} at {mount.mount_point} ({mount.source}), not a block device; "
@@ -200,14 +200,14 @@ def storage_encryption(path: Path, *, required: bool, proc_root: Path = PROC, sy
     encrypted, layers = encryption_layers(mount.device, sys_root)
     detail["layers"] = layers
     if encrypted:
-        return Finding(
+        return CheckResult(
             "model_storage_encrypted",
             "pass",
             f"{path}: on {mount.source} ({mount.device}) at {mount.mount_point}, dm-crypt: {' -> '.join(layers)}",
             None,
             detail,
         )
-    return Finding(
+    return CheckResult(
         "model_storage_encrypted",
         missing,
         f"{path}: on {mount.source} ({mount.device}) at {mount.mount_point}, which is not dm-crypt/LUKS",
@@ -231,7 +231,7 @@ def _named(paths: list[str]) -> str:
     return shown + (f" and {len(paths) - MAX_SHOWN} more" if len(paths) > MAX_SHOWN else "")
 
 
-def model_permissions(model_dir: Path, who: Identity) -> list[Finding]:
+def model_permissions(model_dir: Path, who: ProcessUser) -> list[CheckResult]:
     """The model files must not be writable by zguard's account (root owns them, the service
     group reads them: 750/640 or tighter). Writable: FAIL; readable by others: WARN."""
     writable: list[str] = []
@@ -253,7 +253,7 @@ def model_permissions(model_dir: Path, who: Identity) -> list[Finding]:
     findings = []
     if writable:
         findings.append(
-            Finding(
+            CheckResult(
                 "model_files_read_only",
                 "fail",
                 f"{model_dir}: {len(writable)} file(s) or folder(s) the account zguard runs as (uid {who.uid}) "
@@ -262,10 +262,12 @@ def model_permissions(model_dir: Path, who: Identity) -> list[Finding]:
             )
         )
     else:
-        findings.append(Finding("model_files_read_only", "pass", f"{model_dir}: not writable by uid {who.uid}", None))
+        findings.append(
+            CheckResult("model_files_read_only", "pass", f"{model_dir}: not writable by uid {who.uid}", None)
+        )
     if open_to_others:
         findings.append(
-            Finding(
+            CheckResult(
                 "model_files_private",
                 "warn",
                 f"{model_dir}: {len(open_to_others)} file(s) or folder(s) open to other accounts: {_named(open_to_others)}",
@@ -273,7 +275,7 @@ def model_permissions(model_dir: Path, who: Identity) -> list[Finding]:
             )
         )
     else:
-        findings.append(Finding("model_files_private", "pass", f"{model_dir}: closed to other accounts", None))
+        findings.append(CheckResult("model_files_private", "pass", f"{model_dir}: closed to other accounts", None))
     return findings
 
 
@@ -352,7 +354,7 @@ def refuse_readable_settings_file(cli_value: str | None, environ: Mapping[str, s
         raise ConfigError(refusals)
 
 
-def secret_file_permissions(files: Mapping[str, Path]) -> list[Finding]:
+def secret_file_permissions(files: Mapping[str, Path]) -> list[CheckResult]:
     """Files holding secrets must not be readable (or writable) by other accounts: FAIL."""
     findings = []
     for what, path in files.items():
@@ -363,7 +365,7 @@ def secret_file_permissions(files: Mapping[str, Path]) -> list[Finding]:
         mode = stat.S_IMODE(st.st_mode)
         if mode & (stat.S_IROTH | stat.S_IWOTH):
             findings.append(
-                Finding(
+                CheckResult(
                     "secret_file_private",
                     "fail",
                     f"{path} ({what}) is readable by every account on this host (mode {mode:o})",
@@ -373,37 +375,39 @@ def secret_file_permissions(files: Mapping[str, Path]) -> list[Finding]:
             )
         else:
             findings.append(
-                Finding("secret_file_private", "pass", f"{path} ({what}): mode {mode:o}", None, {"path": str(path)})
+                CheckResult("secret_file_private", "pass", f"{path} ({what}): mode {mode:o}", None, {"path": str(path)})
             )
     if not findings:
-        findings.append(Finding("secret_file_private", "pass", "no secret files yet (none configured or created)"))
+        findings.append(CheckResult("secret_file_private", "pass", "no secret files yet (none configured or created)"))
     return findings
 
 
-def state_dir_permissions(state_dir: Path, who: Identity) -> Finding:
+def state_dir_permissions(state_dir: Path, who: ProcessUser) -> CheckResult:
     """The state directory: mode 0700, owned by zguard's account."""
     try:
         st = state_dir.stat()
     except FileNotFoundError:
-        return Finding("state_dir", "warn", f"{state_dir}: does not exist yet (`zguard serve` creates it, mode 0700)")
+        return CheckResult(
+            "state_dir", "warn", f"{state_dir}: does not exist yet (`zguard serve` creates it, mode 0700)"
+        )
     except OSError as exc:
-        return Finding("state_dir", "fail", f"{state_dir}: cannot be read ({exc.strerror})", f"ls -ld {state_dir}")
+        return CheckResult("state_dir", "fail", f"{state_dir}: cannot be read ({exc.strerror})", f"ls -ld {state_dir}")
     mode = stat.S_IMODE(st.st_mode)
     if st.st_uid != who.uid:
-        return Finding(
+        return CheckResult(
             "state_dir",
             "fail",
             f"{state_dir}: owned by uid {st.st_uid}, not by the account zguard runs as (uid {who.uid})",
             f"chown {who.uid}:{who.group_name()} {state_dir} && chmod 700 {state_dir}",
         )
     if mode & 0o077:
-        return Finding(
+        return CheckResult(
             "state_dir", "fail", f"{state_dir}: mode {mode:o}, other accounts can enter it", f"chmod 700 {state_dir}"
         )
-    return Finding("state_dir", "pass", f"{state_dir}: mode {mode:o}, owned by uid {st.st_uid}")
+    return CheckResult("state_dir", "pass", f"{state_dir}: mode {mode:o}, owned by uid {st.st_uid}")
 
 
-def tighten_state_dir(state_dir: Path, who: Identity) -> bool:
+def tighten_state_dir(state_dir: Path, who: ProcessUser) -> bool:
     """Set mode 0700 on zguard's own state directory when it is looser; True when it changed."""
     try:
         st = state_dir.stat()
@@ -415,17 +419,17 @@ def tighten_state_dir(state_dir: Path, who: Identity) -> bool:
     return False
 
 
-def running_as(who: Identity, *, allow_root: bool) -> Finding:
+def running_as(who: ProcessUser, *, allow_root: bool) -> CheckResult:
     if who.uid != 0:
-        return Finding("not_root", "pass", f"running as uid {who.uid}")
+        return CheckResult("not_root", "pass", f"running as uid {who.uid}")
     if allow_root:
-        return Finding(
+        return CheckResult(
             "not_root",
             "warn",
             "running as root (integrity.allow_root: true): the model files and the audit trail are writable by this process",
             "run as a dedicated account: useradd --system zguard; systemd User=zguard",
         )
-    return Finding(
+    return CheckResult(
         "not_root",
         "fail",
         "running as root: a compromised zguard could change the model files and the audit trail",
@@ -444,7 +448,7 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def security_modules(proc_root: Path = PROC, sys_root: Path = SYS) -> Finding:
+def security_modules(proc_root: Path = PROC, sys_root: Path = SYS) -> CheckResult:
     """SELinux and AppArmor as the kernel reports them; WARN when neither confines zguard."""
     selinux = _read(sys_root / "fs" / "selinux" / "enforce")
     apparmor = _read(sys_root / "module" / "apparmor" / "parameters" / "enabled")
@@ -457,8 +461,8 @@ def security_modules(proc_root: Path = PROC, sys_root: Path = SYS) -> Finding:
     text = f"SELinux {selinux_mode}, AppArmor {apparmor_mode}, process label {label or '-'}"
     confined = selinux_mode == "enforcing" or (apparmor_mode == "enabled" and label not in (None, "", "unconfined"))
     if confined:
-        return Finding("security_modules", "pass", text, None, detail)
-    return Finding(
+        return CheckResult("security_modules", "pass", text, None, detail)
+    return CheckResult(
         "security_modules",
         "warn",
         text + ": zguard is not confined by a mandatory access control policy",
@@ -472,12 +476,12 @@ def startup_problems(
     model_dir: Path,
     *,
     demo: bool,
-    who: Identity | None = None,
+    who: ProcessUser | None = None,
     proc_root: Path = PROC,
     sys_root: Path = SYS,
-) -> tuple[list[str], list[Finding]]:
+) -> tuple[list[str], list[CheckResult]]:
     """What `serve` refuses to start with (one line each: path, problem, fix) and the warnings."""
-    who = who or Identity.current()
+    who = who or ProcessUser.current()
     findings = [running_as(who, allow_root=settings.integrity.allow_root)]
     findings.append(state_dir_permissions(settings.state_dir, who))
     findings += secret_file_permissions(secret_files(settings))

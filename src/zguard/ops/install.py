@@ -58,7 +58,7 @@ class InstallError(OperatorError):
 
 
 @dataclass(frozen=True)
-class Layout:
+class InstallLayout:
     """Where everything goes, as paths on the target system (a staging root is prefixed later)."""
 
     app_dir: Path = DEFAULT_APP_DIR
@@ -213,7 +213,7 @@ class Step:
 
 @dataclass
 class Installer:
-    layout: Layout
+    layout: InstallLayout
     root: Path = Path("/")
     enable: bool = False
     run: Callable[[Sequence[str]], None] = _run

@@ -25,7 +25,7 @@ OPEN_NETWORKS = frozenset({"0.0.0.0/0", "::/0"})
 
 
 @dataclass(frozen=True)
-class Finding:
+class ScanFinding:
     """One thing the scan found. `subject` names a package, principal, token id or setting,
     never a secret; `fix` says what to do."""
 
@@ -59,13 +59,13 @@ def permission_review(
     registry: RoleRegistry,
     now: datetime,
     configured_admins: Sequence[str] = (),
-) -> list[Finding]:
+) -> list[ScanFinding]:
     """`configured_admins`: users of the settings file holding `admin` (counted with the database's)."""
-    findings: list[Finding] = []
+    findings: list[ScanFinding] = []
     for role in registry:
         if role.permissions & GENERATION and role.permissions & AUDIT:
             findings.append(
-                Finding("permissions", "role_generation_and_audit", "high", f"role {role.name}",
+                ScanFinding("permissions", "role_generation_and_audit", "high", f"role {role.name}",
                         f"role {role.name} grants both image generation and audit access",
                         "split the role: whoever generates must not review the record of it")
             )  # fmt: skip
@@ -74,7 +74,7 @@ def permission_review(
         perms = {p for role in held if role is not None for p in role.permissions}
         if principal.enabled and perms & GENERATION and perms & AUDIT:
             findings.append(
-                Finding("permissions", "principal_generation_and_audit", "high", f"principal {principal.name}",
+                ScanFinding("permissions", "principal_generation_and_audit", "high", f"principal {principal.name}",
                         f"{principal.name} holds roles {', '.join(principal.roles)}: generation and audit together",
                         f"zguard user roles {principal.name} ... (remove one side)")
             )  # fmt: skip
@@ -84,7 +84,7 @@ def permission_review(
     admins = [p.name for p in principals if p.enabled and "admin" in p.roles] + list(configured_admins)
     if len(admins) > MAX_ADMINS:
         findings.append(
-            Finding("permissions", "many_admins", "medium", "role admin",
+            ScanFinding("permissions", "many_admins", "medium", "role admin",
                     f"{len(admins)} enabled admins ({', '.join(admins)})",
                     f"keep admin to the few who need it (at most {MAX_ADMINS})")
         )  # fmt: skip
@@ -94,56 +94,56 @@ def permission_review(
         owner, subject = token.principal.name, f"token {token.id} ({token.prefix}…) of {token.principal.name}"
         if not token.principal.enabled:
             findings.append(
-                Finding("permissions", "disabled_principal_live_token", "high", subject,
+                ScanFinding("permissions", "disabled_principal_live_token", "high", subject,
                         f"{owner} is disabled but still holds a live token",
                         f"zguard token revoke {token.id}")
             )  # fmt: skip
         if token.expires_at is None:
             findings.append(
-                Finding("permissions", "token_without_expiry", "medium", subject, "token never expires",
+                ScanFinding("permissions", "token_without_expiry", "medium", subject, "token never expires",
                         f"revoke it (zguard token revoke {token.id}) and issue one with an expiry")
             )  # fmt: skip
         last = token.last_used_at or token.created_at
         if now - last >= UNUSED_AFTER:
             findings.append(
-                Finding("permissions", "token_unused", "low", subject,
+                ScanFinding("permissions", "token_unused", "low", subject,
                         f"not used for {(now - last).days} days" + ("" if token.last_used_at else " (never used)"),
                         f"revoke it if it is no longer needed (zguard token revoke {token.id})")
             )  # fmt: skip
     return findings
 
 
-def _weak_hash(subject: str, cost: int, fix: str) -> Finding:
-    return Finding(
+def _weak_hash(subject: str, cost: int, fix: str) -> ScanFinding:
+    return ScanFinding(
         "config", "weak_bcrypt_cost", "medium", subject, f"bcrypt cost {cost} (< {MIN_BCRYPT_COST})",
         f"re-hash the password at cost {MIN_BCRYPT_COST} or more: {fix}",
     )  # fmt: skip
 
 
-def _listener(name: str, listener: ListenerSettings) -> list[Finding]:
+def _listener(name: str, listener: ListenerSettings) -> list[ScanFinding]:
     if listener.is_loopback:
         return []
     findings = []
     if listener.tls_cert_file is None:
         findings.append(
-            Finding("config", "listener_without_tls", "high", f"{name}.host",
+            ScanFinding("config", "listener_without_tls", "high", f"{name}.host",
                     f"{name} listens on {listener.host} without TLS",
                     f"set {name}.tls_cert_file and {name}.tls_key_file, or front it with a TLS proxy on loopback")
         )  # fmt: skip
     if not listener.allow or OPEN_NETWORKS & set(listener.allow):
         findings.append(
-            Finding("config", "listener_without_allowlist", "high", f"{name}.allow",
+            ScanFinding("config", "listener_without_allowlist", "high", f"{name}.allow",
                     f"{name} listens on {listener.host} with allow {listener.allow or '[]'}",
                     f"list only the networks that may call it in {name}.allow")
         )  # fmt: skip
     return findings
 
 
-def config_hygiene(settings: Settings) -> list[Finding]:
+def config_hygiene(settings: Settings) -> list[ScanFinding]:
     findings = _listener("api", settings.api) + _listener("console", settings.console)
     if not settings.api_auth.enabled:
         findings.append(
-            Finding("config", "auth_disabled", "high", "api_auth.enabled",
+            ScanFinding("config", "auth_disabled", "high", "api_auth.enabled",
                     "authentication is off: every caller acts as a local generator and viewer",
                     "set api_auth.enabled: true")
         )  # fmt: skip

@@ -25,7 +25,7 @@ from zguard import state_paths
 from zguard.config import Settings
 from zguard.integrity.manifest import verify
 from zguard.ops import osv
-from zguard.ops.review import SEVERITIES, Finding, config_hygiene, permission_review
+from zguard.ops.review import SEVERITIES, ScanFinding, config_hygiene, permission_review
 from zguard.security.keys import KeyFileError, load_public_key
 from zguard.store import migrate
 from zguard.store.principals import PrincipalStore
@@ -35,7 +35,7 @@ MAX_LISTED_PROBLEMS = 5
 
 @dataclass
 class ScanReport:
-    findings: list[Finding] = field(default_factory=list)
+    findings: list[ScanFinding] = field(default_factory=list)
     principals: list[dict[str, Any]] = field(default_factory=list)
     admins: int | None = None
     dependencies: dict[str, Any] = field(default_factory=dict)
@@ -72,7 +72,7 @@ def scan_dependencies(vuln_db: Path | None, packages: list[tuple[str, str]], rep
     report.dependencies = {"installed": len(set(packages)), "database": str(vuln_db) if vuln_db else None}
     if vuln_db is None:
         report.findings.append(
-            Finding("dependencies", "vuln_db_not_checked", "high", "--vuln-db",
+            ScanFinding("dependencies", "vuln_db_not_checked", "high", "--vuln-db",
                     f"{len(set(packages))} installed packages NOT checked: no vulnerability database given",
                     "download the OSV PyPI export (https://osv-vulnerabilities.storage.googleapis.com/PyPI/all.zip) "
                     "on a connected machine, copy it over and pass --vuln-db FILE")
@@ -83,19 +83,19 @@ def scan_dependencies(vuln_db: Path | None, packages: list[tuple[str, str]], rep
     report.dependencies.update(advisories=advisories, checked=checked.checked, unchecked=len(checked.unchecked))
     if advisories == 0:
         report.findings.append(
-            Finding("dependencies", "vuln_db_not_checked", "high", str(vuln_db),
+            ScanFinding("dependencies", "vuln_db_not_checked", "high", str(vuln_db),
                     "the vulnerability database holds no PyPI advisories: nothing was checked",
                     "supply the PyPI export of osv.dev")
         )  # fmt: skip
     for package, why in sorted(checked.unchecked.items()):
         report.findings.append(
-            Finding("dependencies", "package_unchecked", "medium", package, f"not checked: {why}",
+            ScanFinding("dependencies", "package_unchecked", "medium", package, f"not checked: {why}",
                     "check this package by hand")
         )  # fmt: skip
     for match in checked.matches:
         fixed = ", ".join(match.advisory.fixed)
         report.findings.append(
-            Finding("dependencies", "vulnerable_package", match.advisory.severity,
+            ScanFinding("dependencies", "vulnerable_package", match.advisory.severity,
                     f"{match.package} {match.version}", f"{match.advisory.id}: {match.advisory.summary}".rstrip(": "),
                     f"upgrade to {fixed} or later" if fixed else "no fixed version: remove or mitigate",
                     {"advisory": match.advisory.id})
@@ -108,7 +108,7 @@ def scan_model(settings: Settings, report: ScanReport) -> None:
     report.model = {"path": str(model_dir), "verified": False}
     if not model_dir.is_dir():
         report.findings.append(
-            Finding("model", "manifest_not_checked", "medium", str(model_dir), "model directory not found",
+            ScanFinding("model", "manifest_not_checked", "medium", str(model_dir), "model directory not found",
                     "set model.path (the demo model is built on the first `zguard serve`)")
         )  # fmt: skip
         return
@@ -116,7 +116,7 @@ def scan_model(settings: Settings, report: ScanReport) -> None:
         key = load_public_key(settings.model.manifest_public_key) if settings.model.manifest_public_key else None
     except (OSError, KeyFileError) as exc:
         report.findings.append(
-            Finding("model", "manifest_key_unreadable", "critical", "model.manifest_public_key",
+            ScanFinding("model", "manifest_key_unreadable", "critical", "model.manifest_public_key",
                     f"the manifest key cannot be read ({type(exc).__name__})", "fix model.manifest_public_key")
         )  # fmt: skip
         return
@@ -126,7 +126,7 @@ def scan_model(settings: Settings, report: ScanReport) -> None:
         listed = "; ".join(str(p) for p in result.problems[:MAX_LISTED_PROBLEMS])
         more = len(result.problems) - MAX_LISTED_PROBLEMS
         report.findings.append(
-            Finding("model", "manifest_mismatch", "critical", str(model_dir),
+            ScanFinding("model", "manifest_mismatch", "critical", str(model_dir),
                     listed + (f"; and {more} more" if more > 0 else ""), result.problems[0].fix)
         )  # fmt: skip
 
@@ -140,7 +140,7 @@ def scan_permissions(settings: Settings, engine: Engine, report: ScanReport, now
         principals, tokens = store.list_principals(), store.list_tokens(include_revoked=False)
     except (SQLAlchemyError, LookupError):
         report.findings.append(
-            Finding("permissions", "permissions_not_checked", "medium", "database",
+            ScanFinding("permissions", "permissions_not_checked", "medium", "database",
                     "the state database cannot be read, or is not initialised", "run `zguard init`")
         )  # fmt: skip
         return

@@ -177,9 +177,9 @@ def close_audit(settings: Settings, audit: AuditTrail, forwarder: Forwarder | No
 def check_host(settings: Settings) -> None:
     """Refuse to start on the host problems of zguard.ops.host_checks (root, state directory,
     secret files, writable or unencrypted model storage); log its warnings."""
-    from zguard.ops.host_checks import Identity, startup_problems, tighten_state_dir
+    from zguard.ops.host_checks import ProcessUser, startup_problems, tighten_state_dir
 
-    who = Identity.current()
+    who = ProcessUser.current()
     prepare_state_dir(settings.state_dir)
     if tighten_state_dir(settings.state_dir, who):
         log.warning("state_dir %s was open to other accounts; set to mode 0700", settings.state_dir)

@@ -67,7 +67,7 @@ class Base(DeclarativeBase):
     type_annotation_map: dict[Any, Any] = {datetime: UTCDateTime}  # noqa: RUF012  (SQLAlchemy reads it as a class attribute)
 
 
-class Principal(Base):
+class PrincipalRow(Base):
     """Someone or something that can be granted roles: a human user or a service account."""
 
     __tablename__ = "principals"
@@ -101,7 +101,7 @@ class PrincipalRole(Base):
     principal_id: Mapped[int] = mapped_column(ForeignKey("principals.id", ondelete="CASCADE"), primary_key=True)
     role: Mapped[str] = mapped_column(String(ROLE_MAX), primary_key=True)
 
-    principal: Mapped[Principal] = relationship(back_populates="roles")
+    principal: Mapped[PrincipalRow] = relationship(back_populates="roles")
 
 
 class ApiToken(Base):
@@ -121,7 +121,7 @@ class ApiToken(Base):
     revoked_at: Mapped[datetime | None]
     last_used_at: Mapped[datetime | None]
 
-    principal: Mapped[Principal] = relationship(back_populates="tokens", lazy="joined")
+    principal: Mapped[PrincipalRow] = relationship(back_populates="tokens", lazy="joined")
 
 
 class AuthState(Base):

@@ -28,8 +28,8 @@ from zguard.store.models import (
     TOKEN_PREFIX_MAX,
     ApiToken,
     AuthState,
-    Principal,
     PrincipalRole,
+    PrincipalRow,
 )
 
 PrincipalKind = Literal["user", "service"]
@@ -151,7 +151,7 @@ class PrincipalStore:
         if kind not in PRINCIPAL_KINDS:
             raise ValueError(f"kind must be one of {PRINCIPAL_KINDS}")
         _check_password_hash(kind, password_hash)
-        principal = Principal(
+        principal = PrincipalRow(
             name=name,
             kind=kind,
             enabled=enabled,
@@ -171,19 +171,19 @@ class PrincipalStore:
 
     def get_principal(self, name: str) -> PrincipalRecord | None:
         with self._sessions() as session:
-            principal = session.scalars(select(Principal).where(Principal.name == name)).one_or_none()
+            principal = session.scalars(select(PrincipalRow).where(PrincipalRow.name == name)).one_or_none()
             return None if principal is None else _principal_record(principal)
 
     def get_principal_by_id(self, principal_id: int) -> PrincipalRecord | None:
         with self._sessions() as session:
-            principal = session.get(Principal, principal_id)
+            principal = session.get(PrincipalRow, principal_id)
             return None if principal is None else _principal_record(principal)
 
     def list_principals(self, kind: PrincipalKind | None = None) -> list[PrincipalRecord]:
         """Every principal (of `kind`, when given), by name."""
-        query = select(Principal).order_by(Principal.name)
+        query = select(PrincipalRow).order_by(PrincipalRow.name)
         if kind is not None:
-            query = query.where(Principal.kind == kind)
+            query = query.where(PrincipalRow.kind == kind)
         with self._sessions() as session:
             return [_principal_record(p) for p in session.scalars(query)]
 
@@ -197,7 +197,7 @@ class PrincipalStore:
         """Replace the principal's roles with `roles` (duplicates collapse)."""
         wanted = set(_roles(roles))
 
-        def change(principal: Principal, _session: Session) -> None:
+        def change(principal: PrincipalRow, _session: Session) -> None:
             for granted in list(principal.roles):
                 if granted.role not in wanted:
                     principal.roles.remove(granted)
@@ -209,7 +209,7 @@ class PrincipalStore:
     def set_password_hash(self, name: str, password_hash: str | None) -> PrincipalRecord:
         """Set (or with None, clear) a user's bcrypt hash; service accounts have none."""
 
-        def change(principal: Principal, _session: Session) -> None:
+        def change(principal: PrincipalRow, _session: Session) -> None:
             _check_password_hash(cast(PrincipalKind, principal.kind), password_hash)
             principal.password_hash = password_hash
 
@@ -227,14 +227,14 @@ class PrincipalStore:
         """Record a use of the principal (a login, a request); raise `PrincipalNotFound` if absent."""
         with self._sessions.begin() as session:
             result = session.execute(
-                update(Principal).where(Principal.id == principal_id).values(last_used_at=at or self._clock())
+                update(PrincipalRow).where(PrincipalRow.id == principal_id).values(last_used_at=at or self._clock())
             )
             if not _rowcount(result):
                 raise PrincipalNotFound(principal_id=principal_id)
 
-    def _change(self, name: str, change: Callable[[Principal, Session], None]) -> PrincipalRecord:
+    def _change(self, name: str, change: Callable[[PrincipalRow, Session], None]) -> PrincipalRecord:
         with self._sessions.begin() as session:
-            principal = session.scalars(select(Principal).where(Principal.name == name)).one_or_none()
+            principal = session.scalars(select(PrincipalRow).where(PrincipalRow.name == name)).one_or_none()
             if principal is None:
                 raise PrincipalNotFound(name)
             change(principal, session)
@@ -265,7 +265,9 @@ class PrincipalStore:
             raise ValueError("expires_at must be timezone-aware")
         try:
             with self._sessions.begin() as session:
-                principal = session.scalars(select(Principal).where(Principal.name == principal_name)).one_or_none()
+                principal = session.scalars(
+                    select(PrincipalRow).where(PrincipalRow.name == principal_name)
+                ).one_or_none()
                 if principal is None:
                     raise PrincipalNotFound(principal_name)
                 token = ApiToken(
@@ -300,7 +302,7 @@ class PrincipalStore:
         """Tokens (of one principal, when named), oldest first."""
         query = select(ApiToken).order_by(ApiToken.created_at, ApiToken.id)
         if principal_name is not None:
-            query = query.join(ApiToken.principal).where(Principal.name == principal_name)
+            query = query.join(ApiToken.principal).where(PrincipalRow.name == principal_name)
         if not include_revoked:
             query = query.where(ApiToken.revoked_at.is_(None))
         with self._sessions() as session:
@@ -327,7 +329,7 @@ class PrincipalStore:
             if principal_id is None:
                 raise TokenNotFound(token_id)
             session.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=when))
-            session.execute(update(Principal).where(Principal.id == principal_id).values(last_used_at=when))
+            session.execute(update(PrincipalRow).where(PrincipalRow.id == principal_id).values(last_used_at=when))
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -378,7 +380,7 @@ def _utc(value: datetime | None) -> datetime | None:
     return None if value is None else value.astimezone(UTC)
 
 
-def _principal_record(principal: Principal) -> PrincipalRecord:
+def _principal_record(principal: PrincipalRow) -> PrincipalRecord:
     return PrincipalRecord(
         id=principal.id,
         name=principal.name,
