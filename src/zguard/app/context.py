@@ -1,32 +1,80 @@
-"""What the app factories are given: the services both listeners share in one process."""
+"""What the app factories are given: the services both listeners share in one process.
+
+The edge asks for interfaces, not classes: `ImageGeneration`, `Authenticator` and `RateLimiter`
+state what the routes and middleware call; only the wiring (zguard.serve.wiring) picks the
+concrete services (`ImageService`, `AuthService`, `RateLimitService`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 from zguard.audit import AuditReader, AuditSink
 from zguard.audit.prompts import PromptCapture
 from zguard.audit.setup import AuditHealth
 from zguard.engine import ImageEngine
 from zguard.engine.admission import AdmissionQueue
-from zguard.services.auth import AuthService
-from zguard.services.images import ImageService
 from zguard.services.metrics import RequestMetrics
 from zguard.services.prompt_policy import PolicyHolder
-from zguard.services.ratelimit import RateLimitService
 from zguard.services.readiness import Readiness
+
+if TYPE_CHECKING:
+    from zguard.audit import RequestRecord
+    from zguard.provenance.marking import ProvenanceMarker
+    from zguard.security.rbac import Permission
+    from zguard.services.auth import Identity, RequestInfo
+    from zguard.services.images import GeneratedImages, GenerationPlan, ImageRequest
+    from zguard.services.ratelimit import RateLimitState
+
+
+class ImageGeneration(Protocol):
+    """Plan, record and run a generation request (zguard.services.images.ImageService)."""
+
+    default_size: tuple[int, int]
+
+    @property
+    def provenance(self) -> ProvenanceMarker | None: ...
+
+    def plan(self, req: ImageRequest, roles: Collection[str] = ()) -> GenerationPlan: ...
+
+    async def record_accepted(
+        self, plan: GenerationPlan, where: RequestInfo, identity: Identity, record: RequestRecord | None
+    ) -> None: ...
+
+    async def generate(
+        self, plan: GenerationPlan, request_id: str, record: RequestRecord | None = None
+    ) -> GeneratedImages: ...
+
+
+class Authenticator(Protocol):
+    """Who is calling, and may they (zguard.services.auth.AuthService)."""
+
+    async def authenticate(self, authorization: str | None, info: RequestInfo) -> Identity: ...
+
+    def authorize(self, identity: Identity, permission: Permission, info: RequestInfo) -> None: ...
+
+
+class RateLimiter(Protocol):
+    """Rates and in-flight caps per principal (zguard.services.ratelimit.RateLimitService)."""
+
+    async def check(self, identity: Identity, info: RequestInfo) -> RateLimitState | None: ...
+
+    def concurrency(self, identity: Identity, info: RequestInfo) -> AbstractAsyncContextManager[None]: ...
 
 
 @dataclass(frozen=True)
 class Services:
     engine: ImageEngine
-    images: ImageService
+    images: ImageGeneration
     admission: AdmissionQueue
-    auth: AuthService
+    auth: Authenticator
     audit: AuditSink
     readiness: Readiness
     started_at: int
-    rate_limits: RateLimitService
+    rate_limits: RateLimiter
     prompts: PromptCapture
     audit_health: AuditHealth = field(default_factory=AuditHealth)
     metrics: RequestMetrics = field(default_factory=RequestMetrics)

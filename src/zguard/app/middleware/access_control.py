@@ -21,14 +21,14 @@ from starlette.routing import Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from zguard.app.auth import IDENTITY_KEY, UNSET, declared_access
+from zguard.app.context import Authenticator, RateLimiter
 from zguard.app.errors import error_response
 from zguard.app.middleware.audit_requests import request_record
 from zguard.app.middleware.network_acl import client_of
 from zguard.app.middleware.rate_limit_headers import STATE_KEY as RATE_LIMIT_STATE
 from zguard.errors import ZguardError
 from zguard.security.rbac import Permission
-from zguard.services.auth import AuthService, RequestInfo
-from zguard.services.ratelimit import RateLimitService
+from zguard.services.auth import RequestInfo
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class _Guard:
 
 class AccessControl:
     def __init__(
-        self, app: ASGIApp, *, router: Router, auth: AuthService, rate_limits: RateLimitService, listener: str
+        self, app: ASGIApp, *, router: Router, auth: Authenticator, rate_limits: RateLimiter, listener: str
     ) -> None:
         self.app = app
         self.router = router
