@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from zguard import state_paths
 from zguard.audit.formats import body_of, event_line, parse_moment, printable, write_events
+from zguard.cli import common as cli_common
 from zguard.cli.common import (
     EXIT_FIX,
     EXIT_NO,
@@ -554,24 +555,18 @@ def _filter_options(parser: argparse.ArgumentParser) -> None:
 
 def register(commands: Commands, common: argparse.ArgumentParser) -> None:
     """Add `zguard audit ...` to the `zguard` parser; `common` carries --config."""
-    audit = commands.add_parser(
+    where = cli_common.group(
+        commands,
+        common,
         "audit",
-        parents=[common],
-        help="verify, read and maintain the audit trail",
-        description="Verify, read and maintain the tamper-evident audit trail.",
+        "verify, read and maintain the audit trail",
+        "Verify, read and maintain the tamper-evident audit trail.",
     )
-    where = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
 
     def command(
-        name: str,
-        handler: Callable[[argparse.Namespace], int],
-        help_text: str,
-        description: str,
-        *,
-        json_option: bool = True,
+        name: str, handler: cli_common.Handler, help_text: str, description: str, *, json_option: bool = True
     ) -> argparse.ArgumentParser:
-        parser = where.add_parser(name, parents=[common], help=help_text, description=description)
-        parser.set_defaults(handler=handler)
+        parser = cli_common.command(where, common, name, handler, help_text=help_text, description=description)
         if json_option:
             parser.add_argument("--json", action="store_true", help="machine-readable output")
         return parser

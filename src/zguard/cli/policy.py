@@ -14,10 +14,10 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable
 
 from zguard import state_paths
-from zguard.cli.common import EXIT_FIX, EXIT_NO, EXIT_OK, Commands, settings_of
+from zguard.cli.common import EXIT_FIX, EXIT_NO, EXIT_OK, Commands, Handler, group, settings_of
+from zguard.cli.common import command as add_command
 from zguard.errors import ConfigError
 from zguard.serve.pidfile import running_server
 from zguard.services.prompt_policy import PolicyHolder, PolicyLoadError, build_policy
@@ -69,27 +69,23 @@ def cmd_policy_reload(args: argparse.Namespace) -> int:
 
 def register(commands: Commands, common: argparse.ArgumentParser) -> None:
     """Add `policy test` and `policy reload` to the `zguard` parser; `common` carries --config."""
-    policy = commands.add_parser(
+    sub = group(
+        commands,
+        common,
         "policy",
-        parents=[common],
-        help="test and reload the prompt policy",
-        description="Test prompts against the prompt policy and reload its banned-term lists.",
+        "test and reload the prompt policy",
+        "Test prompts against the prompt policy and reload its banned-term lists.",
     )
-    sub = policy.add_subparsers(dest="policy_command", required=True, metavar="COMMAND")
 
-    def command(
-        name: str, handler: Callable[[argparse.Namespace], int], help_text: str, description: str
-    ) -> argparse.ArgumentParser:
-        parser = sub.add_parser(name, parents=[common], help=help_text, description=description)
-        parser.set_defaults(handler=handler)
-        return parser
+    def command(name: str, handler: Handler, help_text: str, description: str) -> argparse.ArgumentParser:
+        return add_command(sub, common, name, handler, help_text=help_text, description=description)
 
     test = command(
         "test",
         cmd_policy_test,
         "print the verdict on TEXT as JSON",
         "Judge TEXT with the configured lists and detectors as the server would, and print the verdict as JSON "
-        "with each finding's category, detector and span. Exit 0 when it would be served, 3 when blocked.",
+        "with each finding's category, detector and span. Exit 0 when it would be served, 1 when blocked.",
     )
     test.add_argument("text", metavar="TEXT", help="the prompt; - reads it from stdin")
     test.add_argument("--negative", metavar="TEXT", help="a negative_prompt to judge with it; - reads stdin")
