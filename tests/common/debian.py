@@ -1,6 +1,7 @@
 """Debian packages the tests need beyond the venv (rsyslog, exiftool, systemd, fonts): installed
 with apt-get on first use (tests run as root; Debian's policy keeps services from auto-starting).
-Where they cannot be had a test skips with the reason, except under CI=true, where it fails."""
+Where they cannot be had a test calls `tests.common.unavailable.unavailable` with the reason: it
+skips, except under CI=true, where it fails."""
 
 from __future__ import annotations
 
@@ -8,9 +9,6 @@ import os
 import shutil
 import subprocess
 from collections.abc import Sequence
-from typing import NoReturn
-
-import pytest
 
 
 def apt_install(packages: Sequence[str]) -> str | None:
@@ -30,9 +28,3 @@ def apt_install(packages: Sequence[str]) -> str | None:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
             return f"`{' '.join(command)}` failed ({done.returncode}): {last}"
     return None
-
-
-def skip_or_fail(message: str) -> NoReturn:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{message} (CI=true: every test must run)")
-    pytest.skip(message)

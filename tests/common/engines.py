@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import threading
-import time
 from collections.abc import Callable
 
 from PIL import Image
@@ -43,14 +42,6 @@ class GatedEngine:
             self.running.clear()
         self.finished.append(job)
         return [Image.new("RGB", (job.width, job.height), (job.seed % 256, 0, 0)) for _ in range(job.n)]
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.005)
 
 
 def encode_png(images: list[Image.Image], _fmt: str = "png", _quality: int = 0) -> list[bytes]:

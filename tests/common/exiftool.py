@@ -5,7 +5,8 @@ from __future__ import annotations
 import shutil
 from functools import cache
 
-from tests.common.debian import apt_install, skip_or_fail
+from tests.common.debian import apt_install
+from tests.common.unavailable import unavailable
 
 _PACKAGE = "libimage-exiftool-perl"
 
@@ -25,5 +26,5 @@ def require_exiftool() -> str:
     reason = exiftool_unavailable()
     path = shutil.which("exiftool")
     if reason is not None or path is None:
-        skip_or_fail(f"no exiftool to read XMP with: {reason}")
+        unavailable(f"no exiftool to read XMP with: {reason}")
     return path

@@ -6,7 +6,8 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-from tests.common.debian import apt_install, skip_or_fail
+from tests.common.debian import apt_install
+from tests.common.unavailable import unavailable
 from zguard.provenance.visible import find_cjk_font
 
 PACKAGES = ("fontconfig", "fonts-wqy-microhei", "fonts-dejavu-core")
@@ -32,5 +33,5 @@ def require_fonts() -> str:
     reason = fonts_unavailable()
     font = find_cjk_font()
     if reason is not None or font is None:
-        skip_or_fail(f"no CJK font to draw the label with: {reason}")
+        unavailable(f"no CJK font to draw the label with: {reason}")
     return str(font)

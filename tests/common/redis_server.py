@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
 
-import pytest
 import redis
+
+from tests.common.unavailable import unavailable
 
 LIMITS_KEY_PREFIX = "LIMITS"  # what the `limits` library puts before each of its keys in Redis
 
@@ -39,12 +40,9 @@ def _redis_unreachable() -> str | None:
 def require_redis() -> str:
     """The URL of a reachable Redis server; skip (fail under CI=true) when there is none."""
     reason = _redis_unreachable()
-    if reason is None:
-        return redis_url()
-    message = f"Redis at {redis_url()} unreachable: {reason}"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{message} (CI=true: every test must run; start Redis)")
-    pytest.skip(message)
+    if reason is not None:
+        unavailable(f"Redis at {redis_url()} unreachable: {reason}", remedy="start Redis")
+    return redis_url()
 
 
 @contextmanager

@@ -27,14 +27,15 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-from tests.common.debian import apt_install, skip_or_fail
+from tests.common.debian import apt_install
 from tests.common.pki import SERVER_NAME, Pki
+from tests.common.polling import wait_until
+from tests.common.unavailable import unavailable
 from zguard.audit.syslog import BOM, decode_param_value
 from zguard.config import SyslogSettings
 
@@ -65,7 +66,7 @@ def require_rsyslogd() -> str:
     reason = rsyslogd_unavailable()
     path = _rsyslogd_path()
     if reason is not None or path is None:
-        skip_or_fail(f"no rsyslog to test against: {reason}")
+        unavailable(f"no rsyslog to test against: {reason}")
     return path
 
 
@@ -155,16 +156,19 @@ class Rsyslog:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"rsyslogd exited with {self._process.returncode}:\n{self.diagnostics()}")
-            if self._start_lines() > starts_before and self._accepts(self.ports["tcp"]):
-                self.starts += 1
-                return
-            time.sleep(0.05)
-        self.stop(kill=True)
-        raise RuntimeError(f"rsyslogd did not start within {timeout} s:\n{self.diagnostics()}")
+        process = self._process
+
+        def up() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"rsyslogd exited with {process.returncode}:\n{self.diagnostics()}")
+            return self._start_lines() > starts_before and self._accepts(self.ports["tcp"])
+
+        try:
+            wait_until(up, timeout=timeout, what=lambda: f"rsyslogd to start:\n{self.diagnostics()}")
+        except AssertionError:
+            self.stop(kill=True)
+            raise
+        self.starts += 1
 
     def stop(self, *, kill: bool = False, timeout: float = 15.0) -> None:
         """SIGTERM (rsyslog writes what it has read, then exits) or, with `kill`, SIGKILL."""
@@ -190,12 +194,13 @@ class Rsyslog:
         return self.text(name).splitlines()
 
     def wait_for_lines(self, name: Input, count: int, timeout: float = 20.0) -> list[str]:
-        deadline = time.monotonic() + timeout
-        while True:
-            lines = self.lines(name)
-            if len(lines) >= count or time.monotonic() > deadline:
-                return lines
-            time.sleep(0.05)
+        """The records of `name` once there are `count` or more; AssertionError after `timeout` s."""
+        wait_until(
+            lambda: len(self.lines(name)) >= count,
+            timeout=timeout,
+            what=lambda: f"{count} records on {name} (got {len(self.lines(name))}):\n{self.diagnostics()}",
+        )
+        return self.lines(name)
 
     def settings(self, name: Input, **overrides: Any) -> SyslogSettings:
         """Forwarding settings that reach input `name`; TLS checks the certificate against the test CA."""

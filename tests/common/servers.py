@@ -17,6 +17,7 @@ import httpx
 import uvicorn
 
 from tests.common.factories import free_port
+from tests.common.polling import wait_until
 from zguard.serve.listeners import listener_config
 
 
@@ -67,16 +68,20 @@ class ZguardProcess:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def wait_ready(self, timeout: float = 120) -> float:
-        assert self.proc is not None
+        """Seconds until /readyz answered 200; AssertionError (with the log) if zguard exits first."""
+        proc = self.proc
+        assert proc is not None
         started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"zguard exited with {self.proc.returncode}:\n{self.log()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.api}/readyz", timeout=2).status_code == 200:
-                    return time.monotonic() - started
-            time.sleep(0.05)
-        raise AssertionError(f"zguard not ready after {timeout} s:\n{self.log()}")
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"zguard exited with {proc.returncode}:\n{self.log()}")
+            return httpx.get(f"{self.api}/readyz", timeout=2).status_code == 200
+
+        wait_until(
+            ready, timeout=timeout, ignoring=(httpx.HTTPError,), what=lambda: f"zguard to be ready:\n{self.log()}"
+        )
+        return time.monotonic() - started
 
     def stop(self, timeout: float = 30) -> int:
         assert self.proc is not None
@@ -102,11 +107,7 @@ def serve_in_thread(app: Any) -> Iterator[str]:
     server = uvicorn.Server(config)  # off the main thread it installs no signal handlers
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise AssertionError("uvicorn did not start")
-        time.sleep(0.01)
+    wait_until(lambda: server.started, timeout=10, interval=0.01, what="uvicorn to start")
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

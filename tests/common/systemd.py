@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from tests.common.debian import apt_install, skip_or_fail
+from tests.common.debian import apt_install
+from tests.common.unavailable import unavailable
 
 EXPOSURE = re.compile(r"Overall exposure level for (\S+): (\d+(?:\.\d+)?) (\w+)")
 
@@ -36,7 +37,7 @@ def require_systemd_analyze() -> str:
     reason = systemd_analyze_unavailable()
     path = shutil.which("systemd-analyze")
     if reason is not None or path is None:
-        skip_or_fail(f"no systemd-analyze to check the units with: {reason}")
+        unavailable(f"no systemd-analyze to check the units with: {reason}")
     assert path is not None
     return path
 
@@ -44,9 +45,9 @@ def require_systemd_analyze() -> str:
 def require_root() -> None:
     missing = [tool for tool in ("useradd", "groupadd") if shutil.which(tool) is None]
     if os.geteuid() != 0:
-        skip_or_fail("zguard install creates accounts and sets owners: the test needs root")
+        unavailable("zguard install creates accounts and sets owners: the test needs root")
     if missing:
-        skip_or_fail(f"{', '.join(missing)} not installed (Debian: apt-get install passwd)")
+        unavailable(f"{', '.join(missing)} not installed (Debian: apt-get install passwd)")
 
 
 @dataclass(frozen=True)

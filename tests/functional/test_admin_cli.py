@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy.engine import URL
 
 from tests.common.cli import ZguardCli
-from tests.common.databases import database_url_for
+from tests.common.databases import BACKENDS, database_url_for
 from zguard.audit.memory import MemoryAuditSink
 from zguard.cli import admin as admin_cli
 from zguard.cli import common as cli_common
@@ -34,9 +34,7 @@ from zguard.store.principals import PrincipalStore, TokenRecord
 NOT_INITIALIZED = "run `zguard init` (or `zguard db upgrade`)"
 PASSWORD = "correct horse battery staple"
 
-backends = pytest.mark.parametrize(
-    "backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)], indirect=True
-)
+backends = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 
 
 class TerminalInput(io.StringIO):

@@ -7,7 +7,6 @@ import asyncio
 import json
 import multiprocessing
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from sqlalchemy import Engine, text
 
 from tests.common.audit import append_events, audit_store, sqlite_url
 from tests.common.databases import BACKENDS, database_url_for
+from tests.common.polling import wait_until
 from zguard.audit import AuditEvent
 from zguard.audit.chain import CHECKPOINT_TYPE, GENESIS, canonical, chain_hash
 from zguard.audit.store import AuditStore, pending
@@ -269,20 +269,9 @@ def test_interval_checkpoint_is_written_without_further_traffic(tmp_path: Path) 
     with audit_store(sqlite_url(tmp_path), tmp_path / "keys", every=1000, interval_s=0.2) as (store, _):
         trail = AuditTrail(store, tick_s=0.05)
         trail.emit(AuditEvent(type="t", outcome="allowed"))
-        deadline = asyncio.run(_wait_for(lambda: store.head().checkpoint_seq >= 1, 5))
-        assert deadline, "no interval checkpoint within 5 s"
+        wait_until(lambda: store.head().checkpoint_seq >= 1, timeout=5, what="an interval checkpoint")
         trail.close()
         assert _verify(store).ok
-
-
-async def _wait_for(condition: Callable[[], bool], limit_s: float) -> bool:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + limit_s
-    while loop.time() < end:
-        if condition():
-            return True
-        await asyncio.sleep(0.05)
-    return False
 
 
 def test_failed_commit_fails_every_waiter_with_audit_unavailable(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from sqlalchemy.engine import URL
 
 from tests.common.aged_events import DAY_S, append_aged
 from tests.common.cli import ZguardCli
-from tests.common.databases import database_url_for
+from tests.common.databases import BACKENDS, database_url_for
 from zguard.audit.formats import CSV_COLUMNS
 from zguard.audit.retention import purge
 from zguard.audit.setup import open_audit_store, prompt_capture
@@ -32,9 +32,7 @@ from zguard.security.keys import load_public_key
 from zguard.state_paths import audit_archive_dir, audit_signing_key_file
 from zguard.store.database import create_store_engine, database_url
 
-backends = pytest.mark.parametrize(
-    "backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)], indirect=True
-)
+backends = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 
 
 class Zguard(ZguardCli):

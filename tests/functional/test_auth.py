@@ -30,7 +30,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL
 
 import zguard.services.auth as auth_module
-from tests.common.databases import database_url_for
+from tests.common.databases import BACKENDS, database_url_for
 from tests.common.factories import LOOPBACK_PEER, api_client, console_client, make_settings, ready_runtime
 from tests.functional.test_errors import GENERATIONS, assert_error, assert_retry_after
 from zguard.app.api import create_api_app
@@ -62,9 +62,7 @@ USER, PASSWORD = "designer01", "correct horse battery staple"
 WRONG = "Tr0ub4dor&3"
 DOCS_PATHS = {"/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"}
 
-backends = pytest.mark.parametrize(
-    "backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)], indirect=True
-)
+backends = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 
 
 def bearer(token: str) -> dict[str, str]:

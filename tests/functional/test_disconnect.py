@@ -14,8 +14,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from tests.common.engines import GatedEngine, wait_until
+from tests.common.engines import GatedEngine
 from tests.common.factories import make_settings, ready_runtime
+from tests.common.polling import wait_until
 from tests.common.servers import serve_in_thread
 from zguard.app.api import create_api_app
 
@@ -44,12 +45,19 @@ def test_disconnect_while_queued_frees_slot_without_engine_work(tmp_path: Path) 
             )
         )
         holder.start()
-        wait_until(lambda: len(engine.started) == 1)
+        wait_until(lambda: len(engine.started) == 1, timeout=10, interval=0.005, what="the generation to start")
 
         queued = _raw_post(base, {"prompt": "gone", "size": "16x16"})
-        wait_until(lambda: runtime.admission.waiting == 1)
+        wait_until(
+            lambda: runtime.admission.waiting == 1, timeout=10, interval=0.005, what="a request waiting in the queue"
+        )
         queued.close()  # the client goes away while waiting
-        wait_until(lambda: runtime.admission.waiting == 0)
+        wait_until(
+            lambda: runtime.admission.waiting == 0,
+            timeout=10,
+            interval=0.005,
+            what="the abandoned request to leave the queue",
+        )
 
         # The slot is free again: with max_queue=1 a new request may wait instead of being refused.
         later: list[httpx.Response] = []
@@ -59,7 +67,9 @@ def test_disconnect_while_queued_frees_slot_without_engine_work(tmp_path: Path) 
             )
         )
         third.start()
-        wait_until(lambda: runtime.admission.waiting == 1)
+        wait_until(
+            lambda: runtime.admission.waiting == 1, timeout=10, interval=0.005, what="a request waiting in the queue"
+        )
         engine.release()
         holder.join(30)
         third.join(30)
@@ -75,9 +85,11 @@ def test_disconnect_while_running_stops_the_generation(tmp_path: Path) -> None:
     runtime = ready_runtime(settings, engine)
     with serve_in_thread(create_api_app(settings, runtime.services)) as base:
         sock = _raw_post(base, {"prompt": "abandoned", "size": "16x16"})
-        wait_until(lambda: len(engine.started) == 1)
+        wait_until(lambda: len(engine.started) == 1, timeout=10, interval=0.005, what="the generation to start")
         sock.close()
-        wait_until(lambda: len(engine.cancelled) == 1)
-        assert runtime.admission.running == 0 or wait_until(lambda: runtime.admission.running == 0) is None
+        wait_until(
+            lambda: len(engine.cancelled) == 1, timeout=10, interval=0.005, what="the generation to be cancelled"
+        )
+        wait_until(lambda: runtime.admission.running == 0, timeout=10, interval=0.005, what="no generation running")
     runtime.worker.stop(timeout=5)
     assert engine.finished == []

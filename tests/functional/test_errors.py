@@ -22,6 +22,7 @@ import pytest
 
 from tests.common.engines import GatedEngine
 from tests.common.factories import api_client, console_client, make_settings, ready_runtime
+from tests.common.polling import wait_until_async
 from zguard.config import Settings
 from zguard.engine import GenerationJob, ImageEngine, ModelInfo
 from zguard.serve.wiring import Runtime
@@ -113,14 +114,6 @@ def assert_retry_after(resp: httpx.Response) -> int:
 
 async def post_raw(client: httpx.AsyncClient, body: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
     return await client.post(GENERATIONS, content=body, headers=JSON_TYPE if headers is None else headers)
-
-
-async def eventually(predicate: Callable[[], bool], within_s: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within_s
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.005)
 
 
 @contextlib.asynccontextmanager
@@ -568,7 +561,12 @@ async def test_server_busy_when_the_queue_is_full(tmp_path: Path, max_queue: int
     async with serving(tmp_path, engine, max_queue=max_queue) as (client, runtime):
         body = {"prompt": "x", "size": "64x64"}
         held = [asyncio.create_task(client.post(GENERATIONS, json=body)) for _ in range(max_queue + 1)]
-        await eventually(lambda: engine.running.is_set() and runtime.admission.waiting == max_queue)
+        await wait_until_async(
+            lambda: engine.running.is_set() and runtime.admission.waiting == max_queue,
+            timeout=10,
+            interval=0.005,
+            what=f"one generation running and {max_queue} waiting",
+        )
         busy = await client.post(GENERATIONS, json={"prompt": "refused", "size": "64x64"})
         message = assert_error(busy, 503, "server_busy")
         assert "Retry-After" in message
@@ -600,7 +598,12 @@ async def test_generation_timeout_stops_the_engine_and_frees_the_slot(tmp_path: 
         message = assert_error(resp, 504, "generation_timeout")
         assert "0.3 s" in message
         assert [job.prompt for job in engine.started] == ["too slow"]
-        await eventually(lambda: len(engine.cancelled) == 1)
+        await wait_until_async(
+            lambda: len(engine.cancelled) == 1,
+            timeout=10,
+            interval=0.005,
+            what="the timed-out generation to be cancelled",
+        )
         assert engine.cancelled == engine.started
         assert engine.finished == []
         engine.release()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import pytest
 
 from tests.common.engines import GatedEngine
 from tests.common.factories import api_client, console_client, make_settings, ready_runtime
+from tests.common.polling import wait_until
 from tests.common.servers import ZguardProcess
 from tests.functional.test_errors import GENERATIONS, assert_error
 from zguard.app.middleware.network_acl import NetworkAcl
@@ -335,15 +335,13 @@ def test_zguard_serve_refuses_addresses_outside_the_allowlist_over_tcp(tmp_path:
         "ZGUARD_TRUSTED_PROXIES": "127.0.0.2",
     }
     with ZguardProcess(tmp_path / "state", env=env) as server, tcp_client("127.0.0.1") as direct:
-        deadline = time.monotonic() + 120
-        while True:  # the api's /readyz is behind the allowlist; the console (still loopback) is not
+
+        def ready() -> bool:  # the api's /readyz is behind the allowlist; the console (still loopback) is not
             assert server.proc is not None
             assert server.proc.poll() is None, server.log()
-            with contextlib.suppress(httpx.HTTPError):
-                if direct.get(f"{server.console}/api/status").json()["ready"]:
-                    break
-            assert time.monotonic() < deadline, server.log()
-            time.sleep(0.05)
+            return bool(direct.get(f"{server.console}/api/status").json()["ready"])
+
+        wait_until(ready, timeout=120, ignoring=(httpx.HTTPError,), what=lambda: f"zguard to be ready:\n{server.log()}")
         message = "address 127.0.0.1 is not allowed on the api listener; add it to api.allow"
         denied(direct.get(f"{server.api}/healthz"), message)
         # uvicorn's own proxy-header handling is off: a loopback peer's header is not believed either.

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
+from tests.common.polling import wait_until
 from tests.common.servers import ZguardProcess
 from zguard.cli.common import EXIT_FIX, EXIT_OK
 from zguard.cli.main import main
@@ -100,12 +100,6 @@ def test_reload_signals_the_running_server(tmp_path: Path, capsys: pytest.Captur
         body = {"prompt": prompt, "size": "64x64", "num_inference_steps": 1}
         return httpx.post(f"{server.api}/v1/images/generations", json=body, timeout=60).status_code
 
-    def until(predicate: object) -> None:
-        deadline = time.monotonic() + 20
-        while not predicate():  # type: ignore[operator]
-            assert time.monotonic() < deadline, server.log()
-            time.sleep(0.05)
-
     try:
         server.wait_ready()
         assert (state / "zguard.pid").read_text(encoding="ascii").strip() == str(server.proc.pid)  # type: ignore[union-attr]
@@ -113,13 +107,19 @@ def test_reload_signals_the_running_server(tmp_path: Path, capsys: pytest.Captur
         assert status("北 極 星") == 400
         terms.write_text("code-name: 银河\n", encoding="utf-8")
         assert main(["policy", "reload", "--config", cfg]) == EXIT_OK
-        until(lambda: status("银河计划") == 400)
+        wait_until(
+            lambda: status("银河计划") == 400, timeout=20, what=lambda: f"the reloaded policy to block:\n{server.log()}"
+        )
         assert status("北极星") == 200
         assert "prompt policy reloaded: 1 terms" in server.log()
         terms.write_text("@broken\n", encoding="utf-8")
         assert main(["policy", "reload", "--config", cfg]) == EXIT_FIX
         assert "the server (pid" in capsys.readouterr().err
-        until(lambda: "reload failed" in server.log())
+        wait_until(
+            lambda: "reload failed" in server.log(),
+            timeout=20,
+            what=lambda: f"'reload failed' in the log:\n{server.log()}",
+        )
         assert status("银河计划") == 400  # the previous policy stays in force
     finally:
         assert server.stop() == 0

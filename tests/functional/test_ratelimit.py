@@ -20,7 +20,8 @@ import pytest
 
 from tests.common.engines import GatedEngine
 from tests.common.factories import api_client, build_test_runtime, console_client, make_settings
-from tests.functional.test_errors import GENERATIONS, assert_error, assert_retry_after, eventually
+from tests.common.polling import wait_until_async
+from tests.functional.test_errors import GENERATIONS, assert_error, assert_retry_after
 from zguard.audit.memory import MemoryAuditSink
 from zguard.config import Settings
 from zguard.security.passwords import hash_password
@@ -194,7 +195,12 @@ async def test_in_flight_cap_is_429_too_many_concurrent_requests(tmp_path: Path)
     settings = settings_for(tmp_path, generation={**GENERATION, "max_queue": 8})
     async with deployed(settings, engine) as (api, _, runtime, audit):
         held = [asyncio.create_task(api.post(GENERATIONS, json=BODY)) for _ in range(2)]
-        await eventually(lambda: engine.running.is_set() and runtime.admission.waiting == 1)
+        await wait_until_async(
+            lambda: engine.running.is_set() and runtime.admission.waiting == 1,
+            timeout=10,
+            interval=0.005,
+            what="one generation running and one waiting",
+        )
         refused = await api.post(GENERATIONS, json=BODY)
         message = assert_error(refused, 429, "too_many_concurrent_requests", error_type=RATE_ERROR)
         assert "2 generations in progress" in message
@@ -215,7 +221,7 @@ async def test_in_flight_cap_is_configurable(tmp_path: Path) -> None:
     settings = settings_for(tmp_path, rate_limits={"max_concurrent_per_principal": 1})
     async with deployed(settings, engine) as (api, _, _, _):
         held = asyncio.create_task(api.post(GENERATIONS, json=BODY))
-        await eventually(engine.running.is_set)
+        await wait_until_async(engine.running.is_set, timeout=10, interval=0.005, what="the generation to start")
         assert_error(await api.post(GENERATIONS, json=BODY), 429, "too_many_concurrent_requests", error_type=RATE_ERROR)
         engine.release()
         assert (await held).status_code == 200

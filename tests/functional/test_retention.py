@@ -18,7 +18,8 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 
 from tests.common.aged_events import DAY_S, append_aged, audit_settings, migrated_store
-from tests.common.databases import database_url_for
+from tests.common.databases import BACKENDS, database_url_for
+from tests.common.polling import wait_until
 from zguard.audit.archive import verify_archive
 from zguard.audit.chain import chain_hash
 from zguard.audit.retention import PurgeRefused, RetentionJob, purge
@@ -27,9 +28,7 @@ from zguard.audit.verify import verify_store
 from zguard.config import Settings
 from zguard.state_paths import audit_archive_dir
 
-backends = pytest.mark.parametrize(
-    "backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)], indirect=True
-)
+backends = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 
 
 @pytest.fixture
@@ -314,9 +313,7 @@ def test_retention_job_purges_in_the_background(settings: Settings, store: Audit
     job = RetentionJob(store, settings, first_delay_s=0, every_s=3600)
     job.start()
     try:
-        deadline = time.monotonic() + 10
-        while job.last_result is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: job.last_result is not None, timeout=10, interval=0.02, what="the background purge")
     finally:
         job.stop()
     assert job.last_result is not None

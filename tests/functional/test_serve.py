@@ -18,6 +18,7 @@ from openai import OpenAI
 from PIL import Image
 
 from tests.common.factories import free_port
+from tests.common.polling import wait_until
 from tests.common.servers import ZguardProcess
 
 pytestmark = pytest.mark.slow
@@ -88,10 +89,12 @@ def test_signal_lets_in_flight_generation_finish_and_exits_zero(
             target=lambda: results.append(httpx.post(f"{proc.api}/v1/images/generations", json=body, timeout=120))
         )
         worker.start()
-        deadline = time.monotonic() + 60
-        while httpx.get(f"{proc.console}/api/status").json()["generating"] != 1:
-            assert time.monotonic() < deadline, "the generation never started"
-            time.sleep(0.02)
+        wait_until(
+            lambda: httpx.get(f"{proc.console}/api/status").json()["generating"] == 1,
+            timeout=60,
+            interval=0.02,
+            what="the generation to start",
+        )
         assert proc.proc is not None
         proc.proc.send_signal(signum)
         worker.join(120)
@@ -194,14 +197,12 @@ def test_model_that_fails_to_load_stops_the_process(tmp_path: Path, demo_model_d
 
 def test_cold_start_answers_health_while_building_the_demo_model_and_stops_cleanly(tmp_path: Path) -> None:
     with ZguardProcess(tmp_path / "state") as proc:
-        deadline = time.monotonic() + 60
-        health = None
-        while health is None and time.monotonic() < deadline:
-            try:
-                health = httpx.get(f"{proc.api}/healthz", timeout=1)
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        assert health is not None
+        health = wait_until(
+            lambda: httpx.get(f"{proc.api}/healthz", timeout=1),
+            timeout=60,
+            ignoring=(httpx.HTTPError,),
+            what="an answer on /healthz",
+        )
         assert health.status_code == 200
         # Still building or loading: not ready, yet the process answers and obeys signals.
         assert httpx.get(f"{proc.api}/readyz").status_code == 503
@@ -223,10 +224,12 @@ def test_second_signal_stops_without_waiting_for_the_generation(tmp_path: Path, 
             target=lambda: httpx.post(f"{proc.api}/v1/images/generations", json=body, timeout=300), daemon=True
         )
         worker.start()
-        deadline = time.monotonic() + 60
-        while httpx.get(f"{proc.console}/api/status").json()["generating"] != 1:
-            assert time.monotonic() < deadline, "the generation never started"
-            time.sleep(0.02)
+        wait_until(
+            lambda: httpx.get(f"{proc.console}/api/status").json()["generating"] == 1,
+            timeout=60,
+            interval=0.02,
+            what="the generation to start",
+        )
         assert proc.proc is not None
         proc.proc.send_signal(signal.SIGTERM)
         time.sleep(1.2)  # a second signal within 1 s counts as the first one delivered twice

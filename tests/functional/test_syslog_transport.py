@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.common.polling import wait_until
 from zguard.audit.syslog_transport import SyslogUnavailable, TcpTransport, UdpTransport
 
 
@@ -47,12 +48,12 @@ class TcpCollector:
             buffer.extend(chunk)
 
     def wait_for(self, connection: int, size: int, timeout: float = 5.0) -> bytes:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def received() -> bytes | None:
             if len(self.data) > connection and len(self.data[connection]) >= size:
                 return bytes(self.data[connection])
-            time.sleep(0.01)
-        raise AssertionError(f"connection {connection} did not get {size} bytes")
+            return None
+
+        return wait_until(received, timeout=timeout, interval=0.01, what=f"{size} bytes on connection {connection}")
 
     def close(self) -> None:
         self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() in progress (Linux)
@@ -73,10 +74,7 @@ def test_tcp_sends_octet_counted_frames(collector: TcpCollector) -> None:
     transport = TcpTransport("127.0.0.1", collector.port, timeout=2)
     transport.send([b"<110>1 one", b"<110>1 two\nstill two"])
     assert collector.wait_for(0, 32) == b"10 <110>1 one20 <110>1 two\nstill two"
-    deadline = time.monotonic() + 2
-    while not transport.delivered():
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_until(transport.delivered, timeout=2, interval=0.01, what="everything sent to be acknowledged")
     transport.close()
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
-import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ import httpx
 import pytest
 
 from tests.common.pki import Pki, make_pki
+from tests.common.polling import wait_until
 from tests.common.servers import ZguardProcess
 from zguard.config import ApiSettings, ConsoleSettings, Settings
 from zguard.errors import ConfigError
@@ -40,12 +40,15 @@ def server(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zguar
     }
     proc = ZguardProcess(tmp_path_factory.mktemp("tls") / "state", env=env).start()
     try:
-        deadline = time.monotonic() + 120
-        while not ready(proc, pki):
+
+        def up() -> bool:
+            if ready(proc, pki):
+                return True
             assert proc.proc is not None
             assert proc.proc.poll() is None, proc.log()
-            assert time.monotonic() < deadline, proc.log()
-            time.sleep(0.1)
+            return False
+
+        wait_until(up, timeout=120, interval=0.1, what=lambda: f"zguard to be ready over HTTPS:\n{proc.log()}")
         yield proc
         assert proc.stop() == 0
     finally:

@@ -4,12 +4,12 @@ prompt never does, and a collector outage across a zguard restart loses nothing.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.common.polling import wait_until
 from tests.common.rsyslog import Input, Rsyslog, parse_line
 from tests.common.servers import ZguardProcess
 from zguard.audit.store import AuditStore
@@ -51,12 +51,14 @@ def _received(rsyslog: Rsyslog, name: Input) -> list[str]:
 
 
 def _wait_for(rsyslog: Rsyslog, name: Input, ids: set[str], timeout: float = 30) -> set[str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = set(_received(rsyslog, name))
-        if ids <= got:
-            return got
-        time.sleep(0.1)
+    wait_until(
+        lambda: ids <= set(_received(rsyslog, name)),
+        timeout=timeout,
+        interval=0.1,
+        what=lambda: (
+            f"{len(ids)} stored events on {name}, {len(ids - set(_received(rsyslog, name)))} never reached syslog"
+        ),
+    )
     return set(_received(rsyslog, name))
 
 

@@ -21,7 +21,7 @@ from sqlalchemy import Engine, inspect, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError
 
-from tests.common.databases import database_url_for
+from tests.common.databases import BACKENDS, database_url_for
 from zguard.cli.main import main
 from zguard.store import migrate
 from zguard.store.database import create_store_engine
@@ -34,9 +34,7 @@ HASH_B = "0123456789abcdef" * 4
 BCRYPT = "$2b$12$" + "C" * 53
 T0 = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
 
-backends = pytest.mark.parametrize(
-    "backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)], indirect=True
-)
+backends = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 
 
 @pytest.fixture

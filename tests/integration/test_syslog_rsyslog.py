@@ -15,6 +15,7 @@ import pytest
 
 from tests.common.outbox import MemoryOutbox, StoredEvent, canonical
 from tests.common.pki import Pki
+from tests.common.polling import wait_until
 from tests.common.rsyslog import Input, Rsyslog, parse_line
 from zguard.audit.forwarder import CURSOR_NAME, Forwarder
 from zguard.audit.syslog_transport import UDP_MAX_BYTES, SyslogUnavailable, open_transport
@@ -32,12 +33,13 @@ def received_ids(rsyslog: Rsyslog, name: Input) -> list[str]:
 
 
 def wait_for_ids(rsyslog: Rsyslog, name: Input, ids: set[str], timeout: float = 30.0) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = received_ids(rsyslog, name)
-        if ids <= set(got) or time.monotonic() > deadline:
-            return got
-        time.sleep(0.1)
+    wait_until(
+        lambda: ids <= set(received_ids(rsyslog, name)),
+        timeout=timeout,
+        interval=0.1,
+        what=lambda: f"{len(ids)} events on {name}, {len(ids - set(received_ids(rsyslog, name)))} never arrived",
+    )
+    return received_ids(rsyslog, name)
 
 
 def forward(rsyslog: Rsyslog, name: Input, events: list[StoredEvent], outbox: MemoryOutbox) -> list[str]:
@@ -132,9 +134,7 @@ def test_a_collector_that_demands_a_client_certificate_gets_nothing_without_one(
     settings = rsyslog.settings("mtls", cert_file=None, key_file=None)
     forwarder = Forwarder(outbox, settings, settle_s=SETTLE_S)
     forwarder.start()
-    deadline = time.monotonic() + 15
-    while forwarder.status().last_error is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: forwarder.status().last_error is not None, timeout=15, what="the forwarder to report an error")
     assert forwarder.close(timeout=0.5) is False
     assert forwarder.status().last_error is not None
     assert outbox.cursor(CURSOR_NAME) == 0
@@ -162,15 +162,15 @@ def test_an_outage_across_a_zguard_restart_loses_nothing(rsyslog: Rsyslog, name:
     first.start()
     writer.start()
     try:
-        while outbox.head_seq() < total // 3:
-            time.sleep(0.01)
+        wait_until(lambda: outbox.head_seq() >= total // 3, timeout=30, interval=0.01, what="a third of the events")
         rsyslog.stop(kill=kill)  # mid-stream: batches are in flight
         stopped_at = outbox.head_seq()
         assert first.close(timeout=1.0) is False  # zguard stops while the collector is down...
         second = Forwarder(outbox, settings, settle_s=SETTLE_S)  # ...and starts again
         second.start()
-        while outbox.head_seq() < stopped_at + 200:  # more events while the collector is down
-            time.sleep(0.01)
+        wait_until(  # more events while the collector is down
+            lambda: outbox.head_seq() >= stopped_at + 200, timeout=30, interval=0.01, what="200 more events"
+        )
         assert second.lag() >= 200
         rsyslog.start()
         assert appended.wait(30)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
+from tests.common import polling
 from tests.common.outbox import MemoryOutbox
 from tests.common.rsyslog import parse_line
 from zguard.audit.forwarder import (
@@ -67,11 +68,7 @@ class FakeCollector:
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
+    polling.wait_until(condition, timeout=timeout, interval=0.01, what="the forwarder to reach the asserted state")
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from tests.common.polling import wait_until_async
 from zguard.engine.admission import AdmissionQueue, WorkerThread
 from zguard.errors import ServerBusy
 
@@ -55,11 +56,9 @@ async def worker() -> AsyncIterator[WorkerThread]:
 
 
 async def until(predicate: Callable[[], bool]) -> None:
-    for _ in range(2000):
-        if predicate():
-            return
-        await asyncio.sleep(0.002)
-    raise AssertionError("condition not reached")
+    await wait_until_async(
+        predicate, timeout=4.0, interval=0.002, what="the admission queue to reach the asserted state"
+    )
 
 
 async def test_one_at_a_time_in_arrival_order(worker: WorkerThread) -> None:
