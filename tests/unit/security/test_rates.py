@@ -142,3 +142,18 @@ def test_limits_notation_keeps_the_same_window(text: str) -> None:
     assert int(multiples) * LIMITS_SECONDS[granularity] == rate.period_s
     # It reads back through our own parser too.
     assert parse_rate(limits_notation(rate).replace(" per ", "/")) == rate
+
+
+@pytest.mark.parametrize(
+    ("unit", "seconds"),
+    [
+        ("s", 1), ("sec", 1), ("second", 1), ("seconds", 1), ("秒", 1), ("秒钟", 1),
+        ("m", 60), ("min", 60), ("minute", 60), ("minutes", 60), ("分", 60), ("分钟", 60),
+        ("h", 3600), ("hour", 3600), ("hours", 3600), ("时", 3600), ("小时", 3600),
+        ("d", 86400), ("day", 86400), ("days", 86400), ("天", 86400), ("日", 86400),
+    ],
+)  # fmt: skip
+def test_every_unit_people_write(unit: str, seconds: int) -> None:
+    """Each unit of the table, written independently here, so a changed length or a dropped unit fails."""
+    assert parse_rate(f"3/{unit}") == Rate(3, seconds)
+    assert parse_rate(f"3/2 {unit}") == Rate(3, 2 * seconds)
