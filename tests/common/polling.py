@@ -13,10 +13,35 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 What = str | Callable[[], str]
+
+
+class _Poll(Generic[T]):
+    """One wait's state: each `attempt` returns the condition's truthy result or None."""
+
+    def __init__(
+        self, condition: Callable[[], T | None], timeout: float, what: What, ignoring: tuple[type[Exception], ...]
+    ) -> None:
+        self.condition, self.timeout, self.what, self.ignoring = condition, timeout, what, ignoring
+        self.deadline = time.monotonic() + timeout
+        self.last_error: Exception | None = None
+
+    def attempt(self) -> T | None:
+        try:
+            result = self.condition()
+        except self.ignoring as exc:
+            self.last_error = exc
+            result = None
+        else:
+            self.last_error = None
+        if result:
+            return result
+        if time.monotonic() >= self.deadline:
+            raise AssertionError(_timed_out(self.what, self.timeout, self.last_error))
+        return None
 
 
 def wait_until(
@@ -28,20 +53,10 @@ def wait_until(
     ignoring: tuple[type[Exception], ...] = (),
 ) -> T:
     """The first truthy result of `condition()`; AssertionError naming `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while True:
-        try:
-            result = condition()
-        except ignoring as exc:
-            last_error = exc
-        else:
-            if result:
-                return result
-            last_error = None
-        if time.monotonic() >= deadline:
-            raise AssertionError(_timed_out(what, timeout, last_error))
+    poll = _Poll(condition, timeout, what, ignoring)
+    while (result := poll.attempt()) is None:
         time.sleep(interval)
+    return result
 
 
 async def wait_until_async(
@@ -53,20 +68,10 @@ async def wait_until_async(
     ignoring: tuple[type[Exception], ...] = (),
 ) -> T:
     """`wait_until` for a coroutine: sleeps with `asyncio.sleep`, so the event loop runs meanwhile."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while True:
-        try:
-            result = condition()
-        except ignoring as exc:
-            last_error = exc
-        else:
-            if result:
-                return result
-            last_error = None
-        if time.monotonic() >= deadline:
-            raise AssertionError(_timed_out(what, timeout, last_error))
+    poll = _Poll(condition, timeout, what, ignoring)
+    while (result := poll.attempt()) is None:  # noqa: ASYNC110 - polls state nobody signals (no Event to wait on)
         await asyncio.sleep(interval)
+    return result
 
 
 def _timed_out(what: What, timeout: float, last_error: Exception | None) -> str:

@@ -16,7 +16,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from zguard.cli.common import EXIT_FIX, EXIT_OK, Commands, settings_of
+from zguard.cli.common import EXIT_FIX, EXIT_OK, Commands, command, settings_of
 from zguard.config import Settings
 from zguard.ops.doctor import EXIT_BY_SEVERITY, explain_event, report, run_checks
 from zguard.ops.host_checks import SEVERITY_ORDER, CheckResult, settings_file, worst
@@ -89,14 +89,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands, common: argparse.ArgumentParser) -> None:
-    doctor = commands.add_parser(
+    doctor = command(
+        commands,
+        common,
         "doctor",
-        parents=[common],
-        help="check the host, storage, permissions and audit trail; explain a refused request",
+        cmd_doctor,
+        help_text="check the host, storage, permissions and audit trail; explain a refused request",
         description="Run every check and print PASS / WARN / FAIL with the fix for each. "
         "Exit 0 when all pass, 1 on a warning, 2 on a failure. "
         "--explain REQUEST_ID says which check refused a request (from the audit trail) and how to fix it.",
     )
     doctor.add_argument("--json", action="store_true", help="print JSON for machines")
     doctor.add_argument("--explain", metavar="REQUEST_ID", help="explain why the request with this id was refused")
-    doctor.set_defaults(handler=cmd_doctor)

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from zguard.cli.common import EXIT_FIX, EXIT_OK, Commands
+from zguard.cli.common import EXIT_FIX, EXIT_OK, Commands, command
 from zguard.ops.install import (
     DEFAULT_APP_DIR,
     DEFAULT_CONFIG_DIR,
@@ -97,10 +97,12 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands, common: argparse.ArgumentParser) -> None:
-    parser = commands.add_parser(
+    parser = command(
+        commands,
+        common,
         "install",
-        parents=[common],
-        help="create the service account, directories, settings file and systemd units (as root)",
+        cmd_install,
+        help_text="create the service account, directories, settings file and systemd units (as root)",
         description="Set up a host for zguard: group ai-service, user ai-runner (no shell, no home), the "
         "application, settings, state and model directories with their owners and modes, and the systemd "
         "units. Idempotent: a second run changes nothing. Nothing is enabled or started without --enable.",
@@ -126,4 +128,3 @@ def register(commands: Commands, common: argparse.ArgumentParser) -> None:
         metavar="ARGS",
         help="arguments of the monthly zguard scan (default: --vuln-db CONFIG_DIR/osv-pypi.zip --fail-on high)",
     )
-    parser.set_defaults(handler=cmd_install)
