@@ -86,6 +86,7 @@ Exit codes, one table for every `zguard` command (README "Exit codes"):
                          action, an unusable key file, a schema not current, `doctor` FAIL
     3  EXIT_UNAVAILABLE  a dependency failed: the state database cannot be reached, the audit
                          trail could not record the command, the model failed to load (`serve`)
+  141  EXIT_PIPE_CLOSED  the reader closed the pipe (`zguard audit tail | head`), as for SIGPIPE
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ EXIT_OK = 0
 EXIT_NO = 1
 EXIT_FIX = 2
 EXIT_UNAVAILABLE = 3
+EXIT_PIPE_CLOSED = 128 + 13  # what a shell reports for a program killed by SIGPIPE
 
 
 class ZguardError(Exception):

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
 from zguard.cli.common import EXIT_FIX, EXIT_OK, Handler, config_parent
-from zguard.errors import OperatorError, ZguardError
+from zguard.errors import EXIT_PIPE_CLOSED, OperatorError, ZguardError
 
 # command → (module in zguard.cli that registers it, one-line help); in the order `--help` lists them.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -71,7 +72,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:  # a group without its subcommand cannot get here: argparse requires one
         return EXIT_FIX
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # here, not at exit, so a closed pipe is caught below
+    except BrokenPipeError:
+        # The reader went away (`zguard audit tail | head`): stop quietly, as a program killed by
+        # SIGPIPE would, instead of a traceback; later writes at exit go to /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PIPE_CLOSED
     except ZguardError as exc:  # one catch for every command: the message, the fix, the exit code
         print(f"zguard: {exc.message}", file=sys.stderr)
         if exc.fix and exc.fix not in exc.message:
@@ -79,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code if isinstance(exc, OperatorError) else EXIT_FIX
     except KeyboardInterrupt:
         return EXIT_OK
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 
@@ -85,3 +86,21 @@ def test_an_operator_error_prints_its_fix_and_exits_with_its_code(
     err = capsys.readouterr().err
     assert "api.port" in err
     assert f"fix: {errors.ConfigError.fix}" in err
+
+
+def test_a_reader_closing_the_pipe_ends_the_command_quietly() -> None:
+    """`zguard role list | head -1` must not print a BrokenPipeError traceback."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the command writes
+    done = subprocess.run(
+        [sys.executable, "-m", "zguard", "role", "list"],
+        check=False,
+        stdout=write,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+    )
+    os.close(write)
+    assert done.returncode == errors.EXIT_PIPE_CLOSED == 141
+    assert "Traceback" not in done.stderr
+    assert "BrokenPipeError" not in done.stderr
