@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,7 +26,15 @@ from typing import TYPE_CHECKING
 
 from zguard import state_paths
 from zguard.cli import common as cli_common
-from zguard.cli.common import EXIT_FIX, EXIT_OK, acting_user, run_on_database, schema_not_current, settings_of
+from zguard.cli.common import (
+    EXIT_FIX,
+    EXIT_OK,
+    acting_user,
+    run_on_database,
+    schema_not_current,
+    settings_of,
+    setup_logging,
+)
 from zguard.config import Settings
 from zguard.errors import ZguardError
 
@@ -58,7 +65,7 @@ def _run(args: argparse.Namespace, action: Callable[[_Context], int], *, upgrade
     from zguard.store.principals import PrincipalStore
 
     settings = settings_of(args)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
+    setup_logging("warning")
     key_path = state_paths.token_key_file(settings)
 
     def on_store(engine: Engine, shown: str) -> int:

@@ -24,7 +24,25 @@ if TYPE_CHECKING:
 
 from zguard.errors import EXIT_FIX, EXIT_NO, EXIT_OK, EXIT_UNAVAILABLE
 
-__all__ = ["EXIT_FIX", "EXIT_NO", "EXIT_OK", "EXIT_UNAVAILABLE"]  # with the helpers below
+# The exit codes are re-exported: a command imports them with the rest of its plumbing from here.
+__all__ = [
+    "EXIT_FIX",
+    "EXIT_NO",
+    "EXIT_OK",
+    "EXIT_UNAVAILABLE",
+    "NOT_INITIALIZED_HINT",
+    "Commands",
+    "Handler",
+    "acting_user",
+    "audit_sink_factory",
+    "command",
+    "config_parent",
+    "group",
+    "run_on_database",
+    "schema_not_current",
+    "settings_of",
+    "setup_logging",
+]
 
 NOT_INITIALIZED_HINT = "run `zguard init` (or `zguard db upgrade`)"
 

@@ -216,16 +216,19 @@ async def _serve(settings: Settings, engine: ImageEngine | None = None) -> int:
     store = open_store(settings)
     token_key = load_token_key(state_paths.token_key_file(settings))
     audit = AuditTrail(open_audit_store(settings, store.engine))
+    # What can refuse the start (a list, a key file) is read before `server.started` is recorded.
     policy = PolicyHolder.from_settings(settings)  # a list that cannot be loaded stops the start (fail closed)
     provenance = ProvenanceMarker.from_settings(settings)
+    prompts = prompt_capture(settings)
+    auth = build_auth(settings, store, token_key, audit)
     audit.emit(lifecycle_event("server.started", settings, detail={"pid": os.getpid()}))
     forwarder = start_forwarder(settings, audit.store)
     runtime = build_runtime(
         settings,
         engine,
-        auth=build_auth(settings, store, token_key, audit),
+        auth=auth,
         audit=audit,
-        prompts=prompt_capture(settings),
+        prompts=prompts,
         provenance=provenance,
         policy=policy,
         audit_health=AuditHealth(audit, forwarder),

@@ -1,8 +1,8 @@
 """`RequestContext`, the outermost layer of each app, and the security headers it adds.
 
-It it assigns the request id, adds the
-security headers to every response, and turns any exception that escaped the app into a
-generic `internal_error` body, so even a crash answers in the error shape with the headers.
+It assigns the request id, adds the security headers to every response, and turns any exception
+that escaped the app into a generic `internal_error` body, so even a crash answers in the error
+shape with the headers.
 """
 
 from __future__ import annotations
