@@ -45,6 +45,10 @@ class ModelInfo:
     device: str
     dtype: str
     manifest: str | None = None  # digest of the pinned model manifest, once the model is verified
+    # The largest width and height the loaded model can draw (its position embedding's reach);
+    # None until it is loaded, or for an engine without such a bound.
+    max_width: int | None = None
+    max_height: int | None = None
 
 
 class GenerationCancelled(Exception):

@@ -68,6 +68,20 @@ def choose_device(requested: str) -> tuple[str, str]:
     return "cpu", "float32"
 
 
+def drawable_size(pipe: Any) -> tuple[int | None, int | None]:
+    """(height, width) in pixels that the pipeline's transformer can place: its rotary position
+    table has `axes_lens[1]` rows and `axes_lens[2]` columns of patches, each patch `patch_size`
+    latents of `vae_scale_factor` pixels. Larger images fail inside the transformer."""
+    config = getattr(getattr(pipe, "transformer", None), "config", None)
+    axes_lens = getattr(config, "axes_lens", None)
+    patch_sizes = getattr(config, "all_patch_size", None)
+    scale = getattr(pipe, "vae_scale_factor", None)
+    if not axes_lens or len(axes_lens) < 3 or not patch_sizes or not isinstance(scale, int):
+        return None, None
+    pixels_per_token = int(max(patch_sizes)) * scale
+    return int(axes_lens[1]) * pixels_per_token, int(axes_lens[2]) * pixels_per_token
+
+
 class DiffusersEngine:
     """`ImageEngine` over a `ZImagePipeline` loaded from a local directory."""
 
@@ -133,7 +147,16 @@ class DiffusersEngine:
         pipe.set_progress_bar_config(disable=True)
         self._pipe = pipe.to(device)
         digest = manifest.digest if manifest is not None else None
-        self._info = ModelInfo(id=self._model_id, demo=self._demo, device=device, dtype=dtype_name, manifest=digest)
+        max_height, max_width = drawable_size(pipe)
+        self._info = ModelInfo(
+            id=self._model_id,
+            demo=self._demo,
+            device=device,
+            dtype=dtype_name,
+            manifest=digest,
+            max_width=max_width,
+            max_height=max_height,
+        )
         log.info(
             "model loaded from %s on %s (%s); %s; %.1f MB read",
             self._model_dir,

@@ -145,6 +145,16 @@ class ImageService:
         self._provenance = provenance
         self.default_size = default_size(limits, demo=engine.info.demo)
 
+    def _model_size_problem(self, size: tuple[int, int]) -> str | None:
+        """Why the loaded model cannot draw `size` (beyond what the settings allow), or None."""
+        info = self._engine.info
+        width, height = size
+        if (info.max_width is not None and width > info.max_width) or (
+            info.max_height is not None and height > info.max_height
+        ):
+            return f"the served model draws at most {info.max_width or width}x{info.max_height or height}"
+        return None
+
     @property
     def provenance(self) -> ProvenanceMarker | None:
         return self._provenance
@@ -191,7 +201,7 @@ class ImageService:
         size = self.default_size if req.size in (None, "auto") else parse_size(req.size)
         if size is None:
             raise InvalidSize("'size' must be written WxH, e.g. 1024x1024", param="size")
-        if problem := check_size(size, limits):
+        if problem := check_size(size, limits) or self._model_size_problem(size):
             raise InvalidSize(f"'size' {size[0]}x{size[1]} is not allowed: {problem}", param="size")
         # The prompt policy last, on an otherwise valid request: a block raises PromptRejected (400).
         verdict = None if self._policy is None else self._policy.enforce(req.prompt, req.negative_prompt, roles)
