@@ -18,12 +18,17 @@ message and the fix; the HTTP layer (zguard.app.errors) answers an operator erro
     │   │   ├── InvalidType                 invalid_type
     │   │   ├── InvalidValue                invalid_value
     │   │   ├── InvalidPrompt               invalid_prompt
-    │   │   ├── InvalidSize                 invalid_size
-    │   │   ├── UnsupportedResponseFormat   unsupported_response_format
+    │   │   ├── InvalidSize                 invalid_size: outside the settings or what the model can draw
+    │   │   ├── DuplicateHeader             duplicate_header: Authorization, Host, Content-Length ... sent twice
+    │   │   ├── InvalidHost                 invalid_host: `Host` is none of the listener's server_names
+    │   │   ├── MalformedRequest            malformed_request: the HTTP parser refused the bytes (zguard.serve.transport)
+│   │   ├── UnsupportedResponseFormat   unsupported_response_format
     │   │   ├── ModelNotFound               model_not_found
     │   │   └── PromptRejected              prompt_rejected: the prompt policy blocked it; names the category
     │   ├── UnsupportedMediaType (415)      unsupported_media_type
     │   ├── RequestTooLarge (413)           request_too_large
+│   ├── RequestHeaderFieldsTooLarge (431) request_header_fields_too_large: request line and headers over the listener's limit
+│   ├── RequestTimeout (408)            request_timeout: the headers or the body came too slowly
     │   ├── IpNotAllowed (403)              ip_not_allowed: the client address is not in the listener's allowlist
     │   ├── AuthenticationError (401)       carries the `WWW-Authenticate` challenge
     │   │   ├── MissingCredentials          missing_credentials
@@ -39,7 +44,8 @@ message and the fix; the HTTP layer (zguard.app.errors) answers an operator erro
     │   │   ├── ServerBusy                  server_busy: the admission queue is full
     │   │   ├── NotReady                    model_not_ready: loading or warming up
     │   │   ├── RateLimiterUnavailable      rate_limiter_unavailable: the counter storage (Redis) failed; fail closed
-    │   │   └── AuditUnavailable            audit_unavailable: the trail could not record the request; fail closed
+    │   │   ├── TooManyConnections          too_many_connections: the listener's or the client address's connection cap
+│   │   └── AuditUnavailable            audit_unavailable: the trail could not record the request; fail closed
     │   ├── GenerationTimeout (504)         generation_timeout
     │   ├── InternalError (500)             internal_error: details go to the log, never to the client
     │   ├── AdminError                      admin_refused (zguard.services.admin)
@@ -174,6 +180,29 @@ class InvalidSize(RequestError):
     code = "invalid_size"
 
 
+class DuplicateHeader(RequestError):
+    """A header that must appear once came twice (Authorization, Host, Content-Length, ...): a
+    proxy reading the first and zguard the last would disagree about who is calling."""
+
+    code = "duplicate_header"
+    fix = "send the header once; a proxy that adds a second copy must replace it instead"
+
+
+class InvalidHost(RequestError):
+    """The `Host` header names none of the listener's `server_names`."""
+
+    code = "invalid_host"
+    fix = "call the listener by a name in api.server_names (console.server_names), or add the name there"
+
+
+class MalformedRequest(RequestError):
+    """The HTTP parser refused the bytes (request line, header syntax, chunked framing); answered
+    by the listener itself (zguard.serve.transport), which then closes the connection."""
+
+    code = "malformed_request"
+    fix = "the client sends well-formed HTTP/1.1; a proxy in between may be rewriting the request"
+
+
 class UnsupportedResponseFormat(RequestError):
     code = "unsupported_response_format"
 
@@ -220,6 +249,24 @@ class RequestTooLarge(ZguardError):
     type = "invalid_request_error"
     code = "request_too_large"
     fix = "send a smaller body, or raise api.max_body_bytes (console.max_body_bytes)"
+
+
+class RequestHeaderFieldsTooLarge(ZguardError):
+    """The request line and headers exceeded the listener's byte or count limit (zguard.serve.transport)."""
+
+    status = 431
+    type = "invalid_request_error"
+    code = "request_header_fields_too_large"
+    fix = "send fewer or smaller headers (cookies, tokens), or raise api.transport.max_header_bytes / max_headers (console.transport.*)"
+
+
+class RequestTimeout(ZguardError):
+    """The headers or the body did not arrive within the listener's deadlines (zguard.serve.transport)."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+    fix = "send the request promptly; on slow links raise api.transport.header_timeout_s / body_timeout_s / body_idle_timeout_s"
 
 
 class IpNotAllowed(ZguardError):
@@ -334,6 +381,13 @@ class RateLimiterUnavailable(ServiceUnavailable):
 
     code = "rate_limiter_unavailable"
     fix = "the rate-limit storage (rate_limits.storage, Redis) failed: check it is up"
+
+
+class TooManyConnections(ServiceUnavailable):
+    """A new connection over the listener's or the client address's cap; it is closed after this answer."""
+
+    code = "too_many_connections"
+    fix = "close idle connections (smaller client pools), or raise api.transport.max_connections / max_connections_per_client"
 
 
 AUDIT_RETRY_AFTER_S = 5

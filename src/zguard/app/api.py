@@ -6,9 +6,9 @@ import asyncio
 import json
 from collections.abc import Coroutine
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Query
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive
@@ -73,23 +73,34 @@ async def run_unless_disconnected(receive: Receive, work: Coroutine[Any, Any, T]
 
 
 AUDIT_PAGE_MAX = 1000
+SEQ_MAX = 2**63 - 1  # the largest sequence number a database BIGINT holds
+TIME_MS_MAX = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last moment ISO 8601 can write
+TEXT_PARAM_MAX = 256  # filters on names, types and ids; nothing stored is longer
+TIME_PARAM_MAX = 64
 
 
 def parse_time_ms(value: str | None, param: str) -> int | None:
-    """ISO 8601 (UTC when no zone is given) or UNIX milliseconds."""
+    """ISO 8601 (UTC when no zone is given) or UNIX milliseconds, 0 to the end of year 9999."""
     if value is None:
         return None
-    if value.isdigit():
+    problem = f"'{param}' must be ISO 8601 (2026-11-26T09:00:00Z) or UNIX milliseconds"
+    if value.isascii() and value.isdigit():
+        if len(value) > len(str(TIME_MS_MAX)) or int(value) > TIME_MS_MAX:
+            raise InvalidValue(f"{problem} up to {TIME_MS_MAX}", param=param)
         return int(value)
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise InvalidValue(
-            f"'{param}' must be ISO 8601 (2026-11-26T09:00:00Z) or UNIX milliseconds", param=param
-        ) from None
+        raise InvalidValue(problem, param=param) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+    try:
+        ms = int(moment.timestamp() * 1000)
+    except (OverflowError, ValueError):  # a zone that moves 0001-01-01 or 9999-12-31 out of range
+        raise InvalidValue(problem, param=param) from None
+    if not 0 <= ms <= TIME_MS_MAX:
+        raise InvalidValue(f"{problem}, from 1970 to the end of 9999", param=param)
+    return ms
 
 
 def create_api_app(settings: Settings, services: Services) -> FastAPI:
@@ -112,6 +123,7 @@ def create_api_app(settings: Settings, services: Services) -> FastAPI:
         headers=API_SECURITY_HEADERS,
         services=services,
         body_limits={TRACE_PATH: trace_body_limit(settings)},
+        server_names=settings.api.server_names,
     )
     images = services.images
     add_provenance_routes(app, settings, services)
@@ -178,20 +190,18 @@ def create_api_app(settings: Settings, services: Services) -> FastAPI:
     )
     async def audit_events(
         *,
-        since: str | None = None,
-        until: str | None = None,
-        principal: str | None = None,
-        outcome: str | None = None,
-        type: str | None = None,
-        request_id: str | None = None,
-        after: int | None = None,
-        limit: int = 100,
+        since: Annotated[str | None, Query(max_length=TIME_PARAM_MAX)] = None,
+        until: Annotated[str | None, Query(max_length=TIME_PARAM_MAX)] = None,
+        principal: Annotated[str | None, Query(max_length=TEXT_PARAM_MAX)] = None,
+        outcome: Annotated[str | None, Query(max_length=TEXT_PARAM_MAX)] = None,
+        type: Annotated[str | None, Query(max_length=TEXT_PARAM_MAX)] = None,
+        request_id: Annotated[str | None, Query(max_length=TEXT_PARAM_MAX)] = None,
+        after: Annotated[int | None, Query(ge=0, le=SEQ_MAX)] = None,
+        limit: Annotated[int, Query(ge=1, le=AUDIT_PAGE_MAX)] = 100,
     ) -> AuditEventList:
         reader = services.audit_reader
         if reader is None:
             raise AuditUnavailable("this server keeps no readable audit store")
-        if not 1 <= limit <= AUDIT_PAGE_MAX:
-            raise InvalidValue(f"'limit' must be between 1 and {AUDIT_PAGE_MAX}", param="limit")
         filters = {
             "since_ms": parse_time_ms(since, "since"),
             "until_ms": parse_time_ms(until, "until"),

@@ -46,6 +46,7 @@ def create_console_app(settings: Settings, services: Services) -> FastAPI:
         max_body_bytes=CONSOLE_MAX_BODY,
         headers=CONSOLE_SECURITY_HEADERS,
         services=services,
+        server_names=settings.console.server_names,
     )
 
     @app.get("/readyz/detail", dependencies=[requires(Permission.SYSTEM_READ)])

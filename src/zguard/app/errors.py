@@ -8,7 +8,9 @@ the log only.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -16,7 +18,10 @@ from starlette.responses import JSONResponse, Response
 from zguard.errors import (
     AuthenticationError,
     InternalError,
+    InvalidType,
+    InvalidValue,
     MethodNotAllowed,
+    MissingField,
     OperatorError,
     RequestError,
     RouteNotFound,
@@ -76,4 +81,37 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
         error.status = status
     else:
         return internal_error(request.state.request_id)
+    return error_response(error)
+
+
+# pydantic error types that mean "not of the declared type" (the rest mean "a value out of bounds")
+_TYPE_ERRORS = frozenset(
+    {"int_parsing", "int_type", "float_parsing", "float_type", "bool_parsing", "bool_type", "string_type"}
+)
+_MESSAGE_MAX = 200
+
+
+def validation_error(errors: list[Any]) -> ZguardError:
+    """FastAPI's request validation errors as one of ours: the first problem, named by parameter.
+
+    The message is pydantic's own description ("Input should be a valid integer"), which never
+    quotes the input; it is cut short all the same.
+    """
+    first = errors[0] if errors else {}
+    loc = [str(part) for part in first.get("loc", ()) if part not in ("query", "path", "header", "body", "cookie")]
+    param = ".".join(loc)[:64] or None
+    kind = str(first.get("type", ""))
+    text = str(first.get("msg", "invalid value"))[:_MESSAGE_MAX]
+    message = f"'{param}': {text}" if param else text
+    if kind == "missing":
+        return MissingField(message, param=param)
+    if kind in _TYPE_ERRORS:
+        return InvalidType(message, param=param)
+    return InvalidValue(message, param=param)
+
+
+async def handle_validation_error(request: Request, exc: Exception) -> Response:
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    error = validation_error(list(errors))
+    log.debug("request %s refused: %s", request.state.request_id, error.code)
     return error_response(error)

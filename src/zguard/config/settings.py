@@ -7,6 +7,7 @@ declares what can be set, its defaults and its validation.
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -67,8 +68,22 @@ class ListenerSettings(_Section):
         description="PEM private key of `tls_cert_file`; must not be readable by every account (0600, or 0640 with the service group), or the listener refuses to start.",
     )
 
+    server_names: list[str] = Field(
+        default_factory=list,
+        description="Host names (and `name:port`) clients may send in `Host`; any other gets 400 `invalid_host`. Empty (the default): any `Host` is accepted — zguard never writes it into a response (no redirects, no absolute URLs), so it cannot be used to forge links. Set it when the listener is reached by known names, as DNS rebinding protection.",
+    )
+
     _allow_as_list = field_validator("allow", mode="before")(_as_list)
     _allow_networks = field_validator("allow")(_canonical_networks)
+    _names_as_list = field_validator("server_names", mode="before")(_as_list)
+
+    @field_validator("server_names")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        bad = [name for name in value if not re.fullmatch(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?", name)]
+        if bad:
+            raise ValueError(f"not a host name or host:port: {', '.join(repr(b) for b in bad)}")
+        return [name.lower() for name in value]
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ListenerSettings:

@@ -6,7 +6,12 @@ once, and for a request that matches a protected route it authenticates, authori
 it before FastAPI routes it, answering a refusal directly in the error shape. Refusals thus cost
 no dependency resolution and no exception unwinding through the framework (they must stay cheap:
 they are what an attacker can send at will), and no route body or request body is touched for
-an unauthenticated caller. A request that matches no route passes on and gets FastAPI's 404/405.
+an unauthenticated caller.
+
+A request that matches no route (an unknown path, or a known path with another method) must
+authenticate too before it learns so: a stranger gets 401 for every path that is not a public
+route's, so 404s and 405s cannot map which protected routes exist. An authenticated caller then
+gets FastAPI's 404/405 (counted against its rates). Public routes answer their own 405s.
 
 The route's own `Requires` dependency then only checks that this middleware ran (fail closed).
 """
@@ -30,6 +35,8 @@ from zguard.errors import ZguardError
 from zguard.security.rbac import Permission
 from zguard.services.auth import RequestInfo
 
+AUTHENTICATE_ONLY = object()  # no route matched: who is calling must be known before a 404/405
+
 
 @dataclass(frozen=True)
 class _Guard:
@@ -49,7 +56,8 @@ class AccessControl:
         self.listener = listener
         self._guards: list[_Guard] | None = None
 
-    def _permission(self, method: str, path: str) -> Permission | None:
+    def _permission(self, method: str, path: str) -> Permission | object | None:
+        """The route's permission, None for a public route, AUTHENTICATE_ONLY for no route."""
         if self._guards is None:
             self._guards = [
                 _Guard(route.path_regex, frozenset(route.methods or ()), declared)  # type: ignore[arg-type]
@@ -59,7 +67,9 @@ class AccessControl:
         for guard in self._guards:
             if method in guard.methods and guard.pattern.match(path):
                 return guard.permission
-        return None  # public, or no such route: FastAPI answers 404/405
+        if any(guard.permission is None and guard.pattern.match(path) for guard in self._guards):
+            return None  # a public path with another method: its 405 reveals nothing
+        return AUTHENTICATE_ONLY
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -82,7 +92,8 @@ class AccessControl:
             identity = await self.auth.authenticate(
                 authorization.decode("latin-1") if authorization is not None else None, info
             )
-            self.auth.authorize(identity, permission, info)
+            if isinstance(permission, Permission):
+                self.auth.authorize(identity, permission, info)
             state[RATE_LIMIT_STATE] = await self.rate_limits.check(identity, info)
         except ZguardError as error:
             await error_response(error)(scope, receive, send)
