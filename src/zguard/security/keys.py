@@ -28,8 +28,30 @@ class KeyFileError(OperatorError):
     fix = "make the key file private to the service account (chmod 600 FILE) or replace it as the message says"
 
 
+def _unreadable(path: Path, exc: OSError) -> KeyFileError:
+    """The refusal for a key file that cannot be opened, with what to check."""
+    why = exc.strerror or type(exc).__name__
+    if isinstance(exc, FileNotFoundError):
+        hint = "check the setting that names it; `zguard serve` creates the server's own keys on first start"
+    elif isinstance(exc, PermissionError):
+        hint = "run the command as the service account that owns it (sudo -u zguard ...)"
+    else:
+        hint = "check the file and the disk"
+    return KeyFileError(f"{path}: cannot read the key ({why})", fix=hint)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+
+
 def _refuse_if_shared(path: Path) -> None:
-    mode = path.stat().st_mode & 0o777
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
     if mode & 0o077:
         raise KeyFileError(f"{path} is readable by group or others (mode {mode:o}); chmod 600 {path}")
 
@@ -55,7 +77,7 @@ def load_or_create_key(path: Path) -> bytes:
 
 def read_key(path: Path) -> bytes:
     _refuse_if_shared(path)
-    key = path.read_bytes()
+    key = _read(path)
     if len(key) < KEY_BYTES:
         raise KeyFileError(
             f"{path} holds {len(key)} bytes, fewer than {KEY_BYTES}; replace it with 32 random bytes (every issued API token then stops working)"
@@ -81,7 +103,7 @@ def load_or_create_private_key(path: Path) -> Ed25519PrivateKey:
 def read_private_key(path: Path) -> Ed25519PrivateKey:
     _refuse_if_shared(path)
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        key = serialization.load_pem_private_key(_read(path), password=None)
     except (ValueError, TypeError) as exc:
         raise KeyFileError(f"{path} is not an unencrypted PEM private key: {exc}") from None
     if not isinstance(key, Ed25519PrivateKey):
@@ -91,7 +113,7 @@ def read_private_key(path: Path) -> Ed25519PrivateKey:
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
     """An Ed25519 public key (PEM), or the public half of a private key file."""
-    data = path.read_bytes()
+    data = _read(path)
     try:
         key: object = serialization.load_pem_public_key(data)
     except ValueError:

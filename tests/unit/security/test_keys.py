@@ -8,6 +8,7 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -241,3 +242,26 @@ def test_a_key_id_is_the_first_16_hex_of_sha256_over_the_raw_public_key() -> Non
     assert len(name) == 16
     assert int(name, 16) >= 0
     assert key_id(Ed25519PrivateKey.generate().public_key()) != name
+
+
+@pytest.mark.parametrize("read", [read_key, read_private_key, load_public_key])
+def test_a_missing_key_file_is_a_key_file_error_with_a_fix(tmp_path: Path, read: Any) -> None:
+    with pytest.raises(KeyFileError) as caught:
+        read(tmp_path / "absent.pem")
+    assert "absent.pem: cannot read the key" in caught.value.message
+    assert "zguard serve" in (caught.value.fix or "")
+
+
+def test_an_unreadable_key_file_names_the_account_to_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "key"
+    path.write_bytes(b"k" * 32)
+    path.chmod(0o600)
+
+    def denied(self: Path) -> bytes:  # what a key owned by another account gives (root reads everything)
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(KeyFileError) as caught:
+        read_key(path)
+    assert "Permission denied" in caught.value.message
+    assert "service account" in (caught.value.fix or "")
