@@ -5,10 +5,17 @@ variables named ``ZGUARD_<SECTION>__<KEY>`` (``ZGUARD_API__PORT=15000``) or ``ZG
 top-level keys (``ZGUARD_STATE_DIR``). Environment values are parsed as YAML scalars, so
 ``15000`` is a number and ``true`` a boolean. Every problem is reported at once, naming the key,
 the environment variable and the fix.
+
+A ``ZGUARD_<NAME>`` variable (no ``__``) that names no top-level setting is not zguard's to
+refuse: clients keep their key in ``ZGUARD_API_KEY`` (as the README's examples do) on the same
+host. Those in `CLIENT_VARIABLES` are ignored quietly, any other with a warning naming it (a
+misspelt top-level key). A variable with a section (``ZGUARD_API__ALOW``,
+``ZGUARD_GENRATION__MAX_QUEUE``) is still refused: it was meant as a setting.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -20,6 +27,8 @@ from pydantic import BaseModel, ValidationError
 from zguard.config import DEFAULT_CONFIG_PATH, ENV_CONFIG, ENV_PREFIX, ConfigUser, Settings
 from zguard.errors import ConfigError
 
+log = logging.getLogger("zguard.config")
+
 
 def config_path(cli_value: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> tuple[Path, bool]:
     """The config file to read and whether the user named it (a named file must exist)."""
@@ -30,12 +39,19 @@ def config_path(cli_value: str | os.PathLike[str] | None, environ: Mapping[str, 
     return DEFAULT_CONFIG_PATH, False
 
 
+CLIENT_VARIABLES = frozenset({"ZGUARD_API_KEY", "ZGUARD_BASE_URL", "ZGUARD_URL"})
+
+
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG:
             continue
         path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+        if len(path) == 1 and path[0] not in Settings.model_fields:
+            if name not in CLIENT_VARIABLES:
+                log.warning("ignoring %s: it names no setting (see docs/settings.md)", name)
+            continue
         try:
             value = yaml.safe_load(raw) if raw.strip() else raw
         except yaml.YAMLError:

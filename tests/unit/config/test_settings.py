@@ -100,6 +100,20 @@ def test_unknown_keys_are_refused_with_spelling_hint(tmp_path: Path) -> None:
     assert "genration: unknown setting" in text
 
 
+def test_client_variables_are_ignored_and_other_strays_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the README's clients read ZGUARD_API_KEY: every zguard command refused to start beside it
+    with caplog.at_level("WARNING", logger="zguard.config"):
+        settings = load(tmp_path, env={"ZGUARD_API_KEY": "zg_x", "ZGUARD_STATEDIR": "/srv", "ZGUARD_API__PORT": "5001"})
+    assert settings.api.port == 5001
+    assert settings.state_dir == Path("state")
+    assert [r.getMessage() for r in caplog.records] == [
+        "ignoring ZGUARD_STATEDIR: it names no setting (see docs/settings.md)"
+    ]
+    assert "api.key: unknown setting" in problems(tmp_path, env={"ZGUARD_API__KEY": "zg_x"})
+
+
 def test_all_problems_reported_at_once(tmp_path: Path) -> None:
     text = problems(tmp_path, env={"ZGUARD_API__PORT": "x", "ZGUARD_MODEL__DEVICE": "y"})
     assert "api.port" in text
