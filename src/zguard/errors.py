@@ -47,6 +47,7 @@ message and the fix; the HTTP layer (zguard.app.errors) answers an operator erro
     │   │   ├── TooManyConnections          too_many_connections: the listener's or the client address's connection cap
 │   │   └── AuditUnavailable            audit_unavailable: the trail could not record the request; fail closed
     │   ├── GenerationTimeout (504)         generation_timeout
+    │   ├── TraceTimeout (504)              trace_timeout: a trace ran past provenance.trace_timeout_s
     │   ├── InternalError (500)             internal_error: details go to the log, never to the client
     │   ├── AdminError                      admin_refused (zguard.services.admin)
     │   │   ├── RolesRefused                roles_refused
@@ -74,6 +75,7 @@ message and the fix; the HTTP layer (zguard.app.errors) answers an operator erro
         ├── AuditCommandRefused             audit_command_refused (zguard.cli.audit)
         ├── FontNotFound                    label_font_not_found (zguard.provenance.visible)
         ├── InstallError                    install_step_failed (zguard.ops.install)
+        ├── StateDirInUse                   state_dir_in_use (zguard.serve.pidfile): another server holds the lock
         └── VulnDbError                     vuln_db_unusable (zguard.ops.osv)
 
 A test imports every module and checks that this drawing lists every subclass of ZguardError.
@@ -408,6 +410,15 @@ class GenerationTimeout(ZguardError):
     type = "server_error"
     code = "generation_timeout"
     fix = "fewer steps or a smaller size, or raise generation.timeout_s"
+
+
+class TraceTimeout(ZguardError):
+    """A trace did not finish within `provenance.trace_timeout_s`; its work stops at the decoder's next step."""
+
+    status = 504
+    type = "server_error"
+    code = "trace_timeout"
+    fix = "trace a smaller image (fewer pixels), or raise provenance.trace_timeout_s"
 
 
 class InternalError(ZguardError):

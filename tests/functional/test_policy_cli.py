@@ -10,6 +10,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.common.factories import free_port
 from tests.common.polling import wait_until
 from tests.common.servers import ZguardProcess
 from zguard.cli.common import EXIT_FIX, EXIT_OK
@@ -102,6 +103,19 @@ def test_reload_signals_the_running_server(tmp_path: Path, capsys: pytest.Captur
 
     try:
         server.wait_ready()
+        assert (state / "zguard.pid").read_text(encoding="ascii").strip() == str(server.proc.pid)  # type: ignore[union-attr]
+        # A second server on the same state_dir (other ports) stops before touching anything.
+        runtime_dir, record = state / "run", state / "runtime-cleanup.json"
+        (runtime_dir / "in-use.tmp").write_bytes(b"the first server's")
+        record_before = record.read_bytes()
+        second = ZguardProcess(state, env=server.env | {"ZGUARD_API__PORT": str(free_port())})
+        second.env["ZGUARD_CONSOLE__PORT"] = str(free_port())
+        second.start()
+        assert second.proc is not None
+        assert second.proc.wait(timeout=60) == EXIT_FIX
+        assert f"is in use by another zguard server (pid {server.proc.pid})" in second.log()  # type: ignore[union-attr]
+        assert (runtime_dir / "in-use.tmp").exists()
+        assert record.read_bytes() == record_before
         assert (state / "zguard.pid").read_text(encoding="ascii").strip() == str(server.proc.pid)  # type: ignore[union-attr]
         assert status("银河计划") == 200
         assert status("北 極 星") == 400

@@ -105,6 +105,7 @@ ERROR_MODULES = (
     "zguard.provenance.visible",
     "zguard.ops.install",
     "zguard.ops.osv",
+    "zguard.serve.pidfile",
 )
 
 

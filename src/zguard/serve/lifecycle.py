@@ -15,7 +15,6 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import uvicorn
 
@@ -33,7 +32,7 @@ from zguard.errors import EXIT_UNAVAILABLE, ConfigError
 from zguard.integrity.manifest import ManifestError
 from zguard.provenance.marking import ProvenanceMarker
 from zguard.serve.listeners import Listener, bind, check_safe, example_call, listener_config, listener_tls
-from zguard.serve.pidfile import remove_pid_file, write_pid_file
+from zguard.serve.pidfile import StateLock
 from zguard.serve.wiring import (
     DEMO_WARNING,
     Runtime,
@@ -75,12 +74,11 @@ def lifecycle_event(
     )
 
 
-def serve_policy_reloads(loop: asyncio.AbstractEventLoop, runtime: Runtime, audit: AuditSink, state_dir: Path) -> Path:
-    """SIGHUP re-reads the banned-term lists (zguard.services.prompt_policy); the pid file it writes tells
-    `zguard policy reload` where to send the signal. Returns the pid file's path."""
+def serve_policy_reloads(loop: asyncio.AbstractEventLoop, runtime: Runtime, audit: AuditSink) -> None:
+    """SIGHUP re-reads the banned-term lists (zguard.services.prompt_policy); `zguard policy
+    reload` finds the pid to signal in the state directory's lock file (zguard.serve.pidfile)."""
     if runtime.policy is not None:
         loop.add_signal_handler(signal.SIGHUP, ReloadOnSignal(runtime.policy, audit))
-    return write_pid_file(state_dir)
 
 
 EXIT_MODEL_FAILED = EXIT_UNAVAILABLE  # the model did not load or warm up
@@ -197,12 +195,17 @@ async def serve(settings: Settings, engine: ImageEngine | None = None) -> int:
 
     check_safe(settings)
     check_host(settings)
-    harden_process()  # core dumps off, not dumpable: prompts and images in memory stay there
-    isolation = ProcessIsolation(settings).start()  # before the engine imports torch
+    # Before anything in state_dir is touched: a second server must change nothing of the first's.
+    lock = StateLock.acquire(settings.state_dir)
     try:
-        return await _serve(settings, engine)
+        harden_process()  # core dumps off, not dumpable: prompts and images in memory stay there
+        isolation = ProcessIsolation(settings).start()  # before the engine imports torch
+        try:
+            return await _serve(settings, engine)
+        finally:
+            isolation.close()
     finally:
-        isolation.close()
+        lock.release()
 
 
 # --- end of host checks and zero persistence ---------------------------------------------------
@@ -246,7 +249,7 @@ async def _serve(settings: Settings, engine: ImageEngine | None = None) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, signals, signum)
-    pid_file = serve_policy_reloads(loop, runtime, audit, settings.state_dir)
+    serve_policy_reloads(loop, runtime, audit)
     exit_code = 0
 
     async def start_model() -> None:
@@ -279,7 +282,6 @@ async def _serve(settings: Settings, engine: ImageEngine | None = None) -> int:
         warm.cancel()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
-        remove_pid_file(pid_file)
         if not runtime.worker.stop(timeout=signals.remaining_s()) and runtime.admission.running:
             log.warning("a generation was still running after the grace period; exiting anyway")
         for sock in sockets.values():
