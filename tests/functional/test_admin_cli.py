@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -195,6 +196,22 @@ def test_init_add_create_and_revoke(zguard: Zguard) -> None:
     assert_no_secrets(zguard.sink, token, admin_token, record.token_hash, admin.token_hash)
 
 
+def test_admin_events_name_the_real_account_not_what_the_environment_says(
+    zguard: Zguard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pwd
+
+    account = pwd.getpwuid(os.getuid()).pw_name
+    monkeypatch.setenv("LOGNAME", "the-auditor")  # anyone can set these; they used to be the principal
+    monkeypatch.setenv("USER", "the-auditor")
+    monkeypatch.delenv("SUDO_USER", raising=False)
+    zguard.ok("init", "--admin", "root-admin")
+    event = zguard.sink.events[-1]
+    assert event.principal == f"cli:{account}"
+    assert event.detail["os_uid"] == os.getuid()
+    assert event.detail["declared_user"] == "the-auditor"
+
+
 # --- init ------------------------------------------------------------------------------------
 
 
@@ -285,7 +302,12 @@ def test_user_list_enable_disable_and_roles(ready: Zguard) -> None:
         "user.roles_changed",
     ]
     changed = ready.sink.events[-1].detail
-    assert changed == {"target": "alice", "roles": "approver,viewer", "previous_roles": "generator"}
+    assert changed == {
+        "target": "alice",
+        "roles": "approver,viewer",
+        "previous_roles": "generator",
+        "os_uid": os.getuid(),
+    }
     assert ready.sink.events[1].detail["kind"] == "service"
 
 
@@ -349,7 +371,7 @@ def test_passwd_reads_one_line_of_stdin(ready: Zguard, monkeypatch: pytest.Monke
         assert alice.password_hash is not None
         assert verify_password(PASSWORD, alice.password_hash)
     assert ready.sink.events[-1].type == "user.password_changed"
-    assert ready.sink.events[-1].detail == {"target": "alice"}
+    assert ready.sink.events[-1].detail == {"target": "alice", "os_uid": os.getuid()}
     assert_no_secrets(ready.sink, PASSWORD)
     assert "yes" in ready.ok("user", "list").splitlines()[2].split()[4]
 
@@ -378,7 +400,15 @@ def test_passwd_on_a_terminal_asks_twice(ready: Zguard, monkeypatch: pytest.Monk
 
 @pytest.mark.parametrize(
     ("stdin", "words"),
-    [("", "no password on stdin"), ("\n", "empty"), ("é" * 37 + "\n", "longer than 72 bytes")],
+    [
+        ("", "no password on stdin"),
+        ("\n", "empty"),
+        ("é" * 37 + "\n", "longer than 72 bytes"),
+        ("x\n", "shorter than 12 characters"),  # a one-character password was accepted
+        ("Password123!\n", "most common passwords"),
+        ("alice-in-wonderland\n", "contains the username"),
+        ("abcabcabcabcabc\n", "short pattern repeated"),
+    ],
 )
 def test_passwd_refuses_unusable_passwords(
     stdin: str, words: str, ready: Zguard, monkeypatch: pytest.MonkeyPatch
@@ -405,10 +435,12 @@ def test_hash_password_from_stdin_and_terminal(zguard: Zguard, monkeypatch: pyte
     assert PASSWORD not in out
 
     monkeypatch.setattr("sys.stdin", TerminalInput())
-    monkeypatch.setattr("getpass.getpass", lambda prompt="": "pw on a tty")
-    assert verify_password("pw on a tty", zguard.ok("user", "hash-password").strip())
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": "a long pw on a tty")
+    assert verify_password("a long pw on a tty", zguard.ok("user", "hash-password").strip())
     monkeypatch.setattr("sys.stdin", io.StringIO("\n"))
     assert "empty" in zguard.refused("user", "hash-password")
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    assert "shorter than 12 characters" in zguard.refused("user", "hash-password")
 
 
 def test_hash_password_takes_nothing_from_argv(capsys: pytest.CaptureFixture[str]) -> None:

@@ -29,6 +29,7 @@ from zguard.cli import common as cli_common
 from zguard.cli.common import (
     EXIT_FIX,
     EXIT_OK,
+    acting_detail,
     acting_user,
     run_on_database,
     schema_not_current,
@@ -82,9 +83,10 @@ def _run(args: argparse.Namespace, action: Callable[[_Context], int], *, upgrade
                 token_key=lambda: load_token_key(key_path),
                 audit=cli_common.audit_sink_factory(settings, engine),
                 password_cost=PASSWORD_COST,
+                password_min_length=settings.api_auth.password_min_length,
                 reserved_names=[user.username for user in settings.api_auth.users],
             )
-            return action(_Context(settings, service, Actor(acting_user()), shown, key_path))
+            return action(_Context(settings, service, Actor(acting_user(), detail=acting_detail()), shown, key_path))
         except SchemaNotCurrent as exc:
             print(f"zguard: state database {shown} {schema_not_current(exc)}", file=sys.stderr)
             return EXIT_FIX
@@ -124,8 +126,10 @@ def _duration(text: str) -> timedelta:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def read_new_password() -> str:
-    """A password from the terminal (asked twice, not echoed) or one line of stdin; checked, not hashed."""
+def read_new_password(username: str | None = None, min_length: int | None = None) -> str:
+    """A password from the terminal (asked twice, not echoed) or one line of stdin; checked
+    against the password policy (for `username`, at least `min_length` characters), not hashed."""
+    from zguard.security.password_policy import DEFAULT_MIN_LENGTH
     from zguard.services.admin import InvalidInput, check_password
 
     stdin = sys.stdin
@@ -141,7 +145,7 @@ def read_new_password() -> str:
             password = line.rstrip("\r\n")
     except (EOFError, KeyboardInterrupt):
         raise InvalidInput("no password given; nothing was changed") from None
-    check_password(password)
+    check_password(password, username=username, min_length=min_length or DEFAULT_MIN_LENGTH)
     return password
 
 
@@ -223,7 +227,8 @@ def cmd_user_roles(args: argparse.Namespace) -> int:
 def cmd_user_passwd(args: argparse.Namespace) -> int:
     def action(ctx: _Context) -> int:
         ctx.service.require_user(args.name)  # before asking for a password it could not take
-        record = ctx.service.set_password(args.name, read_new_password(), actor=ctx.actor)
+        password = read_new_password(args.name, ctx.service.password_min_length)
+        record = ctx.service.set_password(args.name, password, actor=ctx.actor)
         print(f"password of {record.name!r} changed")
         return EXIT_OK
 

@@ -11,6 +11,7 @@ import argparse
 import getpass
 import logging
 import os
+import pwd
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeAlias
@@ -33,6 +34,7 @@ __all__ = [
     "NOT_INITIALIZED_HINT",
     "Commands",
     "Handler",
+    "acting_detail",
     "acting_user",
     "audit_sink_factory",
     "command",
@@ -100,12 +102,34 @@ def setup_logging(level: str) -> None:
     )
 
 
-def acting_user() -> str:
-    """``cli:<os user>``: who ran the command, as far as the operating system says."""
+def _os_account() -> tuple[int, str | None]:
+    """The real uid and its name in the password database (None when it has no entry)."""
+    uid = os.getuid()
     try:
-        return f"cli:{getpass.getuser()}"
-    except (OSError, KeyError):  # no login name in the environment or the password database
-        return f"cli:uid={os.getuid()}"
+        return uid, pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return uid, None
+
+
+def acting_user() -> str:
+    """``cli:<account>``: who ran the command, from the process's real uid and the password
+    database — never from LOGNAME or USER, which whoever runs the command can set."""
+    uid, name = _os_account()
+    return f"cli:{name}" if name else f"cli:uid={uid}"
+
+
+def acting_detail() -> dict[str, str | int]:
+    """What an admin event records beside `acting_user()`: the uid, and the login name the
+    environment declares (LOGNAME, USER, or sudo's SUDO_USER) when it differs from the account."""
+    uid, name = _os_account()
+    detail: dict[str, str | int] = {"os_uid": uid}
+    try:
+        declared = os.environ.get("SUDO_USER") or getpass.getuser()
+    except (OSError, KeyError):
+        declared = None
+    if declared and declared != name:
+        detail["declared_user"] = declared[:64]
+    return detail
 
 
 def _trail_sink(settings: Settings, engine: Engine) -> AuditSink:

@@ -258,6 +258,12 @@ class ApiAuthSettings(_Section):
         "20/minute;200/hour",
         description="Failed logins allowed per client address, counted the same way.",
     )
+    password_min_length: int = Field(
+        12,
+        ge=8,
+        le=64,
+        description="Fewest characters a new password may have (`zguard user passwd`, `zguard user hash-password`). New passwords are also refused when they contain the username, are among the most common passwords, or repeat one short pattern (zguard/security/password_policy.py); existing hashes are not re-checked.",
+    )
     token_key_file: Path | None = Field(
         None,
         description="File with the server key that API tokens are hashed under (HMAC-SHA256), created mode 0600 on first use. Unset: `token.key` in `state_dir`. Replacing it invalidates every token.",

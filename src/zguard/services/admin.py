@@ -32,7 +32,7 @@ Errors (each a `ZguardError` with a stable code; store errors pass through uncha
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import combinations
@@ -41,7 +41,8 @@ from pathlib import Path
 from zguard.audit import AuditEvent, AuditSink, DetailValue
 from zguard.errors import ZguardError
 from zguard.security.keys import load_or_create_key
-from zguard.security.passwords import DEFAULT_COST, MAX_PASSWORD_BYTES, hash_password
+from zguard.security.password_policy import DEFAULT_MIN_LENGTH, PasswordRejected, check_new_password
+from zguard.security.passwords import DEFAULT_COST, hash_password
 from zguard.security.rbac import FORBIDDEN_PAIRS, RoleError, RoleRegistry, check_assignment, permissions_of
 from zguard.security.tokens import new_token, token_digest
 from zguard.store.errors import PrincipalNotFound, TokenNotFound
@@ -134,6 +135,7 @@ class Actor:
     client: str | None = None
     request_id: str | None = None
     listener: str | None = None
+    detail: Mapping[str, DetailValue] = field(default_factory=dict)  # e.g. the OS uid of a CLI actor
 
 
 @dataclass(frozen=True)
@@ -172,14 +174,13 @@ def token_status(token: TokenRecord, now: datetime) -> str:
     return "active"
 
 
-def check_password(password: str) -> None:
-    """Raise InvalidInput for a password bcrypt cannot take whole (empty, or over 72 bytes)."""
-    if not password:
-        raise InvalidInput("the password is empty")
-    if len(password.encode("utf-8", "surrogatepass")) > MAX_PASSWORD_BYTES:
-        raise InvalidInput(
-            f"the password is longer than {MAX_PASSWORD_BYTES} bytes (UTF-8), which bcrypt would truncate; choose a shorter one"
-        )
+def check_password(password: str, *, username: str | None = None, min_length: int = DEFAULT_MIN_LENGTH) -> None:
+    """Raise InvalidInput for a password the policy refuses (zguard.security.password_policy):
+    empty, over bcrypt's 72 bytes, short, common, repetitive, or containing the username."""
+    try:
+        check_new_password(password, username=username, min_length=min_length)
+    except PasswordRejected as exc:
+        raise InvalidInput(str(exc)) from None
 
 
 # --- the service -----------------------------------------------------------------------------
@@ -201,6 +202,7 @@ class AdminService:
         audit: AuditSink,
         clock: Callable[[], datetime] = utc_now,
         password_cost: int = DEFAULT_COST,
+        password_min_length: int = DEFAULT_MIN_LENGTH,
         reserved_names: Iterable[str] = (),
     ) -> None:
         self._store = store
@@ -209,6 +211,7 @@ class AdminService:
         self._audit = audit
         self._clock = clock
         self._password_cost = password_cost
+        self.password_min_length = password_min_length
         self._reserved = frozenset(reserved_names)
 
     @property
@@ -280,7 +283,7 @@ class AdminService:
 
     def set_password(self, name: str, password: str, *, actor: Actor) -> PrincipalRecord:
         self.require_user(name)
-        check_password(password)
+        check_password(password, username=name, min_length=self.password_min_length)
         record = self._store.set_password_hash(name, hash_password(password, self._password_cost))
         self._emit("user.password_changed", actor, {"target": name})
         return record
@@ -400,6 +403,6 @@ class AdminService:
                 client=actor.client,
                 principal=actor.principal,
                 roles=actor.roles,
-                detail=detail,
+                detail={**actor.detail, **detail},
             )
         )

@@ -63,12 +63,38 @@ def test_token_status(token: TokenRecord, status: str) -> None:
     assert token_status(token, NOW) == status
 
 
-@pytest.mark.parametrize("password", ["x", "a" * 72, "é" * 36, "with spaces "])
+@pytest.mark.parametrize(
+    "password", ["correct horse battery", "b" * 3 + "x9-Q" * 15 + "c" * 9, "é" * 12 + "ü" * 24, "with spaces  "]
+)
 def test_usable_passwords(password: str) -> None:
-    check_password(password)
+    check_password(password, username="alice")
 
 
-@pytest.mark.parametrize(("password", "words"), [("", "empty"), ("a" * 73, "72 bytes"), ("é" * 37, "72 bytes")])
+@pytest.mark.parametrize(
+    ("password", "words"),
+    [
+        ("", "empty"),
+        ("a" * 73, "72 bytes"),
+        ("é" * 37, "72 bytes"),
+        ("x", "shorter than 12"),
+        ("elevenchars", "shorter than 12"),
+        ("password1234", "most common"),
+        ("Password123!", "most common"),
+        ("P@ssw0rd2026", "most common"),
+        ("QWERTYUIOP!!", "most common"),
+        ("88888888!!!!", "most common"),
+        ("ALICE-rocks-2026", "contains the username"),
+        ("aaaaaaaaaaaaaa", "repeated"),
+        ("abababababababab", "repeated"),
+        ("1q2w1q2w1q2w", "repeated"),
+    ],
+)
 def test_unusable_passwords(password: str, words: str) -> None:
     with pytest.raises(InvalidInput, match=words):
-        check_password(password)
+        check_password(password, username="alice")
+
+
+def test_the_minimum_length_is_the_banks_to_set() -> None:
+    check_password("a fine passphrase", min_length=8)
+    with pytest.raises(InvalidInput, match="shorter than 20"):
+        check_password("a fine passphrase", min_length=20)
