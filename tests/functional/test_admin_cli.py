@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -463,8 +463,30 @@ def test_token_roles_only_narrow_the_owners(ready: Zguard) -> None:
     assert ready.stored_token(token).roles == ("generator", "viewer")
     everything = last_line(ready.ok("token", "create", "--user", "alice"))
     assert ready.stored_token(everything).roles is None
-    assert ready.stored_token(everything).expires_at is None
     assert [e.type for e in ready.sink.events] == ["user.created", "token.created", "token.created"]
+
+
+def test_tokens_expire_by_default_and_never_only_when_asked(ready: Zguard) -> None:
+    # tokens never expired unless asked; init's admin token was flagged by `zguard scan` at once
+    ready.ok("user", "add", "alice", "--role", "generator")
+    made = datetime.now(UTC)
+    default = ready.stored_token(last_line(ready.ok("token", "create", "--user", "alice"))).expires_at
+    assert default is not None
+    assert timedelta(days=89, hours=23) < default - made < timedelta(days=90, minutes=1)
+    forever = last_line(ready.ok("token", "create", "--user", "alice", "--no-expiry"))
+    assert ready.stored_token(forever).expires_at is None
+    assert ready.sink.events[-1].detail["expires_at"] is None
+    argv = ["token", "create", "--user", "alice", "--no-expiry", "--expires-in", "1d", "--config", str(ready.config)]
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert "not allowed with argument" in ready.capsys.readouterr().err
+
+
+def test_init_says_when_its_token_expires(zguard: Zguard) -> None:
+    out = zguard.ok("init")
+    expected = (datetime.now(UTC) + timedelta(days=90)).strftime("%Y-%m-%d")
+    assert f"expires {expected}" in out
 
 
 @pytest.mark.parametrize("expires", ["30", "5y", "0d", "-3h", "1.5d", "99999d"])

@@ -84,6 +84,7 @@ def _run(args: argparse.Namespace, action: Callable[[_Context], int], *, upgrade
                 audit=cli_common.audit_sink_factory(settings, engine),
                 password_cost=PASSWORD_COST,
                 password_min_length=settings.api_auth.password_min_length,
+                token_expiry=timedelta(days=days) if (days := settings.api_auth.token_expiry_days) else None,
                 reserved_names=[user.username for user in settings.api_auth.users],
             )
             return action(_Context(settings, service, Actor(acting_user(), detail=acting_detail()), shown, key_path))
@@ -161,7 +162,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(f"created user {name!r} with role admin; set its password with `zguard user passwd {name}`")
         print("admin manages users, tokens and policy but cannot generate images (separation of duties);")
         print("  for that: `zguard user add NAME --role generator`, then `zguard token create --user NAME`")
-        print(f"API token {issued.record.prefix}… for {name}, shown only now; store it safely:")
+        expires = _when(issued.record.expires_at, "never")
+        print(f"API token {issued.record.prefix}… for {name}, expires {expires}, shown only now; store it safely:")
         print(issued.plaintext)
         return EXIT_OK
 
@@ -251,7 +253,12 @@ def cmd_user_hash_password(args: argparse.Namespace) -> int:
 def cmd_token_create(args: argparse.Namespace) -> int:
     def action(ctx: _Context) -> int:
         issued = ctx.service.create_token(
-            args.user, roles=args.roles, expires_in=args.expires_in, label=args.label, actor=ctx.actor
+            args.user,
+            roles=args.roles,
+            expires_in=args.expires_in,
+            never_expires=args.no_expiry,
+            label=args.label,
+            actor=ctx.actor,
         )
         token = issued.record
         print(
@@ -405,8 +412,15 @@ def register(commands: cli_common.Commands, common: argparse.ArgumentParser) -> 
         "Create an API token for a user or service account. The token is printed once, alone on the last line of stdout; only its digest is stored.",
     )
     create.add_argument("--user", required=True, metavar="NAME", help="owner of the token")
-    create.add_argument(
-        "--expires-in", type=_duration, metavar="DURATION", help="lifetime: 90m, 12h, 30d (default: no expiry)"
+    lifetime = create.add_mutually_exclusive_group()
+    lifetime.add_argument(
+        "--expires-in",
+        type=_duration,
+        metavar="DURATION",
+        help="lifetime: 90m, 12h, 30d (default: api_auth.token_expiry_days, 90 days)",
+    )
+    lifetime.add_argument(
+        "--no-expiry", action="store_true", help="a token that never expires (recorded; `zguard scan` flags it)"
     )
     _role_option(
         create,

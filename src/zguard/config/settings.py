@@ -264,6 +264,12 @@ class ApiAuthSettings(_Section):
         le=64,
         description="Fewest characters a new password may have (`zguard user passwd`, `zguard user hash-password`). New passwords are also refused when they contain the username, are among the most common passwords, or repeat one short pattern (zguard/security/password_policy.py); existing hashes are not re-checked.",
     )
+    token_expiry_days: int = Field(
+        90,
+        ge=0,
+        le=3650,
+        description="Lifetime of a new API token when `zguard token create` is given no `--expires-in` (and of `zguard init`'s admin token), in days. 0: tokens never expire unless asked — `zguard scan` flags such tokens. `--no-expiry` makes one that never expires, on purpose and recorded.",
+    )
     token_key_file: Path | None = Field(
         None,
         description="File with the server key that API tokens are hashed under (HMAC-SHA256), created mode 0600 on first use. Unset: `token.key` in `state_dir`. Replacing it invalidates every token.",

@@ -123,6 +123,9 @@ class InvalidInput(AdminError):
     code = "invalid_input"
 
 
+DEFAULT_TOKEN_EXPIRY = timedelta(days=90)  # api_auth.token_expiry_days
+
+
 # --- values ----------------------------------------------------------------------------------
 
 
@@ -203,8 +206,10 @@ class AdminService:
         clock: Callable[[], datetime] = utc_now,
         password_cost: int = DEFAULT_COST,
         password_min_length: int = DEFAULT_MIN_LENGTH,
+        token_expiry: timedelta | None = DEFAULT_TOKEN_EXPIRY,
         reserved_names: Iterable[str] = (),
     ) -> None:
+        """`token_expiry`: the lifetime of a token made without `expires_in` (None: never expires)."""
         self._store = store
         self._registry = registry
         self._token_key = token_key
@@ -212,6 +217,7 @@ class AdminService:
         self._clock = clock
         self._password_cost = password_cost
         self.password_min_length = password_min_length
+        self._token_expiry = token_expiry
         self._reserved = frozenset(reserved_names)
 
     @property
@@ -296,15 +302,20 @@ class AdminService:
         *,
         roles: Sequence[str] | None = None,
         expires_in: timedelta | None = None,
+        never_expires: bool = False,
         label: str | None = None,
         actor: Actor,
     ) -> IssuedApiToken:
-        """A new token for `owner`, carrying all its roles or, with `roles`, only those."""
+        """A new token for `owner`, carrying all its roles or, with `roles`, only those; it
+        expires after `expires_in`, else the default lifetime, unless `never_expires`."""
         principal = self.get_principal(owner)
         if not principal.enabled:
             raise PrincipalDisabled(owner)
+        if never_expires and expires_in is not None:
+            raise InvalidInput("give a lifetime or ask for no expiry, not both")
         narrowed = None if roles is None else self._narrowed_roles(principal, roles)
-        expires_at = None if expires_in is None else self._clock() + expires_in
+        lifetime = None if never_expires else (expires_in or self._token_expiry)
+        expires_at = None if lifetime is None else self._clock() + lifetime
         issued = new_token()
         digest = token_digest(issued.plaintext, self._token_key())
         try:
