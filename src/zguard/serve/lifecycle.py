@@ -43,6 +43,7 @@ from zguard.serve.wiring import (
     open_store,
     prepare_state_dir,
     resolve_model_dir,
+    retire_demo_account,
 )
 from zguard.services.admin import load_token_key
 from zguard.services.prompt_policy import PolicyHolder, ReloadOnSignal
@@ -240,6 +241,8 @@ async def _serve(settings: Settings, engine: ImageEngine | None = None) -> int:
     retention.start()
     if engine.info.demo:
         issue_demo_token(settings, store, token_key)
+    else:
+        retire_demo_account(store, audit)
     grace = settings.generation.shutdown_grace_s
     servers = {
         "api": Listener(listener_config(create_api_app(settings, runtime.services), grace, tls["api"])),

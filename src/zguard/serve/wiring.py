@@ -8,13 +8,14 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from zguard import state_paths
 from zguard.app.context import Services
-from zguard.audit import AuditReader, AuditSink
+from zguard.audit import AuditEvent, AuditReader, AuditSink
 from zguard.audit.prompts import PromptCapture
 from zguard.audit.setup import AuditHealth
 from zguard.config import Settings
@@ -39,6 +40,7 @@ DEMO_WARNING = (
     "Set model.path (or ZGUARD_MODEL__PATH) to the Z-Image-Turbo directory to serve real images."
 )
 DEMO_PRINCIPAL = "demo"
+DEMO_TOKEN_LABEL = "demo"
 
 
 @dataclass
@@ -114,6 +116,30 @@ def open_store(settings: Settings) -> PrincipalStore:
     return PrincipalStore(engine)
 
 
+def retire_demo_account(store: PrincipalStore, audit: AuditSink) -> bool:
+    """When a real model is served, disable the `demo` account that a demo start made (it holds
+    a token labelled `demo`), so its token stops generating; True when it was disabled."""
+    record = store.get_principal(DEMO_PRINCIPAL)
+    if record is None or not record.enabled or record.kind != "service":
+        return False
+    if not any(token.label == DEMO_TOKEN_LABEL for token in store.list_tokens(DEMO_PRINCIPAL)):
+        return False  # an account an operator named `demo`: not ours to disable
+    store.disable_principal(DEMO_PRINCIPAL)
+    log.warning(
+        "disabled the service account 'demo' that the demo model's first start created: "
+        "this server serves a real model, and the demo token must not generate with it"
+    )
+    audit.emit(
+        AuditEvent(
+            type="user.disabled",
+            outcome="done",
+            principal="server",
+            detail={"target": DEMO_PRINCIPAL, "reason": "a real model is served"},
+        )
+    )
+    return True
+
+
 def issue_demo_token(settings: Settings, store: PrincipalStore, token_key: bytes) -> None:
     """On the demo model's first start: a `demo` service account (generator, viewer) and its token.
 
@@ -125,8 +151,13 @@ def issue_demo_token(settings: Settings, store: PrincipalStore, token_key: bytes
         return
     store.create_principal(DEMO_PRINCIPAL, "service", roles=["generator", "viewer"])
     issued = new_token()
+    days = settings.api_auth.token_expiry_days
     store.add_token(
-        DEMO_PRINCIPAL, token_hash=token_digest(issued.plaintext, token_key), prefix=issued.display_prefix, label="demo"
+        DEMO_PRINCIPAL,
+        token_hash=token_digest(issued.plaintext, token_key),
+        prefix=issued.display_prefix,
+        label=DEMO_TOKEN_LABEL,
+        expires_at=datetime.now(UTC) + timedelta(days=days) if days else None,
     )
     if not sys.stdout.isatty():
         prepare_state_dir(settings.state_dir)
