@@ -247,6 +247,28 @@ def test_init_refuses_a_configured_user_name(
     zguard.ok("init", "--admin", "root")
 
 
+def test_one_namespace_of_principals_without_case(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sink: MemoryAuditSink
+) -> None:
+    # a settings-file `demo` (auditor) beside a stored `demo` (generator); `Bob` beside `bob`
+    hashed = "$2b$04$" + "C" * 53
+    extra = f"api_auth:\n  users:\n    - username: designer01\n      password: '{hashed}'\n      roles: [auditor]\n"
+    zguard = Zguard(write_config(tmp_path, extra=extra), capsys, sink)
+    zguard.ok("init", "--admin", "root")
+    assert "api_auth.users" in zguard.refused("user", "add", "Designer01", "--role", "generator")
+    zguard.ok("user", "add", "bob", "--role", "generator")
+    err = zguard.refused("user", "add", "Bob", "--role", "generator")
+    assert "differs from the existing principal 'bob' only in case" in err
+    assert "already exists" in zguard.refused("user", "add", "bob", "--role", "generator")
+
+    rows = {line.split()[0]: line.split() for line in zguard.ok("user", "list").splitlines()[1:]}
+    assert rows["designer01"][2] == "auditor"
+    assert rows["designer01"][-1] == "settings"
+    assert rows["bob"][-1] == "database"
+    err = zguard.refused("user", "disable", "designer01")
+    assert "declared in the settings file (api_auth.users)" in err  # was: no principal 'designer01'
+
+
 @pytest.mark.parametrize(
     "argv",
     [
@@ -281,7 +303,7 @@ def test_user_list_enable_disable_and_roles(ready: Zguard) -> None:
     rows = {line.split()[0]: line.split() for line in ready.ok("user", "list").splitlines()[1:]}
     assert rows["admin"][:5] == ["admin", "user", "admin", "yes", "no"]
     assert rows["ci-bot"][:5] == ["ci-bot", "service", "generator,viewer", "yes", "no"]
-    assert rows["alice"][-1] == "never"
+    assert rows["alice"][-2] == "never"
 
     ready.ok("user", "disable", "alice")
     assert ready.ok("user", "list").splitlines()[2].split()[3] == "no"  # rows sorted by name: admin, alice, ci-bot

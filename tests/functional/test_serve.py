@@ -168,6 +168,26 @@ def test_first_start_prints_a_demo_token_that_works(tmp_path: Path) -> None:
         assert again.stop() == 0
 
 
+def test_refuses_two_principals_that_are_one_name(tmp_path: Path) -> None:
+    # a settings-file auditor and a stored generator, both `demo` to login and the audit trail
+    import json
+
+    from zguard.store.database import create_store_engine
+    from zguard.store.migrate import upgrade
+    from zguard.store.principals import PrincipalStore
+
+    (tmp_path / "state").mkdir(mode=0o700)
+    engine = create_store_engine(f"sqlite:///{tmp_path / 'state' / 'zguard.db'}")
+    upgrade(engine)
+    PrincipalStore(engine).create_principal("demo", "service", roles=["generator"])
+    engine.dispose()
+    users = [{"username": "Demo", "password": "$2b$04$" + "C" * 53, "roles": ["auditor"]}]
+    done = _run_cli({"ZGUARD_API_AUTH__USERS": json.dumps(users), "ZGUARD_API__PORT": str(free_port())}, tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "'Demo' (api_auth.users) and 'demo' (state database) are one principal" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_refuses_bad_setting_naming_key(tmp_path: Path) -> None:
     done = _run_cli({"ZGUARD_GENERATION__MAX_QUEUE": "many"}, tmp_path)
     assert done.returncode == 2

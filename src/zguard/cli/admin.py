@@ -196,10 +196,17 @@ def cmd_user_list(args: argparse.Namespace) -> int:
                 "yes" if p.password_hash else "no",
                 _when(p.created_at),
                 _when(p.last_used_at, "never"),
+                "database",
             ]
             for p in ctx.service.list_principals()
         ]
-        _table(["NAME", "KIND", "ROLES", "ENABLED", "PASSWORD", "CREATED", "LAST-USED"], rows)
+        # Settings-file users sign in too; they are listed so the namespace is seen whole.
+        rows += [
+            [u.username, "user", ",".join(u.roles) or "-", "yes", "yes", "-", "-", "settings"]
+            for u in ctx.settings.api_auth.users
+        ]
+        rows.sort(key=lambda row: (row[0].casefold(), row[-1]))
+        _table(["NAME", "KIND", "ROLES", "ENABLED", "PASSWORD", "CREATED", "LAST-USED", "SOURCE"], rows)
         return EXIT_OK
 
     return _run(args, action)

@@ -283,9 +283,9 @@ class ApiAuthSettings(_Section):
 
     @model_validator(mode="after")
     def _unique_usernames(self) -> ApiAuthSettings:
-        names = [user.username for user in self.users]
-        if duplicates := sorted({name for name in names if names.count(name) > 1}):
-            raise ValueError(f"api_auth.users names {', '.join(duplicates)} more than once")
+        names = [user.username.casefold() for user in self.users]  # one namespace, without case
+        if duplicates := sorted({user.username for user in self.users if names.count(user.username.casefold()) > 1}):
+            raise ValueError(f"api_auth.users names {', '.join(duplicates)} more than once (names are compared without case)")
         return self
 
 

@@ -45,7 +45,7 @@ from zguard.serve.wiring import (
     resolve_model_dir,
     retire_demo_account,
 )
-from zguard.services.admin import load_token_key
+from zguard.services.admin import identity_collisions, load_token_key
 from zguard.services.prompt_policy import PolicyHolder, ReloadOnSignal
 from zguard.services.readiness import ModelState, Readiness
 
@@ -218,6 +218,10 @@ async def _serve(settings: Settings, engine: ImageEngine | None = None) -> int:
     if engine is None:
         engine = configured_engine(settings)
     store = open_store(settings)
+    # One namespace of principals: two that authenticate as one name defeat separation of duties.
+    configured = [user.username for user in settings.api_auth.users]
+    if collisions := identity_collisions(configured, [p.name for p in store.list_principals()]):
+        raise ConfigError(collisions)
     token_key = load_token_key(state_paths.token_key_file(settings))
     audit = AuditTrail(open_audit_store(settings, store.engine))
     # What can refuse the start (a list, a key file) is read before `server.started` is recorded.

@@ -15,15 +15,20 @@ and report the same audit events. Decisions written here:
 - `initialize` refuses when an admin already exists or the name is taken, so running it again can
   never create a second admin silently. Other principals (the demo account `serve` creates) do not
   count: they cannot administer anything.
-- Names declared in `api_auth.users` are refused for new principals: the configured user would
-  shadow the stored one at login.
+- One namespace of principals, compared without case (`casefold`): a name that equals a user
+  declared in `api_auth.users` or a stored principal's, `Bob` beside `bob` included, is refused
+  for a new principal. Two principals that authenticate as one name would merge in the audit
+  trail and defeat separation of duties (an auditor and a generator both `demo`). `serve`
+  refuses to start on collisions made before this rule (`identity_collisions`). Settings-file
+  users are changed in the settings file; the CLI says so instead of "no such principal".
 
 Errors (each a `ZguardError` with a stable code; store errors pass through unchanged)::
 
     AdminError                 admin_refused
     ├── RolesRefused           roles_refused: `roles` and one `problems` line each
     ├── AlreadyInitialized     already_initialized: `admins` already in the store
-    ├── NameReserved           name_reserved: `name` is a configured user
+    ├── NameReserved           name_reserved: `name` is a configured user (or a stored one, but for case)
+    ├── DeclaredInSettings     declared_in_settings: a configured user, changed in the settings file
     ├── PrincipalDisabled      principal_disabled: no tokens for a disabled principal
     ├── NotAUser               not_a_user: service accounts have no password
     └── InvalidInput           invalid_input: a password, name, label or duration that cannot be used
@@ -45,7 +50,7 @@ from zguard.security.password_policy import DEFAULT_MIN_LENGTH, PasswordRejected
 from zguard.security.passwords import DEFAULT_COST, hash_password
 from zguard.security.rbac import FORBIDDEN_PAIRS, RoleError, RoleRegistry, check_assignment, permissions_of
 from zguard.security.tokens import new_token, token_digest
-from zguard.store.errors import PrincipalNotFound, TokenNotFound
+from zguard.store.errors import PrincipalExists, PrincipalNotFound, TokenNotFound
 from zguard.store.principals import PrincipalKind, PrincipalRecord, PrincipalStore, TokenRecord, utc_now
 
 ADMIN_ROLE = "admin"
@@ -95,12 +100,41 @@ class AlreadyInitialized(AdminError):
 class NameReserved(AdminError):
     code = "name_reserved"
 
+    def __init__(self, name: str, stored: str | None = None) -> None:
+        if stored is None:
+            why = "is a user declared in the configuration (api_auth.users), which would shadow it at login"
+        else:
+            why = f"differs from the existing principal {stored!r} only in case, and names are compared without case"
+        super().__init__(f"{name!r} {why}; choose another name")
+        self.name = name
+
+
+class DeclaredInSettings(AdminError):
+    code = "declared_in_settings"
+    fix = "change the user in the settings file (api_auth.users), then restart zguard serve"
+
     def __init__(self, name: str) -> None:
         super().__init__(
-            f"{name!r} is a user declared in the configuration (api_auth.users), which would shadow it at login; "
-            "choose another name"
+            f"{name!r} is a user declared in the settings file (api_auth.users), not in the state database; "
+            "change, disable or remove it there"
         )
         self.name = name
+
+
+def identity_collisions(configured: Iterable[str], stored: Iterable[str]) -> list[str]:
+    """One line per group of names that are one name without case, across the settings file's
+    users and the stored principals; empty when every principal has a name of its own."""
+    groups: dict[str, list[str]] = {}
+    for name in configured:
+        groups.setdefault(name.casefold(), []).append(f"{name!r} (api_auth.users)")
+    for name in stored:
+        groups.setdefault(name.casefold(), []).append(f"{name!r} (state database)")
+    return [
+        " and ".join(names) + " are one principal to the audit trail and to login: rename or remove all but one "
+        "(settings file, or `zguard user disable NAME`)"
+        for names in groups.values()
+        if len(names) > 1
+    ]
 
 
 class PrincipalDisabled(AdminError):
@@ -218,7 +252,8 @@ class AdminService:
         self._password_cost = password_cost
         self.password_min_length = password_min_length
         self._token_expiry = token_expiry
-        self._reserved = frozenset(reserved_names)
+        self.configured_users = tuple(reserved_names)
+        self._reserved = frozenset(name.casefold() for name in self.configured_users)
 
     @property
     def registry(self) -> RoleRegistry:
@@ -244,8 +279,10 @@ class AdminService:
     def add_principal(self, name: str, *, kind: PrincipalKind, roles: Sequence[str], actor: Actor) -> PrincipalRecord:
         """A new user (no password until `set_password`) or service account with `roles`."""
         granted = self._checked_roles(name, roles)
-        if name in self._reserved:
+        if name.casefold() in self._reserved:
             raise NameReserved(name)
+        if clash := next((p.name for p in self._store.list_principals() if p.name.casefold() == name.casefold()), None):
+            raise PrincipalExists(clash) if clash == name else NameReserved(name, clash)
         try:
             record = self._store.create_principal(name, kind, roles=granted)
         except ValueError as exc:  # the store's own checks of the name; its messages hold no secret
@@ -259,6 +296,8 @@ class AdminService:
     def get_principal(self, name: str) -> PrincipalRecord:
         record = self._store.get_principal(name)
         if record is None:
+            if name.casefold() in self._reserved:
+                raise DeclaredInSettings(name)
             raise PrincipalNotFound(name)
         return record
 
@@ -270,6 +309,7 @@ class AdminService:
         return record
 
     def set_enabled(self, name: str, enabled: bool, *, actor: Actor) -> PrincipalRecord:
+        self.get_principal(name)  # a settings-file user: say where it lives
         change = self._store.enable_principal if enabled else self._store.disable_principal
         record = change(name)
         self._emit("user.enabled" if enabled else "user.disabled", actor, {"target": name})
@@ -277,6 +317,7 @@ class AdminService:
 
     def set_roles(self, name: str, roles: Sequence[str], *, actor: Actor) -> PrincipalRecord:
         """Replace the principal's roles. Tokens narrowed to a role it loses stop carrying that role."""
+        self.get_principal(name)
         granted = self._checked_roles(name, roles)
         before = self.get_principal(name)
         record = self._store.set_roles(name, granted)

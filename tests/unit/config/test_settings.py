@@ -285,7 +285,9 @@ def test_duplicate_config_usernames_refused(tmp_path: Path) -> None:
     assert "ops more than once" in problems(tmp_path, "api_auth:\n  users:\n" + user + user)
 
 
-@pytest.mark.parametrize("key", ["FAILED_LOGINS_PER_USER", "FAILED_LOGINS_PER_ADDRESS"])
+@pytest.mark.parametrize(
+    "key", ["FAILED_LOGINS_PER_USER_ADDRESS", "FAILED_LOGINS_PER_USER", "FAILED_LOGINS_PER_ADDRESS"]
+)
 def test_failed_login_limits_are_rates(tmp_path: Path, key: str) -> None:
     assert f"api_auth.{key.lower()}" in problems(tmp_path, env={f"ZGUARD_API_AUTH__{key}": "lots"})
 
@@ -332,3 +334,8 @@ def test_bad_rate_limit_settings_are_named(tmp_path: Path, text: str, expected: 
 def test_bad_redis_url_is_not_echoed(tmp_path: Path) -> None:
     text = problems(tmp_path, env={"ZGUARD_RATE_LIMITS__STORAGE": "http://user:s3cret@example"})
     assert "s3cret" not in text
+
+
+def test_settings_users_differing_only_in_case_are_refused(tmp_path: Path) -> None:
+    users = f"api_auth:\n  users:\n    - {{username: Bob, password: '{HASH}'}}\n    - {{username: bob, password: '{HASH}'}}\n"
+    assert "names Bob, bob more than once (names are compared without case)" in problems(tmp_path, users)
