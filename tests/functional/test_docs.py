@@ -45,6 +45,13 @@ def test_settings_reference_matches_code() -> None:
     assert (REPO / "docs" / "settings.md").read_text(encoding="utf-8") == render_settings_reference(), "run `make docs`"
 
 
+def test_settings_reference_shows_secret_defaults_as_they_are() -> None:
+    # a default is no secret; docs/settings.md showed rate_limits.storage as "**********"
+    reference = render_settings_reference()
+    assert '| `rate_limits.storage` | `"memory://"` |' in reference
+    assert "*****" not in reference
+
+
 def test_errors_reference_matches_code() -> None:
     assert (REPO / "docs" / "errors.md").read_text(encoding="utf-8") == render_errors_reference(), "run `make docs`"
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 
 from zguard.config import DEFAULT_CONFIG_PATH, ENV_CONFIG, ENV_PREFIX, ConfigUser, Settings
 from zguard.errors import ConfigError
@@ -157,4 +157,6 @@ def iter_settings_fields(model: type[BaseModel] = Settings, prefix: str = "") ->
             yield from iter_settings_fields(annotation, key + ".")
         else:
             default = None if field.is_required() else field.get_default(call_default_factory=True)
+            if isinstance(default, SecretStr):  # a default is no secret: show it (`memory://`), not stars
+                default = default.get_secret_value()
             yield key, default, field.description or ""
