@@ -91,3 +91,25 @@ async def test_interactive_docs_only_when_enabled(tmp_path: Path, enabled: bool)
         statuses = [(await client.get(path)).status_code for path in ("/docs", "/redoc", "/openapi.json")]
     runtime.worker.stop(timeout=5)
     assert statuses == ([200, 200, 200] if enabled else [404, 404, 404])
+
+
+def test_readme_commands_name_every_subcommand() -> None:
+    # the Commands list lacked `model pin|verify`, `trace`, `provenance verify|public-key`
+    import argparse
+
+    from zguard.cli.main import COMMANDS, build_parser
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = readme.split("## Commands", 1)[1].split("```", 2)[1]
+
+    def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+        found = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        return dict(found[0].choices) if found else {}
+
+    missing = []
+    for name in COMMANDS:
+        group = subcommands(build_parser([name]))[name]
+        text = " ".join(line for line in block.splitlines() if line.startswith(f"zguard {name}"))
+        if not text or any(sub not in text for sub in subcommands(group)):
+            missing.append(name)
+    assert not missing, f"README's Commands list lacks: {missing}"
