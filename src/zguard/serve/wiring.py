@@ -40,7 +40,7 @@ DEMO_WARNING = (
     "Set model.path (or ZGUARD_MODEL__PATH) to the Z-Image-Turbo directory to serve real images."
 )
 DEMO_PRINCIPAL = "demo"
-DEMO_TOKEN_LABEL = "demo"
+DEMO_LABEL = "demo"  # the label of the token a demo start issues
 
 
 @dataclass
@@ -122,7 +122,7 @@ def retire_demo_account(store: PrincipalStore, audit: AuditSink) -> bool:
     record = store.get_principal(DEMO_PRINCIPAL)
     if record is None or not record.enabled or record.kind != "service":
         return False
-    if not any(token.label == DEMO_TOKEN_LABEL for token in store.list_tokens(DEMO_PRINCIPAL)):
+    if not any(token.label == DEMO_LABEL for token in store.list_tokens(DEMO_PRINCIPAL)):
         return False  # an account an operator named `demo`: not ours to disable
     store.disable_principal(DEMO_PRINCIPAL)
     log.warning(
@@ -156,7 +156,7 @@ def issue_demo_token(settings: Settings, store: PrincipalStore, token_key: bytes
         DEMO_PRINCIPAL,
         token_hash=token_digest(issued.plaintext, token_key),
         prefix=issued.display_prefix,
-        label=DEMO_TOKEN_LABEL,
+        label=DEMO_LABEL,
         expires_at=datetime.now(UTC) + timedelta(days=days) if days else None,
     )
     if not sys.stdout.isatty():
