@@ -113,9 +113,9 @@ async def measure_flood(d: Deployment, attempts: int) -> dict[str, Any]:
     return {
         "measures": f"{attempts} wrong passwords for one configured user (bcrypt cost {DEFAULT_COST}) "
         "through AuthService.authenticate; verify_password wrapped to count calls and their thread CPU",
-        "failed_logins_per_user": d.settings.api_auth.failed_logins_per_user,
+        "failed_logins_per_user_address": d.settings.api_auth.failed_logins_per_user_address,
         "bcrypt_slots": BCRYPT_SLOTS,
-        "limit_verifications": f"<= 5 + {BCRYPT_SLOTS - 1} (the per-user limit, plus racing bcrypt slots)",
+        "limit_verifications": f"<= 5 + {BCRYPT_SLOTS - 1} (the per user and address limit, plus racing bcrypt slots)",
         **runs,
         "bounded": all(run["bounded"] for run in runs.values()),
     }

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import limits.aio.storage.memory
+import limits.aio.strategies
 import pytest
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
@@ -32,7 +34,7 @@ from sqlalchemy.engine import URL
 import zguard.services.auth as auth_module
 from tests.common.databases import BACKENDS, database_url_for
 from tests.common.factories import LOOPBACK_PEER, api_client, console_client, make_settings, ready_runtime
-from tests.functional.test_errors import GENERATIONS, assert_error, assert_retry_after
+from tests.functional.test_errors import GENERATIONS, SERVER_ERROR, assert_error, assert_retry_after
 from zguard.app.api import create_api_app
 from zguard.app.auth import UNSET, declared_access
 from zguard.app.console import create_console_app
@@ -41,11 +43,12 @@ from zguard.config import Settings
 from zguard.config.loader import load_settings
 from zguard.engine.pipeline import DiffusersEngine
 from zguard.errors import PermissionDenied
-from zguard.security.passwords import cost_of, hash_password, verify_password
+from zguard.security.passwords import DEFAULT_COST, cost_of, hash_password, verify_password
 from zguard.security.rbac import BUILTIN_ROLES, Permission
 from zguard.security.tokens import new_token, token_digest
 from zguard.serve.wiring import Runtime, build_auth
 from zguard.services.auth import BCRYPT_SLOTS, INVALID, AuthService, RequestInfo
+from zguard.services.counters import CounterStorage
 from zguard.store import migrate
 from zguard.store.database import create_store_engine
 from zguard.store.principals import PrincipalStore
@@ -91,12 +94,17 @@ def locked_out(resp: httpx.Response) -> int:
 
 
 class Clock:
-    """A monotonic clock the test moves by hand."""
+    """A clock the test moves by hand: called, it is the auth service's monotonic clock; as
+    `time()` it stands in for the `time` module the `limits` library's memory storage reads, so
+    failed-login windows move with it (`deploy(clock=...)` installs it there)."""
 
     def __init__(self) -> None:
-        self.now = 1000.0
+        self.now = time.time()
 
     def __call__(self) -> float:
+        return self.now
+
+    def time(self) -> float:
         return self.now
 
     def advance(self, seconds: float) -> None:
@@ -220,7 +228,9 @@ Deploy = Callable[..., Deployment]
 
 
 @pytest.fixture
-def deploy(tmp_path: Path, database: StateDatabase, demo_engine: DiffusersEngine) -> Iterator[Deploy]:
+def deploy(
+    tmp_path: Path, database: StateDatabase, demo_engine: DiffusersEngine, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Deploy]:
     """Build a deployment: `deploy(settings=..., api_auth={...}, clock=..., now=...)`."""
     runtimes: list[Runtime] = []
 
@@ -239,12 +249,22 @@ def deploy(tmp_path: Path, database: StateDatabase, demo_engine: DiffusersEngine
         if clock is None and now is None:
             auth = build_auth(settings, database.store, KEY, audit=audit)
         else:  # build_auth's construction, plus the fake clocks
+            if isinstance(clock, Clock):
+                monkeypatch.setattr(limits.aio.storage.memory, "time", clock)
+                monkeypatch.setattr(limits.aio.strategies, "time", clock)
+            section = settings.rate_limits
             auth = AuthService(
                 settings.api_auth,
                 settings.role_registry(),
                 store=database.store,
                 token_key=KEY,
                 audit=audit,
+                counters=CounterStorage(
+                    section.storage.get_secret_value(),
+                    strategy=section.strategy,
+                    key_prefix=section.key_prefix,
+                    clock=clock.time if isinstance(clock, Clock) else time.time,
+                ),
                 clock=clock or time.monotonic,
                 now=now or (lambda: datetime.now(UTC)),
             )
@@ -329,6 +349,77 @@ async def test_unknown_well_formed_token_is_401(deploy: Deploy) -> None:
     d.principal("svc", "generator")
     async with d.api() as api:
         assert refused(await api.get("/v1/models", headers=bearer(new_token().plaintext))) == INVALID
+
+
+async def test_forged_tokens_never_lock_out_a_valid_token_from_the_same_address(
+    deploy: Deploy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """21 forged, checksum-valid tokens from one address (a NAT, a proxy): past the per-address
+    limit (default 20/minute) unknown tokens are refused 429 without a database lookup, while a
+    valid token from that address still works, even one this process has never seen before."""
+    d = deploy()
+    used = d.principal("svc", "generator")
+    fresh = d.issue("svc")  # first presented only after the flood
+    lookups = Calls(d.store.get_token_by_hash)
+    monkeypatch.setattr(d.store, "get_token_by_hash", lookups)
+    nat, other = ("127.0.0.20", 5000), ("127.0.0.21", 5000)
+    async with d.api(peer=nat) as api, d.api(peer=other) as neighbour:
+        assert (await api.get("/v1/models", headers=bearer(used))).status_code == 200
+        for _ in range(20):
+            assert refused(await api.get("/v1/models", headers=bearer(new_token().plaintext))) == INVALID
+        assert lookups.count == 21
+        retry = locked_out(await api.get("/v1/models", headers=bearer(new_token().plaintext)))
+        assert 1 <= retry <= 61
+        assert lookups.count == 21, "an unknown token over the limit must not cost a lookup"
+        assert (await api.get("/v1/models", headers=bearer(used))).status_code == 200
+        assert (await api.get("/v1/models", headers=bearer(fresh))).status_code == 200
+        assert lookups.count == 22  # the fresh token's one lookup
+        locked_out(await api.get("/v1/models", headers=bearer(new_token().plaintext)))
+        # Another address is not affected at all.
+        assert refused(await neighbour.get("/v1/models", headers=bearer(new_token().plaintext))) == INVALID
+
+
+async def test_a_revoked_token_in_use_does_not_lock_out_its_neighbours(deploy: Deploy) -> None:
+    """A business system still sending a revoked token keeps getting 401; everyone else behind its
+    address keeps working with their valid tokens."""
+    d = deploy()
+    revoked = d.principal("old-batch", "generator")
+    d.other.revoke_token(d.other.list_tokens("old-batch")[0].id)
+    valid = d.principal("svc", "generator")
+    async with d.api(peer=("127.0.0.30", 5000)) as api:
+        for _ in range(25):
+            assert refused(await api.get("/v1/models", headers=bearer(revoked))) == INVALID
+        assert (await api.get("/v1/models", headers=bearer(valid))).status_code == 200
+        locked_out(await api.get("/v1/models", headers=bearer(new_token().plaintext)))
+    reasons = [e.detail.get("reason") for e in d.audit.of_type("auth.denied")]
+    assert reasons.count("revoked") == 25
+
+
+async def test_counter_storage_down_fails_basic_closed_and_bearer_open(
+    deploy: Deploy, tmp_path: Path, user_hash: str, bcrypt_calls: Calls, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With `rate_limits.storage` unreachable a password login is refused 503 before bcrypt (no
+    lockout could be enforced); a valid token still works (its counter only saves lookups)."""
+    settings = security_yaml(tmp_path, user_hash, "rate_limits:\n  storage: redis://127.0.0.1:9/0\n")
+    settings = settings.model_copy(update={"rate_limit": None})  # request rates would fail closed too
+    d = deploy(settings)
+    token = d.principal("svc", "generator")
+    async with d.api() as api:
+        resp = await api.get("/v1/models", headers=basic(USER, PASSWORD))
+        message = assert_error(resp, 503, "rate_limiter_unavailable", error_type=SERVER_ERROR)
+        assert "retry later" in message
+        assert_retry_after(resp)
+        assert bcrypt_calls.count == 0
+        assert (await api.get("/v1/models", headers=bearer(token))).status_code == 200
+        assert refused(await api.get("/v1/models", headers=bearer(new_token().plaintext))) == INVALID
+    [event] = d.audit.of_type("rate_limit.unavailable")
+    assert (event.outcome, event.code, event.principal, event.auth_method) == (
+        "failed",
+        "rate_limiter_unavailable",
+        USER,
+        "basic",
+    )
+    assert "fail open" in caplog.text
 
 
 async def test_unsupported_scheme_is_401(deploy: Deploy) -> None:
@@ -481,23 +572,58 @@ async def test_basic_success_is_cached_until_basic_cache_s(
         assert bcrypt_calls.count == 3
 
 
-async def test_per_user_failure_limit_refuses_before_bcrypt(
+async def test_wrong_passwords_lock_the_user_out_only_at_that_address(
     deploy: Deploy, tmp_path: Path, user_hash: str, bcrypt_calls: Calls
 ) -> None:
+    """Five wrong passwords from one address (default 5/minute per user and address) refuse that
+    user there, before bcrypt, for the window; the same user's password from another address
+    still works. (Before, the count was the user's alone, so any stranger could lock them out.)"""
     clock = Clock()
-    d = deploy(security_yaml(tmp_path, user_hash), clock=clock)  # default: 5/minute;20/hour
-    async with d.api() as api, d.api(peer=("127.0.0.9", 1234)) as elsewhere:
+    # No success cache: it would serve the right password from the cache before any limit.
+    d = deploy(security_yaml(tmp_path, user_hash, "  basic_cache_s: 0\n"), clock=clock)
+    attacker, office = ("127.0.0.8", 1234), ("127.0.0.9", 1234)
+    async with d.api(peer=attacker) as api, d.api(peer=office) as elsewhere:
         for _ in range(5):
             assert refused(await api.get("/v1/models", headers=basic(USER, "guess"))) == INVALID
         assert bcrypt_calls.count == 5
         retry = locked_out(await api.get("/v1/models", headers=basic(USER, "guess")))
-        assert 1 <= retry <= 61
-        # The limit is the user's, from any address, even with the right password.
-        locked_out(await elsewhere.get("/v1/models", headers=basic(USER, PASSWORD)))
+        assert 59 <= retry <= 61
+        # Even the right password is refused from that address, without running bcrypt ...
+        assert locked_out(await api.get("/v1/models", headers=basic(USER, PASSWORD))) <= retry
         assert bcrypt_calls.count == 5, "attempts over the limit must not run bcrypt"
-        clock.advance(61)
-        assert (await api.get("/v1/models", headers=basic(USER, PASSWORD))).status_code == 200
+        # ... but not from another one.
+        assert (await elsewhere.get("/v1/models", headers=basic(USER, PASSWORD))).status_code == 200
         assert bcrypt_calls.count == 6
+        clock.advance(30)
+        assert 29 <= locked_out(await api.get("/v1/models", headers=basic(USER, PASSWORD))) <= 31
+        clock.advance(31)
+        assert (await api.get("/v1/models", headers=basic(USER, PASSWORD))).status_code == 200
+        assert bcrypt_calls.count == 7
+    denied = [e for e in d.audit.of_type("auth.denied") if e.code == "too_many_failed_logins"]
+    assert {(e.client, e.principal) for e in denied} == {("127.0.0.8", USER)}
+
+
+async def test_the_users_global_budget_refuses_only_addresses_that_failed(
+    deploy: Deploy, tmp_path: Path, user_hash: str, bcrypt_calls: Calls
+) -> None:
+    """Guessing from many addresses spends the user's loose global budget; then the user is refused
+    from every address that failed, while a clean address may still log in (and is closed by its
+    own first failure)."""
+    settings = security_yaml(tmp_path, user_hash, '  failed_logins_per_user: "3/hour"\n  basic_cache_s: 0\n')
+    d = deploy(settings, clock=Clock())
+    bots = [(f"127.0.1.{i}", 4000) for i in range(1, 4)]
+    for bot in bots:
+        async with d.api(peer=bot) as api:
+            assert refused(await api.get("/v1/models", headers=basic(USER, "guess"))) == INVALID
+    async with d.api(peer=bots[0]) as api:
+        assert 3599 <= locked_out(await api.get("/v1/models", headers=basic(USER, PASSWORD))) <= 3601
+    assert bcrypt_calls.count == 3
+    async with d.api(peer=("127.0.2.1", 4000)) as clean:
+        assert (await clean.get("/v1/models", headers=basic(USER, PASSWORD))).status_code == 200
+    async with d.api(peer=("127.0.2.2", 4000)) as fresh:
+        assert refused(await fresh.get("/v1/models", headers=basic(USER, "guess"))) == INVALID
+        locked_out(await fresh.get("/v1/models", headers=basic(USER, PASSWORD)))
+    assert bcrypt_calls.count == 5
 
 
 async def test_concurrent_flood_of_wrong_passwords_stays_within_the_limit(
@@ -542,7 +668,27 @@ async def test_unknown_user_costs_one_bcrypt_like_a_known_user(
     ((_, known_hash), (_, dummy_hash)) = bcrypt_calls.args
     assert known_hash == user_hash
     assert dummy_hash != user_hash
-    assert cost_of(dummy_hash) == cost_of(user_hash)
+    # Never cheaper than what `hash_password` makes for database users, whatever the settings' cost.
+    assert cost_of(dummy_hash) == max(DEFAULT_COST, cost_of(user_hash)) == 12
+
+
+@backends
+async def test_the_dummy_hash_costs_as_much_as_the_dearest_database_hash(
+    deploy: Deploy, tmp_path: Path, user_hash: str, bcrypt_calls: Calls
+) -> None:
+    """A cost-4 settings user and a database user at `hash_password`'s cost: an unknown name is
+    checked against a dummy at least as dear as the database user's hash, and a dearer password
+    set later (by another process) raises it at the next unknown name."""
+    d = deploy(security_yaml(tmp_path, user_hash))
+    d.store.create_principal("alice", "user", roles=["generator"], password_hash=hash_password("alice's password"))
+    async with d.api() as api:
+        assert refused(await api.get("/v1/models", headers=basic("nobody", "guess"))) == INVALID
+        assert cost_of(bcrypt_calls.args[-1][1]) == DEFAULT_COST
+        d.other.set_password_hash("alice", hash_password("alice's new password", cost=DEFAULT_COST + 1))
+        assert refused(await api.get("/v1/models", headers=basic("nobody", "guess"))) == INVALID
+        assert cost_of(bcrypt_calls.args[-1][1]) == DEFAULT_COST + 1
+    assert cost_of(user_hash) == 4
+    assert d.store.max_password_cost() == DEFAULT_COST + 1
 
 
 async def test_basic_can_be_turned_off(deploy: Deploy, tmp_path: Path, user_hash: str, bcrypt_calls: Calls) -> None:

@@ -295,6 +295,24 @@ def test_malformed_tokens_are_refused(tmp_path: Path, token_hash: str, prefix: s
 
 
 @backends
+def test_max_password_cost_and_active_token_digests(store: PrincipalStore) -> None:
+    """What the auth service reads for its dummy hash and for addresses over their token limit."""
+    assert store.max_password_cost() is None
+    assert store.active_token_digests() == frozenset()
+    store.create_principal("alice", "user", password_hash="$2b$09$" + "C" * 53)
+    store.create_principal("bob", "user", password_hash=BCRYPT)  # cost 12
+    store.create_principal("carol", "user")  # no password: not counted
+    assert store.max_password_cost() == 12
+    store.set_password_hash("alice", "$2y$14$" + "C" * 53)
+    assert store.max_password_cost() == 14
+    store.create_principal("erp", "service")
+    kept = store.add_token("erp", token_hash=HASH_A, prefix="zg_a")
+    revoked = store.add_token("erp", token_hash=HASH_B, prefix="zg_b")
+    store.revoke_token(revoked.id)
+    assert store.active_token_digests() == {kept.token_hash}
+
+
+@backends
 def test_revoke_and_expiry_round_trip(store: PrincipalStore) -> None:
     store.create_principal("erp", "service")
     expires = datetime(2026, 6, 30, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=8)))

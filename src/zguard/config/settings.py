@@ -250,13 +250,17 @@ class ApiAuthSettings(_Section):
         le=86400,
         description="How long a verified Basic credential is trusted without another bcrypt check; dropped at once when the user's password, roles or state change. 0 disables the cache.",
     )
-    failed_logins_per_user: str = Field(
+    failed_logins_per_user_address: str = Field(
         "5/minute;20/hour",
-        description="Failed logins allowed per username before further attempts are refused without checking the password (429 `too_many_failed_logins`).",
+        description="Failed Basic logins allowed for one username from one client address; past it that username is refused from that address without checking the password (429 `too_many_failed_logins`). Other addresses are not affected. Counted in `rate_limits.storage`, so replicas share it.",
     )
     failed_logins_per_address: str = Field(
         "20/minute;200/hour",
-        description="Failed logins allowed per client address, counted the same way.",
+        description="Failed Basic logins allowed from one client address, whatever the username; past it the address is refused for every username. Unknown or invalid API tokens from one address are counted against the same rates separately: past them an unknown token is refused (429) without a database lookup, while a valid token still works.",
+    )
+    failed_logins_per_user: str = Field(
+        "100/hour",
+        description="Failed Basic logins allowed for one username from all addresses together (a loose budget against guessing from many addresses); past it that username is refused only from addresses that failed within `failed_logins_per_address`'s longest period, so its owner can still log in from a clean address. Keeps its name from earlier versions, where it locked the username out everywhere.",
     )
     password_min_length: int = Field(
         12,
@@ -275,7 +279,7 @@ class ApiAuthSettings(_Section):
         description="File with the server key that API tokens are hashed under (HMAC-SHA256), created mode 0600 on first use. Unset: `token.key` in `state_dir`. Replacing it invalidates every token.",
     )
 
-    @field_validator("failed_logins_per_user", "failed_logins_per_address")
+    @field_validator("failed_logins_per_user_address", "failed_logins_per_address", "failed_logins_per_user")
     @classmethod
     def _rates(cls, value: str) -> str:
         parse_rates(value)

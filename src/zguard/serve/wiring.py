@@ -26,6 +26,7 @@ from zguard.provenance.marking import ProvenanceMarker
 from zguard.security.tokens import new_token, token_digest
 from zguard.services.auth import AuthService
 from zguard.services.images import ImageService
+from zguard.services.counters import CounterStorage
 from zguard.services.prompt_policy import PolicyHolder
 from zguard.services.ratelimit import RateLimitService
 from zguard.services.readiness import Readiness
@@ -179,7 +180,14 @@ def issue_demo_token(settings: Settings, store: PrincipalStore, token_key: bytes
 
 
 def build_auth(settings: Settings, store: PrincipalStore | None, token_key: bytes, audit: AuditSink) -> AuthService:
-    return AuthService(settings.api_auth, settings.role_registry(), store=store, token_key=token_key, audit=audit)
+    return AuthService(
+        settings.api_auth,
+        settings.role_registry(),
+        store=store,
+        token_key=token_key,
+        audit=audit,
+        counters=CounterStorage.from_settings(settings.rate_limits),
+    )
 
 
 def build_runtime(

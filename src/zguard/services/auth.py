@@ -5,11 +5,45 @@ Decisions written here:
   then by their HMAC digest. Verified tokens are cached, and so are unknown digests for a minute;
   every request compares the store's `auth_version`, which grows with any disable, role change,
   password change or revocation, so such a change made by any process applies at the next request.
-- Basic credentials: failed logins are counted per username and per client address, and a
-  request over either limit is refused *before* bcrypt runs, so a flood of wrong passwords costs
-  no CPU. An unknown username is verified against a dummy hash of the same cost, so timing does
-  not reveal which names exist. A success is cached under an HMAC of the credential for
-  `api_auth.basic_cache_s`, and the cache is dropped on any `auth_version` change.
+- A stranger's failures never lock out a valid credential. Failed logins are counted in the
+  shared counter storage (`rate_limits.storage`, under `rate_limits.key_prefix`, through
+  `zguard.services.failed_logins`), so every replica sees the same counts, and every limit is
+  checked *before* bcrypt runs, so a flood of wrong passwords costs no CPU. For Basic, three
+  counters, each against an online guesser of another shape:
+  - per username *at one address* (`failed_logins_per_user_address`, tight, 5/minute;20/hour):
+    one guesser at one address gets a handful of tries, and only that pair is refused; the same
+    user from any other address is not;
+  - per address (`failed_logins_per_address`, moderate, 20/minute;200/hour): one address
+    spraying many usernames;
+  - per username from all addresses (`failed_logins_per_user`, loose, 100/hour): guessing from
+    many addresses. Once it is spent the username is refused only from addresses that failed a
+    login (any username) within the per-address counter's longest period; a clean address may
+    still try, and its first failure closes it. So nobody can lock a user's correct password out
+    of an address that has not failed, and a distributed guesser gets the budget plus one try per
+    fresh address per period, not an unlimited number.
+  A success clears no counter: failures age out of their windows, so a guesser who shares an
+  address with the user gains no fresh tries from the user's own logins.
+- Tokens cannot be guessed (≈167 secret bits), so their counter protects the database, not the
+  tokens, and never refuses a valid one. Unknown, revoked, expired or disabled tokens are
+  counted per address (`failed_logins_per_address`'s rates, a counter apart from Basic's, so a
+  token flood does not lock out passwords). A cached verified token passes without asking the
+  counter; an address over the limit still has an uncached token looked up when its digest is
+  among the store's active token digests (read at most every `ACTIVE_DIGESTS_TTL_S`, only while
+  some address is over), and any other token from it is refused (429) without a lookup. The
+  one gap: a token created since that read, first presented from an address over its limit, is
+  refused until the next read (at most `ACTIVE_DIGESTS_TTL_S`).
+- Counter storage down: Basic FAILS CLOSED with 503 `rate_limiter_unavailable` and
+  `Retry-After`, logged and audited as `rate_limit.unavailable` like request rates, because
+  unenforced lockouts hand a guesser an unlimited budget; a Basic success still cached
+  (`api_auth.basic_cache_s`) passes, as no password is tried. Bearer FAILS OPEN: the token is
+  checked as if under its limit and the failure logged, because the counter only saves database
+  lookups and refusing valid tokens while Redis is down would cost availability for no security.
+- An unknown or disabled username is verified against a dummy hash costing as much as the
+  dearest hash that can be checked: at least `DEFAULT_COST` (what `hash_password` makes), the
+  settings users', and the store's highest (`max_password_cost`, read again whenever
+  `auth_version` changes); a stored hash found dearer at verification raises it at once. So
+  timing does not reveal which names exist. A success is cached under an HMAC of the credential
+  for `api_auth.basic_cache_s`, and the cache is dropped on any `auth_version` change.
 - Every refusal has the same message whether the name, the token or the password was wrong.
 - No password, token or digest is logged or put in an audit event; a token's non-secret display
   prefix is.
@@ -26,7 +60,7 @@ import hashlib
 import hmac
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,11 +68,18 @@ from typing import Literal, TypeVar
 
 from zguard.audit import AuditEvent, AuditSink, RequestRecord, report
 from zguard.config import ApiAuthSettings, ConfigUser
-from zguard.errors import InvalidApiKey, MissingCredentials, PermissionDenied, TooManyFailedLogins
+from zguard.errors import (
+    InvalidApiKey,
+    MissingCredentials,
+    PermissionDenied,
+    RateLimiterUnavailable,
+    TooManyFailedLogins,
+)
 from zguard.security.passwords import DEFAULT_COST, cost_of, dummy_hash, verify_password
-from zguard.security.rates import Rate, parse_rates
 from zguard.security.rbac import Permission, RoleRegistry, authorize
 from zguard.security.tokens import display_prefix, looks_like_token, token_digest
+from zguard.services.counters import CounterStorage
+from zguard.services.failed_logins import LoginFailures
 from zguard.store.principals import PrincipalRecord, PrincipalStore, TokenRecord
 
 log = logging.getLogger("zguard.auth")
@@ -49,6 +90,8 @@ TOUCH_EVERY_S = 60.0  # last-used times are recorded at most this often per toke
 NEGATIVE_TTL_S = 60.0
 CACHE_MAX = 10_000
 BCRYPT_SLOTS = 2  # concurrent bcrypt verifications; the rest wait (and count against the limits)
+ACTIVE_DIGESTS_TTL_S = 60.0  # the store's active token digests are read again at most this often
+FAILED_LOGINS = "too many failed logins for this user or from this address; retry later"
 
 Method = Literal["bearer", "basic", "none"]
 V = TypeVar("V")
@@ -85,6 +128,14 @@ def _remember(cache: OrderedDict[str, V], key: str, value: V) -> None:
         cache.popitem(last=False)
 
 
+def _cost(password_hash: str) -> int:
+    """The bcrypt cost of `password_hash`; 0 for anything else (it is checked against nothing dearer)."""
+    try:
+        return cost_of(password_hash)
+    except ValueError:
+        return 0
+
+
 def _in_background(work: Callable[[], None], what: str) -> None:
     """Run bookkeeping I/O off the event loop; a failure is logged, never the request's."""
 
@@ -98,45 +149,6 @@ def _in_background(work: Callable[[], None], what: str) -> None:
         asyncio.get_running_loop().run_in_executor(None, guarded)
     except RuntimeError:  # no running loop: a synchronous caller
         guarded()
-
-
-class FailureLimiter:
-    """Counts failures per key in sliding windows (several rates at once); in-process memory.
-
-    Bounded: at most `max_keys` keys are remembered, the least recently failed forgotten first.
-    """
-
-    def __init__(self, rates: tuple[Rate, ...], clock: Callable[[], float] = time.monotonic, max_keys: int = 100_000):
-        self._rates = rates
-        self._clock = clock
-        self._horizon = max(rate.period_s for rate in rates)
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
-        self._max_keys = max_keys
-
-    def retry_after(self, key: str) -> int | None:
-        """Seconds until `key` may try again, or None when it may try now."""
-        times = self._failures.get(key)
-        if not times:
-            return None
-        now = self._clock()
-        while times and times[0] <= now - self._horizon:
-            times.popleft()
-        wait = 0.0
-        for rate in self._rates:
-            recent = [t for t in times if t > now - rate.period_s]
-            if len(recent) >= rate.limit:
-                wait = max(wait, recent[-rate.limit] + rate.period_s - now)
-        return max(1, int(wait) + 1) if wait > 0 else None
-
-    def record(self, key: str) -> None:
-        times = self._failures.pop(key, None) or deque()
-        times.append(self._clock())
-        self._failures[key] = times
-        while len(self._failures) > self._max_keys:
-            self._failures.popitem(last=False)
-
-    def clear(self, key: str) -> None:
-        self._failures.pop(key, None)
 
 
 @dataclass
@@ -156,9 +168,12 @@ class AuthService:
         store: PrincipalStore | None,
         token_key: bytes,
         audit: AuditSink,
+        counters: CounterStorage,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        """`counters` is where failed logins are counted (the request rates' storage in `serve`);
+        `clock` (monotonic) times the caches, `now` (aware UTC) token expiry."""
         self._settings = settings
         self._registry = registry
         self._store = store
@@ -167,14 +182,17 @@ class AuthService:
         self._clock = clock
         self._now = now
         self._config_users: Mapping[str, ConfigUser] = {u.username: u for u in settings.users}
-        self._user_failures = FailureLimiter(parse_rates(settings.failed_logins_per_user), clock)
-        self._address_failures = FailureLimiter(parse_rates(settings.failed_logins_per_address), clock)
+        self._failures = LoginFailures.build(settings, counters)
         self._tokens: OrderedDict[str, _CachedToken] = OrderedDict()
         self._unknown_tokens: OrderedDict[str, float] = OrderedDict()
+        self._active_digests: frozenset[str] | None = None
+        self._active_digests_at = float("-inf")
         self._basic: OrderedDict[str, tuple[Identity, float]] = OrderedDict()
         self._version: int | None = None
         self._touched: dict[int, float] = {}
-        self._dummy_cost = max((cost_of(u.password.get_secret_value()) for u in settings.users), default=DEFAULT_COST)
+        self._dummy_floor = max([DEFAULT_COST, *(_cost(u.password.get_secret_value()) for u in settings.users)])
+        self._dummy_cost = self._dummy_floor
+        self._dummy_stale = store is not None  # the store's highest cost is still to be read
         self._dummy: str | None = None
         self._bcrypt = asyncio.Semaphore(BCRYPT_SLOTS)
 
@@ -206,7 +224,7 @@ class AuthService:
                 + (" or HTTP Basic with a username and password" if self._settings.basic_enabled else "")
             )
         if scheme == "bearer":
-            return self._bearer(credential, info)
+            return await self._bearer(credential, info)
         if scheme == "basic" and self._settings.basic_enabled:
             self._refresh_caches()
             return await self._basic_auth(credential, info)
@@ -240,20 +258,25 @@ class AuthService:
 
     # --- bearer ---------------------------------------------------------------------------
 
-    def _bearer(self, token: str, info: RequestInfo) -> Identity:
+    async def _bearer(self, token: str, info: RequestInfo) -> Identity:
         if not looks_like_token(token):
             self._deny("invalid_api_key", info, method="bearer", reason="malformed")
             raise InvalidApiKey(
                 "the API key is malformed: zguard keys start with zg_ and end in a checksum; check it was copied whole"
             )
         prefix = display_prefix(token)
-        if (retry := self._address_failures.retry_after(info.client)) is not None:
-            self._deny("too_many_failed_logins", info, method="bearer", token=prefix)
-            raise TooManyFailedLogins("too many failed attempts from this address; retry later", retry_after=retry)
-        self._refresh_caches()  # the first database work, only for a well-formed token
         digest = token_digest(token, self._key)
+        if digest not in self._tokens:
+            if self._recently_unknown(digest):  # costs no database work, so nothing to count
+                self._deny("invalid_api_key", info, method="bearer", token=prefix, reason="unknown")
+                raise InvalidApiKey(INVALID)
+            retry = await self._failures.token_retry_after(info.client)
+            if retry is not None and not self._maybe_active(digest):
+                self._deny("too_many_failed_logins", info, method="bearer", token=prefix)
+                raise TooManyFailedLogins("too many failed attempts from this address; retry later", retry_after=retry)
+        self._refresh_caches()  # the first database work, only for a well-formed token
         cached = self._tokens.get(digest)
-        if cached is None and not self._recently_unknown(digest):
+        if cached is None:
             record = self._store.get_token_by_hash(digest) if self._store is not None else None
             if record is None:
                 self._remember_unknown(digest)
@@ -262,11 +285,23 @@ class AuthService:
                 _remember(self._tokens, digest, cached)
         problem = "unknown" if cached is None else self._token_problem(cached.record)
         if cached is None or problem:
-            self._address_failures.record(info.client)
+            await self._failures.record_token(info.client)
             self._deny("invalid_api_key", info, method="bearer", token=prefix, reason=problem)
             raise InvalidApiKey(INVALID)
         self._touch(cached.record)
         return cached.identity
+
+    def _maybe_active(self, digest: str) -> bool:
+        """Whether `digest` is among the store's active token digests (read again, at most every
+        `ACTIVE_DIGESTS_TTL_S`, when it is not)."""
+        if self._store is None:
+            return False
+        now = self._clock()
+        stale = now - self._active_digests_at >= ACTIVE_DIGESTS_TTL_S
+        if self._active_digests is None or (digest not in self._active_digests and stale):
+            self._active_digests = self._store.active_token_digests()
+            self._active_digests_at = now
+        return digest in self._active_digests
 
     def _token_identity(self, record: TokenRecord) -> Identity:
         principal = record.principal
@@ -324,22 +359,22 @@ class AuthService:
         cached = self._basic.get(cache_key)
         if cached is not None and self._clock() < cached[1]:
             return cached[0]
-        user_key = "user:" + username.casefold()
-        self._refuse_over_limits(user_key, username, info)
+        user = username.casefold()
+        await self._refuse_over_limits(user, username, info)
         identity, password_hash = self._basic_candidate(username)
+        waited = self._bcrypt.locked()
         async with self._bcrypt:
-            # Again: the attempts this one queued behind may have used up the limit meanwhile.
-            self._refuse_over_limits(user_key, username, info)
-            if password_hash is None:
-                password_hash = await self._dummy_hash()
+            if waited:  # the attempts this one queued behind may have used up a limit meanwhile
+                await self._refuse_over_limits(user, username, info)
+            password_hash = await self._hash_to_check(password_hash)
             matched = await asyncio.to_thread(verify_password, password, password_hash)
-        if identity is None or not matched:
-            self._user_failures.record(user_key)
-            self._address_failures.record(info.client)
+            failed = identity is None or not matched
+            if failed:  # counted before the slot is freed, so the next attempt in line sees it
+                await self._count_basic_failure(user, username, info)
+        if identity is None or failed:
             reason = "unknown or disabled user" if identity is None else "wrong password"
             self._deny("invalid_api_key", info, method="basic", principal=username, reason=reason)
             raise InvalidApiKey(INVALID)
-        self._user_failures.clear(user_key)
         if self._settings.basic_cache_s > 0:
             _remember(self._basic, cache_key, (identity, self._clock() + self._settings.basic_cache_s))
         if identity.principal_id is not None and self._store is not None:
@@ -347,13 +382,46 @@ class AuthService:
             _in_background(lambda: store.touch_principal(principal_id), f"the last login of {identity.name}")
         return identity
 
-    def _refuse_over_limits(self, user_key: str, username: str, info: RequestInfo) -> None:
-        for limiter, key in ((self._user_failures, user_key), (self._address_failures, info.client)):
-            if (retry := limiter.retry_after(key)) is not None:
-                self._deny("too_many_failed_logins", info, method="basic", principal=username)
-                raise TooManyFailedLogins(
-                    "too many failed logins for this user or from this address; retry later", retry_after=retry
-                )
+    async def _refuse_over_limits(self, user: str, username: str, info: RequestInfo) -> None:
+        """Raise TooManyFailedLogins when a limit refuses this (user, address); see the module doc."""
+        try:
+            retry = await self._failures.basic_retry_after(user, info.client)
+        except RateLimiterUnavailable as error:
+            raise self._counters_unavailable(error, username, info) from None
+        if retry is not None:
+            self._deny("too_many_failed_logins", info, method="basic", principal=username)
+            raise TooManyFailedLogins(FAILED_LOGINS, retry_after=retry)
+
+    async def _count_basic_failure(self, user: str, username: str, info: RequestInfo) -> None:
+        try:
+            await self._failures.record_basic(user, info.client)
+        except RateLimiterUnavailable as error:
+            raise self._counters_unavailable(error, username, info) from None
+
+    def _counters_unavailable(
+        self, error: RateLimiterUnavailable, username: str, info: RequestInfo
+    ) -> RateLimiterUnavailable:
+        """Basic fails closed when failed logins cannot be counted: log and audit it, like request rates."""
+        log.error(
+            "failed-login counter unavailable; refusing password logins until it answers (fail closed): %s",
+            error.detail,
+        )
+        report(
+            self._audit,
+            info.record,
+            AuditEvent(
+                type="rate_limit.unavailable",
+                outcome="failed",
+                code=error.code,
+                request_id=info.request_id,
+                listener=info.listener,
+                client=info.client,
+                principal=username,
+                auth_method="basic",
+                detail={"error": error.detail, "counter": "failed_logins"},
+            ),
+        )
+        return error
 
     def _basic_candidate(self, username: str) -> tuple[Identity | None, str | None]:
         """The identity and hash to check for `username`; (None, None) when there is none."""
@@ -369,8 +437,16 @@ class AuthService:
         )
         return identity, record.password_hash
 
-    async def _dummy_hash(self) -> str:
-        if self._dummy is None:
+    async def _hash_to_check(self, password_hash: str | None) -> str:
+        """`password_hash`, or for no candidate the dummy at the dearest cost that can be checked."""
+        if password_hash is not None:
+            # A stored hash dearer than the dummy (one made after the last read): the next dummy matches it.
+            self._dummy_cost = max(self._dummy_cost, _cost(password_hash))
+            return password_hash
+        if self._dummy_stale and self._store is not None:
+            self._dummy_cost = max(self._dummy_floor, self._store.max_password_cost() or 0)
+            self._dummy_stale = False
+        if self._dummy is None or _cost(self._dummy) != self._dummy_cost:
             self._dummy = await asyncio.to_thread(dummy_hash, self._dummy_cost)
         return self._dummy
 
@@ -384,6 +460,7 @@ class AuthService:
         if version != self._version:
             self._tokens.clear()
             self._basic.clear()
+            self._dummy_stale = True  # a password may have changed, and with it the dearest cost
             self._version = version
 
     def _deny(

@@ -35,7 +35,8 @@ Decisions written here:
   `rate_limiter_unavailable` and `Retry-After`, logged and emitted as a `rate_limit.unavailable`
   audit event. For a bank an unenforced limit is a silent policy gap; the price is availability
   while Redis is down, so run it replicated. Its connect and read timeouts are short
-  (`REDIS_TIMEOUT_S`) so a dead Redis is not a slow one too.
+  (`zguard.services.counters.REDIS_TIMEOUT_S`) so a dead Redis is not a slow one too; that
+  storage plumbing is shared with the failed-login counters.
 - The in-flight cap is per process, in memory: with N replicas a principal may run N × the cap
   at once. Counting it in Redis would leak slots whenever a process dies mid-generation, and
   each process's admission queue already bounds its own GPU work.
@@ -45,35 +46,27 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from limits import RateLimitItem, parse
-from limits.aio.strategies import MovingWindowRateLimiter, RateLimiter, SlidingWindowCounterRateLimiter
-from limits.errors import StorageError
-from limits.storage import storage_from_string
+from limits import RateLimitItem
 
 from zguard.audit import AuditEvent, AuditSink, DetailValue, Outcome, report
 from zguard.config import RateLimitSettings, Settings
 from zguard.errors import RateLimiterUnavailable, RateLimitExceeded, TooManyConcurrentRequests
-from zguard.security.rates import Rate, limits_notation, parse_rates
+from zguard.security.rates import Rate, parse_rates
 from zguard.services.auth import Identity, RequestInfo
+from zguard.services.counters import UNAVAILABLE_RETRY_AFTER_S, CounterStorage
+from zguard.services.counters import seconds_until as _seconds_until
 
 log = logging.getLogger("zguard.ratelimit")
 
-REDIS_TIMEOUT_S = 2.0
-UNAVAILABLE_RETRY_AFTER_S = 5  # what a client is told to wait while the storage is down
 CONCURRENCY_RETRY_AFTER_S = 2  # a generation takes seconds; poll no faster than this
 BLOCKED_RECHECK_S = 1.0  # a remembered refusal is checked against the storage again after this
 BLOCKED_MAX = 10_000  # principals remembered as over their limit; the least recently refused go first
-_STRATEGIES: Mapping[str, Callable[..., RateLimiter]] = {
-    "moving-window": MovingWindowRateLimiter,
-    "sliding-window-counter": SlidingWindowCounterRateLimiter,
-}
 _UNITS = ((86400, "day"), (3600, "hour"), (60, "minute"), (1, "second"))
 
 
@@ -115,11 +108,6 @@ class RatePolicy:
         for role in sorted(roles):
             rates.extend(self._per_role.get(role, ()))
         return _strictest(rates)
-
-
-def _seconds_until(reset_time: float, now: float) -> int:
-    """Whole seconds until strictly after `reset_time`: the library still refuses at the instant itself."""
-    return math.floor(reset_time - now) + 1 if reset_time > now else 0
 
 
 def _strictest(rates: Iterable[Rate]) -> tuple[Rate, ...]:
@@ -178,26 +166,14 @@ class RateLimitService:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._policy = policy
-        scheme = storage.partition("://")[0]
-        options: dict[str, float | str | bool] = {"wrap_exceptions": True}
-        if scheme != "memory":
-            options.update(
-                implementation="redispy", socket_connect_timeout=REDIS_TIMEOUT_S, socket_timeout=REDIS_TIMEOUT_S
-            )
-        self._storage = storage_from_string("async+" + storage, **options)
-        self._limiter = _STRATEGIES[strategy](self._storage)
-        base = self._storage.base_exceptions
-        self._storage_errors: tuple[type[BaseException], ...] = (
-            StorageError,
-            OSError,
-            TimeoutError,
-            *(base if isinstance(base, tuple) else (base,)),
-        )
+        self._counters = CounterStorage(storage, strategy=strategy, key_prefix=key_prefix, clock=clock)
+        self._storage = self._counters.storage
+        self._limiter = self._counters.limiter
+        self._storage_errors = self._counters.errors
         self._prefix = key_prefix
         self._max_concurrent = max_concurrent
         self._audit = audit
         self._clock = clock  # wall time: the library's reset times are epoch seconds
-        self._items: dict[Rate, RateLimitItem] = {}
         self._in_flight: dict[str, int] = {}
         self._blocked: OrderedDict[tuple[str, tuple[Rate, ...]], _Blocked] = OrderedDict()
 
@@ -289,10 +265,7 @@ class RateLimitService:
             self._blocked.popitem(last=False)
 
     def _item(self, rate: Rate) -> RateLimitItem:
-        item = self._items.get(rate)
-        if item is None:
-            item = self._items[rate] = parse(limits_notation(rate))
-        return item
+        return self._counters.item(rate)
 
     def _exceeded(self, identity: Identity, info: RequestInfo, state: RateLimitState) -> RateLimitExceeded:
         wait = max(1, state.reset_s)
@@ -314,8 +287,7 @@ class RateLimitService:
         return error
 
     def _unavailable(self, identity: Identity, info: RequestInfo, exc: BaseException) -> RateLimiterUnavailable:
-        cause = exc.storage_error if isinstance(exc, StorageError) else exc
-        reason = f"{type(cause).__name__}: {cause}"[:200]
+        reason = CounterStorage.reason(exc)
         log.error("rate limit storage failed; refusing requests until it answers (fail closed): %s", reason)
         self._emit(
             "rate_limit.unavailable",

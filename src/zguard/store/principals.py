@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, cast, overload
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -187,6 +187,16 @@ class PrincipalStore:
         with self._sessions() as session:
             return [_principal_record(p) for p in session.scalars(query)]
 
+    def max_password_cost(self) -> int | None:
+        """The highest bcrypt cost among stored password hashes; None when no principal has one.
+
+        Read from the hash text (``$2b$12$...``: characters 5 and 6, zero-padded, so the string
+        maximum is the numeric one) in one aggregate query, for the dummy hash of unknown users.
+        """
+        with self._sessions() as session:
+            value = session.scalar(select(func.max(func.substr(PrincipalRow.password_hash, 5, 2))))
+        return int(value) if isinstance(value, str) and value.isdigit() else None
+
     def disable_principal(self, name: str) -> PrincipalRecord:
         return self._change(name, lambda p, _s: setattr(p, "enabled", False))
 
@@ -292,6 +302,11 @@ class PrincipalStore:
         with self._sessions() as session:
             token = session.scalars(select(ApiToken).where(ApiToken.token_hash == token_hash)).one_or_none()
             return None if token is None else _token_record(token)
+
+    def active_token_digests(self) -> frozenset[str]:
+        """The digest of every token not revoked (expired ones included), in one query."""
+        with self._sessions() as session:
+            return frozenset(session.scalars(select(ApiToken.token_hash).where(ApiToken.revoked_at.is_(None))))
 
     def get_token(self, token_id: int) -> TokenRecord | None:
         with self._sessions() as session:
