@@ -326,7 +326,7 @@ class TooManyRequests(ZguardError):
 
 class TooManyFailedLogins(TooManyRequests):
     code = "too_many_failed_logins"
-    fix = "fix the password in the client and wait out the lockout; limits: api_auth.failed_logins_per_user / api_auth.failed_logins_per_address"
+    fix = "fix the password in the client and wait out the lockout, which holds only at the address that failed; limits: api_auth.failed_logins_per_user_address, api_auth.failed_logins_per_address, api_auth.failed_logins_per_user"
 
 
 class RateLimitExceeded(TooManyRequests):
