@@ -86,7 +86,7 @@ def assert_rate_limited(resp: httpx.Response, *, limit: int, console: bool = Fal
 
 async def test_third_request_of_two_per_minute_is_429_with_headers(tmp_path: Path) -> None:
     async with deployed(settings_for(tmp_path, rate_limit="2/minute")) as (api, _, _, audit):
-        first = await api.get("/v1/models")
+        first = await api.post(GENERATIONS, json=BODY)
         second = await api.post(GENERATIONS, json=BODY)
         assert (first.status_code, second.status_code) == (200, 200), second.text
         assert "retry-after" not in first.headers
@@ -96,7 +96,7 @@ async def test_third_request_of_two_per_minute_is_429_with_headers(tmp_path: Pat
         limit, remaining, reset = rate_headers(second)
         assert (limit, remaining) == (2, 0)
         assert 1 <= reset <= 61
-        third = await api.get("/v1/models")
+        third = await api.post(GENERATIONS, json=BODY)
         retry = assert_rate_limited(third, limit=2)
         assert 1 <= retry <= 61
         assert_rate_limited(await api.post(GENERATIONS, json=BODY), limit=2)
@@ -108,9 +108,9 @@ async def test_third_request_of_two_per_minute_is_429_with_headers(tmp_path: Pat
 async def test_guides_chinese_units_and_several_rates(tmp_path: Path) -> None:
     settings = settings_for(tmp_path, rate_limit="100/小时;1/分钟;1000/天")
     async with deployed(settings) as (api, _, _, _):
-        ok = await api.get("/v1/models")
+        ok = await api.post(GENERATIONS, json=BODY)
         assert rate_headers(ok)[:2] == (1, 0)  # the tightest rate is the one reported
-        assert_rate_limited(await api.get("/v1/models"), limit=1)
+        assert_rate_limited(await api.post(GENERATIONS, json=BODY), limit=1)
 
 
 async def test_public_routes_are_not_rate_limited(tmp_path: Path) -> None:
@@ -120,7 +120,7 @@ async def test_public_routes_are_not_rate_limited(tmp_path: Path) -> None:
                 resp = await api.get(path)
                 assert resp.status_code == 200
                 assert "ratelimit-limit" not in resp.headers
-        assert (await api.get("/v1/models")).status_code == 200  # the health checks counted nothing
+        assert (await api.post(GENERATIONS, json=BODY)).status_code == 200  # the health checks counted nothing
 
 
 async def test_errors_after_the_count_carry_the_headers_too(tmp_path: Path) -> None:
@@ -130,19 +130,35 @@ async def test_errors_after_the_count_carry_the_headers_too(tmp_path: Path) -> N
         assert rate_headers(bad)[:2] == (3, 2)
 
 
-async def test_console_routes_share_the_principals_counters(tmp_path: Path) -> None:
-    async with deployed(settings_for(tmp_path, rate_limit="2/minute")) as (api, console, _, _):
-        status = await console.get("/api/status")
+async def test_reads_and_scrapes_have_a_budget_of_their_own(tmp_path: Path) -> None:
+    # a /metrics scrape faster than every 6 s used to break generation under the guide's 10/分钟
+    settings = settings_for(tmp_path, rate_limit="1/minute", rate_limits={"other_routes": "3/minute"})
+    async with deployed(settings) as (api, console, _, _):
+        assert (await api.post(GENERATIONS, json=BODY)).status_code == 200
+        assert_rate_limited(await api.post(GENERATIONS, json=BODY), limit=1)
+        status = await console.get("/api/status")  # generation's budget is spent; reads are not
         assert status.status_code == 200
-        assert rate_headers(status)[:2] == (2, 1)
+        assert rate_headers(status)[:2] == (3, 2)
+        assert (await console.get("/metrics")).status_code == 200
         assert (await api.get("/v1/models")).status_code == 200
-        assert_rate_limited(await console.get("/api/status"), limit=2, console=True)
+        assert_rate_limited(await console.get("/api/status"), limit=3, console=True)
+        assert_rate_limited(await api.get("/v1/models"), limit=3)
+
+
+async def test_reads_never_spend_the_generation_budget(tmp_path: Path) -> None:
+    async with deployed(settings_for(tmp_path, rate_limit="2/minute")) as (api, console, _, _):
+        for _ in range(10):
+            assert (await console.get("/metrics")).status_code == 200
+            assert (await api.get("/v1/models")).status_code == 200
+        first = await api.post(GENERATIONS, json=BODY)
+        assert first.status_code == 200
+        assert rate_headers(first)[:2] == (2, 1)
 
 
 async def test_without_any_rate_no_headers_are_sent(tmp_path: Path) -> None:
     async with deployed(settings_for(tmp_path)) as (api, _, _, _):
         for _ in range(5):
-            resp = await api.get("/v1/models")
+            resp = await api.post(GENERATIONS, json=BODY)
             assert resp.status_code == 200
             assert "ratelimit-limit" not in resp.headers
 
@@ -159,17 +175,17 @@ async def test_principals_have_separate_counters_and_overrides(tmp_path: Path) -
         rate_limits={"per_principal": {"batch": "3/minute"}},
     )
     async with deployed(settings) as (api, _, _, _):
-        assert (await api.get("/v1/models", headers=basic("alice"))).status_code == 200
-        assert_rate_limited(await api.get("/v1/models", headers=basic("alice")), limit=1)
-        bob = await api.get("/v1/models", headers=basic("bob"))
+        assert (await api.post(GENERATIONS, json=BODY, headers=basic("alice"))).status_code == 200
+        assert_rate_limited(await api.post(GENERATIONS, json=BODY, headers=basic("alice")), limit=1)
+        bob = await api.post(GENERATIONS, json=BODY, headers=basic("bob"))
         assert bob.status_code == 200
         assert rate_headers(bob)[:2] == (1, 0)
         for remaining in (2, 1, 0):
-            resp = await api.get("/v1/models", headers=basic("batch"))
+            resp = await api.post(GENERATIONS, json=BODY, headers=basic("batch"))
             assert rate_headers(resp)[:2] == (3, remaining)
-        assert_rate_limited(await api.get("/v1/models", headers=basic("batch")), limit=3)
+        assert_rate_limited(await api.post(GENERATIONS, json=BODY, headers=basic("batch")), limit=3)
         # Authentication comes first: no credentials is 401, never a rate decision.
-        assert_error(await api.get("/v1/models"), 401, "missing_credentials", error_type="authentication_error")
+        assert_error(await api.post(GENERATIONS, json=BODY), 401, "missing_credentials", error_type="authentication_error")
 
 
 async def test_role_rates_apply_to_holders_of_the_role(tmp_path: Path) -> None:
@@ -182,12 +198,12 @@ async def test_role_rates_apply_to_holders_of_the_role(tmp_path: Path) -> None:
         tmp_path, api_auth={"enabled": True, "users": users}, rate_limits={"per_role": {"generator": "1/minute"}}
     )
     async with deployed(settings) as (api, _, _, _):
-        assert (await api.get("/v1/models", headers=basic("gen"))).status_code == 200
-        assert_rate_limited(await api.get("/v1/models", headers=basic("gen")), limit=1)
+        assert (await api.post(GENERATIONS, json=BODY, headers=basic("gen"))).status_code == 200
+        assert_rate_limited(await api.post(GENERATIONS, json=BODY, headers=basic("gen")), limit=1)
         for _ in range(3):
             resp = await api.get("/v1/models", headers=basic("view"))
             assert resp.status_code == 200
-            assert "ratelimit-limit" not in resp.headers
+            assert rate_headers(resp)[0] == 600  # rate_limits.other_routes, not the generator's
 
 
 async def test_in_flight_cap_is_429_too_many_concurrent_requests(tmp_path: Path) -> None:
@@ -233,7 +249,7 @@ async def test_redis_down_fails_closed_with_503(tmp_path: Path, caplog: pytest.L
     )  # nothing listens on port 1
     with caplog.at_level(logging.INFO):
         async with deployed(settings) as (api, console, _, audit):
-            resp = await api.get("/v1/models")
+            resp = await api.post(GENERATIONS, json=BODY)
             message = assert_error(resp, 503, "rate_limiter_unavailable")
             assert assert_retry_after(resp) == 5
             assert "ratelimit-limit" not in resp.headers
@@ -256,7 +272,7 @@ async def test_redis_down_is_one_failed_request_event_naming_the_decision(tmp_pa
     runtime.services.readiness.set(ModelState.READY)
     try:
         async with api_client(settings, runtime) as api:
-            assert_error(await api.get("/v1/models"), 503, "rate_limiter_unavailable")
+            assert_error(await api.post(GENERATIONS, json=BODY), 503, "rate_limiter_unavailable")
     finally:
         assert runtime.worker.stop(timeout=5)
     audit = runtime.services.audit

@@ -32,7 +32,7 @@ def test_the_limit_holds_across_two_processes(tmp_path: Path, demo_model_dir: Pa
             "ZGUARD_RATE_LIMITS__STORAGE": redis_url(),
             "ZGUARD_RATE_LIMITS__KEY_PREFIX": prefix,
             "ZGUARD_RATE_LIMITS__STRATEGY": strategy,
-            "ZGUARD_RATE_LIMIT": "3/minute",
+            "ZGUARD_RATE_LIMITS__OTHER_ROUTES": "3/minute",  # /v1/models is in the "other" budget
             "ZGUARD_MODEL__PATH": str(demo_model_dir),
             "ZGUARD_MODEL__WARMUP": "false",
         }

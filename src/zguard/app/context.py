@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from zguard.security.rbac import Permission
     from zguard.services.auth import Identity, RequestInfo
     from zguard.services.images import GeneratedImages, GenerationPlan, ImageRequest
-    from zguard.services.ratelimit import RateLimitState
+    from zguard.services.ratelimit import Bucket, RateLimitState
 
 
 class ImageGeneration(Protocol):
@@ -60,7 +60,9 @@ class Authenticator(Protocol):
 class RateLimiter(Protocol):
     """Rates and in-flight caps per principal (zguard.services.ratelimit.RateLimitService)."""
 
-    async def check(self, identity: Identity, info: RequestInfo) -> RateLimitState | None: ...
+    async def check(
+        self, identity: Identity, info: RequestInfo, *, bucket: Bucket = "generation"
+    ) -> RateLimitState | None: ...
 
     def concurrency(self, identity: Identity, info: RequestInfo) -> AbstractAsyncContextManager[None]: ...
 

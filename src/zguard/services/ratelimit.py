@@ -37,6 +37,12 @@ Decisions written here:
   while Redis is down, so run it replicated. Its connect and read timeouts are short
   (`zguard.services.counters.REDIS_TIMEOUT_S`) so a dead Redis is not a slow one too; that
   storage plumbing is shared with the failed-login counters.
+- Two budgets per principal: image generation spends the configured rates (`rate_limit`,
+  `rate_limits.per_role`, `per_principal`); every other route that needs a permission (model
+  list, audit reads, trace, console pages, `/metrics`) spends `rate_limits.other_routes`
+  (600/minute), counted under keys of its own. A Prometheus scrape every few seconds must not
+  use up the guide's `10/分钟` and break generation, and a generation flood must not lock an
+  auditor out of the trail.
 - The in-flight cap is per process, in memory: with N replicas a principal may run N × the cap
   at once. Counting it in Redis would leak slots whenever a process dies mid-generation, and
   each process's admission queue already bounds its own GPU work.
@@ -50,6 +56,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 from urllib.parse import quote
 
 from limits import RateLimitItem
@@ -63,6 +70,8 @@ from zguard.services.counters import UNAVAILABLE_RETRY_AFTER_S, CounterStorage
 from zguard.services.counters import seconds_until as _seconds_until
 
 log = logging.getLogger("zguard.ratelimit")
+
+Bucket = Literal["generation", "other"]  # which of a principal's rate budgets a route spends
 
 CONCURRENCY_RETRY_AFTER_S = 2  # a generation takes seconds; poll no faster than this
 BLOCKED_RECHECK_S = 1.0  # a remembered refusal is checked against the storage again after this
@@ -162,10 +171,13 @@ class RateLimitService:
         strategy: str = "moving-window",
         key_prefix: str = "zguard",
         max_concurrent: int = 2,
+        other_routes: Iterable[Rate] = (),
         audit: AuditSink,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """`other_routes`: the rates of the "other" bucket (every route but generation)."""
         self._policy = policy
+        self._other_rates = _strictest(other_routes)
         self._counters = CounterStorage(storage, strategy=strategy, key_prefix=key_prefix, clock=clock)
         self._storage = self._counters.storage
         self._limiter = self._counters.limiter
@@ -175,7 +187,7 @@ class RateLimitService:
         self._audit = audit
         self._clock = clock  # wall time: the library's reset times are epoch seconds
         self._in_flight: dict[str, int] = {}
-        self._blocked: OrderedDict[tuple[str, tuple[Rate, ...]], _Blocked] = OrderedDict()
+        self._blocked: OrderedDict[tuple[str, str, tuple[Rate, ...]], _Blocked] = OrderedDict()
 
     @property
     def audit(self) -> AuditSink:
@@ -190,6 +202,7 @@ class RateLimitService:
             strategy=section.strategy,
             key_prefix=section.key_prefix,
             max_concurrent=section.max_concurrent_per_principal,
+            other_routes=parse_rates(section.other_routes),
             audit=audit,
         )
 
@@ -199,22 +212,27 @@ class RateLimitService:
 
     # --- rates ----------------------------------------------------------------------------
 
-    async def check(self, identity: Identity, info: RequestInfo) -> RateLimitState | None:
-        """Count one request; its state for the headers, or None when no rate applies.
+    async def check(
+        self, identity: Identity, info: RequestInfo, *, bucket: Bucket = "generation"
+    ) -> RateLimitState | None:
+        """Count one request in `bucket`; its state for the headers, or None when no rate applies.
 
+        "generation" spends the principal's configured rates; "other" (every other route) the
+        `rate_limits.other_routes` rates, counted under keys of their own.
         Raises RateLimitExceeded (nothing counted) or RateLimiterUnavailable (storage failed).
         """
-        rates = self._policy.rates_for(identity.name, identity.roles)
+        rates = self._policy.rates_for(identity.name, identity.roles) if bucket == "generation" else self._other_rates
         if not rates:
             return None
-        remembered = (identity.name, rates)
+        remembered = (bucket, identity.name, rates)
         blocked = self._blocked.get(remembered)
         if blocked is not None:
             now = self._clock()
             if now < blocked.until:
                 raise self._exceeded(identity, info, blocked.refusal(now))
             del self._blocked[remembered]
-        key = (self._prefix, quote(identity.name, safe=""))
+        name = quote(identity.name, safe="")
+        key = (self._prefix, name) if bucket == "generation" else (self._prefix, "other", name)
         items = [self._item(rate) for rate in rates]
         try:
             refused: list[Rate] = []
@@ -253,7 +271,7 @@ class RateLimitService:
         return min(states.values(), key=lambda s: (s.remaining, -s.reset_s))
 
     def _remember_blocked(
-        self, remembered: tuple[str, tuple[Rate, ...]], exhausted: tuple[tuple[Rate, float], ...], now: float
+        self, remembered: tuple[str, str, tuple[Rate, ...]], exhausted: tuple[tuple[Rate, float], ...], now: float
     ) -> None:
         reset_time = max(reset for _, reset in exhausted)
         if reset_time <= now:  # the library still refuses at the instant itself; nothing to skip

@@ -34,6 +34,7 @@ from zguard.app.middleware.rate_limit_headers import STATE_KEY as RATE_LIMIT_STA
 from zguard.errors import ZguardError
 from zguard.security.rbac import Permission
 from zguard.services.auth import RequestInfo
+from zguard.services.ratelimit import Bucket
 
 AUTHENTICATE_ONLY = object()  # no route matched: who is calling must be known before a 404/405
 
@@ -94,7 +95,10 @@ class AccessControl:
             )
             if isinstance(permission, Permission):
                 self.auth.authorize(identity, permission, info)
-            state[RATE_LIMIT_STATE] = await self.rate_limits.check(identity, info)
+            # Generation spends the principal's configured rates; reads, /metrics scrapes and
+            # console pages their own, larger budget, so they never crowd out generation.
+            bucket: Bucket = "generation" if permission is Permission.IMAGES_GENERATE else "other"
+            state[RATE_LIMIT_STATE] = await self.rate_limits.check(identity, info, bucket=bucket)
         except ZguardError as error:
             await error_response(error)(scope, receive, send)
             return
