@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.common.engines import GatedEngine
-from tests.common.factories import api_client, build_test_runtime, make_settings
+from tests.common.factories import api_client, build_test_runtime, console_client, make_settings, ready_runtime
 from zguard.serve.lifecycle import load_and_warm_up
 from zguard.services.readiness import ModelState
 
@@ -57,3 +57,27 @@ async def test_failed_load_reports_failed(tmp_path: Path) -> None:
     runtime.worker.stop(timeout=5)
     assert (failed.status_code, failed.json()) == (503, {"status": "failed"})
     assert refused.json()["error"]["code"] == "model_not_ready"
+
+
+@pytest.mark.parametrize(
+    ("storage", "status"), [("redis://127.0.0.1:9/0", 503), ("memory://", 200), ("redis://127.0.0.1:6379/0", 200)]
+)
+async def test_readyz_is_503_while_the_rate_limit_storage_is_down(tmp_path: Path, storage: str, status: int) -> None:
+    # with Redis down every permissioned request is 503, yet /readyz said ready
+    settings = make_settings(tmp_path / "state", rate_limits={"storage": storage})
+    runtime = ready_runtime(settings, GatedEngine())
+    try:
+        async with api_client(settings, runtime) as api, console_client(settings, runtime) as console:
+            ready = await api.get("/readyz")
+            detail = await console.get("/readyz/detail")
+    finally:
+        runtime.worker.stop(timeout=5)
+    assert ready.status_code == status, ready.text
+    assert detail.status_code == status, detail.text
+    if status == 503:
+        assert ready.json() == {"status": "unavailable", "model": "ready", "unavailable": ["rate_limits.storage"]}
+        # the detail route needs a permission, so it is refused like every other (fail closed)
+        assert detail.json()["error"]["code"] == "rate_limiter_unavailable"
+    else:
+        assert ready.json() == {"status": "ready"}
+        assert detail.json()["unavailable"] == []

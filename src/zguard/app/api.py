@@ -223,12 +223,14 @@ def create_api_app(settings: Settings, services: Services) -> FastAPI:
 
     @app.get(
         "/readyz",
-        summary="Readiness: the model is loaded and warmed up",
-        responses={503: {"description": "Not ready"}},
+        summary="Readiness: the model is loaded and warmed up, and the fail-closed dependencies answer",
+        responses={503: {"description": "Not ready, or a dependency every request needs is down"}},
         dependencies=[PUBLIC],
     )
     async def readyz() -> JSONResponse:
         state = services.readiness.state.value
+        if down := await services.readiness.unavailable():  # e.g. Redis: every request would be 503
+            return JSONResponse({"status": "unavailable", "model": state, "unavailable": down}, status_code=503)
         return JSONResponse({"status": state}, status_code=200 if services.readiness.ready else 503)
 
     return app

@@ -53,9 +53,10 @@ def create_console_app(settings: Settings, services: Services) -> FastAPI:
     async def readiness_detail() -> JSONResponse:
         """Readiness with the audit trail's state: head, checkpoint, syslog forwarding lag."""
         audit = await asyncio.to_thread(services.audit_health.snapshot)
+        down = await services.readiness.unavailable()
         return JSONResponse(
-            {"status": services.readiness.state.value, "model": _status(services), "audit": audit},
-            status_code=200 if services.readiness.ready else 503,
+            {"status": services.readiness.state.value, "model": _status(services), "audit": audit, "unavailable": down},
+            status_code=200 if services.readiness.ready and not down else 503,
         )
 
     @app.get("/", response_class=HTMLResponse, dependencies=[requires(Permission.SYSTEM_READ)])

@@ -209,7 +209,10 @@ def build_runtime(
     `audit_health`: no trail to report on (`zguard docs`)."""
     worker = WorkerThread()
     admission = AdmissionQueue(settings.generation.max_queue, worker)
+    rate_limits = rate_limits or RateLimitService.from_settings(settings, audit)
     readiness = Readiness()
+    if rate_limits.counters.shared:  # every permissioned request fails closed without it
+        readiness.probes["rate_limits.storage"] = rate_limits.counters.reachable
     policy = policy or PolicyHolder.from_settings(settings)
     images = ImageService(
         settings.generation,
@@ -229,7 +232,7 @@ def build_runtime(
         audit=audit,
         readiness=readiness,
         started_at=int(time.time()),
-        rate_limits=rate_limits or RateLimitService.from_settings(settings, audit),
+        rate_limits=rate_limits,
         prompts=prompts,
         audit_health=audit_health or AuditHealth(),
         policy=policy,

@@ -55,6 +55,18 @@ class CounterStorage:
     `clock` is wall time (epoch seconds), the library's: its reset times are compared with it.
     """
 
+    @property
+    def shared(self) -> bool:
+        """Whether the counters live outside this process (Redis), where they can be down."""
+        return self._scheme != "memory"
+
+    async def reachable(self) -> bool:
+        """Whether the storage answers now (Redis PING); memory always does."""
+        try:
+            return bool(await self.storage.check())
+        except self.errors:
+            return False
+
     def __init__(
         self,
         storage: str = "memory://",
@@ -64,6 +76,7 @@ class CounterStorage:
         clock: Callable[[], float] = time.time,
     ) -> None:
         scheme = storage.partition("://")[0]
+        self._scheme = scheme
         options: dict[str, float | str | bool] = {"wrap_exceptions": True}
         if scheme != "memory":
             options.update(

@@ -193,6 +193,10 @@ class RateLimitService:
     def audit(self) -> AuditSink:
         return self._audit
 
+    @property
+    def counters(self) -> CounterStorage:
+        return self._counters
+
     @classmethod
     def from_settings(cls, settings: Settings, audit: AuditSink) -> RateLimitService:
         section: RateLimitSettings = settings.rate_limits
