@@ -401,7 +401,8 @@ async def test_counter_storage_down_fails_basic_closed_and_bearer_open(
     """With `rate_limits.storage` unreachable a password login is refused 503 before bcrypt (no
     lockout could be enforced); a valid token still works (its counter only saves lookups)."""
     settings = security_yaml(tmp_path, user_hash, "rate_limits:\n  storage: redis://127.0.0.1:9/0\n")
-    settings = settings.model_copy(update={"rate_limit": None})  # request rates would fail closed too
+    no_rates = settings.rate_limits.model_copy(update={"other_routes": None})
+    settings = settings.model_copy(update={"rate_limit": None, "rate_limits": no_rates})  # rates would fail closed
     d = deploy(settings)
     token = d.principal("svc", "generator")
     async with d.api() as api:

@@ -370,9 +370,9 @@ class RateLimitSettings(_Section):
         default_factory=dict,
         description="Rates per principal name, e.g. `{batch-service: 1000/hour}`; replaces that principal's role rates and the top-level `rate_limit` entirely. The local identity of `api_auth.enabled: false` is named `local`.",
     )
-    other_routes: str = Field(
+    other_routes: str | None = Field(
         "600/minute",
-        description="Rate every principal must stay within on the routes other than image generation (`/v1/models`, audit reads, trace, console pages, `/metrics`), counted apart from the generation rates above: a Prometheus scrape or an auditor's paging never spends a principal's `10/分钟`, and a generation flood never blocks reads.",
+        description="Rate every principal must stay within on the routes other than image generation (`/v1/models`, audit reads, trace, console pages, `/metrics`), counted apart from the generation rates above: a Prometheus scrape or an auditor's paging never spends a principal's `10/分钟`, and a generation flood never blocks reads. Null: those routes are not rate limited.",
     )
     max_concurrent_per_principal: int = Field(
         2,
@@ -385,8 +385,9 @@ class RateLimitSettings(_Section):
 
     @field_validator("other_routes")
     @classmethod
-    def _other_rates(cls, value: str) -> str:
-        parse_rates(value)
+    def _other_rates(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_rates(value)
         return value
 
     @field_validator("storage")

@@ -206,7 +206,7 @@ class RateLimitService:
             strategy=section.strategy,
             key_prefix=section.key_prefix,
             max_concurrent=section.max_concurrent_per_principal,
-            other_routes=parse_rates(section.other_routes),
+            other_routes=parse_rates(section.other_routes) if section.other_routes else (),
             audit=audit,
         )
 
