@@ -224,6 +224,25 @@ def test_search_filters_and_escapes_control_characters(filled: Zguard) -> None:
     assert "eve\\x1b[2J\\nforged line" in out
 
 
+def test_tail_escapes_separators_and_bidi_and_quotes_forged_fields(filled: Zguard) -> None:
+    """A stranger's username cannot break the line, reverse what is shown, or fake `code=`."""
+    with filled.store() as (_, store):
+        append_aged(store, 1, days_ago=0, principal="eve\u2028code=ok\u202egnp.exe", code="invalid_api_key")
+        append_aged(store, 1, days_ago=0, principal='x code=internal_error client="10.0.0.1"', code="invalid_api_key")
+    out = filled.ok("audit", "tail", "-n", "2")
+    first, second = out.splitlines()
+    for ch in ("\u2028", "\u202e"):
+        assert ch not in out
+    assert 'principal="eve\\u2028code=ok\\u202egnp.exe" code=invalid_api_key' in first
+    assert 'principal="x code=internal_error client=\\"10.0.0.1\\"" code=invalid_api_key' in second
+    assert " code=internal_error" not in second.replace('"x code=internal_error', "")
+    json_out = filled.ok("audit", "tail", "-n", "2", "--json")
+    assert "\u2028" not in json_out
+    assert "\u202e" not in json_out
+    assert "\\u2028" in json_out
+    assert json.loads(json_out.splitlines()[0])["principal"] == "eve\u2028code=ok\u202egnp.exe"
+
+
 def test_search_by_prompt_finds_the_generation_in_hmac_mode(filled: Zguard, monkeypatch: pytest.MonkeyPatch) -> None:
     capture = prompt_capture(filled.settings)  # creates the server's prompt key, as serve does
     with filled.store() as (_, store):
@@ -279,6 +298,20 @@ def test_export_csv_neutralises_formula_cells(filled: Zguard, tmp_path: Path) ->
     detail = exported["detail"]
     assert isinstance(detail, dict)
     assert (detail["format"], detail["count"]) == ("csv", 1)
+
+
+def test_export_csv_of_a_strangers_flood_reads_with_the_default_field_limit(filled: Zguard, tmp_path: Path) -> None:
+    huge = "u" * 262_144  # a 256 KiB Basic username: 131,072 is Python's csv field limit
+    with filled.store() as (_, store):
+        append_aged(store, 3, days_ago=0, principal=huge, type="http.request", outcome="denied", detail={"token": huge})
+    target = tmp_path / "flood.csv"
+    filled.ok("audit", "export", "--format", "csv", "--since", "1h", "--type", "http.request", "--output", str(target))
+    assert csv.field_size_limit() == 131_072
+    with target.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 3
+    assert all(len(row["principal"]) <= 256 and row["principal"].startswith("uuu") for row in rows)
+    assert target.stat().st_size < 3 * 4_096
 
 
 def test_export_jsonl_is_the_stored_events_byte_for_byte(filled: Zguard) -> None:

@@ -155,13 +155,13 @@ async def test_every_request_is_one_event_refusals_included(tmp_path: Path, trai
             ]
     finally:
         runtime.worker.stop(timeout=10)
-    assert statuses == [200, 404, 401, 401, 403, 200]
+    assert statuses == [200, 401, 401, 401, 403, 200]  # a stranger's 404 is a 401: routes stay unmapped
     events = [e for e in _bodies(trail) if e["type"] == "http.request"]
     assert len(events) == len(statuses)  # one each, no more
     summary = [(e["listener"], e["http"]["path"], e["outcome"], e["code"]) for e in events]
     assert summary == [
         ("api", "/healthz", "allowed", None),
-        ("api", "/nowhere", "denied", "not_found"),
+        ("api", "/nowhere", "denied", "missing_credentials"),
         ("api", "/v1/models", "denied", "missing_credentials"),
         ("api", "/v1/models", "denied", "invalid_api_key"),
         ("api", "/healthz", "denied", "ip_not_allowed"),

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 from zguard.audit import AuditReader, AuditSink
 from zguard.audit.prompts import PromptCapture
 from zguard.audit.setup import AuditHealth
+from zguard.audit.strangers import StrangerRefusals
 from zguard.engine import ImageEngine
 from zguard.engine.admission import AdmissionQueue
 from zguard.services.metrics import RequestMetrics
@@ -80,5 +81,7 @@ class Services:
     prompts: PromptCapture
     audit_health: AuditHealth = field(default_factory=AuditHealth)
     metrics: RequestMetrics = field(default_factory=RequestMetrics)
+    # Which refusals of unauthenticated requests get an event each; shared by both listeners.
+    strangers: StrangerRefusals = field(default_factory=StrangerRefusals)
     policy: PolicyHolder | None = None  # for its reload counts on /metrics
     audit_reader: AuditReader | None = None  # the trail as auditors read it; None: no readable store

@@ -106,6 +106,12 @@ def install_listener_stack(
         trusted_proxies=NetworkAllowlist.from_entries(trusted_proxies),
         audit=services.audit,
     )
-    app.add_middleware(AuditRequests, listener=listener, audit=services.audit, metrics=services.metrics)
+    app.add_middleware(
+        AuditRequests,
+        listener=listener,
+        audit=services.audit,
+        metrics=services.metrics,
+        strangers=services.strangers,
+    )
     app.add_middleware(RequestContext, headers=headers)
     app.state.listener = listener

@@ -63,6 +63,7 @@ class RequestRecord:
 
     __slots__ = (
         "auth_method",
+        "authenticated",
         "code",
         "decisions",
         "detail",
@@ -86,6 +87,9 @@ class RequestRecord:
         self.principal: str | None = None
         self.roles: tuple[str, ...] = ()
         self.auth_method: str | None = None
+        # Set once authentication accepted the caller: its refusals are not a stranger's
+        # (zguard.audit.strangers samples those).
+        self.authenticated = False
         self.decisions: list[str] = []
         self.detail: dict[str, DetailValue] = {}
         self.model: str | None = None

@@ -8,6 +8,7 @@ from sqlalchemy import Engine
 
 from zguard import state_paths
 from zguard.audit import AuditEvent
+from zguard.audit.bounds import EventBounds
 from zguard.audit.chain import CheckpointSigner, iso_ms, load_or_create_signing_key
 from zguard.audit.forwarder import Forwarder
 from zguard.audit.prompts import PromptCapture, load_x25519_public
@@ -28,7 +29,8 @@ def open_audit_store(settings: Settings, engine: Engine) -> AuditStore:
     policy = CheckpointPolicy(
         every=settings.audit.checkpoint_every, interval_ms=int(settings.audit.checkpoint_interval_s * 1000)
     )
-    return AuditStore(engine, signer=signer(settings), checkpoints=policy)
+    bounds = EventBounds(field_chars=settings.audit.field_max_chars)
+    return AuditStore(engine, signer=signer(settings), checkpoints=policy, bounds=bounds)
 
 
 def prompt_capture(settings: Settings) -> PromptCapture:

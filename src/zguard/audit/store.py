@@ -1,6 +1,8 @@
 """The audit store: hash-chained events in the state database (SQLite or PostgreSQL).
 
-`append` is the only way events get in. It runs one transaction per batch that first *updates*
+`append` is the only way events get in. Each event is first cut to the store's bounds
+(`zguard.audit.bounds`: client text at most `audit.field_max_chars` a string), so nothing a
+stranger sends is stored unbounded. It runs one transaction per batch that first *updates*
 the head row, which takes SQLite's write lock or PostgreSQL's row lock before anything is read,
 so threads, processes and replicas writing at once still build one chain in one order. A
 checkpoint, when due, is appended in the same transaction as the events it covers.
@@ -25,6 +27,7 @@ from sqlalchemy import Engine, Table, and_, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from zguard.audit import AuditEvent
+from zguard.audit.bounds import EventBounds, bound_event
 from zguard.audit.chain import CHECKPOINT_TYPE, CheckpointSigner, canonical, chain_hash, column_text, event_body
 from zguard.store.models import AuditCursor, AuditEventRow, AuditHead, AuditWatermark
 
@@ -129,8 +132,10 @@ class AuditStore:
         signer: CheckpointSigner | None = None,
         checkpoints: CheckpointPolicy | None = None,
         clock: Any = time.time,
+        bounds: EventBounds | None = None,
     ) -> None:
         self.engine = engine
+        self.bounds = bounds or EventBounds()
         self.signer = signer
         self.checkpoints = checkpoints
         self._clock = clock
@@ -198,13 +203,14 @@ class AuditStore:
             marks: list[dict[str, Any]] = []
             for item in batch:
                 seq += 1
-                if item.event.images:
-                    marks.extend({"watermark_id": w, "seq": seq} for w in watermark_ids(item.event.images))
-                body = canonical(event_body(item.event, seq=seq, event_id=item.event_id, time_ms=item.time_ms))
+                event = bound_event(item.event, self.bounds)  # the one choke point: nothing stored unbounded
+                if event.images:
+                    marks.extend({"watermark_id": w, "seq": seq} for w in watermark_ids(event.images))
+                body = canonical(event_body(event, seq=seq, event_id=item.event_id, time_ms=item.time_ms))
                 digest = chain_hash(prev, body)
                 rows.append(
                     _row(
-                        item.event,
+                        event,
                         seq=seq,
                         event_id=item.event_id,
                         time_ms=item.time_ms,

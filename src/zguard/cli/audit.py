@@ -9,8 +9,11 @@ The work is done in `zguard.audit` (store, verify, retention, archive, prompts).
   signing key and never create a key: they also run on an auditor's machine against a copy.
 - `verify` and `verify-archive` check signatures with the public half of the signing key file,
   or with `--public-key` (the copy kept off-host, which an intruder on this host cannot replace).
-- Human output escapes control characters of client-supplied fields, so a principal or prompt
-  cannot drive the reader's terminal; `--json` output is the stored JSON, byte for byte.
+- Human output escapes control, line-separator and bidi characters of client-supplied fields
+  and quotes values that hold a space or `=`, so a principal or client cannot drive the
+  reader's terminal or forge a field (`zguard.audit.formats`); `--json` output and JSON Lines
+  exports are the stored JSON with those characters as `\\uXXXX` escapes: the same JSON value,
+  byte for byte the stored body whenever it holds none.
 - `reveal` records `audit.prompt_revealed` before it prints the prompt, `export` records
   `audit.exported` (with the count) once written; when the store cannot be written (a read-only
   copy) they say so on stderr and go on: whoever holds the data and the key could read it
@@ -31,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zguard import state_paths
-from zguard.audit.formats import body_of, event_line, parse_moment, printable, write_events
+from zguard.audit.formats import body_of, event_line, json_line, parse_moment, printable, write_events
 from zguard.cli import common as cli_common
 from zguard.cli.common import (
     EXIT_FIX,
@@ -226,7 +229,7 @@ def _text(value: str) -> str:
 def _print_events(events: Iterator[StoredEvent] | list[StoredEvent], *, as_json: bool) -> int:
     shown = 0
     for event in events:
-        print(event.body if as_json else event_line(event))
+        print(json_line(event.body) if as_json else event_line(event))
         shown += 1
     return shown
 

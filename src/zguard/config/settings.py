@@ -479,6 +479,24 @@ class AuditSettings(_Section):
     archive_dir: Path | None = Field(
         None, description="Where `zguard audit purge` writes signed archives; unset: `audit-archive` in `state_dir`."
     )
+    field_max_chars: int = Field(
+        256,
+        ge=64,
+        le=4096,
+        description="Longest string an audit event stores (a username, path, client address, each `detail` value). A longer one keeps its head and ends in `…[+N chars sha256:xxxxxxxx]`: the characters cut and a hash of the whole value. Every event is cut so in the store, whoever produced it; its fields, roles and mappings (`detail`, `http`, ...) together get 8192 characters (as JSON writes them): mapping entries past that are left out and counted in `detail.bounded_dropped`.",
+    )
+    unauthenticated_events_per_minute: int = Field(
+        60,
+        ge=1,
+        le=100_000,
+        description="Refusals of requests that never authenticated (4xx before authorization: 401, 403 `ip_not_allowed`, 404, 405, 429 `too_many_failed_logins`, ...) recorded one event each per client address (IPv6: per /64) and listener in each minute; further ones are counted and written as one `audit.suppressed` event per address and minute, with the counts by code. The clients are refused all the same.",
+    )
+    unauthenticated_events_per_minute_total: int = Field(
+        600,
+        ge=1,
+        le=1_000_000,
+        description="…and at most this many such refusals recorded one event each per minute from all addresses together; beyond it they are counted in one `audit.suppressed` event per listener and minute. It also caps the addresses tracked, so a flood from many addresses costs bounded memory and bytes.",
+    )
     syslog: SyslogSettings = Field(default_factory=SyslogSettings, description="Forwarding to a central syslog server.")
 
     @field_validator("retention_days")

@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import uvicorn
 
@@ -159,8 +159,20 @@ class StopSignals:
         return self._grace_s if self._deadline is None else max(0.0, self._deadline - self._clock())
 
 
-def close_audit(settings: Settings, audit: AuditTrail, forwarder: Forwarder | None, exit_code: int) -> None:
-    """Record the stop, write the closing checkpoint, and give syslog a moment to take the rest."""
+def close_audit(
+    settings: Settings,
+    audit: AuditTrail,
+    forwarder: Forwarder | None,
+    exit_code: int,
+    suppressed: Sequence[AuditEvent] = (),
+) -> None:
+    """Record the counts of suppressed refusals not yet written (`StrangerRefusals.drain`) and
+    the stop, write the closing checkpoint, and give syslog a moment to take the rest."""
+    for event in suppressed:
+        try:
+            audit.emit(event)
+        except Exception:
+            log.exception("could not record suppressed refusals in the audit trail: %s", dict(event.detail))
     try:
         audit.emit(lifecycle_event("server.stopped", settings, detail={"exit_code": exit_code}))
     except Exception:
@@ -294,6 +306,6 @@ async def _serve(settings: Settings, engine: ImageEngine | None = None) -> int:
         for sock in sockets.values():
             sock.close()
         retention.stop()
-        close_audit(settings, audit, forwarder, exit_code)
+        close_audit(settings, audit, forwarder, exit_code, runtime.services.strangers.drain())
     log.info("stopped (pid %d, exit %d)", os.getpid(), exit_code)
     return exit_code

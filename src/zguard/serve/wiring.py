@@ -18,6 +18,7 @@ from zguard.app.context import Services
 from zguard.audit import AuditEvent, AuditReader, AuditSink
 from zguard.audit.prompts import PromptCapture
 from zguard.audit.setup import AuditHealth
+from zguard.audit.strangers import StrangerRefusals
 from zguard.config import Settings
 from zguard.engine import ImageEngine
 from zguard.engine.admission import AdmissionQueue, WorkerThread
@@ -237,5 +238,8 @@ def build_runtime(
         audit_health=audit_health or AuditHealth(),
         policy=policy,
         audit_reader=audit if isinstance(audit, AuditReader) else None,  # decided once, not per request
+        strangers=StrangerRefusals(
+            settings.audit.unauthenticated_events_per_minute, settings.audit.unauthenticated_events_per_minute_total
+        ),
     )
     return Runtime(services=services, admission=admission, worker=worker, policy=policy)

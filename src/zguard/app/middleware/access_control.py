@@ -93,6 +93,8 @@ class AccessControl:
             identity = await self.auth.authenticate(
                 authorization.decode("latin-1") if authorization is not None else None, info
             )
+            if info.record is not None:
+                info.record.authenticated = True  # later refusals (403, 429, 404) are not a stranger's
             if isinstance(permission, Permission):
                 self.auth.authorize(identity, permission, info)
             # Generation spends the principal's configured rates; reads, /metrics scrapes and
