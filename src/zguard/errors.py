@@ -73,6 +73,7 @@ message and the fix; the HTTP layer (zguard.app.errors) answers an operator erro
         ├── PurgeRefused                    audit_purge_refused (zguard.audit.retention)
         ├── SyslogUnavailable               syslog_unavailable (zguard.audit.syslog_transport)
         ├── AuditCommandRefused             audit_command_refused (zguard.cli.audit)
+        ├── AuditNotRecorded                audit_not_recorded (zguard.cli.audit): exit 3, the action was not done
         ├── FontNotFound                    label_font_not_found (zguard.provenance.visible)
         ├── InstallError                    install_step_failed (zguard.ops.install)
         ├── StateDirInUse                   state_dir_in_use (zguard.serve.pidfile): another server holds the lock

@@ -356,6 +356,28 @@ def test_reveal_opens_the_sealed_prompt_and_is_recorded(sealed: tuple[Zguard, st
     assert "秘密" not in json.dumps(revealed, ensure_ascii=False)
 
 
+def test_reveal_shows_nothing_when_its_event_cannot_be_recorded(
+    sealed: tuple[Zguard, str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the prompt was printed even when its audit.prompt_revealed event could not be written
+    from sqlalchemy.exc import OperationalError
+
+    from zguard.audit.store import AuditStore
+
+    zguard, event_id, key = sealed
+
+    def refuse(self: AuditStore, events: object) -> None:
+        raise OperationalError("INSERT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(AuditStore, "append", refuse)
+    code, out, err = zguard("audit", "reveal", event_id, "--key", str(key))
+    assert code == 3
+    assert out == ""
+    assert "秘密" not in err
+    assert "audit.prompt_revealed could not be recorded" in err
+    assert "nothing was shown" in err
+
+
 def test_reveal_with_the_wrong_key_fails_cleanly(sealed: tuple[Zguard, str, Path], tmp_path: Path) -> None:
     zguard, event_id, _ = sealed
     zguard.ok("audit", "keygen", str(tmp_path / "other"))

@@ -227,6 +227,27 @@ def test_purge_refuses_an_archive_directory_open_to_others(settings: Settings, s
     assert store.count() == 4  # two events, the checkpoint the purge forced, and audit.purge_failed
 
 
+def test_a_purge_failure_that_cannot_be_recorded_is_logged(
+    settings: Settings, store: AuditStore, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # retention silently dropped a failure to record audit.purge_failed
+    from zguard.audit import retention
+
+    append_aged(store, 2, days_ago=200)
+    directory = audit_archive_dir(settings)
+    directory.mkdir(parents=True)
+    directory.chmod(0o755)
+
+    def broken(*_args: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(retention, "_record", broken)
+    with caplog.at_level("ERROR", logger="zguard.audit"), pytest.raises(PurgeRefused, match="chmod 700"):
+        purge(store, settings)
+    assert "could not record audit.purge_failed" in caplog.text
+    assert "chmod 700" in caplog.text
+
+
 # --- tampering with an archive -------------------------------------------------------------------
 
 

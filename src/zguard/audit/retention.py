@@ -125,8 +125,10 @@ def purge(
             failed = AuditEvent(
                 type="audit.purge_failed", outcome="failed", principal=actor, detail={"reason": exc.message}
             )
-            with contextlib.suppress(Exception):  # the refusal itself is what the caller must see
+            try:
                 _record(store, audit, failed)
+            except Exception:  # the refusal itself is what the caller must see; the log keeps the rest
+                log.exception("could not record audit.purge_failed (%s) in the audit trail", exc.message)
         raise
 
 

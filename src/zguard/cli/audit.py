@@ -47,7 +47,7 @@ from zguard.cli.common import (
     settings_of,
 )
 from zguard.config import Settings
-from zguard.errors import ConfigError, OperatorError, ZguardError
+from zguard.errors import EXIT_UNAVAILABLE, ConfigError, OperatorError, ZguardError
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -66,6 +66,14 @@ class AuditCommandRefused(OperatorError):
 
     code = "audit_command_refused"
     fix = "change the arguments as the message says (zguard audit COMMAND --help)"
+
+
+class AuditNotRecorded(OperatorError):
+    """An action that must be on the record could not be recorded, so it was not done."""
+
+    code = "audit_not_recorded"
+    exit_code = EXIT_UNAVAILABLE
+    fix = "the state database could not be written: check it (zguard audit status, zguard doctor), then run the command again"
 
 
 # --- opening the store -----------------------------------------------------------------------
@@ -113,6 +121,7 @@ def _refusals(run: Callable[[], int]) -> int:
         raise  # cli.main prints it with its fix and exits 2
     except ZguardError as exc:
         print(f"zguard: {exc.message}", file=sys.stderr)
+        return exc.exit_code if isinstance(exc, OperatorError) else EXIT_FIX
     return EXIT_FIX
 
 
@@ -129,8 +138,10 @@ def _public_key(settings: Settings, given: str | None) -> Ed25519PublicKey:
     return load_public_key(path)
 
 
-def _record(store: AuditStore, event: AuditEvent) -> None:
-    """Append `event`; when the store cannot be written, say so and go on (see the module docstring)."""
+def _record(store: AuditStore, event: AuditEvent, *, required: bool = False) -> None:
+    """Append `event`; when the store cannot be written, say so and go on (see the module
+    docstring) — or, when the action must not happen unrecorded (`required`), raise
+    AuditNotRecorded before it happens."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from zguard.audit.store import pending
@@ -139,6 +150,10 @@ def _record(store: AuditStore, event: AuditEvent) -> None:
         store.append([pending(event)])
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or type(exc).__name__).strip().splitlines()[0]
+        if required:
+            raise AuditNotRecorded(
+                f"{event.type} could not be recorded in the audit trail ({reason}); nothing was shown"
+            ) from None
         print(f"zguard: warning: {event.type} could not be recorded in the audit trail: {reason}", file=sys.stderr)
 
 
@@ -421,9 +436,9 @@ def cmd_reveal(args: argparse.Namespace) -> int:
             "fields": ",".join(opened),
             "recipient": mine,
         }
-        _record(
-            ctx.store, AuditEvent(type="audit.prompt_revealed", outcome="done", principal=acting_user(), detail=detail)
-        )
+        # The most sensitive action there is: no record, no prompt (fail closed).
+        revealed = AuditEvent(type="audit.prompt_revealed", outcome="done", principal=acting_user(), detail=detail)
+        _record(ctx.store, revealed, required=True)
         if args.json:
             print(json.dumps({"event_id": event.event_id, "seq": event.seq, **opened}, ensure_ascii=False))
         else:
