@@ -53,6 +53,7 @@ message and the fix; the HTTP layer (zguard.app.errors) answers an operator erro
     │   │   ├── RolesRefused                roles_refused
     │   │   ├── AlreadyInitialized          already_initialized
     │   │   ├── NameReserved                name_reserved
+    │   │   ├── DeclaredInSettings          declared_in_settings: a settings-file user, changed there
     │   │   ├── PrincipalDisabled           principal_disabled
     │   │   ├── NotAUser                    not_a_user
     │   │   └── InvalidInput                invalid_input
