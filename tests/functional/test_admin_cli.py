@@ -609,3 +609,20 @@ def test_admin_events_are_committed_to_the_audit_trail_by_default(
     database = settings.state_dir / "zguard.db"
     raw = b"".join(p.read_bytes() for p in database.parent.glob("zguard.db*"))
     assert token.encode() not in raw
+
+
+@pytest.mark.parametrize("argv", [["user", "list"], ["token", "list"], ["db", "current"], ["audit", "status"]])
+def test_the_wrong_os_account_gets_the_fix_not_a_traceback(
+    ready: Zguard, monkeypatch: pytest.MonkeyPatch, argv: list[str]
+) -> None:
+    # as another OS user than the state's owner, every database command ended in a PermissionError
+    from zguard.store import database
+
+    def denied(path: Path) -> None:  # what a non-owner meets (root, running the tests, reads everything)
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(database, "_create_private_file", denied)
+    code, out, err = ready(*argv)
+    assert code == 2, (out, err)
+    assert "permission denied on" in err
+    assert "fix: run the command as that account, e.g. sudo -u" in err

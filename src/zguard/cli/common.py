@@ -14,6 +14,7 @@ import os
 import pwd
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
 if TYPE_CHECKING:
@@ -158,12 +159,39 @@ def run_on_database(settings: Settings, action: Callable[[Engine, str], int]) ->
 
     url = database_url(settings)
     shown = url.render_as_string(hide_password=True)
-    engine = create_store_engine(url)
+    try:
+        engine = create_store_engine(url)
+    except PermissionError as exc:
+        return _not_this_account(settings, shown, exc)
     try:
         return action(engine, shown)
     except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc.__class__.__name__).strip().splitlines()[0]
+        orig = getattr(exc, "orig", None)
+        if isinstance(orig, PermissionError):
+            return _not_this_account(settings, shown, orig)
+        reason = str(orig or exc.__class__.__name__).strip().splitlines()[0]
         print(f"zguard: state database {shown}: {reason}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    except PermissionError as exc:
+        return _not_this_account(settings, shown, exc)
     finally:
         engine.dispose()
+
+
+def _not_this_account(settings: Settings, shown: str, exc: PermissionError) -> int:
+    """The state belongs to another account (usually: run as yourself, not as the service account)."""
+    where = exc.filename or settings.state_dir
+    owner = _owner_of(settings.state_dir)
+    print(
+        f"zguard: state database {shown}: permission denied on {where}; the state belongs to "
+        f"{owner or 'another account'}\n  fix: run the command as that account, e.g. sudo -u {owner or 'zguard'} zguard ...",
+        file=sys.stderr,
+    )
+    return EXIT_FIX
+
+
+def _owner_of(path: Path) -> str | None:
+    try:
+        return pwd.getpwuid(path.stat().st_uid).pw_name
+    except (OSError, KeyError):
+        return None
