@@ -41,7 +41,7 @@ message and the fix; the HTTP layer (zguard.app.errors) answers an operator erro
     │   ├── RouteNotFound (404)             not_found
     │   ├── MethodNotAllowed (405)          method_not_allowed
     │   ├── ServiceUnavailable (503)        carries `retry_after` seconds
-    │   │   ├── ServerBusy                  server_busy: the admission queue is full
+    │   │   ├── ServerBusy                  server_busy: the admission queue, or the trace pool, is full
     │   │   ├── NotReady                    model_not_ready: loading or warming up
     │   │   ├── RateLimiterUnavailable      rate_limiter_unavailable: the counter storage (Redis) failed; fail closed
     │   │   ├── TooManyConnections          too_many_connections: the listener's or the client address's connection cap
@@ -372,7 +372,7 @@ class ServiceUnavailable(ZguardError):
 
 class ServerBusy(ServiceUnavailable):
     code = "server_busy"
-    fix = "the admission queue was full: retry later, or raise generation.max_queue"
+    fix = "the admission queue (or the trace pool) was full: retry later, or raise generation.max_queue (provenance.trace_workers)"
 
 
 class NotReady(ServiceUnavailable):

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Coroutine
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Query
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import Receive
 
 from zguard.app.auth import PUBLIC, CurrentIdentity, request_info, requires
 from zguard.app.context import Services
+from zguard.app.disconnect import ClientDisconnected, run_unless_disconnected
 from zguard.app.middleware.audit_requests import request_record
 from zguard.app.middleware.request_context import API_SECURITY_HEADERS
 from zguard.app.provenance import TRACE_PATH, add_provenance_routes, trace_body_limit
@@ -32,13 +31,8 @@ from zguard.config import Settings
 from zguard.errors import AuditUnavailable, InvalidValue, PromptRejected, UnsupportedMediaType
 from zguard.security.rbac import Permission
 
-T = TypeVar("T")
 API_TITLE = "zguard image API"
 API_VERSION = "1"
-
-
-class ClientDisconnected(Exception):
-    """The client went away before its answer was ready; nothing is sent."""
 
 
 def _error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -51,25 +45,6 @@ _REQUEST_BODY = {
         "content": {"application/json": {"schema": ImageGenerationRequest.model_json_schema()}},
     }
 }
-
-
-async def _until_disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-async def run_unless_disconnected(receive: Receive, work: Coroutine[Any, Any, T]) -> T:
-    """Run `work`; cancel it (freeing its queue slot) if the client disconnects first."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_until_disconnected(receive))
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if not task.done():
-        task.cancel()
-        raise ClientDisconnected
-    return task.result()
 
 
 AUDIT_PAGE_MAX = 1000

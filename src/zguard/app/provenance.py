@@ -5,30 +5,43 @@ The image arrives as the raw body (`image/png`, `image/jpeg`, `image/webp`,
 `provenance.trace_max_bytes` (the listener's body limit is raised for this path only). The
 answer is `TraceResult.summary()`; the request's audit event becomes `provenance.traced` with
 what was found. The image is decoded in memory and dropped.
+
+Decisions written here (an upload is hostile until decoded; zguard.provenance.trace and
+zguard.services.trace hold the rest):
+- The format is read from the bytes, whatever the Content-Type says: anything but PNG, JPEG or
+  WebP is 400 `invalid_value` (param `image`) on the event loop, before a thread or Pillow is
+  involved. A raw `image/*` Content-Type that names another of the three is refused the same way
+  (the client is confused about what it sent; `application/octet-stream` and JSON take any).
+- An image declaring more than `provenance.trace_max_pixels` is 400 `invalid_value`, undecoded.
+- The trace runs in the trace pool (`TraceService`): more than `provenance.trace_workers` at once
+  is 503 `server_busy` (asked before the body is read, so a busy server buffers no upload); past `provenance.trace_timeout_s` it is 504 `trace_timeout`; a client
+  that leaves gets nothing (499, `client_disconnected` in the audit) and its work stops.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 from typing import Any
 
 from fastapi import FastAPI
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from zguard.app.auth import requires
 from zguard.app.context import Services
+from zguard.app.disconnect import ClientDisconnected, run_unless_disconnected
 from zguard.app.middleware.audit_requests import request_record
 from zguard.app.wire import parse_json_object
 from zguard.config import Settings
 from zguard.errors import AuditUnavailable, InvalidValue, RequestTooLarge, ServiceUnavailable, UnsupportedMediaType
-from zguard.provenance.trace import TRACED_EVENT, NotAnImage, trace, traced_event
+from zguard.provenance.trace import TRACE_FORMATS, TRACED_EVENT, ImageTooLarge, NotAnImage, image_format, traced_event
 from zguard.security.rbac import Permission
+from zguard.services.trace import TraceService
 
 TRACE_PATH = "/v1/provenance/trace"
-RAW_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "application/octet-stream"})
+ANY_IMAGE_TYPE = "application/octet-stream"
+RAW_TYPES = frozenset({*TRACE_FORMATS.values(), ANY_IMAGE_TYPE})
 _BODY = {
     "requestBody": {
         "required": True,
@@ -68,8 +81,21 @@ def _image_bytes(media_type: str, body: bytes) -> bytes:
         raise InvalidValue("'image' is not valid base64", param="image") from None
 
 
+def _check_format(media_type: str, blob: bytes) -> None:
+    """Refuse anything but PNG, JPEG or WebP bytes, and a raw image type that names another one."""
+    found = image_format(blob)
+    if found is None:
+        raise InvalidValue("the upload is not a PNG, JPEG or WebP image", param="image")
+    if media_type in RAW_TYPES and media_type != ANY_IMAGE_TYPE and media_type != TRACE_FORMATS[found]:
+        raise InvalidValue(
+            f"the upload is a {found} image, not {media_type}: send it as {TRACE_FORMATS[found]} or {ANY_IMAGE_TYPE}",
+            param="image",
+        )
+
+
 def add_provenance_routes(app: FastAPI, settings: Settings, services: Services) -> None:
     limit = settings.provenance.trace_max_bytes
+    traces = TraceService(settings.provenance)
 
     @app.post(
         TRACE_PATH,
@@ -77,7 +103,7 @@ def add_provenance_routes(app: FastAPI, settings: Settings, services: Services) 
         openapi_extra=_BODY,
         dependencies=[requires(Permission.AUDIT_READ)],
     )
-    async def trace_image(request: Request) -> JSONResponse:
+    async def trace_image(request: Request) -> Response:
         marker = services.images.provenance
         reader = services.audit_reader
         if marker is None or marker.reader is None:
@@ -85,14 +111,26 @@ def add_provenance_routes(app: FastAPI, settings: Settings, services: Services) 
         if reader is None:
             raise AuditUnavailable("this server keeps no readable audit store")
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        traces.check_capacity()
         blob = _image_bytes(media_type, await request.body())
         if len(blob) > limit:
             raise RequestTooLarge(f"the image exceeds {limit} bytes")
+        _check_format(media_type, blob)
+        record = request_record(request.scope)
         try:
-            result = await asyncio.to_thread(trace, blob, marker.reader, reader)
+            result = await run_unless_disconnected(request.receive, traces.trace(blob, marker.reader, reader))
+        except ImageTooLarge as large:
+            size = "" if large.size is None else f" is {large.size[0]}x{large.size[1]}, which"
+            raise InvalidValue(
+                f"the image{size} has more than the {large.max_pixels} pixels this server traces", param="image"
+            ) from None
         except NotAnImage:
             raise InvalidValue("the upload is not an image this server can read", param="image") from None
-        record = request_record(request.scope)
+        except ClientDisconnected:
+            if record is not None:
+                record.type = TRACED_EVENT
+                record.set_outcome("failed", "client_disconnected")
+            return Response(status_code=499)
         if record is not None:
             event = traced_event(result, principal=None, source="api")
             record.type = TRACED_EVENT

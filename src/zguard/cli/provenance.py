@@ -70,7 +70,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
         store = AuditStore(engine)
         try:
             try:
-                result = trace(blob, watermarker, store)
+                result = trace(blob, watermarker, store, max_pixels=settings.provenance.trace_max_pixels)
             except NotAnImage as exc:
                 print(f"zguard: {args.image}: {exc}", file=sys.stderr)
                 return EXIT_FIX
@@ -122,6 +122,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from zguard.provenance.marking import load_signing_key
     from zguard.provenance.trace import NotAnImage, open_image
 
+    settings = settings_of(args)
     blob = _read_image(args.image)
     if blob is None:
         return EXIT_FIX
@@ -132,9 +133,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
             return EXIT_FIX
         public_key = key
     else:
-        public_key = load_signing_key(settings_of(args)).public_key()
+        public_key = load_signing_key(settings).public_key()
     try:
-        check = verify(open_image(blob), public_key)
+        check = verify(open_image(blob, max_pixels=settings.provenance.trace_max_pixels), public_key)
     except NotAnImage as exc:
         print(f"zguard: {args.image}: {exc}", file=sys.stderr)
         return EXIT_FIX
@@ -167,7 +168,7 @@ def register(commands: Commands, common: argparse.ArgumentParser) -> None:
         help="find the request that generated an image",
         description="Decode an image's invisible watermark and print the generation's audit record (who, when, from where, model, policy verdict). Exit 0 when found, 1 when not. Recorded as a provenance.traced audit event.",
     )
-    trace.add_argument("image", help="the image file (PNG, JPEG, WebP, ...)")
+    trace.add_argument("image", help="the image file (PNG, JPEG or WebP)")
     trace.add_argument("--json", action="store_true", help="print one JSON object")
     trace.set_defaults(handler=cmd_trace)
     provenance = commands.add_parser(

@@ -638,6 +638,24 @@ class ProvenanceSettings(_Section):
         le=256 * 1024 * 1024,
         description="Largest image `POST /v1/provenance/trace` accepts (bytes, before base64).",
     )
+    trace_max_pixels: int = Field(
+        2048 * 2048,
+        ge=64 * 64,
+        le=8192 * 8192,
+        description="Largest image (width × height) a trace decodes, `POST /v1/provenance/trace` and `zguard trace` alike: a larger one is refused with 400 `invalid_value` before a pixel is decoded (a JPEG up to 4× larger is read at half size), and the decoder never resamples beyond it. A mark is read at the size it was generated at: keep it at least `generation.max_pixels`. A running trace holds up to 64 bytes per pixel of it (270 MB at the default).",
+    )
+    trace_workers: int = Field(
+        2,
+        ge=1,
+        le=32,
+        description="Traces `POST /v1/provenance/trace` runs at once, in a thread pool of its own (not the one image encoding, password checks and audit reads use), at a lower CPU priority than generation; one more is refused at once with 503 `server_busy` and `Retry-After`. Per process: each replica protects its own memory and CPU.",
+    )
+    trace_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description="Longest one `POST /v1/provenance/trace` may run (seconds); then it is answered 504 `trace_timeout` and its work stops at the decoder's next step, as it does when the client disconnects.",
+    )
 
 
 class Settings(_Section):

@@ -4,20 +4,37 @@
 The lookup goes through the audit store's watermark index (`AuditReader.find_watermark`, the
 `audit_watermarks` table written with each event): the id is random, so without it every
 generation event would be read. The images themselves were never kept.
+
+Decisions written here (an upload is hostile until decoded):
+- Only PNG, JPEG and WebP are read: `image_format` names the format from the first bytes, and
+  Pillow is asked for that one plugin only (`Image.open(..., formats=[...])`). Every other format
+  (GIF, TIFF, ICO, BMP, JPEG 2000, EPS, ...) is refused before Pillow sees it, so no plugin that
+  starts a program (EPS runs Ghostscript) or writes a temporary file is ever used.
+- The declared size is checked before a pixel is decoded: over `max_pixels` (the largest image
+  this server generates, `provenance.trace_max_pixels`) is `ImageTooLarge`. A JPEG up to four
+  times over is decoded at half size (libjpeg's DCT scaling, `draft`), which also reads an image
+  that was upscaled 2x; the check is repeated on the size it will really have. Memory for the
+  pixels is then at most `max_pixels` × 4 bytes, truncated file or not (`LOAD_TRUNCATED_IMAGES`
+  stays off: Pillow fails a file whose data ends early, and a PNG whose zlib stream ends early
+  costs no more than a complete one of the same size).
+- The decoder gets the same budget (`Watermarker.detect(max_pixels=...)`) and a stop flag, asked
+  between steps: a trace stops within one step of its deadline or of the client leaving.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import struct
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from zguard.audit import AuditEvent, DetailValue
 from zguard.provenance.labels import read_label
-from zguard.provenance.watermark import Watermarker, WatermarkFound
+from zguard.provenance.watermark import DecodeStopped, StopFlag, Watermarker, WatermarkFound
 
 GENERATION_EVENT = "generation.completed"
 TRACED_EVENT = "provenance.traced"
@@ -38,7 +55,14 @@ SHOWN_FIELDS = (
     "policy",
     "outcome",
 )
-MAX_PIXELS = 64_000_000  # a decompression bomb is refused before decoding
+# The formats a trace reads (Pillow's names) and their media types; nothing else is opened.
+TRACE_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SOI = b"\xff\xd8\xff"
+_WEBP_CHUNKS = (b"VP8 ", b"VP8L", b"VP8X")
+_JPEG_DRAFT = 2  # a JPEG may be decoded at 1/2 its size (not 1/4, 1/8: the cells would blur away)
+# What a failed decode can raise; none of it is a bug of ours, all of it means "not readable".
+_DECODE_ERRORS = (OSError, ValueError, EOFError, SyntaxError, IndexError, struct.error)
 
 
 class GenerationEvents(Protocol):
@@ -48,7 +72,20 @@ class GenerationEvents(Protocol):
 
 
 class NotAnImage(ValueError):
-    """The bytes are not an image Pillow can open (or it is larger than `MAX_PIXELS`)."""
+    """The bytes are not a PNG, JPEG or WebP image this server can read."""
+
+
+class ImageTooLarge(NotAnImage):
+    """The image declares more pixels than a trace reads (`max_pixels`); nothing was decoded."""
+
+    def __init__(self, size: tuple[int, int] | None, max_pixels: int) -> None:
+        shown = f"{size[0]}x{size[1]}" if size is not None else "its declared size"
+        super().__init__(f"the image is {shown}, more than the {max_pixels} pixels a trace reads")
+        self.size = size
+        self.max_pixels = max_pixels
+
+
+TraceStopped = DecodeStopped  # the trace was stopped (deadline, client gone) before it finished
 
 
 @dataclass(frozen=True)
@@ -75,17 +112,45 @@ class TraceResult:
         }
 
 
-def open_image(blob: bytes) -> Image.Image:
+def image_format(blob: bytes) -> str | None:
+    """ "PNG", "JPEG" or "WEBP" from the first bytes (the signatures Pillow's plugins accept), else None."""
+    if blob.startswith(_PNG_SIGNATURE):
+        return "PNG"
+    if blob.startswith(_JPEG_SOI):
+        return "JPEG"
+    if blob[:4] == b"RIFF" and blob[8:12] == b"WEBP" and blob[12:16] in _WEBP_CHUNKS:
+        return "WEBP"
+    return None
+
+
+def open_image(blob: bytes, *, max_pixels: int) -> Image.Image:
+    """The decoded image; NotAnImage for anything but a readable PNG, JPEG or WebP, ImageTooLarge
+    (before decoding) when it declares more than `max_pixels` pixels. See the module docstring."""
+    return _open(blob, max_pixels)[0]
+
+
+def _open(blob: bytes, max_pixels: int) -> tuple[Image.Image, tuple[int, int]]:
+    """`open_image`'s image and the size the file declares (larger when a JPEG was drafted)."""
+    kind = image_format(blob)
+    if kind is None:
+        raise NotAnImage("the data is not a PNG, JPEG or WebP image")
     try:
-        image = Image.open(io.BytesIO(blob))
-        if image.width * image.height > MAX_PIXELS:
-            raise NotAnImage(f"the image has more than {MAX_PIXELS} pixels")
-        image.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as exc:
-        if isinstance(exc, NotAnImage):
-            raise
+        image = Image.open(io.BytesIO(blob), formats=[kind])
+    except Image.DecompressionBombError:  # over twice Pillow's own limit: far over ours
+        raise ImageTooLarge(None, max_pixels) from None
+    except _DECODE_ERRORS:
         raise NotAnImage("the data is not an image this server can read") from None
-    return image
+    declared = image.size
+    pixels = declared[0] * declared[1]
+    if kind == "JPEG" and max_pixels < pixels <= _JPEG_DRAFT**2 * max_pixels and min(declared) >= _JPEG_DRAFT:
+        image.draft(None, (declared[0] // _JPEG_DRAFT, declared[1] // _JPEG_DRAFT))
+    if image.width * image.height > max_pixels:
+        raise ImageTooLarge(declared, max_pixels)
+    try:
+        image.load()
+    except _DECODE_ERRORS:
+        raise NotAnImage("the data is not an image this server can read") from None
+    return image, declared
 
 
 def find_generation(reader: GenerationEvents, watermark_id: str) -> dict[str, Any] | None:
@@ -100,21 +165,32 @@ def find_generation(reader: GenerationEvents, watermark_id: str) -> dict[str, An
     return None
 
 
-def trace(blob: bytes, watermarker: Watermarker, reader: GenerationEvents) -> TraceResult:
-    """Decode and look up; raise NotAnImage."""
-    image = open_image(blob)
+def trace(
+    blob: bytes,
+    watermarker: Watermarker,
+    reader: GenerationEvents,
+    *,
+    max_pixels: int,
+    should_stop: StopFlag = lambda: False,
+) -> TraceResult:
+    """Decode and look up; raise NotAnImage (ImageTooLarge), or TraceStopped once `should_stop()`."""
+    image, declared = _open(blob, max_pixels)
     label = read_label(image)
-    mark = watermarker.detect(image)
+    mark = watermarker.detect(image, should_stop=should_stop, max_pixels=max_pixels)
     notes = []
+    if image.size != declared:
+        notes.append(f"the JPEG was read at 1/{_JPEG_DRAFT} of its {declared[0]}x{declared[1]} pixels")
+        if mark is not None:  # the scale of the file, not of the pixels read
+            mark = dataclasses.replace(mark, scale=(mark.scale[0] * _JPEG_DRAFT, mark.scale[1] * _JPEG_DRAFT))
     if mark is None:
         notes.append("no zguard watermark found")
-        return TraceResult(None, None, label, image.size, notes)
+        return TraceResult(None, None, label, declared, notes)
     event = find_generation(reader, mark.hex_id)
     if event is None:
         notes.append("the watermark is valid but no audit event carries its id (purged, or another installation)")
     if label is not None and event is not None and label.get("ProduceID") != event.get("request_id"):
         notes.append("the metadata label names another request than the watermark")
-    return TraceResult(mark, event, label, image.size, notes)
+    return TraceResult(mark, event, label, declared, notes)
 
 
 def traced_event(result: TraceResult, *, principal: str | None, source: str, **context: Any) -> AuditEvent:

@@ -38,6 +38,14 @@ spectrum does not outscore the tile's lines); its measured period gives the scal
 whitened residual is resampled back before folding (one whitening per decode). Scale 1 and the halved image (×2, whitened after
 resampling) are always tried.
 
+Bounded work. A mark is read at the size the image was generated at, and `detect`'s
+`max_pixels` (the trace endpoint passes `provenance.trace_max_pixels`, the largest image it
+reads) says how large that can be: a scale that would resample the image to more pixels than
+that is skipped. Without that, a 2048² upload read "as if halved" was whitened at 4096²
+(~180 bytes a pixel of the upload, 0.7 GB); with it one decode holds about
+`DECODE_BYTES_PER_PIXEL` bytes per pixel of the budget. The work stops at its next step
+(`DecodeStopped`) once `should_stop()` says so: a deadline passed or the client left.
+
 False traces. A result is returned only when the decoded 48-bit MAC equals
 HMAC-SHA-256(key, salt ‖ id) truncated to 48 bits. For an unmarked image, or one marked under
 another key, the decoded bits are independent of that HMAC, so each candidate passes with
@@ -54,6 +62,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -80,8 +89,18 @@ _CODED_BITS = 2 * (_PAYLOAD_BITS + _K - 1)
 _SCALES_TRIED = 3  # resamplings around each measured period
 _SCALE_STEP = 0.0015
 _MIN_SIDE = 64  # below this, nothing to decode
+DECODE_BYTES_PER_PIXEL = 64  # peak bytes a decode holds per pixel it whitens (measured 43-56; numpy temporaries)
 
 FloatArray = npt.NDArray[np.float64]
+StopFlag = Callable[[], bool]
+
+
+class DecodeStopped(Exception):
+    """`Watermarker.detect` stopped before it finished: its `should_stop()` returned True."""
+
+
+def _never() -> bool:
+    return False
 
 
 @dataclass(frozen=True)
@@ -280,15 +299,30 @@ class Watermarker:
         signs = chips[salt] * np.where(sync[salt], 1.0, 1.0 - 2.0 * coded[np.maximum(assign[salt], 0)])
         return signs, np.where(sync[salt], -1, assign[salt])
 
-    def detect(self, image: Image.Image) -> WatermarkFound | None:
-        """The mark under this key, or None. See the module docstring for the false-trace bound."""
+    def detect(
+        self, image: Image.Image, *, should_stop: StopFlag = _never, max_pixels: int | None = None
+    ) -> WatermarkFound | None:
+        """The mark under this key, or None. See the module docstring for the false-trace bound.
+
+        Scales that would resample the image to more than `max_pixels` (None: no bound) are not
+        tried; `should_stop` is asked between steps, and DecodeStopped raised when it says so."""
+
+        def step() -> None:
+            if should_stop():
+                raise DecodeStopped
+
         y = luminance(np.asarray(image.convert("RGB")))
         if min(y.shape) < _MIN_SIDE:
             return None
+        step()
         white = whiten(y)  # computed once: scale 1, the period search and every measured scale use it
         checked = 0
         for scale in self._scales(white):
+            if max_pixels is not None and scale != (1.0, 1.0) and _resampled_pixels(y.shape, scale) > max_pixels:
+                continue
+            step()
             for rank, (salt, soft, score) in enumerate(self._reads(y, white, scale)):
+                step()
                 for bits in list_viterbi(soft, LIST_SIZE if rank == 0 else 1):  # a list for the best salt
                     if checked >= MAX_CANDIDATES:
                         return None
@@ -322,8 +356,7 @@ class Watermarker:
         if scale == (1.0, 1.0):
             residual = white
         else:
-            h, w = y.shape
-            size = (round(w / scale[1]), round(h / scale[0]))
+            size = _resampled_size(y.shape, scale)
             source = y if scale == (0.5, 0.5) else white
             resized = Image.fromarray(source.astype(np.float32), "F").resize(size, Image.Resampling.BICUBIC)
             residual = np.asarray(resized, np.float64)
@@ -345,6 +378,16 @@ class Watermarker:
             soft = np.bincount(assign[salt][mask], weights=values[mask], minlength=_CODED_BITS)
             reads.append((int(salt), soft / (np.abs(soft).mean() + 1e-12), float(scores[salt])))
         return reads
+
+
+def _resampled_size(shape: tuple[int, ...], scale: tuple[float, float]) -> tuple[int, int]:
+    """(width, height) an image of `shape` (rows, columns) is resampled to, to read it at `scale`."""
+    return round(shape[1] / scale[1]), round(shape[0] / scale[0])
+
+
+def _resampled_pixels(shape: tuple[int, ...], scale: tuple[float, float]) -> int:
+    width, height = _resampled_size(shape, scale)
+    return width * height
 
 
 def _lattice_score(auto: FloatArray, periods: FloatArray, reach: int) -> FloatArray:
