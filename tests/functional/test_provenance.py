@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 
 from tests.common.audit import audit_trail, sqlite_url
-from tests.common.factories import api_client, build_test_runtime, make_settings, post_generation
+from tests.common.factories import api_client, build_test_runtime, console_client, make_settings, post_generation
 from zguard.audit.prompts import PromptCapture
 from zguard.audit.trail import AuditTrail
 from zguard.cli.main import main
@@ -207,8 +207,18 @@ async def test_api_trace_takes_raw_or_base64_uploads_and_records_the_trace(
             unmarked = await api.post(path, content=plain, headers={**png, **auditor})
             junk = await api.post(path, content=b"not an image", headers={**png, **auditor})
             text = await api.post(path, content=b"x", headers={"content-type": "text/plain", **auditor})
+        # auditors sit on the management network: the console serves the same route
+        async with console_client(settings, runtime) as console:
+            on_console = await console.post(path, content=suspect, headers={**png, **auditor})
+            refused_on_console = await console.post(path, content=suspect, headers={**png, **tokens["gen1"]})
+            events_on_console = await console.get("/v1/audit/events?type=provenance.traced", headers=auditor)
     finally:
         runtime.worker.stop(timeout=10)
+    assert on_console.status_code == 200, on_console.text
+    assert on_console.json()["generation"]["request_id"] == request_id
+    assert refused_on_console.status_code == 403
+    assert events_on_console.status_code == 200, events_on_console.text
+    assert {e["http"]["path"] for e in events_on_console.json()["data"]} == {path}
     assert denied.status_code == 403
     assert denied.json()["error"]["code"] == "permission_denied"
     for resp in (raw, encoded):
@@ -221,7 +231,7 @@ async def test_api_trace_takes_raw_or_base64_uploads_and_records_the_trace(
     assert junk.json()["error"]["param"] == "image"
     assert text.status_code == 415
     traced = [json.loads(e.body) for e in trail.store.iter_events() if e.type == "provenance.traced"]
-    assert [t["outcome"] for t in traced] == ["done", "done", "failed"]
+    assert [t["outcome"] for t in traced] == ["done", "done", "failed", "done"]
     assert traced[0]["detail"]["traced_request_id"] == request_id
     assert traced[0]["principal"] == "auditor1"
     assert traced[0]["http"]["path"] == path

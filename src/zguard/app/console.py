@@ -1,6 +1,9 @@
 """The admin console listener: a separate app with its own middleware stack.
 
-For now a status page (model, demo flag, readiness); it never serves the generation API.
+A status page (model, demo flag, readiness), `/readyz/detail`, `/metrics`, and the auditors'
+read routes (`GET /v1/audit/events`, `POST /v1/provenance/trace`, the same code and permissions
+as on the API listener: the deployment guide puts auditors on the management network). It never
+serves the generation API.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ from html import escape
 from fastapi import FastAPI
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
+from zguard.app.audit_routes import add_audit_routes
 from zguard.app.auth import PUBLIC, requires
 from zguard.app.context import Services
 from zguard.app.middleware.request_context import CONSOLE_SECURITY_HEADERS
+from zguard.app.provenance import TRACE_PATH, add_provenance_routes, trace_body_limit
 from zguard.app.stack import NO_TELEMETRY, install_listener_stack
 from zguard.config import Settings
 from zguard.security.rbac import Permission
@@ -46,8 +51,11 @@ def create_console_app(settings: Settings, services: Services) -> FastAPI:
         max_body_bytes=CONSOLE_MAX_BODY,
         headers=CONSOLE_SECURITY_HEADERS,
         services=services,
+        body_limits={TRACE_PATH: trace_body_limit(settings)},
         server_names=settings.console.server_names,
     )
+    add_audit_routes(app, services)
+    add_provenance_routes(app, settings, services)
 
     @app.get("/readyz/detail", dependencies=[requires(Permission.SYSTEM_READ)])
     async def readiness_detail() -> JSONResponse:
