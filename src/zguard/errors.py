@@ -144,8 +144,9 @@ class ConfigError(OperatorError):
     code = "invalid_config"
     fix = "change the named keys in the settings file or their ZGUARD_* variables, then `zguard config check`"
 
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+    def __init__(self, problems: list[str], *, fix: str | None = None) -> None:
+        """`fix`: when every line carries its own fix (the host checks), what to say instead of the class's."""
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems), fix=fix)
         self.problems = problems
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -36,13 +38,36 @@ def test_help_on_every_command(argv: list[str], capsys: pytest.CaptureFixture[st
     assert "--config FILE" in out
 
 
-def test_config_check_prints_effective_settings_with_secrets_masked(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["config", "check", "--config", str(REPO / "config" / "security.yaml")]) == 0
+def test_config_check_prints_effective_settings_with_secrets_masked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # git keeps config/security.yaml at 0644: installed as the README says, mode 0600
+    installed = tmp_path / "security.yaml"
+    subprocess.run(["install", "-m", "600", str(REPO / "config" / "security.yaml"), str(installed)], check=True)
+    assert main(["config", "check", "--config", str(installed)]) == 0
     out = capsys.readouterr().out
     assert "designer01" in out
     assert "'**********'" in out
     assert "$2b$" not in out
     assert "port: 5000" in out
+
+
+def test_config_check_refuses_what_serve_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # it passed both of these, which serve refused
+    readable = tmp_path / "security.yaml"
+    shutil.copyfile(REPO / "config" / "security.yaml", readable)  # bcrypt hashes are secrets, as in /etc/shadow
+    readable.chmod(0o644)
+    assert main(["config", "check", "--config", str(readable)]) == 2
+    err = capsys.readouterr().err
+    assert f"{readable} (settings file (api_auth.users.0.password)) is readable by every account on this host" in err
+    assert f"fix: chmod o-rwx {readable}" in err
+    missing = tmp_path / "absent-terms.txt"
+    config = tmp_path / "zguard.yaml"
+    config.write_text(f"policy:\n  banned_terms_files: [builtin:guide, {missing}]\n", encoding="utf-8")
+    assert main(["config", "check", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"policy.banned_terms_files: {missing}: cannot read it (No such file or directory)" in err
+    assert "Traceback" not in err
 
 
 def test_config_before_or_after_subcommand(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

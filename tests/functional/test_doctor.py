@@ -15,10 +15,11 @@ import pytest
 from tests.common.audit import audit_trail, sqlite_url
 from tests.common.engines import GatedEngine
 from tests.common.factories import api_client, build_test_runtime, make_settings
+from tests.common.hosts import SERVICE, act_as, installed_model, luks_host, needs_root, open_tmp
 from zguard.audit.prompts import PromptCapture
 from zguard.cli.main import main
-from zguard.ops.doctor import EXIT_BY_SEVERITY, Host, report, run_checks
-from zguard.ops.host_checks import CheckResult, ProcessUser
+from zguard.ops.doctor import EXIT_BY_SEVERITY, report, run_checks
+from zguard.ops.host_checks import CheckResult, Host, ProcessUser
 from zguard.security.passwords import hash_password
 from zguard.serve.wiring import build_auth
 from zguard.services.readiness import ModelState
@@ -157,9 +158,11 @@ def refused(state: Path) -> Iterator[dict[str, str]]:
     ids: dict[str, str] = {}
 
     async def requests(trail: Any) -> None:
+        engine = GatedEngine()
+        engine.release()
         runtime = build_test_runtime(
             settings,
-            GatedEngine(),
+            engine,
             build_auth(settings, None, b"t" * 32, trail),
             audit=trail,
             prompts=PromptCapture("hmac", hmac_key=b"k" * 32),
@@ -180,7 +183,11 @@ def refused(state: Path) -> Iterator[dict[str, str]]:
                 ids["permission_denied"] = denied.headers["x-request-id"]
                 ok = await api.get("/v1/models", headers=basic("gina", "pw-gina-1"))
                 ids["allowed"] = ok.headers["x-request-id"]
-                limited = await api.get("/v1/models", headers=basic("gina", "pw-gina-1"))
+                # the configured rate applies to generation (reads have their own budget)
+                generate = {"prompt": "a cat", "size": "64x64"}
+                first = await api.post("/v1/images/generations", json=generate, headers=basic("gina", "pw-gina-1"))
+                assert first.status_code == 200, first.text
+                limited = await api.post("/v1/images/generations", json=generate, headers=basic("gina", "pw-gina-1"))
                 ids["rate_limit_exceeded"] = limited.headers["x-request-id"]
         finally:
             runtime.worker.stop(timeout=5)
@@ -244,3 +251,54 @@ def test_explain_an_allowed_request_and_an_unknown_one(
     code = main(["doctor", "--explain", "0" * 32])
     assert code == 2
     assert "no audit event for request " + "0" * 32 in capsys.readouterr().err
+
+
+# --- the host checks, as the service account sees them -----------------------------------------
+
+
+@pytest.fixture
+def service_view(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Doctor checks as the service account on an encrypted host; yields a folder it can reach."""
+    with open_tmp() as root:
+        act_as(monkeypatch, luks_host(tmp_path, SERVICE))
+        yield root
+
+
+@needs_root
+def test_a_model_the_service_account_cannot_read_fails(
+    state: Path, service_view: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # doctor said PASS: it checked that the files were not writable, never that they were readable
+    model = installed_model(service_view / "model")
+    weights = model / "transformer" / "diffusion_pytorch_model.safetensors"
+    weights.chmod(0o600)
+    monkeypatch.setenv("ZGUARD_MODEL__PATH", str(model))
+    code, out = doctor(capsys)
+    assert code == 2
+    assert (
+        f"FAIL  model_files_readable: {model}: 1 file(s) or folder(s) the account zguard runs as (uid 4242) "
+        f"cannot read: {weights} (0:4242 mode 600)"
+    ) in out
+    assert f"      fix: chown -R root:{SERVICE.group_name()} {model} && chmod -R u=rwX,g=rX,o= {model}" in out
+    assert f"PASS  model_files_read_only: {model}: not writable by uid 4242" in out
+    weights.chmod(0o640)
+    model.chmod(0o700)
+    code, out = doctor(capsys)
+    assert code == 2
+    assert f"FAIL  model_files_readable: {model}: 1 file(s) or folder(s)" in out
+    assert f"{model} (0:4242 mode 700)" in out
+
+
+def test_a_missing_model_asks_for_the_volume_and_still_checks_encryption(
+    state: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    absent = state.parent / "secure-models" / "Z-Image-Turbo"
+    monkeypatch.setenv("ZGUARD_MODEL__PATH", str(absent))
+    code, out = doctor(capsys, "--json")
+    assert code == 2
+    by_check = {f["check"]: f for f in json.loads(out)["findings"]}
+    missing = by_check["model_files_readable"]
+    assert missing["severity"] == "fail"
+    assert "is the encrypted volume mounted?" in missing["message"]
+    assert missing["fix"].startswith("open and mount the model volume (cryptsetup open DEVICE NAME")
+    assert by_check["model_storage_encrypted"]["detail"]["path"] == str(absent)  # not skipped

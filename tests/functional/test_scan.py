@@ -7,6 +7,8 @@ dependency check is exercised against what is really installed.
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.common.hosts import SERVICE, act_as, lay_out_as_installed, luks_host, needs_root, open_tmp
 from zguard.audit.setup import open_audit_store
 from zguard.cli.main import main
 from zguard.config.loader import load_settings
@@ -44,21 +47,33 @@ def osv_fixture(directory: Path, *, vulnerable: bool = True) -> Path:
     return directory
 
 
-@pytest.fixture
-def config(tmp_path: Path) -> Path:
-    model = tmp_path / "model"
+def write_config(root: Path) -> Path:
+    """A settings file under `root` naming a small pinned model and an initialised state database."""
+    model = root / "model"
     (model / "transformer").mkdir(parents=True)
     (model / "model_index.json").write_text('{"_class_name": "ZImagePipeline"}\n')
     (model / "transformer" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x01" * 4096)
     pin(model)
-    path = tmp_path / "zguard.yaml"
-    path.write_text(f"state_dir: {tmp_path / 'state'}\nmodel:\n  path: {model}\n")
+    path = root / "zguard.yaml"
+    path.write_text(f"state_dir: {root / 'state'}\nmodel:\n  path: {model}\nintegrity:\n  allow_root: true\n")
     settings = load_settings(path, environ={})
     settings.state_dir.mkdir(mode=0o700)
     engine = create_store_engine(database_url(settings))
     migrate.upgrade(engine)
     engine.dispose()
     return path
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    return write_config(tmp_path)
+
+
+@pytest.fixture
+def open_root() -> Iterator[Path]:
+    """A folder the service account can reach (pytest's own are root's alone)."""
+    with open_tmp() as root:
+        yield root
 
 
 def store_for(config: Path, clock: datetime = NOW) -> PrincipalStore:
@@ -74,9 +89,11 @@ def scan(config: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[
 
 
 def codes(report: dict[str, Any]) -> dict[str, list[str]]:
+    """The findings by code, but the host checks' (test_storage and the tests at the end show those)."""
     found: dict[str, list[str]] = {}
     for finding in report["findings"]:
-        found.setdefault(finding["code"], []).append(finding["subject"])
+        if finding["check"] != "host":
+            found.setdefault(finding["code"], []).append(finding["subject"])
     return found
 
 
@@ -130,14 +147,23 @@ def test_without_a_database_nothing_is_called_clean(config: Path, capsys: pytest
     assert "clean" not in table.lower()
 
 
+@needs_root
 def test_clean_only_when_everything_was_checked_and_the_scan_is_audited(
-    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    open_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # clean needs a clean host too: the service account's view of an installed, encrypted host
+    config = write_config(open_root)
+    settings = load_settings(config, environ={})
+    assert settings.model.path is not None
+    lay_out_as_installed(settings.model.path)
+    os.chown(settings.state_dir, SERVICE.uid, SERVICE.gid)
+    os.chown(config, 0, SERVICE.gid)
+    config.chmod(0o640)
+    act_as(monkeypatch, luks_host(tmp_path, SERVICE))
     code, report = scan(config, capsys, "--vuln-db", str(osv_fixture(tmp_path / "osv", vulnerable=False)))
     assert (code, report["status"], report["findings"]) == (0, "clean", [])
     assert report["dependencies"]["checked"] == report["dependencies"]["installed"] > 10
 
-    settings = load_settings(config, environ={})
     engine = create_store_engine(database_url(settings))
     events = [e for e in open_audit_store(settings, engine).iter_events() if e.type == "scan.completed"]
     engine.dispose()

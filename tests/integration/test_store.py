@@ -379,6 +379,7 @@ def test_cli_db_upgrade_and_current(
         f"state_dir: {tmp_path / 'state'}\ndatabase:\n  url: '{url.render_as_string(hide_password=False)}'\n",
         encoding="utf-8",
     )
+    config.chmod(0o600)  # it holds a secret (database.url): `config check` refuses it readable by others
     assert main(["db", "current", "--config", str(config)]) == 1
     out, err = capsys.readouterr()
     assert "none (empty)" in out

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from zguard.cli.common import EXIT_FIX, EXIT_OK, Commands, command, settings_of
 from zguard.config import Settings
 from zguard.ops.doctor import EXIT_BY_SEVERITY, explain_event, report, run_checks
-from zguard.ops.host_checks import SEVERITY_ORDER, CheckResult, settings_file, worst
+from zguard.ops.host_checks import SEVERITY_ORDER, CheckResult, SettingsFile, worst
 
 EXIT_NOT_FOUND = EXIT_FIX  # --explain: no event for the id, or the trail cannot be read
 
@@ -79,8 +79,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     if args.explain:
         return explain(settings, args.explain, as_json=args.json)
-    path, raw = settings_file(getattr(args, "config", None))
-    findings = run_checks(settings, config_file=path, raw_config=raw)
+    findings = run_checks(settings, source=SettingsFile.find(getattr(args, "config", None)))
     if args.json:
         print(json.dumps(report(findings), indent=2, ensure_ascii=False))
     else:

@@ -65,10 +65,11 @@ def cmd_scan(args: argparse.Namespace) -> int:
     engine = create_store_engine(database_url(settings))
     vuln_db = Path(args.vuln_db) if args.vuln_db else None
     from zguard.ops import osv
+    from zguard.ops.host_checks import SettingsFile
     from zguard.ops.scan import run_scan
 
     try:
-        report = run_scan(settings, engine, vuln_db=vuln_db)
+        report = run_scan(settings, engine, vuln_db=vuln_db, source=SettingsFile.find(getattr(args, "config", None)))
     except osv.VulnDbError as exc:
         print(f"zguard: {exc.message}", file=sys.stderr)
         return EXIT_FIX

@@ -7,21 +7,26 @@ import asyncio
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import yaml
 
 from zguard.cli.common import EXIT_OK, Commands, command, group, settings_of, setup_logging
+from zguard.errors import ConfigError
+
+if TYPE_CHECKING:
+    from zguard.config import Settings
+    from zguard.ops.host_checks import CheckResult, Host, SettingsFile
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     setup_logging(settings.log_level)
-    from zguard.ops.host_checks import refuse_readable_settings_file
+    from zguard.ops.host_checks import SettingsFile
     from zguard.serve.lifecycle import serve
 
-    refuse_readable_settings_file(getattr(args, "config", None))  # the rest of the host checks: serve()
-
-    code = asyncio.run(serve(settings))
+    # The host checks (zguard.ops.host_checks) run in serve(), the settings file among them.
+    code = asyncio.run(serve(settings, source=SettingsFile.find(getattr(args, "config", None))))
     # The orderly shutdown is complete (listeners closed, worker joined). Skip interpreter
     # finalization: tearing down torch's native thread pools there took 1-2 s and, now and then
     # under load, aborted the process (SIGABRT) after a clean stop, which a supervisor would
@@ -32,13 +37,58 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os._exit(code)
 
 
+def config_refusals(settings: Settings, source: SettingsFile | None, host: Host | None = None) -> list[CheckResult]:
+    """What `serve` would refuse before it binds a socket, checked without changing anything:
+    the listener rules, the host checks (zguard.ops.host_checks), the TLS files and the
+    banned-term lists. Raises ConfigError naming every problem; returns the warnings.
+
+    Who runs `serve` is the unit's `User=`, not a setting: running `config check` as root is
+    a warning here (as root, what the service account can read and change is not what is seen)."""
+    from zguard.ops.host_checks import HOST_FIX, CheckResult, Host, host_findings
+    from zguard.ops.install import DEFAULT_USER
+    from zguard.serve.listeners import check_safe, listener_tls
+    from zguard.services.prompt_policy import PolicyHolder
+
+    host = host or Host.current()
+    findings = host_findings(settings, host, source)
+    if host.who.uid == 0:
+        findings = [f for f in findings if f.check != "not_root"]
+        findings.insert(
+            0,
+            CheckResult(
+                "not_root",
+                "warn",
+                "checked as root, which can read and change every file: what the service account can read and "
+                "change was not checked (and `serve` refuses root unless integrity.allow_root: true)",
+                f"run it as the service account: sudo -u {DEFAULT_USER} zguard config check",
+            ),
+        )
+    host_problems = [f.line() for f in findings if f.severity == "fail"]
+    problems = list(host_problems)
+    for attempt in (
+        lambda: check_safe(settings),
+        lambda: listener_tls(settings.api, "api"),
+        lambda: listener_tls(settings.console, "console"),
+        lambda: PolicyHolder.from_settings(settings),
+    ):
+        try:
+            attempt()
+        except ConfigError as exc:
+            problems += exc.problems
+    if problems:
+        raise ConfigError(problems, fix=HOST_FIX if host_problems else None)
+    return [f for f in findings if f.severity == "warn"]
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     from zguard.config.loader import masked_settings
-    from zguard.serve.listeners import check_safe
+    from zguard.ops.host_checks import SettingsFile
 
-    check_safe(settings)
+    warnings = config_refusals(settings, SettingsFile.find(getattr(args, "config", None)))
     yaml.safe_dump(masked_settings(settings), sys.stdout, allow_unicode=True, sort_keys=False)
+    for finding in warnings:
+        print(f"# warning: {finding.line()}", file=sys.stderr)
     print("# configuration OK", file=sys.stderr)
     return EXIT_OK
 

@@ -122,7 +122,11 @@ def load_settings(path: str | os.PathLike[str] | None = None, environ: Mapping[s
     env = os.environ if environ is None else environ
     source, named = config_path(path, env)
     data: Any = {}
-    if source.exists():
+    try:
+        present = source.exists()
+    except OSError:  # a folder above it refuses this account: reading it says so below
+        present = True
+    if present:
         try:
             data = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
         except (OSError, UnicodeDecodeError) as exc:

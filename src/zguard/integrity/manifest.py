@@ -13,6 +13,7 @@ Checks, each reported as a `ManifestProblem` naming the file:
     symlink_escapes                       a symlink resolves outside the directory (inside ones are followed)
     pickle_weights                        a pickle-format file (.bin .pt .pth .ckpt .pkl), pinned or not
     not_regular                           a FIFO, socket or device, or a dangling symlink
+    unreadable                            a file or folder this account cannot read (permission denied)
 
 `check_layout` does every check but the hashes (stat only, cheap); `verify` adds the hashes.
 `VerifiedReader` reads a file once, hashing while reading, and returns the bytes only when they
@@ -62,6 +63,8 @@ FIXES = {
     "symlink_escapes": "replace the link with a copy of its target (e.g. `cp -rL`), so every file lives inside the model directory",
     "pickle_weights": "delete the file: zguard loads safetensors only (convert pickle weights to safetensors first)",
     "not_regular": "remove it: a model directory holds regular files and directories only",
+    "unreadable": "let the service account read the model: chown -R root:SERVICE-GROUP DIR && chmod -R u=rwX,g=rX,o= DIR "
+    "(zguard install does this)",
 }
 
 
@@ -213,34 +216,41 @@ def scan(model_dir: Path) -> ModelLayout:
     stack: list[tuple[Path, str]] = [(root, "")]
     while stack:
         directory, prefix = stack.pop()
-        with os.scandir(directory) as entries:
-            for entry in sorted(entries, key=lambda e: e.name):
-                rel = prefix + entry.name
-                if rel == MANIFEST_FILE:
+        try:
+            with os.scandir(directory) as entries:
+                listed = sorted(entries, key=lambda e: e.name)
+        except OSError as exc:  # a finding, not a crash: the files below it are not "missing"
+            layout.problems.append(
+                ManifestProblem("unreadable", prefix.rstrip("/") or ".", f"cannot list it ({exc.strerror})")
+            )
+            continue
+        for entry in listed:
+            rel = prefix + entry.name
+            if rel == MANIFEST_FILE:
+                continue
+            path = Path(entry.path)
+            if entry.is_symlink():
+                target = path.resolve()
+                if not target.is_relative_to(root):
+                    layout.problems.append(
+                        ManifestProblem("symlink_escapes", rel, f"a symlink to {target}, outside {root}")
+                    )
                     continue
-                path = Path(entry.path)
-                if entry.is_symlink():
-                    target = path.resolve()
-                    if not target.is_relative_to(root):
-                        layout.problems.append(
-                            ManifestProblem("symlink_escapes", rel, f"a symlink to {target}, outside {root}")
-                        )
-                        continue
-                    path = target
-                try:
-                    st = path.stat()
-                except OSError:
-                    layout.problems.append(ManifestProblem("not_regular", rel, "a dangling symlink"))
-                    continue
-                if stat.S_ISDIR(st.st_mode):
-                    if path.resolve() not in seen_dirs:  # a link back up would loop
-                        seen_dirs.add(path.resolve())
-                        stack.append((path, rel + "/"))
-                elif not stat.S_ISREG(st.st_mode):
-                    layout.problems.append(ManifestProblem("not_regular", rel, "not a regular file"))
-                else:
-                    layout.files[rel] = path
-                    layout.sizes[rel] = st.st_size
+                path = target
+            try:
+                st = path.stat()
+            except OSError:
+                layout.problems.append(ManifestProblem("not_regular", rel, "a dangling symlink"))
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                if path.resolve() not in seen_dirs:  # a link back up would loop
+                    seen_dirs.add(path.resolve())
+                    stack.append((path, rel + "/"))
+            elif not stat.S_ISREG(st.st_mode):
+                layout.problems.append(ManifestProblem("not_regular", rel, "not a regular file"))
+            else:
+                layout.files[rel] = path
+                layout.sizes[rel] = st.st_size
     for rel in layout.files:
         if Path(rel).suffix.lower() in PICKLE_SUFFIXES:
             layout.problems.append(
@@ -256,6 +266,10 @@ def read_manifest(model_dir: Path) -> ModelManifest:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ManifestError(model_dir, [ManifestProblem("manifest_missing", MANIFEST_FILE, "no manifest")]) from None
+    except PermissionError as exc:
+        raise ManifestError(
+            model_dir, [ManifestProblem("unreadable", MANIFEST_FILE, f"cannot read it ({exc.strerror})")]
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(
             model_dir, [ManifestProblem("manifest_invalid", MANIFEST_FILE, f"unreadable: {exc}")]
@@ -270,10 +284,11 @@ def compare(manifest: ModelManifest, layout: ModelLayout) -> list[ManifestProble
     """Missing, extra and resized files (stat only)."""
     pinned = manifest.by_path()
     reported = {problem.path for problem in layout.problems}  # a link leading out is not also "missing"
+    unlisted = tuple(p.path + "/" for p in layout.problems if p.code == "unreadable" and p.path != ".")
     problems = []
     for rel, entry in pinned.items():
         if rel not in layout.files:
-            if rel not in reported:
+            if rel not in reported and not rel.startswith(unlisted) and "." not in reported:
                 problems.append(ManifestProblem("missing", rel, "pinned in the manifest but not in the directory"))
         elif layout.sizes[rel] != entry.size:
             problems.append(ManifestProblem("size_changed", rel, f"{layout.sizes[rel]} bytes, pinned at {entry.size}"))
@@ -336,13 +351,26 @@ def hash_file(path: Path, counter: ProgressCounter | None = None, chunk: int = R
     return digest.hexdigest(), size
 
 
-def _hash_all(layout: ModelLayout, progress: Progress | None, threads: int) -> dict[str, tuple[str, int]]:
+def _hash_or_problem(rel: str, path: Path, counter: ProgressCounter) -> tuple[str, int] | ManifestProblem:
+    try:
+        return hash_file(path, counter)
+    except OSError as exc:
+        return ManifestProblem("unreadable", rel, f"cannot read it ({exc.strerror})")
+
+
+def _hash_all(
+    layout: ModelLayout, progress: Progress | None, threads: int
+) -> tuple[dict[str, tuple[str, int]], list[ManifestProblem]]:
+    """(SHA-256 and size by relative path, the files that could not be read)."""
     counter = ProgressCounter(sum(layout.sizes.values()), progress)
     # Largest first, so the last file to finish is a small one and no thread idles at the end.
     order = sorted(layout.files, key=lambda rel: -layout.sizes[rel])
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        results = pool.map(lambda rel: hash_file(layout.files[rel], counter), order)
-        return dict(zip(order, results, strict=True))
+        results = dict(
+            zip(order, pool.map(lambda rel: _hash_or_problem(rel, layout.files[rel], counter), order), strict=True)
+        )
+    hashes = {rel: result for rel, result in results.items() if not isinstance(result, ManifestProblem)}
+    return hashes, sorted((r for r in results.values() if isinstance(r, ManifestProblem)), key=lambda p: p.path)
 
 
 def pin(
@@ -358,7 +386,9 @@ def pin(
     layout = scan(model_dir)
     if layout.problems:
         raise ManifestError(model_dir, layout.problems, "cannot be pinned")
-    hashes = _hash_all(layout, progress, threads)
+    hashes, unreadable = _hash_all(layout, progress, threads)
+    if unreadable:
+        raise ManifestError(model_dir, unreadable, "cannot be pinned")
     manifest = ModelManifest.of((FileEntry(rel, size, sha) for rel, (sha, size) in hashes.items()), key)
     staging = model_dir / f".{MANIFEST_FILE}.tmp"
     staging.write_text(manifest.to_json(), encoding="utf-8")
@@ -406,7 +436,8 @@ def verify(
         files={rel: p for rel, p in layout.files.items() if rel in pinned and layout.sizes[rel] == pinned[rel].size},
         sizes=layout.sizes,
     )
-    hashes = _hash_all(hashable, progress, threads)
+    hashes, unreadable = _hash_all(hashable, progress, threads)
+    problems += unreadable
     problems += [
         ManifestProblem("changed", rel, f"SHA-256 {sha[:16]}..., pinned {pinned[rel].sha256[:16]}...")
         for rel, (sha, _size) in sorted(hashes.items())
@@ -449,7 +480,13 @@ class VerifiedReader:
         digest = hashlib.sha256()
         pieces: list[bytes] = []
         size = 0
-        with self._paths[rel].open("rb", buffering=0) as handle:
+        try:
+            handle = self._paths[rel].open("rb", buffering=0)
+        except OSError as exc:
+            raise ManifestError(
+                self.model_dir, [ManifestProblem("unreadable", rel, f"cannot read it ({exc.strerror})")]
+            ) from None
+        with handle:
             # One byte past the pinned size, so a file that grew is noticed without reading all of it.
             while size <= entry.size and (piece := handle.read(min(READ_CHUNK, entry.size + 1 - size))):
                 digest.update(piece)

@@ -1,10 +1,11 @@
 """What `zguard doctor` checks, with the fix for each, and what it says of a refused request.
 
-The checks are zguard.ops.host_checks's (root, state directory, secret files, model files,
-encrypted volume, SELinux/AppArmor) plus what zero persistence leaves to show (runtime directory
-empty, no image files under the state directory, the last cleanup) and the audit trail (the
-chain verified as `zguard audit verify` does; the syslog forwarding lag). The command that
-prints them is zguard.cli.doctor.
+The checks are zguard.ops.host_checks's list, the one `serve` refuses to start on (root, state
+directory, settings and key files, model files, encrypted volume), then what only doctor
+reports: SELinux/AppArmor, what zero persistence leaves to show (runtime directory empty, no
+image files under the state directory, the last cleanup) and the audit trail (the chain verified
+as `zguard audit verify` does; the syslog forwarding lag). The command that prints them is
+zguard.cli.doctor.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +25,11 @@ from zguard.audit.verify import verify_store
 from zguard.config import Settings
 from zguard.errors import EXIT_FIX, EXIT_NO, EXIT_OK, fix_for
 from zguard.ops.host_checks import (
-    PROC,
-    SYS,
     CheckResult,
-    ProcessUser,
-    model_permissions,
-    running_as,
-    secret_file_permissions,
-    secret_files,
+    Host,
+    SettingsFile,
+    host_findings,
     security_modules,
-    state_dir_permissions,
-    storage_encryption,
     worst,
 )
 from zguard.ops.persistence import CleanupRecord, files_under
@@ -49,54 +43,7 @@ IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a")
 MAX_SCANNED_FILES = 100_000
 
 
-@dataclass(frozen=True)
-class Host:
-    """What the checks read beyond the settings; tests give fake roots and another identity."""
-
-    who: ProcessUser
-    proc_root: Path = PROC
-    sys_root: Path = SYS
-    now: Callable[[], float] = time.time
-
-    @classmethod
-    def current(cls) -> Host:
-        return cls(ProcessUser.current())
-
-
 # --- the checks -------------------------------------------------------------------------------
-
-
-def model_findings(settings: Settings, host: Host) -> list[CheckResult]:
-    required = settings.integrity.require_encrypted_model_storage
-    if settings.model.path is None:
-        demo = state_paths.demo_model_dir(settings)
-        findings = [
-            CheckResult(
-                "model_files_read_only",
-                "warn",
-                f"serving the demo model ({demo}, random weights, built and owned by zguard itself)",
-                "set model.path to the Z-Image-Turbo directory (root-owned, mode 750/640)",
-            )
-        ]
-        where = demo if demo.exists() else settings.state_dir
-        return [
-            *findings,
-            storage_encryption(where, required=required, proc_root=host.proc_root, sys_root=host.sys_root),
-        ]
-    path = settings.model.path
-    if not (path / "model_index.json").is_file():
-        return [
-            CheckResult(
-                "model_files_read_only",
-                "fail",
-                f"{path}: no model_index.json (not a diffusers-format model directory, or not readable)",
-                f"point model.path at the Z-Image directory; check: ls -l {path}",
-            )
-        ]
-    return [
-        *model_permissions(path, host.who),
-        storage_encryption(path, required=required, proc_root=host.proc_root, sys_root=host.sys_root),
-    ]
 
 
 def _is_image(path: Path) -> bool:
@@ -235,14 +182,10 @@ def audit_findings(settings: Settings) -> list[CheckResult]:
     return findings
 
 
-def run_checks(
-    settings: Settings, host: Host | None = None, config_file: Path | None = None, raw_config: Any = None
-) -> list[CheckResult]:
+def run_checks(settings: Settings, host: Host | None = None, source: SettingsFile | None = None) -> list[CheckResult]:
+    """The host integrity list `serve` refuses on (zguard.ops.host_checks), then what only doctor reports."""
     host = host or Host.current()
-    findings = [running_as(host.who, allow_root=settings.integrity.allow_root)]
-    findings.append(state_dir_permissions(settings.state_dir, host.who))
-    findings += secret_file_permissions(secret_files(settings, config_file, raw_config))
-    findings += model_findings(settings, host)
+    findings = host_findings(settings, host, source)
     findings.append(security_modules(host.proc_root, host.sys_root))
     findings += persistence_findings(settings, host)
     findings += audit_findings(settings)

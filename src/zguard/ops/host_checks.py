@@ -1,397 +1,116 @@
-"""Storage and permission checks: where the model lies, who may change it, who may read secrets.
+"""Host integrity checks, in one place: what the host must be before zguard serves from it.
 
-Every check returns `CheckResult`s (PASS / WARN / FAIL, a message naming the path and what is wrong,
-and the command that fixes it); `serve` refuses to start on the FAILs of `startup_problems`,
-and `zguard doctor` prints them all. The kernel's views are read from injectable roots (`/proc`,
-`/sys`), so tests show an encrypted and an unencrypted device with fake trees.
+`host_findings` is the one list, and every command runs it: `serve` refuses to start on its
+FAILs (exit 2; zguard.serve.lifecycle) and logs its WARNs; `config check` refuses on the same
+FAILs (zguard.cli.serve; run as root it cannot see what the service account sees, so it says so
+in a warning instead of refusing root); `zguard doctor` prints it (and more: zguard.ops.doctor);
+`zguard scan` reports each finding that is not PASS (FAIL as `high`, WARN as `low`). So each
+problem reads the same everywhere: the path, what is wrong, and the command that fixes it. Its
+parts live in zguard.ops.findings (the vocabulary), zguard.ops.file_checks (settings and key
+files), zguard.ops.model_checks and zguard.ops.mounts; commands import them from here.
 
-Encryption: the mount holding the path is found in `<proc>/self/mountinfo` (longest mount
-point, the later of two equal ones: over-mounts); its device `MAJ:MIN` is looked up in
-`<sys>/dev/block/MAJ:MIN`; a device-mapper target whose `dm/uuid` begins with `CRYPT-` is
-dm-crypt (LUKS or plain). Stacks are followed through `slaves/`, so an LVM volume or RAID on
-top of a LUKS container counts as encrypted.
+    not_root                  running as root: FAIL, WARN with integrity.allow_root: true
+    state_dir                 owned by the account zguard runs as, mode 0700 (absent: WARN, serve makes it)
+    settings_files_protected  the settings file, the banned-term lists, the manifest and auditor public keys,
+                              TLS certificates and CAs: readable by zguard's account; changeable by root only
+    key_files_protected       every key file (token, audit signing, prompt, watermark, provenance signing,
+                              TLS and syslog keys, the demo token): readable by zguard's account; changeable
+                              by no account but root and zguard's own
+    secret_file_private       key files and a settings file that sets a secret: readable by no other account
+    model_files_readable      model.path exists, holds model_index.json, and zguard's account can read every
+                              file and enter every folder of it (and every folder above it)
+    model_files_read_only     no model file or folder zguard's account could change
+    model_files_private       model files closed to other accounts: WARN
+    model_storage_encrypted   on dm-crypt/LUKS (zguard.ops.mounts): FAIL when
+                              integrity.require_encrypted_model_storage, else WARN
+
+Decisions, and why:
+- A settings file (or list, or trust anchor) that zguard's own account can change is refused: a
+  compromised zguard could add `api_auth.users` with any role, widen `api.allow` or empty the
+  banned-term lists, and the change would outlive the compromise. It is a WARN only while zguard
+  serves the demo model it built itself (model.path unset, images are noise): that is a
+  checkout run (`make serve`) by a developer who owns the checkout and its settings. The folder
+  holding such a file counts too (whoever can change the folder can replace the file); only the
+  folder itself, not those above it, and a sticky folder (/tmp) lets no one replace another's file.
+- Key files zguard writes itself live in its state directory, owned by its account: that account
+  changing them gains nothing it does not hold already. Any other account that can change or
+  read them fails.
+- Password hashes are secrets here, as in /etc/shadow: a readable bcrypt hash can be attacked
+  offline. So a settings file with `api_auth.users` is refused when other accounts can read it.
+  git stores no mode 0600, which is why the README installs `config/security.yaml` with
+  `install -m 600` (or root:GROUP 0640) rather than serving the checkout's copy. Fail closed.
+- The demo model is exempt from the model checks only when zguard built it, in its own
+  state_dir (model.path unset). A `zguard-demo.json` in an operator's model.path exempts nothing.
+- A model directory that is missing or has no model_index.json is most often an encrypted
+  volume that is not open or not mounted (the mount point is left empty): the message asks, and
+  the encryption check still runs on the path.
+- Access is decided from owners and mode bits as the kernel does (owner class, group class,
+  others; root reads everything); POSIX ACLs and read-only mounts are not consulted, so a check
+  may fail a file an ACL would have allowed: the fix names the mode that needs no ACL.
+- Nothing here raises on an unreadable path: a PermissionError is a finding with its fix.
 """
 
 from __future__ import annotations
 
-import grp
-import os
 import stat
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, SecretStr
-
-from zguard import state_paths
 from zguard.config import Settings
-from zguard.config.loader import config_path
 from zguard.errors import ConfigError
+from zguard.ops.file_checks import (
+    SettingsFile,
+    config_secret_keys,
+    file_findings,
+    secret_file_permissions,
+    secret_files,
+    settings_files,
+)
+from zguard.ops.findings import SEVERITY_ORDER, CheckResult, Host, ProcessUser, Severity, worst
+from zguard.ops.model_checks import model_dir_problem, model_findings, model_permissions, storage_encryption
+from zguard.ops.mounts import PROC, SYS
 
-Severity = Literal["pass", "warn", "fail"]
-SEVERITY_ORDER: Mapping[Severity, int] = {"pass": 0, "warn": 1, "fail": 2}
-PROC = Path("/proc")
-SYS = Path("/sys")
-MAX_SHOWN = 5  # offending paths named in one finding
-MAX_DM_DEPTH = 16
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """One check's verdict. `fix` is the command (or setting) that makes it pass."""
-
-    check: str
-    severity: Severity
-    message: str
-    fix: str | None = None
-    detail: Mapping[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "check": self.check,
-            "severity": self.severity,
-            "message": self.message,
-            "fix": self.fix,
-            "detail": dict(self.detail),
-        }
-
-
-def worst(findings: Iterable[CheckResult]) -> Severity:
-    return max((f.severity for f in findings), key=SEVERITY_ORDER.__getitem__, default="pass")
-
-
-@dataclass(frozen=True)
-class ProcessUser:
-    """Who zguard runs as: the effective uid, its primary group and every group it holds."""
-
-    uid: int
-    gid: int
-    gids: frozenset[int]
-
-    @classmethod
-    def current(cls) -> ProcessUser:
-        return cls(os.geteuid(), os.getegid(), frozenset({os.getegid(), *os.getgroups()}))
-
-    def group_name(self) -> str:
-        try:
-            return grp.getgrgid(self.gid).gr_name
-        except KeyError:
-            return str(self.gid)
+__all__ = [  # the one place the commands and tests import the host checks from
+    "HOST_FIX",
+    "SEVERITY_ORDER",
+    "CheckResult",
+    "Host",
+    "ProcessUser",
+    "SettingsFile",
+    "Severity",
+    "config_secret_keys",
+    "host_findings",
+    "model_dir_problem",
+    "model_permissions",
+    "refuse_unsafe_host",
+    "running_as",
+    "secret_file_permissions",
+    "secret_files",
+    "security_modules",
+    "startup_problems",
+    "state_dir_permissions",
+    "storage_encryption",
+    "tighten_state_dir",
+    "worst",
+]
+HOST_FIX = "each line ends with the command that fixes it; `zguard doctor` shows every check"
 
 
-# --- encryption -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Mount:
-    major: int
-    minor: int
-    mount_point: str
-    fstype: str
-    source: str
-
-    @property
-    def device(self) -> str:
-        return f"{self.major}:{self.minor}"
-
-
-def _unescape(text: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as `\\ooo`."""
-    out, i = [], 0
-    while i < len(text):
-        if text[i] == "\\" and text[i + 1 : i + 4].isdigit() and len(text[i + 1 : i + 4]) == 3:
-            out.append(chr(int(text[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
-
-
-def parse_mountinfo(text: str) -> list[Mount]:
-    mounts = []
-    for line in text.splitlines():
-        before, sep, after = line.partition(" - ")
-        fields, tail = before.split(), after.split()
-        if not sep or len(fields) < 5 or len(tail) < 2 or ":" not in fields[2]:
-            continue
-        major, minor = fields[2].split(":", 1)
-        mounts.append(Mount(int(major), int(minor), _unescape(fields[4]), tail[0], _unescape(tail[1])))
-    return mounts
-
-
-def mount_of(path: Path, proc_root: Path = PROC) -> Mount | None:
-    """The mount `path` (resolved) lies on: the longest matching mount point, the last listed."""
-    try:
-        mounts = parse_mountinfo((proc_root / "self" / "mountinfo").read_text(encoding="utf-8"))
-    except OSError:
-        return None
-    target = os.path.realpath(path)
-    best: Mount | None = None
-    for mount in mounts:
-        point = mount.mount_point.rstrip("/") or "/"
-        inside = target == point or target.startswith(point + "/") or point == "/"
-        if inside and (best is None or len(point) >= len(best.mount_point.rstrip("/") or "/")):
-            best = mount
-    return best
-
-
-def encryption_layers(device: str, sys_root: Path = SYS) -> tuple[bool, list[str]]:
-    """(encrypted, the device-mapper layers seen as `name uuid`) for block device `MAJ:MIN`."""
-    layers: list[str] = []
-
-    def visit(node: Path, depth: int) -> bool:
-        if depth > MAX_DM_DEPTH:
-            return False
-        try:
-            uuid = (node / "dm" / "uuid").read_text(encoding="utf-8").strip()
-        except OSError:
-            uuid = ""
-        if uuid:
-            try:
-                name = (node / "dm" / "name").read_text(encoding="utf-8").strip()
-            except OSError:
-                name = node.name
-            layers.append(f"{name} {uuid}")
-            if uuid.startswith("CRYPT-"):
-                return True
-        slaves = node / "slaves"
-        children = sorted(slaves.iterdir()) if slaves.is_dir() else []
-        return bool(children) and all(visit(child, depth + 1) for child in children)
-
-    node = sys_root / "dev" / "block" / device
-    if not node.exists():
-        return False, layers
-    return visit(node, 0), layers
-
-
-def storage_encryption(path: Path, *, required: bool, proc_root: Path = PROC, sys_root: Path = SYS) -> CheckResult:
-    """Whether `path` lies on dm-crypt. Not encrypted: FAIL when `required`, else WARN."""
-    missing: Severity = "fail" if required else "warn"
-    fix = (
-        f"move {path} to a LUKS volume (cryptsetup luksFormat DEVICE; cryptsetup open DEVICE zguard-models; "
-        "mkfs and mount it), then point model.path there"
-    )
-    mount = mount_of(path, proc_root)
-    if mount is None:
-        return CheckResult(
-            "model_storage_encrypted",
-            missing,
-            f"{path}: cannot find its mount in {proc_root}/self/mountinfo; encryption unknown",
-            fix,
-        )
-    detail: dict[str, Any] = {
-        "mount_point": mount.mount_point,
-        "device": mount.device,
-        "fstype": mount.fstype,
-        "source": mount.source,
-    }
-    if mount.major == 0:
-        return CheckResult(
-            "model_storage_encrypted",
-            missing,
-            f"{path}: on {mount.fstype} at {mount.mount_point} ({mount.source}), not a block device; "
-            "cannot show it is encrypted",
-            fix,
-            detail,
-        )
-    encrypted, layers = encryption_layers(mount.device, sys_root)
-    detail["layers"] = layers
-    if encrypted:
-        return CheckResult(
-            "model_storage_encrypted",
-            "pass",
-            f"{path}: on {mount.source} ({mount.device}) at {mount.mount_point}, dm-crypt: {' -> '.join(layers)}",
-            None,
-            detail,
-        )
-    return CheckResult(
-        "model_storage_encrypted",
-        missing,
-        f"{path}: on {mount.source} ({mount.device}) at {mount.mount_point}, which is not dm-crypt/LUKS",
-        fix,
-        detail,
-    )
-
-
-# --- permissions ------------------------------------------------------------------------------
-
-
-def _walk(root: Path) -> Iterable[Path]:
-    yield root
-    for base, dirs, names in os.walk(root):
-        for name in sorted(dirs) + sorted(names):
-            yield Path(base) / name
-
-
-def _named(paths: list[str]) -> str:
-    shown = ", ".join(paths[:MAX_SHOWN])
-    return shown + (f" and {len(paths) - MAX_SHOWN} more" if len(paths) > MAX_SHOWN else "")
-
-
-def model_permissions(model_dir: Path, who: ProcessUser) -> list[CheckResult]:
-    """The model files must not be writable by zguard's account (root owns them, the service
-    group reads them: 750/640 or tighter). Writable: FAIL; readable by others: WARN."""
-    writable: list[str] = []
-    open_to_others: list[str] = []
-    for path in _walk(model_dir):
-        try:
-            st = path.lstat()
-        except OSError:
-            continue
-        if stat.S_ISLNK(st.st_mode):
-            continue  # the manifest check decides about links; their own mode means nothing
-        mode = stat.S_IMODE(st.st_mode)
-        owned = st.st_uid == who.uid and who.uid != 0
-        if owned or mode & stat.S_IWOTH or (mode & stat.S_IWGRP and st.st_gid in who.gids):
-            writable.append(f"{path} ({st.st_uid}:{st.st_gid} {mode:o})")
-        if mode & (stat.S_IROTH | stat.S_IWOTH | stat.S_IXOTH):
-            open_to_others.append(str(path))
-    fix = f"chown -R root:{who.group_name()} {model_dir} && chmod -R u=rwX,g=rX,o= {model_dir}"
-    findings = []
-    if writable:
-        findings.append(
-            CheckResult(
-                "model_files_read_only",
-                "fail",
-                f"{model_dir}: {len(writable)} file(s) or folder(s) the account zguard runs as (uid {who.uid}) "
-                f"can change: {_named(writable)}",
-                fix,
-            )
-        )
-    else:
-        findings.append(
-            CheckResult("model_files_read_only", "pass", f"{model_dir}: not writable by uid {who.uid}", None)
-        )
-    if open_to_others:
-        findings.append(
-            CheckResult(
-                "model_files_private",
-                "warn",
-                f"{model_dir}: {len(open_to_others)} file(s) or folder(s) open to other accounts: {_named(open_to_others)}",
-                f"chmod -R o= {model_dir}",
-            )
-        )
-    else:
-        findings.append(CheckResult("model_files_private", "pass", f"{model_dir}: closed to other accounts", None))
-    return findings
-
-
-def _secret_keys(data: Any, model: type[BaseModel], prefix: str = "") -> list[str]:
-    """The dotted keys in raw settings `data` that set a secret (`SecretStr`) field of `model`."""
-    found: list[str] = []
-    if not isinstance(data, Mapping):
-        return found
-    for key, value in data.items():
-        info = model.model_fields.get(str(key))
-        if info is None or value is None:
-            continue
-        name = f"{prefix}{key}"
-        if "SecretStr" in str(info.annotation):
-            default = info.default.get_secret_value() if isinstance(info.default, SecretStr) else info.default
-            if value != default:  # `memory://` spelled out is no secret
-                found.append(name)
-            continue
-        nested = _nested_model(info.annotation)
-        if nested is None:
-            continue
-        items = value if isinstance(value, list) else [value]
-        for index, item in enumerate(items):
-            where = f"{name}.{index}." if isinstance(value, list) else f"{name}."
-            found += _secret_keys(item, nested, where)
-    return found
-
-
-def _nested_model(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        nested = _nested_model(arg)
-        if nested is not None:
-            return nested
-    return None
-
-
-def config_secret_keys(raw: Any) -> list[str]:
-    """Which keys of a parsed settings file hold secrets (passwords, database URL, Redis URL...)."""
-    return _secret_keys(raw, Settings)
-
-
-def secret_files(settings: Settings, config_file: Path | None = None, raw_config: Any = None) -> dict[str, Path]:
-    """Files that hold secrets, by what they are: key files, the demo token, the settings file
-    when it sets a secret key."""
-    files = state_paths.key_files(settings)
-    if settings.audit.syslog.key_file is not None:
-        files["audit.syslog.key_file"] = settings.audit.syslog.key_file
-    for name, listener in (("api", settings.api), ("console", settings.console)):
-        if listener.tls_key_file is not None:
-            files[f"{name}.tls_key_file"] = listener.tls_key_file
-    if config_file is not None and config_secret_keys(raw_config):
-        files[f"settings file ({', '.join(config_secret_keys(raw_config))})"] = config_file
-    return files
-
-
-def settings_file(cli_value: str | None, environ: Mapping[str, str] = os.environ) -> tuple[Path | None, Any]:
-    """The settings file zguard reads (`--config`, `$ZGUARD_CONFIG`, `config/zguard.yaml`) and its
-    parsed contents; (None, None) when there is none or it cannot be parsed (loading reports that)."""
-    path, _named = config_path(cli_value, environ)
-    try:
-        return path, yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return None, None
-
-
-def refuse_readable_settings_file(cli_value: str | None, environ: Mapping[str, str] = os.environ) -> None:
-    """`serve`: raise ConfigError when the settings file sets a secret and others may read it."""
-    path, raw = settings_file(cli_value, environ)
-    if path is None or not config_secret_keys(raw):
-        return
-    keys = ", ".join(config_secret_keys(raw))
-    refusals = [f"{f.message}; fix: {f.fix}" for f in secret_file_permissions({f"settings file ({keys})": path})]
-    if any("readable by every account" in line for line in refusals):
-        raise ConfigError(refusals)
-
-
-def secret_file_permissions(files: Mapping[str, Path]) -> list[CheckResult]:
-    """Files holding secrets must not be readable (or writable) by other accounts: FAIL."""
-    findings = []
-    for what, path in files.items():
-        try:
-            st = path.stat()
-        except OSError:
-            continue  # not created yet, or not configured: nothing to leak
-        mode = stat.S_IMODE(st.st_mode)
-        if mode & (stat.S_IROTH | stat.S_IWOTH):
-            findings.append(
-                CheckResult(
-                    "secret_file_private",
-                    "fail",
-                    f"{path} ({what}) is readable by every account on this host (mode {mode:o})",
-                    f"chmod o-rwx {path}  (0600, or 0640 with the service group)",
-                    {"path": str(path)},
-                )
-            )
-        else:
-            findings.append(
-                CheckResult("secret_file_private", "pass", f"{path} ({what}): mode {mode:o}", None, {"path": str(path)})
-            )
-    if not findings:
-        findings.append(CheckResult("secret_file_private", "pass", "no secret files yet (none configured or created)"))
-    return findings
+# --- the account and its state directory ------------------------------------------------------
 
 
 def state_dir_permissions(state_dir: Path, who: ProcessUser) -> CheckResult:
     """The state directory: mode 0700, owned by zguard's account."""
+    detail = {"path": str(state_dir)}
     try:
         st = state_dir.stat()
     except FileNotFoundError:
         return CheckResult(
-            "state_dir", "warn", f"{state_dir}: does not exist yet (`zguard serve` creates it, mode 0700)"
+            "state_dir", "warn", f"{state_dir}: does not exist yet (`zguard serve` creates it, mode 0700)", None, detail
         )
     except OSError as exc:
-        return CheckResult("state_dir", "fail", f"{state_dir}: cannot be read ({exc.strerror})", f"ls -ld {state_dir}")
+        return CheckResult(
+            "state_dir", "fail", f"{state_dir}: cannot be read ({exc.strerror})", f"namei -l {state_dir}", detail
+        )
     mode = stat.S_IMODE(st.st_mode)
     if st.st_uid != who.uid:
         return CheckResult(
@@ -399,12 +118,17 @@ def state_dir_permissions(state_dir: Path, who: ProcessUser) -> CheckResult:
             "fail",
             f"{state_dir}: owned by uid {st.st_uid}, not by the account zguard runs as (uid {who.uid})",
             f"chown {who.uid}:{who.group_name()} {state_dir} && chmod 700 {state_dir}",
+            detail,
         )
     if mode & 0o077:
         return CheckResult(
-            "state_dir", "fail", f"{state_dir}: mode {mode:o}, other accounts can enter it", f"chmod 700 {state_dir}"
+            "state_dir",
+            "fail",
+            f"{state_dir}: mode {mode:o}, other accounts can enter it",
+            f"chmod 700 {state_dir}",
+            detail,
         )
-    return CheckResult("state_dir", "pass", f"{state_dir}: mode {mode:o}, owned by uid {st.st_uid}")
+    return CheckResult("state_dir", "pass", f"{state_dir}: mode {mode:o}, owned by uid {st.st_uid}", None, detail)
 
 
 def tighten_state_dir(state_dir: Path, who: ProcessUser) -> bool:
@@ -438,7 +162,7 @@ def running_as(who: ProcessUser, *, allow_root: bool) -> CheckResult:
     )
 
 
-# --- mandatory access control -----------------------------------------------------------------
+# --- mandatory access control (doctor only: a report, never a refusal) ------------------------
 
 
 def _read(path: Path) -> str | None:
@@ -446,6 +170,14 @@ def _read(path: Path) -> str | None:
         return path.read_text(encoding="utf-8", errors="replace").strip().strip("\x00")
     except OSError:
         return None
+
+
+SECURITY_MODULES_FIX = (
+    "zguard ships no SELinux or AppArmor policy; what confines it is its systemd unit's sandboxing "
+    "(zguard install writes it: systemd-analyze security zguard.service). For mandatory access control "
+    "write a site policy for the zguard binary: SELinux, a zguard_t domain (sepolicy generate --init "
+    "PATH-TO-zguard) with setenforce 1; AppArmor, a profile (aa-genprof PATH-TO-zguard) put in enforce mode"
+)
 
 
 def security_modules(proc_root: Path = PROC, sys_root: Path = SYS) -> CheckResult:
@@ -466,28 +198,49 @@ def security_modules(proc_root: Path = PROC, sys_root: Path = SYS) -> CheckResul
         "security_modules",
         "warn",
         text + ": zguard is not confined by a mandatory access control policy",
-        "load a policy for zguard (SELinux: setenforce 1 and a zguard domain; AppArmor: aa-enforce /etc/apparmor.d/zguard)",
+        SECURITY_MODULES_FIX,
         detail,
     )
 
 
-def startup_problems(
-    settings: Settings,
-    model_dir: Path,
-    *,
-    demo: bool,
-    who: ProcessUser | None = None,
-    proc_root: Path = PROC,
-    sys_root: Path = SYS,
-) -> tuple[list[str], list[CheckResult]]:
-    """What `serve` refuses to start with (one line each: path, problem, fix) and the warnings."""
-    who = who or ProcessUser.current()
+# --- the one list -----------------------------------------------------------------------------
+
+
+def host_findings(
+    settings: Settings, host: Host | None = None, source: SettingsFile | None = None
+) -> list[CheckResult]:
+    """Every host integrity check, in the order they are printed; `source`: the settings file read."""
+    host = host or Host.current()
+    who = host.who
+    demo = settings.model.path is None
     findings = [running_as(who, allow_root=settings.integrity.allow_root)]
     findings.append(state_dir_permissions(settings.state_dir, who))
-    findings += secret_file_permissions(secret_files(settings))
-    if not demo:  # the demo model is built by zguard itself, so it is necessarily its own
-        findings += model_permissions(model_dir, who)
-    if settings.integrity.require_encrypted_model_storage:
-        findings.append(storage_encryption(model_dir, required=True, proc_root=proc_root, sys_root=sys_root))
-    refusals = [f"{f.message}; fix: {f.fix}" for f in findings if f.severity == "fail"]
-    return refusals, [f for f in findings if f.severity == "warn"]
+    secrets = secret_files(settings, source)
+    for what, path in settings_files(settings, source).items():
+        secret = source is not None and path == source.path and what in secrets
+        findings += file_findings(what, path, who, key=False, secret=secret, demo=demo, state_dir=settings.state_dir)
+    for what, path in secrets.items():
+        if source is None or path != source.path:
+            findings += file_findings(what, path, who, key=True, secret=True, demo=demo, state_dir=settings.state_dir)
+    if not any(f.check == "secret_file_private" for f in findings):
+        findings.append(CheckResult("secret_file_private", "pass", "no secret files yet (none configured or created)"))
+    findings += model_findings(settings, host)
+    return findings
+
+
+def startup_problems(
+    settings: Settings, host: Host | None = None, source: SettingsFile | None = None
+) -> tuple[list[str], list[CheckResult]]:
+    """What `serve` refuses to start with (one line each: path, problem, fix) and the warnings."""
+    findings = host_findings(settings, host, source)
+    return [f.line() for f in findings if f.severity == "fail"], [f for f in findings if f.severity == "warn"]
+
+
+def refuse_unsafe_host(
+    settings: Settings, host: Host | None = None, source: SettingsFile | None = None
+) -> list[CheckResult]:
+    """Raise ConfigError (exit 2) naming every FAIL of `host_findings`; return the WARNs."""
+    refusals, warnings = startup_problems(settings, host, source)
+    if refusals:
+        raise ConfigError(refusals, fix=HOST_FIX)
+    return warnings

@@ -1,8 +1,10 @@
 """The monthly security scan, offline (`zguard scan`, zguard.cli.scan).
 
-Four checks: (a) installed Python packages against an OSV database the operator supplies
+Five checks: (a) installed Python packages against an OSV database the operator supplies
 (zguard.ops.osv); (b) the model directory re-verified against its manifest; (c) a permission
-review of the state database; (d) configuration hygiene (zguard.ops.review).
+review of the state database; (d) configuration hygiene (zguard.ops.review); (e) the host
+integrity list `serve` refuses to start on (zguard.ops.host_checks), each finding that is not
+PASS with the same message and fix: a FAIL is `high` (so the monthly unit fails on it), a WARN `low`.
 
 Fail closed: no database, a package that cannot be compared, a model or state database that
 cannot be read each become a finding and the status `incomplete`; only a scan that checked
@@ -25,12 +27,14 @@ from zguard import state_paths
 from zguard.config import Settings
 from zguard.integrity.manifest import verify
 from zguard.ops import osv
+from zguard.ops.host_checks import Host, SettingsFile, host_findings
 from zguard.ops.review import SEVERITIES, ScanFinding, config_hygiene, permission_review
 from zguard.security.keys import KeyFileError, load_public_key
 from zguard.store import migrate
 from zguard.store.principals import PrincipalStore
 
 MAX_LISTED_PROBLEMS = 5
+HOST_SEVERITY = {"fail": "high", "warn": "low"}
 
 
 @dataclass
@@ -106,7 +110,11 @@ def scan_model(settings: Settings, report: ScanReport) -> None:
 
     model_dir = settings.model.path or state_paths.demo_model_dir(settings)
     report.model = {"path": str(model_dir), "verified": False}
-    if not model_dir.is_dir():
+    try:
+        present = model_dir.is_dir()
+    except OSError:  # not reachable by this account: the host findings say why and how to fix it
+        present = False
+    if not present:
         report.findings.append(
             ScanFinding("model", "manifest_not_checked", "medium", str(model_dir), "model directory not found",
                     "set model.path (the demo model is built on the first `zguard serve`)")
@@ -155,6 +163,16 @@ def scan_permissions(settings: Settings, engine: Engine, report: ScanReport, now
     report.findings += permission_review(principals, tokens, settings.role_registry(), now, configured_admins)
 
 
+def scan_host(settings: Settings, report: ScanReport, host: Host | None, source: SettingsFile | None) -> None:
+    for finding in host_findings(settings, host, source):
+        if finding.severity != "pass":
+            subject = str(finding.detail.get("path", finding.check))
+            report.findings.append(
+                ScanFinding("host", finding.check, HOST_SEVERITY[finding.severity], subject, finding.message,
+                            finding.fix or "")
+            )  # fmt: skip
+
+
 def run_scan(
     settings: Settings,
     engine: Engine,
@@ -162,11 +180,15 @@ def run_scan(
     vuln_db: Path | None,
     packages: list[tuple[str, str]] | None = None,
     now: datetime | None = None,
+    host: Host | None = None,
+    source: SettingsFile | None = None,
 ) -> ScanReport:
+    """`host`: who and which /proc and /sys the host checks read; `source`: the settings file read."""
     report = ScanReport()
     scan_dependencies(vuln_db, osv.installed() if packages is None else packages, report)
     scan_model(settings, report)
     scan_permissions(settings, engine, report, now or datetime.now(UTC))
     report.findings += config_hygiene(settings)
+    scan_host(settings, report, host, source)
     report.findings.sort(key=lambda f: (-SEVERITIES.index(f.severity), f.check, f.subject))
     return report

@@ -34,6 +34,7 @@ _CATEGORY = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _PREFIX = re.compile(r"([a-z0-9][a-z0-9_-]{0,63})\s*:\s*(.*)")
 _PINYIN_MARK = "[pinyin]"
 MAX_TERM_CHARS = 200
+BUILTIN = "builtin:"  # a list shipped in zguard/policy/lists (`builtin:bank`), not a file path
 
 
 class TermListError(ValueError):

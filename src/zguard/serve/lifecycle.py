@@ -15,6 +15,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import uvicorn
 
@@ -42,12 +43,14 @@ from zguard.serve.wiring import (
     issue_demo_token,
     open_store,
     prepare_state_dir,
-    resolve_model_dir,
     retire_demo_account,
 )
 from zguard.services.admin import identity_collisions, load_token_key
 from zguard.services.prompt_policy import PolicyHolder, ReloadOnSignal
 from zguard.services.readiness import ModelState, Readiness
+
+if TYPE_CHECKING:
+    from zguard.ops.host_checks import SettingsFile
 
 log = logging.getLogger("zguard.serve.lifecycle")
 
@@ -185,29 +188,26 @@ def close_audit(
 # --- host checks and zero persistence (zguard.ops.host_checks, zguard.serve.isolation) ----------
 
 
-def check_host(settings: Settings) -> None:
-    """Refuse to start on the host problems of zguard.ops.host_checks (root, state directory,
-    secret files, writable or unencrypted model storage); log its warnings."""
-    from zguard.ops.host_checks import ProcessUser, startup_problems, tighten_state_dir
+def check_host(settings: Settings, source: SettingsFile | None = None) -> None:
+    """Refuse to start on the FAILs of zguard.ops.host_checks's list (the one `config check`,
+    `doctor` and `scan` run: root, state directory, settings and key files, model files, encrypted
+    storage), `source` being the settings file read; log its warnings."""
+    from zguard.ops.host_checks import Host, refuse_unsafe_host, tighten_state_dir
 
-    who = ProcessUser.current()
+    host = Host.current()
     prepare_state_dir(settings.state_dir)
-    if tighten_state_dir(settings.state_dir, who):
+    if tighten_state_dir(settings.state_dir, host.who):
         log.warning("state_dir %s was open to other accounts; set to mode 0700", settings.state_dir)
-    model_dir, demo = resolve_model_dir(settings)
-    refusals, warnings = startup_problems(settings, model_dir, demo=demo, who=who)
-    for finding in warnings:
-        log.warning("%s%s", finding.message, f"; fix: {finding.fix}" if finding.fix else "")
-    if refusals:
-        raise ConfigError(refusals)
+    for finding in refuse_unsafe_host(settings, host, source):
+        log.warning("%s", finding.line())
 
 
-async def serve(settings: Settings, engine: ImageEngine | None = None) -> int:
+async def serve(settings: Settings, engine: ImageEngine | None = None, source: SettingsFile | None = None) -> int:
     """`_serve` inside the private runtime directory, with core dumps off (zguard.serve.isolation)."""
     from zguard.serve.isolation import ProcessIsolation, harden_process
 
     check_safe(settings)
-    check_host(settings)
+    check_host(settings, source)
     # Before anything in state_dir is touched: a second server must change nothing of the first's.
     lock = StateLock.acquire(settings.state_dir)
     try:

@@ -56,20 +56,25 @@ class Runtime:
 
 
 def prepare_state_dir(state_dir: Path) -> Path:
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:  # a refusal with its fix, never a traceback
+        fix = f"install -d -m 700 -o SERVICE-ACCOUNT {state_dir}"
+        raise ConfigError([f"state_dir: cannot create {state_dir} ({exc.strerror}); fix: {fix}"]) from None
     return state_dir
 
 
 def resolve_model_dir(settings: Settings) -> tuple[Path, bool]:
-    """(model directory, is demo). Cheap: the demo model itself is built by the engine's load()."""
+    """(model directory, is demo). Cheap: the demo model itself is built by the engine's load().
+    "Is demo" labels what is served; it exempts nothing from the host checks, which exempt only
+    the demo model zguard builds in its state_dir (model.path unset: zguard.ops.host_checks)."""
     from zguard.engine.demo import is_demo_model
+    from zguard.ops.host_checks import ProcessUser, model_dir_problem
 
     if settings.model.path is not None:
         path = settings.model.path
-        if not (path / "model_index.json").is_file():
-            raise ConfigError(
-                [f"model.path: {path} has no model_index.json; point it at a diffusers-format Z-Image directory"]
-            )
+        if (problem := model_dir_problem(path, ProcessUser.current())) is not None:
+            raise ConfigError([f"model.path: {problem.line()}"])
         return path, is_demo_model(path)
     prepare_state_dir(settings.state_dir)
     return state_paths.demo_model_dir(settings), True

@@ -23,12 +23,11 @@ from zguard.audit import AuditEvent, AuditSink
 from zguard.config import PolicySettings, Settings
 from zguard.errors import ConfigError, OperatorError, PromptRejected
 from zguard.policy.prompt_policy import PolicyError, PromptPolicy
-from zguard.policy.terms import Term, TermListError, parse_term_list
+from zguard.policy.terms import BUILTIN, Term, TermListError, parse_term_list
 from zguard.policy.verdict import Verdict
 from zguard.security.detectors import TERMS
 
 log = logging.getLogger("zguard.policy")
-BUILTIN = "builtin:"
 RELOAD_EVENT = "policy.reloaded"
 
 
