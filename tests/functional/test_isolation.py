@@ -10,9 +10,12 @@ process) anything that begins like an image. Core dumps are off for the served p
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -109,6 +112,20 @@ def test_generations_leave_no_prompt_or_image_on_disk(tmp_path: Path) -> None:
     assert record is not None
     assert record.reason == "stop"
     assert record.runtime_dir == str(state / "run")
+
+    # each sweep that removed something is evidence: an audit event, and the record's history
+    def described(relative: str, size: int) -> str:
+        return f"{hashlib.sha256(relative.encode()).hexdigest()[:16]}{Path(relative).suffix}:{size}"
+
+    with sqlite3.connect(state / "zguard.db") as db:
+        bodies = [json.loads(row[0]) for row in db.execute("SELECT body FROM audit_events ORDER BY seq")]
+    swept = {e["detail"]["reason"]: e["detail"] for e in bodies if e["type"] == "runtime.swept"}
+    assert swept["start"]["removed"] == 1
+    assert swept["start"]["files"] == described("tmp/from-an-earlier-run.png", len(PNG_SIGNATURE) + 3)
+    assert swept["stop"]["files"] == described("torch/kernel-cache.bin", 34)
+    assert not any("from-an-earlier-run" in json.dumps(e) for e in bodies), "file names are never recorded"
+    history = json.loads((state / "runtime-cleanup.json").read_text(encoding="utf-8"))["history"]
+    assert [entry["reason"] for entry in history] == ["start", "stop"]
 
     # private: the state dir (runtime dir inside), the working directory, the server's log
     assert leaks(private=[tmp_path], shared=SHARED_ROOTS, since=started, searched=needles(images)) == []

@@ -11,11 +11,20 @@ The libraries read these variables when first imported, so `ProcessIsolation.sta
 before torch, diffusers or transformers is imported; `serve` starts it before building the
 engine. The offline variables of zguard.engine.offline are set separately, at load, and are left
 alone here.
+
+A sweep that removes something is evidence (the deployment guide's "generated results
+unexpectedly retained"): it becomes a `runtime.swept` audit event with the count, the bytes and,
+per file, a hash of its name, its suffix and its size — never the name itself, which could
+carry a prompt. The start sweep runs before the audit trail is open, so its report waits in
+`pending` until `serve` attaches the trail (`attach`). `state_dir/runtime-cleanup.json` keeps
+the last sweep for `zguard doctor` and a `history` of the last `HISTORY_MAX` sweeps that removed
+files, so the stop sweep no longer overwrites the one that found something.
 """
 
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import logging
 import os
@@ -24,7 +33,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from zguard import state_paths
@@ -34,6 +44,8 @@ from zguard.errors import ConfigError
 log = logging.getLogger(__name__)
 
 PR_SET_DUMPABLE = 4  # <linux/prctl.h>
+HISTORY_MAX = 50  # sweeps that removed files, kept in the cleanup record
+FILES_LISTED = 20  # files described in one audit event (the count and bytes cover all)
 
 # Each variable and the subdirectory of the runtime directory it points at.
 CACHE_ENV: Mapping[str, str] = {
@@ -81,25 +93,80 @@ def harden_process() -> None:
         log.warning("%s; a crash could write memory (prompts, images) to a core file", problem)
 
 
-def empty_directory(root: Path, *, older_than: float | None = None) -> int:
+@dataclass(frozen=True)
+class RemovedFile:
+    """A file a sweep removed, described without its name: a hash of its path, suffix and size."""
+
+    name_sha256: str  # 16 hex digits of SHA-256 over the path relative to the runtime directory
+    suffix: str
+    size: int
+
+    def describe(self) -> str:
+        return f"{self.name_sha256}{self.suffix}:{self.size}"
+
+
+def _removed(path: str, root: Path, size: int) -> RemovedFile:
+    relative = os.path.relpath(path, root)
+    digest = hashlib.sha256(relative.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    suffix = Path(relative).suffix.lower()
+    return RemovedFile(digest, suffix if len(suffix) <= 12 and suffix[1:].isalnum() else "", size)
+
+
+def empty_directory(
+    root: Path, *, older_than: float | None = None, found: list[RemovedFile] | None = None, base: Path | None = None
+) -> int:
     """Remove what is inside `root` (not `root` itself); with `older_than` (a time.time() value),
-    only entries last modified before it. Returns the number of files (not folders) removed."""
+    only entries last modified before it. Returns the number of files (not folders) removed, and
+    describes each in `found`."""
     removed = 0
+    base = base or root
     if not root.is_dir():
         return 0
     for entry in list(os.scandir(root)):
         try:
             stat = entry.stat(follow_symlinks=False)
             if entry.is_dir(follow_symlinks=False):
-                removed += empty_directory(Path(entry.path), older_than=older_than)
+                removed += empty_directory(Path(entry.path), older_than=older_than, found=found, base=base)
                 if older_than is None or (stat.st_mtime < older_than and not any(os.scandir(entry.path))):
                     os.rmdir(entry.path)
             elif older_than is None or stat.st_mtime < older_than:
                 os.unlink(entry.path)
                 removed += 1
+                if found is not None:
+                    found.append(_removed(entry.path, base, stat.st_size))
         except FileNotFoundError:  # a library removed it itself meanwhile
             continue
     return removed
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    """One sweep that removed files."""
+
+    time: float
+    reason: str
+    files: tuple[RemovedFile, ...]
+
+    @property
+    def removed(self) -> int:
+        return len(self.files)
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def listed(self) -> list[str]:
+        """The first `FILES_LISTED` files, described (the count and bytes cover them all)."""
+        return [f.describe() for f in self.files[:FILES_LISTED]]
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "time": self.time,
+            "reason": self.reason,
+            "removed": self.removed,
+            "bytes": self.bytes,
+            "files": self.listed(),
+        }
 
 
 class ProcessIsolation:
@@ -116,6 +183,27 @@ class ProcessIsolation:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._on_sweep: Callable[[SweepReport], None] | None = None
+        self.pending: list[SweepReport] = []  # reports of sweeps made before `attach`
+
+    def attach(self, on_sweep: Callable[[SweepReport], None]) -> None:
+        """Report every sweep that removes files to `on_sweep` (the audit trail), those made so
+        far first. A report `on_sweep` cannot take is logged; the cleanup record keeps it."""
+        with self._lock:
+            self._on_sweep = on_sweep
+            pending, self.pending = self.pending, []
+        for report in pending:
+            self._report(report)
+
+    def _report(self, report: SweepReport) -> None:
+        on_sweep = self._on_sweep
+        if on_sweep is None:
+            self.pending.append(report)
+            return
+        try:
+            on_sweep(report)
+        except Exception:  # the sweep itself is done; the record file still has it
+            log.exception("could not record the runtime sweep (%d file(s) removed) in the audit trail", report.removed)
 
     def start(self) -> ProcessIsolation:
         self._refuse_shared()
@@ -157,18 +245,38 @@ class ProcessIsolation:
     def sweep(self, reason: str) -> int:
         """Empty the runtime directory (periodic sweeps: what is older than the interval), keep
         its subdirectories in place, and record the time for `zguard doctor`."""
+        found: list[RemovedFile] = []
         with self._lock:
             older_than = time.time() - self.interval_s if reason == "periodic" else None
-            removed = empty_directory(self.root, older_than=older_than)
+            removed = empty_directory(self.root, older_than=older_than, found=found)
             for sub in sorted(set(CACHE_ENV.values())):
                 (self.root / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._write_record(reason, removed)
+            report = SweepReport(time.time(), reason, tuple(found))
+            self._write_record(report)
         if removed:
-            log.info("runtime directory %s: %d file(s) removed (%s)", self.root, removed, reason)
+            level = logging.WARNING if reason == "start" else logging.INFO  # left by an earlier run
+            log.log(level, "runtime directory %s: %d file(s) removed (%s)", self.root, removed, reason)
+            self._report(report)
         return removed
 
-    def _write_record(self, reason: str, removed: int) -> None:
-        record = {"time": time.time(), "runtime_dir": str(self.root), "removed": removed, "reason": reason}
+    def _history(self) -> list[dict[str, object]]:
+        try:
+            history = json.loads(self.record_path.read_text(encoding="utf-8")).get("history", [])
+        except (OSError, ValueError, AttributeError):
+            return []
+        return [entry for entry in history if isinstance(entry, dict)] if isinstance(history, list) else []
+
+    def _write_record(self, report: SweepReport) -> None:
+        history = self._history()
+        if report.removed:
+            history = [*history, report.as_dict()][-HISTORY_MAX:]
+        record = {
+            "time": report.time,
+            "runtime_dir": str(self.root),
+            "removed": report.removed,
+            "reason": report.reason,
+            "history": history,
+        }
         try:
             temporary = self.record_path.with_suffix(".tmp")
             temporary.write_text(json.dumps(record), encoding="utf-8")

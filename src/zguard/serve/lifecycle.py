@@ -32,6 +32,7 @@ from zguard.engine import GenerationJob, ImageEngine
 from zguard.errors import EXIT_UNAVAILABLE, ConfigError
 from zguard.integrity.manifest import ManifestError
 from zguard.provenance.marking import ProvenanceMarker
+from zguard.serve.isolation import ProcessIsolation, SweepReport
 from zguard.serve.listeners import Listener, bind, check_safe, example_call, listener_config, listener_tls
 from zguard.serve.pidfile import StateLock
 from zguard.serve.wiring import (
@@ -204,7 +205,7 @@ def check_host(settings: Settings, source: SettingsFile | None = None) -> None:
 
 async def serve(settings: Settings, engine: ImageEngine | None = None, source: SettingsFile | None = None) -> int:
     """`_serve` inside the private runtime directory, with core dumps off (zguard.serve.isolation)."""
-    from zguard.serve.isolation import ProcessIsolation, harden_process
+    from zguard.serve.isolation import harden_process
 
     check_safe(settings)
     check_host(settings, source)
@@ -214,7 +215,7 @@ async def serve(settings: Settings, engine: ImageEngine | None = None, source: S
         harden_process()  # core dumps off, not dumpable: prompts and images in memory stay there
         isolation = ProcessIsolation(settings).start()  # before the engine imports torch
         try:
-            return await _serve(settings, engine)
+            return await _serve(settings, engine, isolation)
         finally:
             isolation.close()
     finally:
@@ -224,7 +225,20 @@ async def serve(settings: Settings, engine: ImageEngine | None = None, source: S
 # --- end of host checks and zero persistence ---------------------------------------------------
 
 
-async def _serve(settings: Settings, engine: ImageEngine | None = None) -> int:
+def sweep_event(settings: Settings, report: SweepReport) -> AuditEvent:
+    """`runtime.swept`: what a sweep of the runtime directory removed (names hashed, never shown)."""
+    detail: dict[str, DetailValue] = {
+        "reason": report.reason,
+        "removed": report.removed,
+        "bytes": report.bytes,
+        "files": " ".join(report.listed()),
+    }
+    return lifecycle_event("runtime.swept", settings, detail=detail)
+
+
+async def _serve(
+    settings: Settings, engine: ImageEngine | None = None, isolation: ProcessIsolation | None = None
+) -> int:
     tls = {"api": listener_tls(settings.api, "api"), "console": listener_tls(settings.console, "console")}
     sockets = {"api": bind(settings.api, "api"), "console": bind(settings.console, "console")}
     if engine is None:
@@ -242,6 +256,8 @@ async def _serve(settings: Settings, engine: ImageEngine | None = None) -> int:
     prompts = prompt_capture(settings)
     auth = build_auth(settings, store, token_key, audit)
     audit.emit(lifecycle_event("server.started", settings, detail={"pid": os.getpid()}))
+    if isolation is not None:  # the start sweep's report, and every later one, into the trail
+        isolation.attach(lambda report: audit.emit(sweep_event(settings, report)))
     forwarder = start_forwarder(settings, audit.store)
     runtime = build_runtime(
         settings,
@@ -306,6 +322,8 @@ async def _serve(settings: Settings, engine: ImageEngine | None = None) -> int:
         for sock in sockets.values():
             sock.close()
         retention.stop()
+        if isolation is not None:
+            isolation.sweep("stop")  # while the trail is open, so what it removes is recorded
         close_audit(settings, audit, forwarder, exit_code, runtime.services.strangers.drain())
     log.info("stopped (pid %d, exit %d)", os.getpid(), exit_code)
     return exit_code
