@@ -143,3 +143,13 @@ def test_scan_runs_under_memory_deny_write_execute(tmp_path: Path) -> None:
         pytest.skip("this kernel has no PR_SET_MDWE (Linux 6.3+)")
     assert done.returncode in (0, 1), done.stderr  # findings or none; never killed by a signal
     assert "zguard scan:" in done.stdout
+
+
+def test_service_allows_the_open_files_the_default_connection_caps_need() -> None:
+    """`serve` refuses to start with fewer open files than its caps need (zguard.serve.open_files);
+    systemd's default soft limit (1024) is far below it."""
+    from zguard.config import Settings
+    from zguard.serve.open_files import open_files_needed
+
+    settings = dict(directives(InstallLayout().units()[SERVICE]))
+    assert int(settings["LimitNOFILE"]) >= 2 * open_files_needed(Settings())

@@ -101,6 +101,9 @@ def setup_logging(level: str) -> None:
         stream=sys.stderr,
         force=True,
     )
+    from zguard.serve.log_limits import limit_repeated_logs
+
+    limit_repeated_logs()  # a flood of one message (EMFILE, malformed requests) cannot fill the disk
 
 
 def _os_account() -> tuple[int, str | None]:

@@ -24,6 +24,7 @@ from zguard.config.settings import (
     RateLimitSettings,
     Settings,
     SyslogSettings,
+    TransportSettings,
 )
 
 __all__ = [
@@ -46,4 +47,5 @@ __all__ = [
     "RateLimitSettings",
     "Settings",
     "SyslogSettings",
+    "TransportSettings",
 ]

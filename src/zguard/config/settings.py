@@ -48,6 +48,60 @@ def _canonical_networks(entries: list[str]) -> list[str]:
     return [str(network) for network in parse_networks(entries)]
 
 
+class TransportSettings(_Section):
+    """Limits the listener enforces on bytes and sockets before the app sees a request
+    (zguard.serve.transport)."""
+
+    max_header_bytes: int = Field(
+        16 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Largest request line plus headers, in bytes; a request over it gets 431 `request_header_fields_too_large` and the connection is closed, before the headers are parsed further.",
+    )
+    max_headers: int = Field(
+        100,
+        ge=8,
+        le=1000,
+        description="Most header fields one request may carry; more get 431 `request_header_fields_too_large`.",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="Seconds a client has to send a complete request line and headers, counted from the connection's opening (first request) or from the request's first byte (later requests on a kept-alive connection). Late headers get 408 `request_timeout`; a connection that sent nothing is closed. Each connection's deadline is up to 10% shorter, at random, so sockets opened together do not all expire at once.",
+    )
+    body_idle_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="Longest pause, in seconds, between two pieces of a request body; a longer one gets 408 `request_timeout` and the connection is closed.",
+    )
+    body_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="Seconds a client has to send a whole request body, counted from the end of its headers; later gets 408 `request_timeout`. Time the server itself is not reading (a full buffer) does not count.",
+    )
+    keep_alive_timeout_s: int = Field(
+        5,
+        ge=1,
+        le=300,
+        description="Seconds an idle kept-alive connection stays open waiting for the next request.",
+    )
+    max_connections: int = Field(
+        1024,
+        ge=1,
+        le=65536,
+        description="Most open connections on this listener. At the cap a new connection replaces the one that has waited longest without a request in progress (an idle or slow-header socket); when every connection has a request in progress, the new one gets 503 `too_many_connections` and is closed. The process needs open files for it: see `zguard serve`'s open-file check (README, Transport limits).",
+    )
+    max_connections_per_client: int = Field(
+        128,
+        ge=1,
+        le=65536,
+        description="Most open connections from one client address (the TCP peer); more get 503 `too_many_connections` and are closed. Peers in `trusted_proxies` are exempt (behind a proxy, `max_connections` applies).",
+    )
+
+
 class ListenerSettings(_Section):
     host: str = Field(
         "127.0.0.1",
@@ -71,6 +125,11 @@ class ListenerSettings(_Section):
     server_names: list[str] = Field(
         default_factory=list,
         description="Host names (and `name:port`) clients may send in `Host`; any other gets 400 `invalid_host`. Empty (the default): any `Host` is accepted — zguard never writes it into a response (no redirects, no absolute URLs), so it cannot be used to forge links. Set it when the listener is reached by known names, as DNS rebinding protection.",
+    )
+
+    transport: TransportSettings = Field(
+        default_factory=TransportSettings,
+        description="Header size and count limits, read deadlines and connection caps, enforced before the app sees a request.",
     )
 
     _allow_as_list = field_validator("allow", mode="before")(_as_list)

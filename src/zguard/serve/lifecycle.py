@@ -10,6 +10,7 @@ What runs is built by `zguard.serve.wiring`; how each listener listens is `zguar
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -34,7 +35,10 @@ from zguard.integrity.manifest import ManifestError
 from zguard.provenance.marking import ProvenanceMarker
 from zguard.serve.isolation import ProcessIsolation, SweepReport
 from zguard.serve.listeners import Listener, bind, check_safe, example_call, listener_config, listener_tls
+from zguard.serve.open_files import ensure_open_files
 from zguard.serve.pidfile import StateLock
+from zguard.serve.refusals import RefusalRecorder
+from zguard.serve.transport import listener_guards
 from zguard.serve.wiring import (
     DEMO_WARNING,
     Runtime,
@@ -111,6 +115,11 @@ async def load_and_warm_up(runtime: Runtime, settings: Settings) -> bool:
             "model load or warm-up failed: %s: %s", type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG)
         )
         return False
+    # What start-up built (torch, the pipeline, both apps) lives as long as the process: out of the
+    # cyclic collector's way, whose full passes over it stalled every request ~0.5 s while a
+    # connection flood churned objects (bench/bench_edge_abuse.py).
+    gc.collect()
+    gc.freeze()
     services.readiness.set(ModelState.READY)
     log.info("ready in %.2f s", time.perf_counter() - started)
     log.info("try: %s", example_call(settings))
@@ -209,6 +218,7 @@ async def serve(settings: Settings, engine: ImageEngine | None = None, source: S
 
     check_safe(settings)
     check_host(settings, source)
+    ensure_open_files(settings)  # enough descriptors for the connection caps (zguard.serve.open_files)
     # Before anything in state_dir is touched: a second server must change nothing of the first's.
     lock = StateLock.acquire(settings.state_dir)
     try:
@@ -276,9 +286,12 @@ async def _serve(
     else:
         retire_demo_account(store, audit)
     grace = settings.generation.shutdown_grace_s
+    guards = listener_guards(settings, RefusalRecorder(audit))  # refused before the app: audited, bounded
     servers = {
-        "api": Listener(listener_config(create_api_app(settings, runtime.services), grace, tls["api"])),
-        "console": Listener(listener_config(create_console_app(settings, runtime.services), grace, tls["console"])),
+        "api": Listener(listener_config(create_api_app(settings, runtime.services), grace, tls["api"], guards["api"])),
+        "console": Listener(
+            listener_config(create_console_app(settings, runtime.services), grace, tls["console"], guards["console"])
+        ),
     }
     signals = StopSignals(list(servers.values()), runtime.services.readiness, grace)
     loop = asyncio.get_running_loop()

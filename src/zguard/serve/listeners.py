@@ -1,5 +1,6 @@
 """The two listeners of `zguard serve`: which addresses are safe to serve on, their sockets,
-TLS contexts and uvicorn configuration (tests and benchmarks listen the same way)."""
+TLS contexts and uvicorn configuration (tests and benchmarks listen the same way). What each
+listener enforces on bytes and sockets is `zguard.serve.transport`."""
 
 from __future__ import annotations
 
@@ -8,12 +9,21 @@ import math
 import socket
 import ssl
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
 from zguard.config import ENV_PREFIX, ListenerSettings, Settings
 from zguard.errors import ConfigError
+
+if TYPE_CHECKING:
+    from zguard.serve.transport import TransportGuard
+
+LISTEN_BACKLOG = 2048  # the kernel's queue of connections waiting for accept()
+# asyncio accepts up to its `backlog` connections per wake-up, then sets each up in the next turns
+# of the loop: 2048 at once stalled other clients' requests for ~0.5 s under a reconnect flood.
+# So uvicorn gets this smaller batch, and `Listener` puts the kernel's queue back to LISTEN_BACKLOG.
+ACCEPT_BATCH = 64
 
 
 class Listener(uvicorn.Server):
@@ -23,11 +33,26 @@ class Listener(uvicorn.Server):
     def capture_signals(self) -> Iterator[None]:
         yield
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        for sock in sockets or ():
+            sock.listen(LISTEN_BACKLOG)  # asyncio's listen(ACCEPT_BATCH) shortened the kernel's queue
 
-def listener_config(app: Any, grace_s: float, tls: ssl.SSLContext | None = None) -> uvicorn.Config:
-    """How zguard runs uvicorn for each listener (also used by tests and benchmarks); HTTPS with `tls`."""
+
+def listener_config(
+    app: Any, grace_s: float, tls: ssl.SSLContext | None = None, guard: TransportGuard | None = None
+) -> uvicorn.Config:
+    """How zguard runs uvicorn for each listener (also used by tests and benchmarks); HTTPS with `tls`.
+    `guard`: the listener's transport limits and refusal recorder; `serve` passes its own, without
+    one the default limits apply and refusals are only logged (zguard.serve.transport)."""
+    from zguard.serve.transport import TransportGuard, guarded_protocol
+
+    guard = guard or TransportGuard(listener="api")
     return uvicorn.Config(
         app,
+        http=guarded_protocol(guard),
+        ws="none",  # an Upgrade request is answered by the app as plain HTTP (and audited)
+        backlog=ACCEPT_BATCH,
         lifespan="off",
         log_config=None,  # zguard's logging setup applies
         access_log=False,  # requests are recorded by zguard itself, without prompts
@@ -36,7 +61,7 @@ def listener_config(app: Any, grace_s: float, tls: ssl.SSLContext | None = None)
         # own handling would trust any loopback peer and replace the TCP peer address before we see it.
         proxy_headers=False,
         timeout_graceful_shutdown=math.ceil(grace_s),
-        timeout_keep_alive=5,
+        timeout_keep_alive=guard.limits.keep_alive_timeout_s,
         ssl_context_factory=None if tls is None else (lambda _config, _default: tls),
     )
 
@@ -96,7 +121,7 @@ def listen_socket(host: str, port: int) -> socket.socket:
     except OSError:
         sock.close()
         raise
-    sock.listen(2048)
+    sock.listen(LISTEN_BACKLOG)
     sock.set_inheritable(True)
     return sock
 

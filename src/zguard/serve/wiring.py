@@ -26,8 +26,8 @@ from zguard.errors import ConfigError
 from zguard.provenance.marking import ProvenanceMarker
 from zguard.security.tokens import new_token, token_digest
 from zguard.services.auth import AuthService
-from zguard.services.images import ImageService
 from zguard.services.counters import CounterStorage
+from zguard.services.images import ImageService
 from zguard.services.prompt_policy import PolicyHolder
 from zguard.services.ratelimit import RateLimitService
 from zguard.services.readiness import Readiness
