@@ -14,6 +14,8 @@ import gc
 import logging
 import os
 import signal
+import socket
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -56,6 +58,7 @@ from zguard.services.readiness import ModelState, Readiness
 
 if TYPE_CHECKING:
     from zguard.ops.host_checks import SettingsFile
+    from zguard.store.principals import PrincipalStore
 
 log = logging.getLogger("zguard.serve.lifecycle")
 
@@ -235,6 +238,57 @@ async def serve(settings: Settings, engine: ImageEngine | None = None, source: S
 # --- end of host checks and zero persistence ---------------------------------------------------
 
 
+def check_principals(settings: Settings, store: PrincipalStore) -> None:
+    """One namespace of principals: two that authenticate as one name (a settings-file user and
+    a stored one, or two that differ only in case) defeat separation of duties; refuse to start."""
+    configured = [user.username for user in settings.api_auth.users]
+    if collisions := identity_collisions(configured, [p.name for p in store.list_principals()]):
+        raise ConfigError(collisions)
+
+
+def settle_demo_account(settings: Settings, store: PrincipalStore, token_key: bytes, audit: AuditSink) -> None:
+    """The demo model zguard builds itself (no `model.path`) gets the `demo` account and its token
+    on the first start; a real model disables that account. Decided by the settings, never by a
+    marker file in the model directory."""
+    if settings.model.path is None:
+        issue_demo_token(settings, store, token_key)
+    else:
+        retire_demo_account(store, audit)
+
+
+def listeners(
+    settings: Settings, runtime: Runtime, tls: dict[str, ssl.SSLContext | None], audit: AuditSink, grace: float
+) -> dict[str, Listener]:
+    """Both listeners, each with its app and its transport guard (refusals before the app are
+    audited, a bounded number per address)."""
+    guards = listener_guards(settings, RefusalRecorder(audit))
+    apps = {
+        "api": create_api_app(settings, runtime.services),
+        "console": create_console_app(settings, runtime.services),
+    }
+    return {name: Listener(listener_config(app, grace, tls[name], guards[name])) for name, app in apps.items()}
+
+
+def stop_on_signals(loop: asyncio.AbstractEventLoop, signals: StopSignals) -> None:
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, signals, signum)
+
+
+def stop_work(runtime: Runtime, signals: StopSignals, sockets: dict[str, socket.socket]) -> None:
+    """Let in-flight generations finish within what is left of the grace period; close the sockets."""
+    if not runtime.worker.stop(timeout=signals.remaining_s()) and runtime.admission.running:
+        log.warning("a generation was still running after the grace period; exiting anyway")
+    for sock in sockets.values():
+        sock.close()
+
+
+def log_listening(sockets: dict[str, socket.socket], tls: dict[str, ssl.SSLContext | None]) -> None:
+    for name, sock in sockets.items():
+        host, port = sock.getsockname()[:2]
+        scheme = "https" if tls[name] is not None else "http"
+        log.info("%s listening on %s://%s:%d", name, scheme, host if ":" not in host else f"[{host}]", port)
+
+
 def sweep_event(settings: Settings, report: SweepReport) -> AuditEvent:
     """`runtime.swept`: what a sweep of the runtime directory removed (names hashed, never shown)."""
     detail: dict[str, DetailValue] = {
@@ -254,10 +308,7 @@ async def _serve(
     if engine is None:
         engine = configured_engine(settings)
     store = open_store(settings)
-    # One namespace of principals: two that authenticate as one name defeat separation of duties.
-    configured = [user.username for user in settings.api_auth.users]
-    if collisions := identity_collisions(configured, [p.name for p in store.list_principals()]):
-        raise ConfigError(collisions)
+    check_principals(settings, store)
     token_key = load_token_key(state_paths.token_key_file(settings))
     audit = AuditTrail(open_audit_store(settings, store.engine))
     # What can refuse the start (a list, a key file) is read before `server.started` is recorded.
@@ -281,22 +332,12 @@ async def _serve(
     )
     retention = RetentionJob(audit.store, settings, audit=audit)  # daily: archive, then delete, past retention
     retention.start()
-    if engine.info.demo:
-        issue_demo_token(settings, store, token_key)
-    else:
-        retire_demo_account(store, audit)
+    settle_demo_account(settings, store, token_key, audit)
     grace = settings.generation.shutdown_grace_s
-    guards = listener_guards(settings, RefusalRecorder(audit))  # refused before the app: audited, bounded
-    servers = {
-        "api": Listener(listener_config(create_api_app(settings, runtime.services), grace, tls["api"], guards["api"])),
-        "console": Listener(
-            listener_config(create_console_app(settings, runtime.services), grace, tls["console"], guards["console"])
-        ),
-    }
+    servers = listeners(settings, runtime, tls, audit, grace)
     signals = StopSignals(list(servers.values()), runtime.services.readiness, grace)
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, signals, signum)
+    stop_on_signals(loop, signals)
     serve_policy_reloads(loop, runtime, audit)
     exit_code = 0
 
@@ -320,20 +361,14 @@ async def _serve(
             signals.stop_serving()
 
     warm = asyncio.create_task(start_model())
-    for name, sock in sockets.items():
-        host, port = sock.getsockname()[:2]
-        scheme = "https" if tls[name] is not None else "http"
-        log.info("%s listening on %s://%s:%d", name, scheme, host if ":" not in host else f"[{host}]", port)
+    log_listening(sockets, tls)
     try:
         await asyncio.gather(*(server.serve(sockets=[sockets[name]]) for name, server in servers.items()))
     finally:
         warm.cancel()
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # a second signal now ends us at once
             loop.remove_signal_handler(signum)
-        if not runtime.worker.stop(timeout=signals.remaining_s()) and runtime.admission.running:
-            log.warning("a generation was still running after the grace period; exiting anyway")
-        for sock in sockets.values():
-            sock.close()
+        stop_work(runtime, signals, sockets)
         retention.stop()
         if isolation is not None:
             isolation.sweep("stop")  # while the trail is open, so what it removes is recorded
