@@ -185,7 +185,9 @@ async def test_principals_have_separate_counters_and_overrides(tmp_path: Path) -
             assert rate_headers(resp)[:2] == (3, remaining)
         assert_rate_limited(await api.post(GENERATIONS, json=BODY, headers=basic("batch")), limit=3)
         # Authentication comes first: no credentials is 401, never a rate decision.
-        assert_error(await api.post(GENERATIONS, json=BODY), 401, "missing_credentials", error_type="authentication_error")
+        assert_error(
+            await api.post(GENERATIONS, json=BODY), 401, "missing_credentials", error_type="authentication_error"
+        )
 
 
 async def test_role_rates_apply_to_holders_of_the_role(tmp_path: Path) -> None:

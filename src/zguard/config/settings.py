@@ -139,7 +139,11 @@ class ListenerSettings(_Section):
     @field_validator("server_names")
     @classmethod
     def _names(cls, value: list[str]) -> list[str]:
-        bad = [name for name in value if not re.fullmatch(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?", name)]
+        bad = [
+            name
+            for name in value
+            if not re.fullmatch(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?", name)
+        ]
         if bad:
             raise ValueError(f"not a host name or host:port: {', '.join(repr(b) for b in bad)}")
         return [name.lower() for name in value]
@@ -348,7 +352,9 @@ class ApiAuthSettings(_Section):
     def _unique_usernames(self) -> ApiAuthSettings:
         names = [user.username.casefold() for user in self.users]  # one namespace, without case
         if duplicates := sorted({user.username for user in self.users if names.count(user.username.casefold()) > 1}):
-            raise ValueError(f"api_auth.users names {', '.join(duplicates)} more than once (names are compared without case)")
+            raise ValueError(
+                f"api_auth.users names {', '.join(duplicates)} more than once (names are compared without case)"
+            )
         return self
 
 
