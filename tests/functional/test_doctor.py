@@ -206,8 +206,20 @@ def test_explain_ip_not_allowed_names_the_client_and_the_allowlist_key(
     assert f"request {refused['ip_not_allowed']}: http.request denied" in out
     assert "HTTP 403, code ip_not_allowed" in out
     assert "refused client 10.9.9.9 on the api listener" in out
-    assert "it is outside api.allow = ['127.0.0.0/8']" in out
+    assert "it was outside api.allow = ['127.0.0.0/8']" in out
+    assert "has changed since" not in out
     assert "fix: add the client's network to api.allow (e.g. api.allow: [10.9.9.9/32])" in out
+
+
+def test_explain_tells_the_allowlist_in_force_when_refused_not_todays(
+    refused: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # it said an address was outside an allowlist that (by now) contains it
+    monkeypatch.setenv("ZGUARD_API__ALLOW", "10.9.9.0/24")
+    code, out = doctor(capsys, "--explain", refused["ip_not_allowed"])
+    assert code == 0
+    assert "it was outside api.allow = ['127.0.0.0/8']" in out
+    assert "api.allow has changed since: these settings say ['10.9.9.0/24']" in out
 
 
 def test_explain_invalid_api_key_points_at_the_authorization_header(

@@ -34,6 +34,7 @@ from zguard.ops.host_checks import (
 )
 from zguard.ops.persistence import CleanupRecord, files_under
 from zguard.security.keys import load_public_key
+from zguard.security.netacl import NetworkAllowlist
 from zguard.store import migrate
 from zguard.store.database import create_store_engine, database_url
 from zguard.store.errors import SchemaNotCurrent
@@ -217,9 +218,19 @@ def explain_event(body: Mapping[str, Any], settings: Settings) -> tuple[str, str
         return f"the request was not refused: outcome {body.get('outcome')}, HTTP {status}", None
     if code == "ip_not_allowed":
         key, allow = _allow_key(settings, listener)
+        # The allowlist recorded with the decision, not the one these settings hold today.
+        recorded = detail.get("allowlist")
+        in_force = recorded.split() if isinstance(recorded, str) else allow
+        changed = ""
+        if (
+            detail.get("allowlist_sha256")
+            and detail["allowlist_sha256"] != NetworkAllowlist.from_entries(allow).digest()
+        ):
+            changed = f"; {key} has changed since: these settings say {allow}"
         return (
             f"the network allowlist refused client {client} on the {listener} listener (TCP peer {detail.get('peer')}, "
-            f"{detail.get('forwarded_headers', 0)} X-Forwarded-For header(s)): it is outside {key} = {allow}",
+            f"{detail.get('forwarded_headers', 0)} X-Forwarded-For header(s)): it was outside {key} = {in_force}"
+            f"{'' if recorded is not None else ' (not recorded with the event: these are the current settings)'}{changed}",
             f"add the client's network to {key} (e.g. {key}: [{client}/32]), or call from an allowed network; "
             "behind a proxy, list the proxy in trusted_proxies so X-Forwarded-For is read",
         )

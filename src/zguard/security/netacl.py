@@ -18,6 +18,7 @@ Rules, in the words of the settings:
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
@@ -108,6 +109,14 @@ class NetworkAllowlist:
 
     def __bool__(self) -> bool:
         return bool(self.networks)
+
+    def entries(self) -> list[str]:
+        """The networks as canonical CIDR strings, in order (what `doctor --explain` compares)."""
+        return [str(n) for n in self.networks]
+
+    def digest(self) -> str:
+        """16 hex digits of SHA-256 over the canonical entries: which allowlist was in force."""
+        return hashlib.sha256(",".join(self.entries()).encode("ascii")).hexdigest()[:16]
 
     def __repr__(self) -> str:
         return f"NetworkAllowlist([{', '.join(str(n) for n in self.networks)}])"

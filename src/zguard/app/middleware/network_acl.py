@@ -93,7 +93,13 @@ class NetworkAcl:
                     request_id=scope.get("state", {}).get("request_id"),
                     listener=self.listener,
                     client=client.shown,
-                    detail={"peer": peer[0] if peer else None, "forwarded_headers": len(forwarded)},
+                    # the allowlist in force, so `doctor --explain` tells the decision as it was made
+                    detail={
+                        "peer": peer[0] if peer else None,
+                        "forwarded_headers": len(forwarded),
+                        "allowlist": " ".join(self.allow.entries()),
+                        "allowlist_sha256": self.allow.digest(),
+                    },
                 ),
             )
         if scope["type"] == "websocket":
