@@ -136,6 +136,49 @@ def test_a_tampered_audit_trail_fails(state: Path, capsys: pytest.CaptureFixture
     assert "FAIL  audit_trail: audit trail NOT intact: edited at event 2" in out
 
 
+def _events(state: Path, count: int) -> None:
+    from zguard.audit import AuditEvent
+    from zguard.audit.store import pending
+
+    with audit_trail(sqlite_url(state), state) as trail:
+        for i in range(count):
+            trail.store.append([pending(AuditEvent(type="http.request", outcome="allowed", detail={"i": i}))])
+
+
+def test_a_syslog_collector_that_is_down_is_a_warning_not_a_pass(
+    state: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a collector that was down was PASS ("126 events behind")
+    from tests.common.factories import free_port
+
+    _events(state, 3)
+    monkeypatch.setenv("ZGUARD_AUDIT__SYSLOG__TRANSPORT", "tcp")
+    monkeypatch.setenv("ZGUARD_AUDIT__SYSLOG__PORT", str(free_port()))  # nobody listens
+    code, out = doctor(capsys, "--json")
+    [finding] = [f for f in json.loads(out)["findings"] if f["check"] == "syslog_forwarding"]
+    assert finding["severity"] == "warn"
+    assert "cannot be reached" in finding["message"]
+    assert finding["detail"]["reachable"] is False
+    assert code >= 1
+
+
+def test_syslog_that_never_delivered_anything_is_a_warning(
+    state: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    _events(state, 3)
+    with socket.socket() as collector:  # reachable, but the forwarder never sent it anything
+        collector.bind(("127.0.0.1", 0))
+        collector.listen()
+        monkeypatch.setenv("ZGUARD_AUDIT__SYSLOG__TRANSPORT", "tcp")
+        monkeypatch.setenv("ZGUARD_AUDIT__SYSLOG__PORT", str(collector.getsockname()[1]))
+        _, out = doctor(capsys, "--json")
+    [finding] = [f for f in json.loads(out)["findings"] if f["check"] == "syslog_forwarding"]
+    assert finding["severity"] == "warn"
+    assert "nothing was ever delivered" in finding["message"]
+
+
 # --- --explain -------------------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -167,20 +168,55 @@ def audit_findings(settings: Settings) -> list[CheckResult]:
             )
         )
     if settings.audit.syslog.transport != "off":
-        lags = {name: max(0, head.seq - seq) for name, seq in cursors.items()}
-        lag = max(lags.values(), default=head.seq)
-        findings.append(
-            CheckResult(
-                "syslog_forwarding",
-                "pass" if lag <= settings.audit.syslog.batch_size else "warn",
-                f"syslog forwarding to {settings.audit.syslog.host}:{settings.audit.syslog.port}: {lag} event(s) behind",
-                None
-                if lag <= settings.audit.syslog.batch_size
-                else "check the collector is reachable (zguard audit status shows the cursor); the outbox keeps the events",
-                {"lag": lag},
-            )
-        )
+        findings.append(syslog_finding(settings, head.seq, cursors))
     return findings
+
+
+def collector_reachable(host: str, port: int, timeout_s: float = 2.0) -> str | None:
+    """None when a TCP connection to the collector opens, else why not (nothing is sent)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return None
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+
+
+def syslog_finding(settings: Settings, head_seq: int, cursors: Mapping[str, int]) -> CheckResult:
+    """WARN when the collector cannot be reached (TCP/TLS), nothing was ever delivered, or the
+    forwarder is more than a batch behind; PASS only when none of these holds. A count of events
+    behind is no proof of delivery: a collector that is down was PASS at "126 events behind"."""
+    syslog = settings.audit.syslog
+    where = f"{syslog.host}:{syslog.port} ({syslog.transport})"
+    lag = max((max(0, head_seq - seq) for seq in cursors.values()), default=head_seq)
+    delivered = any(seq > 0 for seq in cursors.values())
+    keeps = "the outbox keeps the events until it is"
+    if syslog.transport in ("tcp", "tls") and (why := collector_reachable(syslog.host, syslog.port)) is not None:
+        return CheckResult(
+            "syslog_forwarding",
+            "warn",
+            f"syslog collector {where} cannot be reached ({why}); {lag} event(s) not delivered",
+            f"start the collector or fix audit.syslog.host/port; {keeps} (zguard audit status shows the cursor)",
+            {"lag": lag, "reachable": False},
+        )
+    if head_seq > 0 and not delivered:
+        return CheckResult(
+            "syslog_forwarding",
+            "warn",
+            f"syslog forwarding to {where}: nothing was ever delivered ({lag} event(s) waiting)",
+            f"start zguard serve (it forwards); if it runs, check the collector accepts the connection; {keeps}",
+            {"lag": lag, "reachable": syslog.transport not in ("tcp", "tls") or None},
+        )
+    if lag > syslog.batch_size:
+        return CheckResult(
+            "syslog_forwarding",
+            "warn",
+            f"syslog forwarding to {where}: {lag} event(s) behind",
+            f"check the collector keeps up (zguard audit status shows the cursor); {keeps}",
+            {"lag": lag},
+        )
+    return CheckResult(
+        "syslog_forwarding", "pass", f"syslog forwarding to {where}: {lag} event(s) behind", None, {"lag": lag}
+    )
 
 
 def run_checks(settings: Settings, host: Host | None = None, source: SettingsFile | None = None) -> list[CheckResult]:
