@@ -179,6 +179,18 @@ def test_syslog_that_never_delivered_anything_is_a_warning(
     assert "nothing was ever delivered" in finding["message"]
 
 
+@pytest.mark.parametrize(("url", "severity"), [("redis://127.0.0.1:9/0", "fail"), ("redis://127.0.0.1:6379/0", "pass")])
+def test_the_rate_limit_storage_is_checked_when_it_is_redis(
+    state: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, url: str, severity: str
+) -> None:
+    # Redis down: every request was 503, /readyz said ready and doctor did not check it
+    monkeypatch.setenv("ZGUARD_RATE_LIMITS__STORAGE", url)
+    _, out = doctor(capsys, "--json")
+    [finding] = [f for f in json.loads(out)["findings"] if f["check"] == "rate_limit_storage"]
+    assert finding["severity"] == severity, finding
+    assert "redis://127.0.0.1:" in finding["message"]
+
+
 # --- --explain -------------------------------------------------------------------------------
 
 

@@ -17,7 +17,10 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from limits.errors import StorageError
+from limits.storage import storage_from_string
 from sqlalchemy.exc import SQLAlchemyError
 
 from zguard import state_paths
@@ -226,7 +229,33 @@ def run_checks(settings: Settings, host: Host | None = None, source: SettingsFil
     findings.append(security_modules(host.proc_root, host.sys_root))
     findings += persistence_findings(settings, host)
     findings += audit_findings(settings)
+    if (counters := counter_storage_finding(settings)) is not None:
+        findings.append(counters)
     return findings
+
+
+def counter_storage_finding(settings: Settings) -> CheckResult | None:
+    """The rate-limit storage, when it is Redis: every permissioned request fails closed (503)
+    while it is down, so it is a FAIL. None for `memory://` (nothing to reach)."""
+    url = settings.rate_limits.storage.get_secret_value()
+    if url.startswith("memory"):
+        return None
+    parts = urlsplit(url)
+    where = f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}"  # never the password
+    try:
+        storage = storage_from_string(url, wrap_exceptions=True, socket_connect_timeout=2.0, socket_timeout=2.0)
+        up = bool(storage.check())
+    except (StorageError, OSError, ValueError):  # any failure to ask is the answer: it is not reachable
+        up = False
+    if up:
+        return CheckResult("rate_limit_storage", "pass", f"rate_limits.storage {where} answers")
+    return CheckResult(
+        "rate_limit_storage",
+        "fail",
+        f"rate_limits.storage {where} does not answer: every request that needs a permission is refused "
+        "with 503 rate_limiter_unavailable, and /readyz is 503",
+        f"start Redis there (redis-cli -h {parts.hostname} -p {parts.port or 6379} ping), or fix rate_limits.storage",
+    )
 
 
 def report(findings: Sequence[CheckResult]) -> dict[str, Any]:
