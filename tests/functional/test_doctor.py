@@ -112,9 +112,18 @@ def test_a_world_readable_secret_config_fails(state: Path, capsys: pytest.Captur
 
 
 def test_root_is_a_failure_unless_allowed(state: Path) -> None:
-    settings = make_settings(state, integrity={"allow_root": False})
+    settings = make_settings(state, integrity={"allow_root": False}, model={"path": str(state / "model")})
     root = Host(ProcessUser(0, 0, frozenset({0})))
     assert {f.check: f.severity for f in run_checks(settings, root)}["not_root"] == "fail"
+
+
+def test_the_demo_model_runs_as_root_loudly_warned(state: Path) -> None:
+    # `make serve` as root on a fresh container (root is all there is) failed
+    settings = make_settings(state, integrity={"allow_root": False})  # no model.path: the demo
+    root = Host(ProcessUser(0, 0, frozenset({0})))
+    [finding] = [f for f in run_checks(settings, root) if f.check == "not_root"]
+    assert finding.severity == "warn"
+    assert finding.message.startswith("RUNNING AS ROOT with the demo model")
 
 
 def test_a_tampered_audit_trail_fails(state: Path, capsys: pytest.CaptureFixture[str]) -> None:

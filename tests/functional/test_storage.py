@@ -512,8 +512,8 @@ def serve(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="shows the refusal of root")
-def test_serve_refuses_to_run_as_root(tmp_path: Path) -> None:
-    done = serve(tmp_path)
+def test_serve_refuses_to_run_a_real_model_as_root(tmp_path: Path, demo_model_dir: Path) -> None:
+    done = serve(tmp_path, ZGUARD_MODEL__PATH=str(demo_model_dir))  # an operator's model.path
     assert done.returncode == 2
     assert "running as root" in done.stderr
     assert "ZGUARD_INTEGRITY__ALLOW_ROOT=true" in done.stderr

@@ -143,9 +143,19 @@ def tighten_state_dir(state_dir: Path, who: ProcessUser) -> bool:
     return False
 
 
-def running_as(who: ProcessUser, *, allow_root: bool) -> CheckResult:
+def running_as(who: ProcessUser, *, allow_root: bool, demo: bool = False) -> CheckResult:
+    """Root is refused unless `integrity.allow_root`, except for the demo model zguard builds
+    itself (no `model.path`): in a fresh container root is all there is, and a demo with random
+    weights and no real model files to protect starts, loudly warned. A real model never does."""
     if who.uid != 0:
         return CheckResult("not_root", "pass", f"running as uid {who.uid}")
+    if demo and not allow_root:
+        return CheckResult(
+            "not_root",
+            "warn",
+            "RUNNING AS ROOT with the demo model: allowed for a try-out only; a real model.path is refused as root",
+            "run as a dedicated account: useradd --system zguard; systemd User=zguard (zguard install does it)",
+        )
     if allow_root:
         return CheckResult(
             "not_root",
@@ -213,7 +223,7 @@ def host_findings(
     host = host or Host.current()
     who = host.who
     demo = settings.model.path is None
-    findings = [running_as(who, allow_root=settings.integrity.allow_root)]
+    findings = [running_as(who, allow_root=settings.integrity.allow_root, demo=settings.model.path is None)]
     findings.append(state_dir_permissions(settings.state_dir, who))
     secrets = secret_files(settings, source)
     for what, path in settings_files(settings, source).items():
