@@ -611,7 +611,9 @@ def test_admin_events_are_committed_to_the_audit_trail_by_default(
     assert token.encode() not in raw
 
 
-@pytest.mark.parametrize("argv", [["user", "list"], ["token", "list"], ["db", "current"], ["audit", "status"]])
+@pytest.mark.parametrize(
+    "argv", [["user", "list"], ["token", "list"], ["db", "current"], ["audit", "status"], ["scan"]]
+)
 def test_the_wrong_os_account_gets_the_fix_not_a_traceback(
     ready: Zguard, monkeypatch: pytest.MonkeyPatch, argv: list[str]
 ) -> None:

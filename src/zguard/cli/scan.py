@@ -24,6 +24,9 @@ from zguard.cli.common import EXIT_FIX, EXIT_NO, EXIT_OK, EXIT_UNAVAILABLE, Comm
 from zguard.ops.review import SEVERITIES, at_or_above
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from zguard.config import Settings
     from zguard.ops.scan import ScanReport
 
 DEFAULT_FAIL_ON = "high"
@@ -60,9 +63,12 @@ def render_table(report: ScanReport) -> str:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     settings = settings_of(args)
-    from zguard.store.database import create_store_engine, database_url
+    # The state database opened as every database command opens it: another account's state is
+    # a refusal with its fix (cli_common.run_on_database), never a PermissionError traceback.
+    return cli_common.run_on_database(settings, lambda engine, _shown: _scan(args, settings, engine))
 
-    engine = create_store_engine(database_url(settings))
+
+def _scan(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
     vuln_db = Path(args.vuln_db) if args.vuln_db else None
     from zguard.ops import osv
     from zguard.ops.host_checks import SettingsFile
