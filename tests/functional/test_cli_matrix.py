@@ -6,6 +6,8 @@ with a BrokenPipeError)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -61,15 +63,13 @@ def argv_for(command: list[str], home: Path, demo_model_dir: Path) -> list[str]:
     return [word.format(image=home / "image.png", model=demo_model_dir) for word in command]
 
 
-@pytest.mark.parametrize("how", ["--config", "ZGUARD_CONFIG", "default path"])
-@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+@pytest.mark.parametrize(
+    ("how", "command"),
+    [(how, command) for how in ("--config", "ZGUARD_CONFIG", "default path") for command in COMMANDS],
+    ids=lambda value: value if isinstance(value, str) else " ".join(value),
+)
 def test_every_command_answers_however_the_settings_are_named(
-    home: Path,
-    demo_model_dir: Path,
-    command: list[str],
-    how: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    home: Path, demo_model_dir: Path, how: str, command: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = home / "config" / "zguard.yaml"
     argv = argv_for(command, home, demo_model_dir)
@@ -80,10 +80,11 @@ def test_every_command_answers_however_the_settings_are_named(
         argv += ["--config", str(config)]
     elif how == "ZGUARD_CONFIG":
         monkeypatch.setenv("ZGUARD_CONFIG", str(config))
-    code = main(argv)
-    out, err = capsys.readouterr()
-    assert code in EXITS, (code, out, err)
-    assert "Traceback" not in err
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(argv)
+    assert code in EXITS, (code, err.getvalue())
+    assert "Traceback" not in err.getvalue()
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
