@@ -280,3 +280,37 @@ def test_audit_queries_never_fail_with_a_server_error(
             runtime.worker.stop(timeout=10)
     assert statuses.get(200, 0) >= 5, statuses
     assert statuses.get(400, 0) >= 20, statuses
+
+
+# --- every hostile request: a 4xx in the shape, a bounded event, a healthy server --------------
+
+
+async def test_hostile_requests_get_4xx_bounded_events_and_leave_the_server_healthy(
+    api: httpx.AsyncClient, trail: AuditTrail
+) -> None:
+    huge = "u" * 262_144
+    hostile: list[tuple[str, str, dict[str, Any]]] = [
+        ("GET", "/v1/models", {"headers": basic(huge)}),  # a 256 KiB Basic username
+        ("GET", "/v1/models", {"headers": {"authorization": "Bearer " + "zg_" + "x" * 100_000}}),
+        ("GET", EVENTS, {"headers": [*AUDITOR.items(), *AUDITOR.items()]}),
+        ("GET", "/v1/models", {"headers": {"host": "evil.example", **AUDITOR}}),
+        ("GET", f"{EVENTS}?limit=abc", {"headers": AUDITOR}),
+        ("GET", f"{EVENTS}?after={2**63}", {"headers": AUDITOR}),
+        ("GET", f"{EVENTS}?since=" + "9" * 5000, {"headers": AUDITOR}),
+        ("GET", "/v1/" + "p" * 20_000, {}),
+        ("GET", "/v1/models?" + "q=" + "x" * 20_000, {"headers": {"user-agent": "a" * 50_000}}),
+        ("POST", "/v1/images/generations", {"headers": basic("gen1"), "json": {"prompt": "x", "size": "2048x2048"}}),
+        ("POST", "/v1/images/generations", {"headers": basic("gen1"), "json": {"prompt": "x", "user": "u" * 50_000}}),
+        ("DELETE", "/v1/models", {}),
+    ]
+    for method, path, kwargs in hostile:
+        resp = await api.request(method, path, **kwargs)
+        assert 400 <= resp.status_code < 500, (method, path[:40], resp.status_code, resp.text[:200])
+        body = resp.json()
+        assert list(body) == ["error"], body
+        assert set(body["error"]) == {"message", "type", "param", "code"}
+        assert len(resp.content) < 2048
+    assert (await api.get("/readyz")).status_code == 200
+    sizes = [len(event.body) for event in trail.store.iter_events()]
+    assert len(sizes) >= len(hostile)
+    assert max(sizes) < 8192 + 1024, max(sizes)  # every client text in an event is bounded
