@@ -10,12 +10,14 @@ from __future__ import annotations
 import io
 import os
 import struct
+import subprocess
 import threading
 import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image
+import pytest
+from PIL import EpsImagePlugin, Image
 
 from zguard.provenance.watermark import DecodeStopped, StopFlag, Watermarker, WatermarkFound
 
@@ -109,3 +111,20 @@ class GatedWatermarker(Watermarker):
             self.running.clear()
         self.finished.append(thread.name)
         return super().detect(image, should_stop=should_stop, max_pixels=max_pixels)
+
+
+def refuse_external_programs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Fail the test if anything starts a program or reaches Pillow's Ghostscript path; the list
+    records what was reached."""
+    reached: list[str] = []
+
+    def refuse(name: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            reached.append(name)
+            raise AssertionError(f"{name} was called")
+
+        return call
+
+    monkeypatch.setattr(subprocess, "Popen", refuse("subprocess.Popen"))
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", refuse("EpsImagePlugin.Ghostscript"))
+    return reached

@@ -12,7 +12,6 @@ import json
 import os
 import secrets
 import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -22,13 +21,14 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from PIL import EpsImagePlugin, Image
+from PIL import Image
 
 from tests.common.audit import audit_trail, sqlite_url
 from tests.common.engines import GatedEngine
 from tests.common.factories import build_test_runtime, make_settings
 from tests.common.hostile_images import (
     GatedWatermarker,
+    refuse_external_programs,
     refused_upload,
     saved,
     tiny_file_bomb,
@@ -121,19 +121,7 @@ async def tracing(
 
 @pytest.fixture
 def no_external_programs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Record (and refuse) any program start and any use of Pillow's Ghostscript path."""
-    reached: list[str] = []
-
-    def refuse(name: str) -> Any:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            reached.append(name)
-            raise AssertionError(f"{name} was called")
-
-        return call
-
-    monkeypatch.setattr(subprocess, "Popen", refuse("subprocess.Popen"))
-    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", refuse("EpsImagePlugin.Ghostscript"))
-    return reached
+    return refuse_external_programs(monkeypatch)
 
 
 @pytest.fixture

@@ -4,19 +4,19 @@ request (issue 14: decompression bombs and external decoders)."""
 from __future__ import annotations
 
 import io
-import subprocess
 import time
 import tracemalloc
 from typing import Any
 
 import numpy as np
 import pytest
-from PIL import EpsImagePlugin, Image
+from PIL import Image
 
 from tests.common.hostile_images import (
     REFUSED_FORMATS,
     EmptyEvents,
     png_declaring,
+    refuse_external_programs,
     refused_upload,
     saved,
     tiny_file_bomb,
@@ -39,19 +39,7 @@ CAP = 2048 * 2048  # provenance.trace_max_pixels' default
 
 @pytest.fixture
 def no_external_programs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Fail the test if anything starts a program or reaches Pillow's Ghostscript path."""
-    reached: list[str] = []
-
-    def refuse(name: str) -> Any:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            reached.append(name)
-            raise AssertionError(f"{name} was called")
-
-        return call
-
-    monkeypatch.setattr(subprocess, "Popen", refuse("subprocess.Popen"))
-    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", refuse("EpsImagePlugin.Ghostscript"))
-    return reached
+    return refuse_external_programs(monkeypatch)
 
 
 @pytest.fixture

@@ -14,11 +14,11 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import limits.aio.storage.memory
-import limits.aio.strategies
 import pytest
 from limits.errors import StorageError
 
 import zguard.services.auth as auth_module
+from tests.common.clocks import FakeClock, limits_clock
 from zguard.audit.memory import MemoryAuditSink
 from zguard.config import Settings
 from zguard.errors import InvalidApiKey, RateLimiterUnavailable, TooManyFailedLogins
@@ -37,28 +37,9 @@ A, B, C = (RequestInfo(client=f"10.0.0.{i}") for i in (1, 2, 3))
 MINUTE, HOUR = 60, 3600
 
 
-class FakeClock:
-    """The service's monotonic clock when called; `time()` for the `limits` library."""
-
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def time(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(limits.aio.storage.memory, "time", fake)
-    monkeypatch.setattr(limits.aio.strategies, "time", fake)
-    return fake
+    return limits_clock(monkeypatch)
 
 
 def settings(**api_auth: Any) -> Settings:

@@ -11,10 +11,10 @@ import random
 from typing import Any
 
 import limits.aio.storage.memory
-import limits.aio.strategies
 import pytest
 from limits.errors import StorageError
 
+from tests.common.clocks import FakeClock, limits_clock
 from zguard.audit import RequestRecord
 from zguard.audit.memory import MemoryAuditSink
 from zguard.config import Settings
@@ -38,25 +38,9 @@ LOCAL = Identity(name="local", kind="anonymous", roles=frozenset({"generator", "
 MINUTE, HOUR, DAY = 60, 3600, 86400
 
 
-class FakeClock:
-    """Stands in for the `time` module: `time()` is whatever the test says."""
-
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def time(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(limits.aio.storage.memory, "time", fake)
-    monkeypatch.setattr(limits.aio.strategies, "time", fake)
-    return fake
+    return limits_clock(monkeypatch)
 
 
 @pytest.fixture
