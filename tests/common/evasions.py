@@ -22,7 +22,7 @@ EVASIONS: dict[str, list[tuple[str, str]]] = {
         ("机\t\n密", "机密"),
         ("c o n f i d e n t i a l", "confidential"),
         ("customer  list", "customer list"),
-        ("internal\tuse\nonly", "internal use only"),
+        ("internal\tuse\u3000 only", "internal use only"),  # a line break between words ends a phrase (issue 16)
         ("customerlist", "customer list"),
     ],
     "punctuation": [
@@ -61,6 +61,8 @@ EVASIONS: dict[str, list[tuple[str, str]]] = {
         ("客戶名單", "客户名单"),
         ("內部代號", "内部代号"),
         ("機 密", "机密"),
+        ("客戸名単", "客户名单"),  # Japanese shinjitai 戸 (a UTS #39 look-alike of 戶) and 単 (OpenCC jp2t)
+        ("客戸名單", "客户名单"),
     ],
     "look_alike": [
         ("сonfidential", "confidential"),
@@ -71,6 +73,11 @@ EVASIONS: dict[str, list[tuple[str, str]]] = {
         ("ᴄᴏɴꜰɪᴅᴇɴᴛɪᴀʟ", "confidential"),
         ("јіmі", "机密"),
         ("kehu mіngdаn", "客户名单"),
+        ("ꓚꓳꓠꓝꓲꓓꓰꓠꓔꓲꓮꓡ", "confidential"),  # Lisu
+        ("ᏟꓳNFꓲDENTꓲAL", "confidential"),  # Cherokee and Lisu
+        ("ⲤⲞNFⲒDENTⲒAL", "confidential"),  # Coptic
+        ("cuՏtomer liՏt", "customer list"),  # Armenian
+        ("客戸名单", "客户名单"),  # 戸: the UTS #39 look-alike of 戶
     ],
     "case": [
         ("CONFIDENTIAL", "confidential"),
@@ -92,6 +99,29 @@ EVASIONS: dict[str, list[tuple[str, str]]] = {
         ("机mi", "机密"),
         ("ke户名dan", "客户名单"),
         ("内部daihao", "内部代号"),
+        ("ji1 mi4", "机密"),
+        ("ji1mi4", "机密"),
+        ("ji1-mi4", "机密"),
+        ("ji-mi", "机密"),
+        ("ke4hu4 ming2dan1", "客户名单"),
+        ("nei4 bu4 dai4 hao4", "内部代号"),
+        ("jī-mì", "机密"),
+    ],
+    "identifiers": [
+        ("#ConfidentialProject", "confidential"),
+        ("ConfidentialReport.pdf", "confidential"),
+        ("CONFIDENTIALFILES", "confidential"),
+        ("CustomerListExport", "customer list"),
+        ("customer_list_2024.xlsx", "customer list"),
+        ("InternalUseOnlyDraft", "internal use only"),
+        ("#客户名单", "客户名单"),
+        ("内部代号_v2.docx", "内部代号"),
+    ],
+    "symbols": [
+        ("内部™代号", "内部代号"),
+        ("机℡密", "机密"),
+        ("客户㎏名单", "客户名单"),
+        ("confi™dential", "confidential"),
     ],
     "combined": [
         ("機\u200b 密", "机密"),

@@ -43,6 +43,10 @@ async def serving(tmp_path: Path, **policy: Any) -> AsyncIterator[tuple[httpx.As
         ({"prompt": "海报标题：機\u200b密 文件"}, "prompt", "confidential"),
         ({"prompt": "a calm lake", "negative_prompt": "ke hu ming dan"}, "negative_prompt", "customer-data"),
         ({"prompt": "card 4111 1111 1111 1111 on a desk"}, "prompt", "pii"),
+        ({"prompt": "名片：电话 139.1075.2846"}, "prompt", "pii"),  # issue 16: dots between digit groups
+        ({"prompt": "手机 一三九一零七五二八四六"}, "prompt", "pii"),  # Chinese numerals
+        ({"prompt": "a calm lake", "negative_prompt": "CustomerListExport.xlsx"}, "negative_prompt", "customer-data"),
+        ({"prompt": "#TopSecretProject 海报"}, "prompt", "confidential"),
     ],
 )
 async def test_blocked_prompt_gets_400_prompt_rejected_and_no_gpu_work(
@@ -62,6 +66,23 @@ async def test_blocked_prompt_gets_400_prompt_rejected_and_no_gpu_work(
         assert leaked not in error["error"]["message"]
     assert resp.headers["x-request-id"]
     assert engine.started == []
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "安全提示海报：在取款机密码键盘上输入密码时请用手遮挡",
+        "草原上风力发电机密布的风景",
+        "promo code, name and logo on a banner",
+    ],
+)
+async def test_word_boundary_phrases_are_served(tmp_path: Path, prompt: str) -> None:
+    """Issue 16: a banned term across a word boundary (取款机 + 密码, 发电机 + 密布) or a phrase cut
+    by sentence punctuation is no match: the prompt reaches the engine as written."""
+    async with serving(tmp_path) as (client, _, engine):
+        resp = await client.post(GENERATIONS, json={"prompt": prompt, "size": "64x64"})
+    assert resp.status_code == 200, resp.text
+    assert [job.prompt for job in engine.started] == [prompt]
 
 
 async def test_reveal_terms_names_the_list_entry(tmp_path: Path) -> None:

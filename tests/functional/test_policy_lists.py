@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import functools
 
-from tests.common.benign_prompts import ALL, CHINESE, ENGLISH
+from tests.common.benign_prompts import ALL, CHINESE, ENGLISH, HARD, HARD_CHINESE, HARD_ENGLISH
+from tests.common.evasions import CONTEXTS, EVASIONS
 from zguard.config import PolicySettings
 from zguard.policy.prompt_policy import PromptPolicy
 from zguard.services.prompt_policy import build_policy, builtin_names, load_terms
 
 MAX_RATE = 0.01
+MAX_HARD_RATE = 0.02  # issue 16: word-boundary phrases a bank writes every day
+MIN_EVASIONS_BLOCKED = 0.99
 
 
 @functools.cache
@@ -69,3 +72,29 @@ def test_shipped_lists_parse_without_duplicates() -> None:
     terms, hashes = load_terms(builtin_names())
     assert set(hashes) == set(builtin_names())
     assert len({t.text.lower() for t in terms}) == len(terms)
+
+
+def test_hard_benign_phrases_are_served_at_least_98_percent() -> None:
+    """Terms across word boundaries (取款机密码, 杜绝密码, 员工工资卡) and phrases cut by sentence
+    punctuation (`promo code, name`): the shipped lists block at most 2%."""
+    assert len(HARD) >= 300
+    assert len(HARD_CHINESE) >= 250
+    assert len(HARD_ENGLISH) >= 25
+    assert len(set(HARD)) == len(HARD)
+    policy = shipped_policy()
+    blocked = [prompt for prompt in HARD if policy.check(prompt).blocked]
+    rate = len(blocked) / len(HARD)
+    print(f"\nhard benign blocked: {len(blocked)} of {len(HARD)} ({rate:.2%})")
+    for prompt in blocked:
+        print(f"  {policy.check(prompt).audit_fields()}: {prompt}")
+    assert rate <= MAX_HARD_RATE, blocked
+
+
+def test_the_shipped_lists_block_at_least_99_percent_of_the_evasions() -> None:
+    """The evasion corpus against the shipped lists (which hold its terms), in every context."""
+    policy = shipped_policy()
+    prompts = [context.format(text) for cases in EVASIONS.values() for text, _ in cases for context in CONTEXTS]
+    missed = [prompt for prompt in prompts if not policy.check(prompt).blocked]
+    rate = 1 - len(missed) / len(prompts)
+    print(f"\nevasions blocked: {len(prompts) - len(missed)} of {len(prompts)} ({rate:.2%})")
+    assert rate >= MIN_EVASIONS_BLOCKED, missed

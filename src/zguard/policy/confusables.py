@@ -1,4 +1,13 @@
-"""Cyrillic, Greek and Latin letters that look like a Latin letter, folded to that letter.
+"""Look-alike characters folded to the letter they imitate, from Unicode's own data.
+
+`CONFUSABLES` is the one-to-one part of UTS #39 `confusables.txt` (data/confusables.txt: its
+source, version and the rule of what was kept are in its header): Cyrillic, Greek, Armenian,
+Cherokee, Lisu, Coptic, IPA and other letters that look like a basic Latin letter, and kana and
+radicals that look like an ideograph (エ → 工). A few case-aware corrections stay written here
+(`_PAIRS`, `_GREEK`, `_LATIN`) and win over the data: UTS #39 maps by shape to one prototype and
+sometimes to a digit, while a lower-case Greek eta must read n, not the digit-like skeleton.
+Folding happens only in the matching copy of a prompt (zguard.policy.normalise); the model always
+gets the text as written.
 
 Applied before NFKC (which would turn the lunate sigma `ϲ`, a look-alike of c, into `σ`), after it
 (full-width, mathematical and circled letters become plain ones first) and after case folding: an
@@ -10,7 +19,10 @@ prompts are full of numbers, and folding them would turn amounts and dates into 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from importlib import resources
 from types import MappingProxyType
+
+DATA_FILE = "data/confusables.txt"  # package data of zguard.policy
 
 _PAIRS = {
     # Cyrillic capitals and small letters
@@ -84,15 +96,31 @@ _LATIN = {
 }
 
 
-def _build() -> Mapping[str, str]:
+def parse_confusables(text: str) -> dict[str, str]:
+    """`SOURCE ; TARGET # comment` lines (hex code points) → {source: target}."""
     table: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.partition("#")[0].strip()
+        if not line:
+            continue
+        source, _, target = (part.strip() for part in line.partition(";"))
+        try:
+            table[chr(int(source, 16))] = chr(int(target, 16))
+        except ValueError:
+            raise ValueError(f"{DATA_FILE}:{number}: not 'SOURCE ; TARGET' in hex") from None
+    return table
+
+
+def _build() -> Mapping[str, str]:
+    table = parse_confusables((resources.files("zguard.policy") / DATA_FILE).read_text(encoding="utf-8"))
+    corrections: dict[str, str] = {}
     for group in (_PAIRS, _GREEK, _LATIN):
         for latin, lookalikes in group.items():
             for char in lookalikes:
-                if char in table:
+                if char in corrections:
                     raise ValueError(f"look-alike {char!r} is listed twice")
-                table[char] = latin
-    return MappingProxyType(table)
+                corrections[char] = latin
+    return MappingProxyType({**table, **corrections})
 
 
 CONFUSABLES: Mapping[str, str] = _build()

@@ -7,11 +7,15 @@ output character can point back at the input character it came from:
    (`ｊｉｍｉ` → `jimi`, `㊙` → `秘`).
 2. Accents and other combining marks are dropped (`jī mì` → `ji mi`), look-alike Cyrillic, Greek
    and IPA letters become the Latin letter they imitate, and case is folded.
-3. Only letters and digits are kept: whitespace, punctuation, symbols, format characters
+3. Only letters and digits are kept (a symbol that NFKC spells in Latin letters, such as `™` or
+   `℡`, is a symbol and dropped): whitespace, punctuation, symbols, format characters
    (zero-width space and joiners, soft hyphen, BOM, bidi controls), private-use and unassigned
    code points and the invisible Hangul fillers are dropped, so `机 密`, `机.密` and `机\\u200b密`
    all read `机密`.
-4. Traditional Chinese becomes simplified (OpenCC `t2s`, character by character).
+4. Traditional Chinese becomes simplified (OpenCC `t2s`, character by character), and so do the
+   Japanese shinjitai forms (単 伝 経 権 厳, through OpenCC `jp2t` first) of characters outside GB
+   2312 that `t2s` leaves alone, and the CJK look-alikes of zguard.policy.confusables (戸 → 戶 → 户).
+   Folding happens only in this matching copy; the model gets the prompt as written.
 
 `Normaliser.normalise` is the fast path (regular expressions and a lookup table, no per-character
 Python for BMP text); `Normaliser.positions` maps an index in its result back to the original
@@ -37,6 +41,7 @@ _INVISIBLE_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u17b4\u17b5")
 _CJK_BMP = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF))
 # Strides, in kept characters, of the walk `Normaliser.originals` takes: few calls per index.
 _STRIDES = (256, 64, 16, 4, 1)
+_WALK_LIMIT = 24  # past this many indices the full map (`positions`, all in C) is cheaper than the walk
 _TABLE_LIMIT = 300_000  # folds cached per normaliser; an attacker cycling through code points cannot grow it further
 
 
@@ -54,6 +59,8 @@ def _confusable(text: str) -> str:
 
 def fold_char(char: str, t2s: Callable[[str], str]) -> str:
     """What one character becomes: zero, one or a few letters and digits."""
+    if unicodedata.category(char)[0] == "S" and unicodedata.normalize("NFKC", char).isascii():
+        return ""  # a symbol NFKC spells in letters (™ → TM, ℡ → TEL, ㎏ → kg) is still a symbol: 内部™代号
     text = _confusable(unicodedata.normalize("NFD", unicodedata.normalize("NFKC", _confusable(char))))
     text = _confusable(unicodedata.normalize("NFD", text.casefold()))
     text = unicodedata.normalize("NFC", "".join(c for c in text if _kept(c)))
@@ -102,9 +109,10 @@ class Normaliser:
         longer: list[int] = []  # characters that fold to two or more: they shift positions
         cjk = {cp for low, high in _CJK_BMP for cp in range(low, high + 1)}
         ideographs = [chr(cp) for cp in sorted(cjk) if unicodedata.category(chr(cp)) == "Lo"]
-        converted = t2s("\n".join(ideographs)).split("\n")
+        sources = [_confusable(char) for char in ideographs]  # 戸 → 戶 before 戶 → 户
+        converted = t2s("\n".join(sources)).split("\n")
         if len(converted) != len(ideographs):  # pragma: no cover - OpenCC kept the separators so far
-            converted = [t2s(char) for char in ideographs]
+            converted = [t2s(char) for char in sources]
         for char, simple in zip(ideographs, converted, strict=True):
             self._table[char] = simple
             if simple != char:
@@ -161,16 +169,18 @@ class Normaliser:
         """`positions(text).original(i)` for each of `indices` (each below `len(normalise(text))`).
 
         A prompt that matched needs a handful of positions; cutting the whole text into pieces for
-        them costs more than the match. Where every character kept folds to exactly one, the
+        them costs more than the match (past `_WALK_LIMIT` indices it does not, and the full map is
+        used). Where every character kept folds to exactly one, the
         `i`-th character of the normalised text comes from the `i`-th character kept, so one walk
         over the text up to the last index, a stride of kept characters per call, finds them all.
         """
-        if self._shifting.search(text) is not None:
+        wanted = sorted(set(indices))
+        if len(wanted) > _WALK_LIMIT or self._shifting.search(text) is not None:
             where = self.positions(text)
-            return {index: where.original(index) for index in indices}
+            return {index: where.original(index) for index in wanted}
         found: dict[int, int] = {}
         at = walked = 0  # `at` is just past the `walked`-th kept character
-        for index in sorted(set(indices)):
+        for index in wanted:
             for stride, pattern in self._strides:
                 while index - walked >= stride:
                     if (match := pattern.match(text, at)) is None:
@@ -213,9 +223,40 @@ class PositionMap:
         return self._original[piece] + min(index - self._folded[piece], self._lengths[piece] - 1)
 
 
+def _in_gb2312(char: str) -> bool:
+    try:
+        char.encode("gb2312")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def simplifier(t2s: Callable[[str], str], jp2t: Callable[[str], str]) -> Callable[[str], str]:
+    """`t2s`, and for a character `t2s` leaves alone that is not standard simplified Chinese (not in
+    GB 2312), `t2s(jp2t(char))`: the Japanese shinjitai 単 and 伝 become 单 and 传, while 予 and 芸,
+    which Chinese writes too, stay. Character by character, in two OpenCC calls for any length."""
+
+    def simplify(text: str) -> str:
+        simple = t2s(text)
+        if len(simple) != len(text):  # pragma: no cover - t2s of characters joined by newlines keeps the count
+            return simple
+        chars = list(simple)
+        todo = [
+            i for i, (a, b) in enumerate(zip(text, simple, strict=True)) if a == b and _is_cjk(a) and not _in_gb2312(a)
+        ]
+        if todo:
+            japanese = t2s(jp2t("\n".join(text[i] for i in todo))).split("\n")
+            if len(japanese) == len(todo):
+                for i, char in zip(todo, japanese, strict=True):
+                    chars[i] = char
+        return "".join(chars)
+
+    return simplify
+
+
 @functools.cache
 def default_normaliser() -> Normaliser:
-    """The process's normaliser with OpenCC's `t2s` configuration, built on first use."""
+    """The process's normaliser with OpenCC's `t2s` and `jp2t` configurations, built on first use."""
     import opencc  # noqa: PLC0415 - loads OpenCC's dictionaries: only when a policy is built
 
-    return Normaliser(opencc.OpenCC("t2s").convert)
+    return Normaliser(simplifier(opencc.OpenCC("t2s").convert, opencc.OpenCC("jp2t").convert))

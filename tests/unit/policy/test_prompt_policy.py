@@ -44,7 +44,7 @@ def test_every_evasion_is_blocked_with_its_span(policy: PromptPolicy, evasion: s
     # The span covers the evasion in the original text: from its first kept character to its last.
     offset = prompt.index(evasion)
     assert offset <= finding.start < finding.end <= offset + len(evasion)
-    assert evasion.strip("\ufeff\u200b").startswith(prompt[finding.start])
+    assert evasion.strip("\ufeff\u200b#").startswith(prompt[finding.start])
 
 
 def test_corpus_covers_every_class_in_both_languages() -> None:
@@ -148,7 +148,10 @@ def test_allow_list_drops_findings_inside_the_phrase_only() -> None:
     assert policy.check("手机密码与机密文件").blocked  # a second, real match still counts
     assert policy.check(f"a mock-up with test card {CARD}").findings == ()
     assert policy.check(f"card {CARD}").blocked
-    assert make_policy().check("设置手机密码的界面").blocked  # without the allow-list it is a match
+    assert make_policy(word_aware=False).check("设置手机密码的界面").blocked  # without either, a match
+    # The segmenter keeps 客户名单 whole in 客户名单独一行 (a name list + 单独 "on its own"): allow it.
+    assert make_policy().check("客户名单独一行").blocked
+    assert make_policy(allow_phrases=["客户名单独"]).check("客户名单独一行").findings == ()
 
 
 def test_duplicate_terms_keep_the_first_category() -> None:
