@@ -241,3 +241,65 @@ def _png_of(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _saved(image: Image.Image, fmt: str = "PNG", **options: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def _jpeg(image: Image.Image, quality: int) -> Image.Image:
+    return Image.open(io.BytesIO(_saved(image, "JPEG", quality=quality))).convert("RGB")
+
+
+def _scaled(image: Image.Image, fx: float, fy: float | None = None) -> Image.Image:
+    fy = fx if fy is None else fy
+    return image.resize((round(image.width * fx), round(image.height * fy)), Image.Resampling.LANCZOS)
+
+
+_T = Image.Transpose
+RESHARES: dict[str, Any] = {  # issue 17's families, one of each, as files a leaker would pass on
+    "upscale-2x.png": lambda im: _saved(_scaled(im, 2.0)),
+    "upscale-2.5x.jpg": lambda im: _saved(_scaled(im, 2.5), "JPEG", quality=90),  # read at half size
+    "phone-1290-wide.jpg": lambda im: _saved(_scaled(im, 1290 / 1024), "JPEG", quality=80),
+    "thumbnail-0.35x.png": lambda im: _saved(_scaled(im, 0.35)),
+    "mirrored.png": lambda im: _saved(im.transpose(_T.FLIP_LEFT_RIGHT)),
+    "rot90.png": lambda im: _saved(im.transpose(_T.ROTATE_90)),
+    "rot180.png": lambda im: _saved(im.transpose(_T.ROTATE_180)),
+    "rot270.png": lambda im: _saved(im.transpose(_T.ROTATE_270)),
+    "rotated-2deg.jpg": lambda im: _saved(im.rotate(2, Image.Resampling.BICUBIC), "JPEG", quality=80),
+    "rotated-5deg.png": lambda im: _saved(im.rotate(-5, Image.Resampling.BICUBIC)),
+    "stretched-1024x768.png": lambda im: _saved(im.resize((1024, 768), Image.Resampling.LANCZOS)),
+    "stretched-768x1024.png": lambda im: _saved(im.resize((768, 1024), Image.Resampling.LANCZOS)),
+    "crop-then-zoom.png": lambda im: _saved(
+        im.crop((200, 90, 924, 814)).resize((1024, 1024), Image.Resampling.LANCZOS)
+    ),
+    "reshared-twice.jpg": lambda im: _saved(_jpeg(_scaled(_jpeg(_scaled(im, 0.7), 75), 0.7), 75), "JPEG", quality=75),
+}
+
+
+async def test_trace_finds_the_request_after_each_way_of_re_sharing(
+    *,
+    tmp_path: Path,
+    state: Path,
+    config: Path,
+    demo_engine: DiffusersEngine,
+    trail: AuditTrail,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Screenshots at a larger size, thumbnails, flips, quarter turns, small rotations, stretches,
+    crop-then-zoom and chains of re-shares (issue 17): `zguard trace` names the request each time."""
+    request_id, blob = await _generate(state, demo_engine, trail)
+    image = Image.open(io.BytesIO(blob)).convert("RGB")
+    missed = []
+    for name, reshare in RESHARES.items():
+        suspect = tmp_path / name
+        suspect.write_bytes(reshare(image))
+        code = main(["trace", str(suspect), "--config", str(config), "--json"])
+        result = json.loads(capsys.readouterr().out)
+        if code != 0 or result["generation"]["request_id"] != request_id:
+            missed.append(name)
+    assert missed == []
+    traced = [json.loads(e.body) for e in trail.store.iter_events() if e.type == "provenance.traced"]
+    assert [t["detail"]["traced_request_id"] for t in traced] == [request_id] * len(RESHARES)

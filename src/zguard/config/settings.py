@@ -707,7 +707,7 @@ class ProvenanceSettings(_Section):
         2048 * 2048,
         ge=64 * 64,
         le=8192 * 8192,
-        description="Largest image (width × height) a trace decodes, `POST /v1/provenance/trace` and `zguard trace` alike: a larger one is refused with 400 `invalid_value` before a pixel is decoded (a JPEG up to 4× larger is read at half size), and the decoder never resamples beyond it. A mark is read at the size it was generated at: keep it at least `generation.max_pixels`. A running trace holds up to 64 bytes per pixel of it (270 MB at the default).",
+        description="Largest image (width × height) a trace decodes, `POST /v1/provenance/trace` and `zguard trace` alike: a larger one is refused with 400 `invalid_value` before a pixel is decoded (a JPEG up to 4× larger is read at half size), and the decoder never resamples beyond it. A mark is read at the size it was generated at: keep it at least `generation.max_pixels`. A running trace holds up to 96 bytes per pixel of it (about 400 MB at the default).",
     )
     trace_workers: int = Field(
         2,

@@ -31,28 +31,45 @@ areas, where the content is loud, do not drown flat ones) → folded (summed) in
 → 2×2 cell sums → FFT cross-correlation with each salt's sync template gives the offset (a crop
 only shifts the folded tile cyclically) → soft payload values → list Viterbi (the `LIST_SIZE`
 best paths, not only the best: where the best path is wrong the right one is usually close
-behind, and the MAC tells them apart) → MAC check of each. Rescaled
-images: the tile repeats exactly, so the residual's autocorrelation peaks at the tile period on
-each axis (computed from the spectrally whitened power spectrum, so a texture's own broad
-spectrum does not outscore the tile's lines); its measured period gives the scale, and the
-whitened residual is resampled back before folding (one whitening per decode). Scale 1 and the halved image (×2, whitened after
-resampling) are always tried.
+behind, and the MAC tells them apart) → MAC check of each.
+
+Geometry (issue 17: what people do to an image they re-share). The decoder tries, in order, a
+bounded list of geometries, each an affine map from the generated image to the one uploaded:
+(1) the image as it is; (2) each lattice the residual's autocorrelation shows — the tile repeats
+exactly, so the autocorrelation (computed from the spectrally whitened power spectrum, so a
+texture's own broad spectrum does not outscore the tile's lines) has spikes on the lattice
+i·a + j·b, whose basis a, b gives the scale of each axis (0.25×-3×, separately: stretches), a
+rotation (any angle the lattice shows; measured to ±5°) and the
+sign of a flip (`zguard.provenance.geometry`; at most `_LATTICES_TRIED` bases); (3) the image
+halved (always: a halved image's faint lattice is the commonest miss); (4) the best isotropic
+periods over 0.25-3 tiles (`_SCALES_TRIED` resamplings around each of 3), for images whose
+lattice is too faint for single spikes but not for a sum over 24. Each geometry resamples the
+residual back to the generated size (an image shrunk below 0.6× is enlarged and whitened at that
+size; one enlarged past 1.25× is shrunk, antialiased, and whitened at the generated size; in
+between the residual whitened once at the uploaded size is resampled), folds it, and then tries
+the 8 flips and quarter turns of the folded tile, which is what they do to the fold up to a
+cyclic shift: 8 small sync correlations, not 8 decodes. The (symmetry, salt) pairs are ranked by
+their sync z-score; read are the two best salts of the unturned fold (`LIST_SIZE` paths, then 1)
+and the best pair of the 7 other symmetries (`LIST_SIZE` paths).
 
 Bounded work. A mark is read at the size the image was generated at, and `detect`'s
 `max_pixels` (the trace endpoint passes `provenance.trace_max_pixels`, the largest image it
-reads) says how large that can be: a scale that would resample the image to more pixels than
+reads) says how large that can be: a geometry that would resample the image to more pixels than
 that is skipped. Without that, a 2048² upload read "as if halved" was whitened at 4096²
-(~180 bytes a pixel of the upload, 0.7 GB); with it one decode holds about
-`DECODE_BYTES_PER_PIXEL` bytes per pixel of the budget. The work stops at its next step
+(~180 bytes a pixel of the upload, 0.7 GB); with it one decode holds at most
+`DECODE_BYTES_PER_PIXEL` bytes per pixel of the budget (it peaks when the upload is as large as
+the budget: its luminance and residual are held while a resampled copy is whitened). The work stops at its next step
 (`DecodeStopped`) once `should_stop()` says so: a deadline passed or the client left.
 
 False traces. A result is returned only when the decoded 48-bit MAC equals
 HMAC-SHA-256(key, salt ‖ id) truncated to 48 bits. For an unmarked image, or one marked under
 another key, the decoded bits are independent of that HMAC, so each candidate passes with
-probability 2^-48; a decode checks at most `MAX_CANDIDATES` (512) candidates, hence
-P(false trace) ≤ 512 · 2^-48 = 2^-39 ≈ 1.8e-12 per decode, by construction and whatever the
-image (the synchronisation statistic only ranks candidates, it decides nothing: its null tail is
-heavy, the MAC's is not). 48 bits rather than 64 give each payload bit 14 % more of the budget.
+probability 2^-48. The geometric search adds candidates, never a decision: at most 1 + 3 + 1 + 9
+= 14 geometries, each 2 · `LIST_SIZE` + 1 = 33 MAC checks (462 in all), and the count is capped at
+`MAX_CANDIDATES` (512) whatever the search finds, hence P(false trace) ≤ 512 · 2^-48 = 2^-39 ≈
+1.8e-12 per decode, by construction and whatever the image (the synchronisation statistic only
+ranks candidates, it decides nothing: its null tail is heavy, the MAC's is not). 48 bits rather
+than 64 give each payload bit 14 % more of the budget.
 
 Pure: plain numpy arrays and bytes in, no I/O.
 """
@@ -62,7 +79,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -70,6 +87,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
+
+from zguard.provenance.geometry import (
+    DIHEDRAL,
+    affine_for,
+    autocorrelation,
+    box_sum,
+    dihedral,
+    isotropic_periods,
+    lattice_bases,
+)
 
 TILE = 128  # pixels
 CELL = 2  # pixels per cell side
@@ -89,7 +116,12 @@ _CODED_BITS = 2 * (_PAYLOAD_BITS + _K - 1)
 _SCALES_TRIED = 3  # resamplings around each measured period
 _SCALE_STEP = 0.0015
 _MIN_SIDE = 64  # below this, nothing to decode
-DECODE_BYTES_PER_PIXEL = 64  # peak bytes a decode holds per pixel it whitens (measured 43-56; numpy temporaries)
+_MIN_SCALE, _MAX_SCALE = 0.25, 3.0  # the sizes, relative to the generated one, a mark is looked for at
+_MIN_PERIOD = 0.25 * TILE  # pixels: the shortest tile period looked for
+_LATTICES_TRIED = 3  # lattice bases from the autocorrelation's peaks, each one geometry
+_ENLARGED = 1.25  # an image this much larger than generated is shrunk before whitening
+_SHRUNK = 0.6  # one this much smaller is enlarged before whitening
+DECODE_BYTES_PER_PIXEL = 96  # peak bytes a decode holds per pixel of its budget (measured 46-82; numpy temporaries)
 
 FloatArray = npt.NDArray[np.float64]
 StopFlag = Callable[[], bool]
@@ -215,13 +247,6 @@ def _int(bits: npt.NDArray[np.uint8]) -> int:
     return int("".join(str(int(b)) for b in bits), 2)
 
 
-def box_sum(a: FloatArray, radius: int) -> FloatArray:
-    """Sum over a (2r+1)² window, edges replicated; cumulative sums, O(pixels)."""
-    k = 2 * radius + 1
-    c = np.pad(np.pad(a, radius, mode="edge").cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    return c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]  # type: ignore[no-any-return]
-
-
 def luminance(rgb: npt.NDArray[np.uint8]) -> FloatArray:
     f = rgb.astype(np.float64)
     if f.ndim == 2:
@@ -275,11 +300,11 @@ class Watermarker:
 
     @cached_property
     def _sync_spectra(self) -> npt.NDArray[np.complex128]:
-        """FFT (conjugated) of each salt's sync template on the pixel grid: chips at even pixels."""
+        """FFT (conjugated) of each salt's sync template on the cell grid (CELLS×CELLS): the
+        template has chips at even pixels only, so the pixel-grid correlation is four cell-grid
+        ones, one per parity of the offset (a quarter of the work)."""
         chips, sync, _ = self._patterns
-        template = np.zeros((SALTS, TILE, TILE))
-        template[:, ::CELL, ::CELL] = np.where(sync, chips, 0.0)
-        return np.conj(np.fft.rfft2(template))
+        return np.conj(np.fft.rfft2(np.where(sync, chips, 0.0)))
 
     def mac(self, salt: int, watermark_id: int) -> int:
         msg = b"zguard/watermark/v1/mac" + bytes([salt]) + watermark_id.to_bytes(8, "big")
@@ -304,8 +329,8 @@ class Watermarker:
     ) -> WatermarkFound | None:
         """The mark under this key, or None. See the module docstring for the false-trace bound.
 
-        Scales that would resample the image to more than `max_pixels` (None: no bound) are not
-        tried; `should_stop` is asked between steps, and DecodeStopped raised when it says so."""
+        Geometries that would resample the image to more than `max_pixels` (None: no bound) are
+        not tried; `should_stop` is asked between steps, and DecodeStopped raised when it says so."""
 
         def step() -> None:
             if should_stop():
@@ -315,130 +340,149 @@ class Watermarker:
         if min(y.shape) < _MIN_SIDE:
             return None
         step()
-        white = whiten(y)  # computed once: scale 1, the period search and every measured scale use it
+        white = whiten(y)  # computed once: scale 1, the lattice search and most geometries use it
+        if not white.any():  # a flat image: no residual, so no mark, at any geometry
+            return None
+        y = y.astype(np.float32)  # what resampling reads anyway (Pillow's "F"): half the bytes held
         checked = 0
-        for scale in self._scales(white):
-            if max_pixels is not None and scale != (1.0, 1.0) and _resampled_pixels(y.shape, scale) > max_pixels:
+        for warp in self._geometries(white, step):
+            residual = _resample(y, white, warp, max_pixels)
+            if residual is None:
                 continue
             step()
-            for rank, (salt, soft, score) in enumerate(self._reads(y, white, scale)):
+            for salt, soft, score, paths in self._reads(residual):
                 step()
-                for bits in list_viterbi(soft, LIST_SIZE if rank == 0 else 1):  # a list for the best salt
+                for bits in list_viterbi(soft, paths):
                     if checked >= MAX_CANDIDATES:
                         return None
                     checked += 1
                     watermark_id, mac = _int(bits[:ID_BITS]), _int(bits[ID_BITS:])
                     expected = self.mac(salt, watermark_id)
                     if hmac.compare_digest(mac.to_bytes(8, "big"), expected.to_bytes(8, "big")):
+                        scale = (float(np.hypot(*warp[:, 1])), float(np.hypot(*warp[:, 0])))
                         return WatermarkFound(watermark_id=watermark_id, salt=salt, scale=scale, sync_score=score)
         return None
 
-    def _scales(self, white: FloatArray) -> list[tuple[float, float]]:
-        scales = [(1.0, 1.0), (0.5, 0.5)]
-        for period in _tile_periods(white):
+    def _geometries(self, white: FloatArray, step: Callable[[], None]) -> Iterator[FloatArray]:
+        """Affine maps J (x, y order; observed = J · nominal) to try, cheapest and likeliest first:
+        the image as it is, then each lattice the residual's autocorrelation shows (any scale per
+        axis from 0.25× to 3×, rotated, flipped: `geometry.lattice_bases`), halved, then the best
+        isotropic periods (the lattice may be too faint for single peaks but not for the sum over
+        24). At most 1 + 3 + 1 + 9 = 14. The dihedral group is searched in `_reads`, so a flip
+        costs nothing here."""
+        tried: list[FloatArray] = []
+
+        def fresh(warp: FloatArray) -> bool:
+            size = np.sqrt(abs(np.linalg.det(warp)))  # one step is relative: 0.15 % of the scale
+            if any(np.abs(warp - t).max() < size * _SCALE_STEP / 2 for t in tried):
+                return False
+            tried.append(warp)
+            return True
+
+        yield np.eye(2)
+        fresh(np.eye(2))
+        step()
+        found = autocorrelation(white, _MIN_PERIOD)
+        if found is not None:
+            for basis in lattice_bases(found[0], _LATTICES_TRIED):
+                warp = affine_for(basis * found[1], TILE)
+                if _MIN_SCALE <= np.sqrt(abs(np.linalg.det(warp))) <= _MAX_SCALE and fresh(warp):
+                    yield warp
+        if fresh(0.5 * np.eye(2)):
+            yield 0.5 * np.eye(2)
+        if found is None:
+            return
+        auto, binning = found
+        for period in isotropic_periods(auto, binning, TILE, (_MIN_SCALE, _MAX_SCALE)):
             for k in (0, -1, 1, -2, 2)[:_SCALES_TRIED]:
-                factor = period / TILE * (1 + k * _SCALE_STEP)
-                scale = (factor, factor)
-                if all(abs(a - b) > _SCALE_STEP / 2 for s in scales[:2] for a, b in zip(scale, s, strict=True)):
-                    scales.append(scale)
-        return scales
+                warp = np.eye(2) * period / TILE * (1 + k * _SCALE_STEP)
+                if fresh(warp):
+                    yield warp
 
-    def _reads(
-        self, y: FloatArray, white: FloatArray, scale: tuple[float, float]
-    ) -> list[tuple[int, FloatArray, float]]:
-        """Soft payload values at one scale, under the best sync peak of each of the two best salts.
-
-        A halved image is resampled ×2 and whitened at that size (its 2×2 cells became single
-        pixels: whitening them at the small size would blur them away). Any other measured scale
-        resamples the residual already whitened at the observed size: the same reading (the
-        cells are still 1.2 pixels or more) for one whitening per decode instead of one per
-        scale, which is what keeps an unmarked 1024² image's full search under 2 s."""
-        if scale == (1.0, 1.0):
-            residual = white
-        else:
-            size = _resampled_size(y.shape, scale)
-            source = y if scale == (0.5, 0.5) else white
-            resized = Image.fromarray(source.astype(np.float32), "F").resize(size, Image.Resampling.BICUBIC)
-            residual = np.asarray(resized, np.float64)
-            if scale == (0.5, 0.5):
-                residual = whiten(residual)
+    def _reads(self, residual: FloatArray) -> list[tuple[int, FloatArray, float, int]]:
+        """Soft payload values of a residual at the nominal scale, and how many list-Viterbi paths
+        each gets: the tile folded, each of the 8 flips and quarter turns of the fold correlated
+        with each salt's sync template (one fold and 8 small FFTs, not 8 decodes). Read: the two
+        best salts of the fold as it is (`LIST_SIZE` paths, then 1: what the decoder read before
+        it searched symmetries, so an unflipped image competes with 15 other salts, not 127), and
+        the best (symmetry, salt) pair of the 7 others (`LIST_SIZE` paths). The synchronisation
+        statistic orders them; the MAC decides."""
         folded = fold(residual)
-        cells = folded + np.roll(folded, -1, 0) + np.roll(folded, -1, 1) + np.roll(folded, (-1, -1), (0, 1))
-        corr = np.fft.irfft2(np.fft.rfft2(cells)[None] * self._sync_spectra, s=(TILE, TILE))
-        flat = corr.reshape(SALTS, -1)
+        tiles = np.stack([dihedral(folded, element) for element in range(DIHEDRAL)])
+        cells = tiles + np.roll(tiles, -1, 1) + np.roll(tiles, -1, 2) + np.roll(tiles, (-1, -1), (1, 2))
+        corr = np.empty((DIHEDRAL, SALTS, TILE, TILE))
+        for py in range(CELL):
+            for px in range(CELL):
+                spectrum = np.fft.rfft2(cells[:, py::CELL, px::CELL])[:, None] * self._sync_spectra[None]
+                corr[:, :, py::CELL, px::CELL] = np.fft.irfft2(spectrum, s=(CELLS, CELLS))
+        flat = corr.reshape(DIHEDRAL * SALTS, -1)
         peaks = flat.argmax(axis=1)
-        scores = flat[np.arange(SALTS), peaks] / (flat.std(axis=1) + 1e-12)
-        reads: list[tuple[int, FloatArray, float]] = []
+        scores = flat[np.arange(len(flat)), peaks] / (flat.std(axis=1) + 1e-12)
+        upright = np.argsort(scores[:SALTS])[::-1][:2]
+        turned = SALTS + int(np.argmax(scores[SALTS:]))
+        picks = sorted(zip([*upright, turned], (LIST_SIZE, 1, LIST_SIZE), strict=True), key=lambda p: -scores[p[0]])
+        reads: list[tuple[int, FloatArray, float, int]] = []
         chips, sync, assign = self._patterns
-        for salt in np.argsort(scores)[::-1][:2]:
-            dy, dx = divmod(int(peaks[salt]), TILE)
-            grid = np.roll(cells, (-dy, -dx), axis=(0, 1))[::CELL, ::CELL]
+        for index, paths in picks:
+            element, salt = divmod(int(index), SALTS)
+            dy, dx = divmod(int(peaks[index]), TILE)
+            grid = np.roll(cells[element], (-dy, -dx), axis=(0, 1))[::CELL, ::CELL]
             values = grid * chips[salt]
             mask = ~sync[salt]
             soft = np.bincount(assign[salt][mask], weights=values[mask], minlength=_CODED_BITS)
-            reads.append((int(salt), soft / (np.abs(soft).mean() + 1e-12), float(scores[salt])))
+            reads.append((salt, soft / (np.abs(soft).mean() + 1e-12), float(scores[index]), paths))
         return reads
 
 
-def _resampled_size(shape: tuple[int, ...], scale: tuple[float, float]) -> tuple[int, int]:
-    """(width, height) an image of `shape` (rows, columns) is resampled to, to read it at `scale`."""
-    return round(shape[1] / scale[1]), round(shape[0] / scale[0])
+def _resample(y: FloatArray, white: FloatArray, warp: FloatArray, max_pixels: int | None) -> FloatArray | None:
+    """The whitened residual at the nominal geometry (None: it would exceed `max_pixels`).
+
+    Identity: the residual as it is. An image shrunk to 0.6× or less (its 2×2 cells became a
+    pixel or less) is enlarged and whitened at that size: whitening at the small size would blur
+    the cells away. One enlarged 1.25× or more is shrunk first (antialiased, so the content's
+    fine detail does not alias onto the mark) and whitened at the nominal size: the high-pass
+    would drop most of a mark whose cells are 3 pixels or wider. In between, the residual
+    already whitened at the observed size is resampled: the same reading for one whitening."""
+    if np.abs(warp - np.eye(2)).max() < 1e-9:
+        return white
+    scale = float(np.sqrt(abs(np.linalg.det(warp))))
+    height, width = y.shape
+    if scale > _ENLARGED:  # shrink each observed axis by its own factor first, then the rest
+        factors = np.hypot(warp[:, 0], warp[:, 1])  # observed x, y per nominal length, roughly
+        size = (max(1, round(width / factors[0])), max(1, round(height / factors[1])))
+        shrunk = Image.fromarray(y.astype(np.float32), "F").resize(size, Image.Resampling.BICUBIC)
+        source = np.asarray(shrunk, np.float64)
+        rest = np.diag([size[0] / width, size[1] / height]) @ warp
+        out = _warp(source, rest, max_pixels)
+        return None if out is None else whiten(out)
+    if scale < _SHRUNK:
+        out = _warp(y, warp, max_pixels)
+        return None if out is None else whiten(out)
+    return _warp(white, warp, max_pixels)
 
 
-def _resampled_pixels(shape: tuple[int, ...], scale: tuple[float, float]) -> int:
-    width, height = _resampled_size(shape, scale)
-    return width * height
-
-
-def _lattice_score(auto: FloatArray, periods: FloatArray, reach: int) -> FloatArray:
-    """Sum of `auto` (lag 0 at the centre) at the lattice points (i·P, j·P), 0 < max(|i|,|j|) ≤ reach,
-    for each candidate period P, bilinearly interpolated; points outside the map count nothing."""
-    h, w = auto.shape
-    steps = np.arange(-reach, reach + 1)
-    ii, jj = np.meshgrid(steps, steps, indexing="ij")
-    keep = (ii != 0) | (jj != 0)
-    ii, jj = ii[keep], jj[keep]
-    y = h // 2 + periods[:, None] * ii[None]
-    x = w // 2 + periods[:, None] * jj[None]
-    inside = (y >= 0) & (y < h - 1) & (x >= 0) & (x < w - 1)
-    y, x = np.where(inside, y, 0), np.where(inside, x, 0)
-    y0, x0 = y.astype(np.int64), x.astype(np.int64)
-    fy, fx = y - y0, x - x0
-    value = (
-        auto[y0, x0] * (1 - fy) * (1 - fx)
-        + auto[y0 + 1, x0] * fy * (1 - fx)
-        + auto[y0, x0 + 1] * (1 - fy) * fx
-        + auto[y0 + 1, x0 + 1] * fy * fx
-    )
-    return np.where(inside, value, 0.0).sum(axis=1)  # type: ignore[no-any-return]
+def _warp(source: FloatArray, warp: FloatArray, max_pixels: int | None) -> FloatArray | None:
+    """`source` resampled (bicubic) so that source = warp · result; None past `max_pixels`."""
+    height, width = source.shape
+    if np.abs(warp - np.eye(2)).max() < 1e-9:
+        return source
+    inverse = np.linalg.inv(warp)
+    corners = inverse @ np.array([[0.0, width, 0.0, width], [0.0, 0.0, height, height]])
+    low, high = corners.min(axis=1), corners.max(axis=1)
+    size = (max(1, int(np.ceil(high[0] - low[0]))), max(1, int(np.ceil(high[1] - low[1]))))
+    if max_pixels is not None and size[0] * size[1] > max_pixels:
+        return None
+    picture = Image.fromarray(source.astype(np.float32), "F")
+    if abs(warp[0, 1]) < 1e-6 and abs(warp[1, 0]) < 1e-6 and warp[0, 0] > 0 and warp[1, 1] > 0:
+        resized = picture.resize((round(width / warp[0, 0]), round(height / warp[1, 1])), Image.Resampling.BICUBIC)
+    else:
+        shift = warp @ low
+        data = (warp[0, 0], warp[0, 1], shift[0], warp[1, 0], warp[1, 1], shift[1])
+        resized = picture.transform(size, Image.Transform.AFFINE, data, Image.Resampling.BICUBIC)
+    return np.asarray(resized, np.float64)
 
 
 def _tile_periods(r: FloatArray, count: int = 3) -> list[float]:
-    """Candidate tile periods (pixels) in a whitened residual, best first: the tile repeats
-    exactly, so the residual's autocorrelation has spikes on the lattice (i·P, j·P); content
-    rarely does. Scored on a 0.25-pixel grid over 0.45-1.1 tiles, then refined to 0.02 pixel."""
-    h, w = (min(n, 1024) // 32 * 32 for n in r.shape)  # sizes the FFT likes; the centre is enough
-    if min(h, w) < 2 * TILE:
-        return []
-    top, left = (r.shape[0] - h) // 2, (r.shape[1] - w) // 2
-    r = r[top : top + h, left : left + w]
-    power = np.abs(np.fft.rfft2(r - r.mean())) ** 2
-    # Spectral whitening: the tile's repetition is a lattice of lines in the power spectrum, a
-    # texture's is a broad hump. Dividing by the locally smoothed spectrum keeps the lines and
-    # flattens the hump, so grass or gravel no longer outscore the tile's period.
-    smooth = np.fft.ifftshift(box_sum(np.fft.fftshift(power, axes=0), 3), axes=0) / 49.0
-    power /= smooth + 1e-9 * power.mean() + 1e-30
-    auto = np.fft.fftshift(np.fft.irfft2(power, s=r.shape))
-    auto = auto - box_sum(auto, 3) / 49.0  # the content's autocorrelation is smooth: keep the spikes
-    auto /= np.abs(auto).mean() + 1e-12
-    coarse = np.arange(0.45 * TILE, 1.1 * TILE, 0.25)
-    scores = _lattice_score(auto, coarse, 2)
-    found: list[float] = []
-    for index in np.argsort(scores)[::-1]:
-        if len(found) == count:
-            break
-        if any(abs(coarse[index] - f) < 2 for f in found):
-            continue
-        fine = coarse[index] + np.arange(-0.3, 0.31, 0.02)
-        found.append(float(fine[np.argmax(_lattice_score(auto, fine, 6))]))
-    return found
+    """Candidate isotropic tile periods (pixels) in a whitened residual, best first."""
+    found = autocorrelation(r, _MIN_PERIOD)
+    return [] if found is None else isotropic_periods(*found, TILE, (_MIN_SCALE, _MAX_SCALE), count=count)

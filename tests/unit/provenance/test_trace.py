@@ -150,11 +150,11 @@ def test_a_truncated_file_fails_fast(fmt: str) -> None:
 
 
 def test_a_jpeg_up_to_four_times_over_is_read_at_half_size() -> None:
-    """Which also reads a mark the full-size decoder cannot: the image was upscaled 2x."""
+    """An image upscaled 2x: read at half size. (The decoder's own scale search often finds it at
+    full size too, but a 256² image upscaled has only 4 tiles to measure its scale on.)"""
     wm = Watermarker(KEY)
     marked = embed(wm, picture(256, seed=4), WATERMARK_ID)
     upscaled = saved(marked.resize((512, 512), Image.Resampling.BICUBIC), "JPEG", quality=90)
-    assert wm.detect(Image.open(io.BytesIO(upscaled))) is None
     assert open_image(upscaled, max_pixels=256 * 256).size == (256, 256)
     result = trace(upscaled, wm, EmptyEvents(), max_pixels=256 * 256)
     assert result.mark is not None
