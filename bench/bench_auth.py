@@ -84,11 +84,9 @@ import asyncio
 import json
 import logging
 import os
-import platform
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -98,25 +96,14 @@ from bench.auth_deployment import PASSWORD, audit_summary, deploy, log, without_
 from bench.auth_flood import measure_flood
 from bench.auth_http import measure_http
 from bench.auth_inprocess import COMMIT_SAMPLES, measure_commit, measure_in_process
+from bench.machine import machine_info as shared_machine_info
 
 from zguard.audit.trail import AuditTrail
 from zguard.security.passwords import DEFAULT_COST, hash_password
 
 
 def machine_info() -> dict[str, Any]:
-    def version(dist: str) -> str | None:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
-
-    return {
-        "cpu_count": os.cpu_count(),
-        "load_average_1m_5m_15m": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": {name: version(name) for name in ("uvicorn", "fastapi", "starlette", "sqlalchemy", "bcrypt")},
-    }
+    return shared_machine_info(("uvicorn", "fastapi", "starlette", "sqlalchemy", "bcrypt"))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -35,7 +35,6 @@ import contextlib
 import json
 import multiprocessing
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -44,7 +43,6 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -65,20 +63,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def machine_info() -> dict[str, Any]:
-    def version(dist: str) -> str | None:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench.machine
+from bench.machine import machine_info as shared_machine_info  # noqa: E402
 
-    return {
-        "cpu_count": os.cpu_count(),
-        "load_average_1m_5m_15m": [round(x, 2) for x in os.getloadavg()],
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": {name: version(name) for name in ("uvicorn", "httptools", "fastapi", "starlette")},
-    }
+
+def machine_info() -> dict[str, Any]:
+    return shared_machine_info(("uvicorn", "httptools", "fastapi", "starlette"))
 
 
 # --- the server --------------------------------------------------------------------------------
