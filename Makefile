@@ -21,16 +21,16 @@ serve: install
 	$(BIN)/zguard serve
 
 check: install
-	$(BIN)/ruff format --check src tests bench
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench tools
+	$(BIN)/ruff check src tests bench tools
 	$(BIN)/mypy
 
 test: check
 	$(BIN)/python -m pytest --cov --cov-report=term:skip-covered
 
 format: install
-	$(BIN)/ruff format src tests bench
-	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench tools
+	$(BIN)/ruff check --fix src tests bench tools
 
 # Regenerate docs/openapi.json and docs/settings.md from the code (tests fail when they drift).
 docs: install

@@ -78,6 +78,8 @@ EVASIONS: dict[str, list[tuple[str, str]]] = {
         ("ⲤⲞNFⲒDENTⲒAL", "confidential"),  # Coptic
         ("cuՏtomer liՏt", "customer list"),  # Armenian
         ("客戸名单", "客户名单"),  # 戸: the UTS #39 look-alike of 戶
+        ("机宻", "机密"),  # 宻: a Unihan semantic variant of 密
+        ("機宻", "机密"),
     ],
     "case": [
         ("CONFIDENTIAL", "confidential"),
