@@ -223,7 +223,8 @@ class PositionMap:
         return self._original[piece] + min(index - self._folded[piece], self._lengths[piece] - 1)
 
 
-def _in_gb2312(char: str) -> bool:
+def in_gb2312(char: str) -> bool:
+    """Whether `char` is standard simplified Chinese (or another character of GB 2312)."""
     try:
         char.encode("gb2312")
     except UnicodeEncodeError:
@@ -242,7 +243,7 @@ def simplifier(t2s: Callable[[str], str], jp2t: Callable[[str], str]) -> Callabl
             return simple
         chars = list(simple)
         todo = [
-            i for i, (a, b) in enumerate(zip(text, simple, strict=True)) if a == b and _is_cjk(a) and not _in_gb2312(a)
+            i for i, (a, b) in enumerate(zip(text, simple, strict=True)) if a == b and _is_cjk(a) and not in_gb2312(a)
         ]
         if todo:
             japanese = t2s(jp2t("\n".join(text[i] for i in todo))).split("\n")

@@ -12,7 +12,7 @@ import pytest
 
 from tools import policy_data
 from zguard.policy.confusables import CONFUSABLES, DATA_FILE, VARIANTS_FILE, parse_confusables
-from zguard.policy.normalise import default_normaliser
+from zguard.policy.normalise import default_normaliser, in_gb2312
 
 
 def data() -> dict[str, str]:
@@ -69,12 +69,9 @@ def test_parse_refuses_a_bad_line() -> None:
         ("客戸名単", "客户名单"),
         ("伝経権厳", "传经权严"),
         ("員エ工資", "员工工资"),
-        ("予芸並", "予芸并"),
+        ("予芸並", "予芸并"),  # Chinese 予 and 芸 stay; only characters outside GB 2312 go through jp2t
         ("机宻", "机密"),  # Unihan: 宻 is a semantic variant of 密
-        (
-            "袐密",
-            "秘密",
-        ),  # 袐 (衣 radical) for 祕 (示): a hand-listed shape Unicode does not record  # Chinese 予 and 芸 stay; only characters outside GB 2312 go through jp2t
+        ("袐密", "秘密"),  # 袐 (衣 radical) for 祕 (示): a shape Unicode does not record
         ("ⲤⲞNFⲒDENTⲒAL", "confidential"),
         ("ꓚꓳꓠꓝꓲꓓꓰꓠꓔꓲꓮꓡ", "confidential"),
     ],
@@ -93,12 +90,13 @@ def test_the_variants_file_names_its_unihan_version() -> None:
 
 def test_variants_fold_only_ideographs_outside_gb2312_into_gb2312() -> None:
     table = parse_confusables(_variants_text(), VARIANTS_FILE)
+    look_alikes = data()
     assert len(table) > 1000
     for source, target in table.items():
         assert "CJK" in unicodedata.name(source), source
-        assert not policy_data.in_gb2312(source), source  # a standard simplified character is never rewritten
-        assert policy_data.in_gb2312(target), (source, target)
-        assert CONFUSABLES[source] == target or source in data(), source
+        assert not in_gb2312(source), source  # a standard simplified character is never rewritten
+        assert in_gb2312(target), (source, target)
+        assert CONFUSABLES[source] == target or source in look_alikes, source
 
 
 UNIHAN = """# Unihan_Variants.txt
@@ -123,9 +121,9 @@ def test_the_generator_keeps_the_most_trusted_unambiguous_reading() -> None:
     assert "\u6238" not in kept  # 戸 already folds (UTS #39), so the data adds nothing
     assert kept["\u3405"][0] == "\u4e94"  # 㐅 -> 五; the specialised field is not read
     assert "\u34b2" not in kept  # 財 and 一: two readings, left alone
-    out: list[str] = []
-    policy_data.write(version, kept, out)
-    assert parse_confusables("".join(out)) == {source: target for source, (target, _, _) in kept.items()}
+    assert parse_confusables(policy_data.render(version, kept)) == {
+        source: target for source, (target, _, _) in kept.items()
+    }
 
 
 def test_the_generator_refuses_a_file_without_a_version(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
