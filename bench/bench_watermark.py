@@ -417,6 +417,9 @@ def main() -> None:
         "--centre-crops-only", action="store_true", help="one image per photograph (the centre crop): quick runs"
     )
     parser.add_argument("--no-flat", action="store_true", help="leave out the 3 flat images")
+    parser.add_argument(
+        "--only", nargs="*", default=[], help="these attacks (and none) of --attacks' set: one family on every image"
+    )
     args = parser.parse_args()
     try:
         naturals = natural_images()
@@ -432,6 +435,11 @@ def main() -> None:
         "geometry": {"none": ATTACKS["none"], **GEOMETRY_ATTACKS},
         "all": {**ATTACKS, **GEOMETRY_ATTACKS},
     }[args.attacks]
+    unknown = sorted(set(args.only) - set(attacks))
+    if unknown:
+        parser.error(f"unknown attacks {unknown}; choose from {sorted(attacks)}")
+    if args.only:
+        attacks = {name: apply for name, apply in attacks.items() if name == "none" or name in args.only}
     methods: list[Any] = [Zguard()]
     notes = []
     try:
@@ -442,7 +450,7 @@ def main() -> None:
     result: dict[str, Any] = {
         "natural_images": len(naturals),
         "flat_images": flats,
-        "attacks": args.attacks,
+        "attacks": args.attacks if not args.only else ["none", *args.only],
         "notes": notes,
         "robustness": {},
     }

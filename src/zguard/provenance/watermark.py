@@ -42,8 +42,9 @@ i·a + j·b, whose basis a, b gives the scale of each axis (0.25×-3×, separate
 rotation (any angle the lattice shows; measured to ±5°) and the
 sign of a flip (`zguard.provenance.geometry`; at most `_LATTICES_TRIED` bases); (3) the image
 halved (always: a halved image's faint lattice is the commonest miss); (4) the best isotropic
-periods over 0.25-3 tiles (`_SCALES_TRIED` resamplings around each of 3), for images whose
-lattice is too faint for single spikes but not for a sum over 24. Each geometry resamples the
+periods over 0.25-3 tiles (3 resamplings around each of 3, up to 9 for the short periods of a
+shrunk image: `_scale_steps`), for images whose lattice is too faint for single spikes but not
+for a sum over 24. Each geometry resamples the
 residual back to the generated size (an image shrunk below 0.6× is enlarged and whitened at that
 size; one enlarged past 1.25× is shrunk, antialiased, and whitened at the generated size; in
 between the residual whitened once at the uploaded size is resampled), folds it, and then tries
@@ -64,10 +65,10 @@ the budget: its luminance and residual are held while a resampled copy is whiten
 False traces. A result is returned only when the decoded 48-bit MAC equals
 HMAC-SHA-256(key, salt ‖ id) truncated to 48 bits. For an unmarked image, or one marked under
 another key, the decoded bits are independent of that HMAC, so each candidate passes with
-probability 2^-48. The geometric search adds candidates, never a decision: at most 1 + 3 + 1 + 9
-= 14 geometries, each 2 · `LIST_SIZE` + 1 = 33 MAC checks (462 in all), and the count is capped at
-`MAX_CANDIDATES` (512) whatever the search finds, hence P(false trace) ≤ 512 · 2^-48 = 2^-39 ≈
-1.8e-12 per decode, by construction and whatever the image (the synchronisation statistic only
+probability 2^-48. The geometric search adds candidates, never a decision: at most 1 + 3 + 1 + 27
+= 32 geometries, each 2 · `LIST_SIZE` + 1 = 33 MAC checks, and the count is capped at
+`MAX_CANDIDATES` (1,024) whatever the search finds, hence P(false trace) ≤ 1024 · 2^-48 = 2^-38 ≈
+3.6e-12 per decode, by construction and whatever the image (the synchronisation statistic only
 ranks candidates, it decides nothing: its null tail is heavy, the MAC's is not). 48 bits rather
 than 64 give each payload bit 14 % more of the budget.
 
@@ -107,14 +108,14 @@ LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # BT.601: the luminance the mark lives in 
 MAX_DELTA = 6  # levels any channel of any pixel may change by, at most (most change by 0-3)
 ID_BITS = 64
 MAC_BITS = 48
-MAX_CANDIDATES = 512  # MAC checks per decode, at most: the false-trace bound depends on it
+MAX_CANDIDATES = 1024  # MAC checks per decode, at most: the false-trace bound depends on it
 LIST_SIZE = 16  # paths the list Viterbi decoder returns per read, each one MAC check
 _K = 7  # constraint length of the convolutional code
 _G = (0o171, 0o133)
 _PAYLOAD_BITS = ID_BITS + MAC_BITS
 _CODED_BITS = 2 * (_PAYLOAD_BITS + _K - 1)
-_SCALES_TRIED = 3  # resamplings around each measured period
 _SCALE_STEP = 0.0015
+_PERIOD_SLACK = 0.35  # pixels: how far an isotropic period estimate may be off (`_scale_steps`)
 _MIN_SIDE = 64  # below this, nothing to decode
 _MIN_SCALE, _MAX_SCALE = 0.25, 3.0  # the sizes, relative to the generated one, a mark is looked for at
 _MIN_PERIOD = 0.25 * TILE  # pixels: the shortest tile period looked for
@@ -368,7 +369,7 @@ class Watermarker:
         the image as it is, then each lattice the residual's autocorrelation shows (any scale per
         axis from 0.25× to 3×, rotated, flipped: `geometry.lattice_bases`), halved, then the best
         isotropic periods (the lattice may be too faint for single peaks but not for the sum over
-        24). At most 1 + 3 + 1 + 9 = 14. The dihedral group is searched in `_reads`, so a flip
+        24; up to 9 scales each, `_scale_steps`). At most 1 + 3 + 1 + 27 = 32. The dihedral group is searched in `_reads`, so a flip
         costs nothing here."""
         tried: list[FloatArray] = []
 
@@ -394,7 +395,7 @@ class Watermarker:
             return
         auto, binning = found
         for period in isotropic_periods(auto, binning, TILE, (_MIN_SCALE, _MAX_SCALE)):
-            for k in (0, -1, 1, -2, 2)[:_SCALES_TRIED]:
+            for k in _scale_steps(period):
                 warp = np.eye(2) * period / TILE * (1 + k * _SCALE_STEP)
                 if fresh(warp):
                     yield warp
@@ -432,6 +433,16 @@ class Watermarker:
             soft = np.bincount(assign[salt][mask], weights=values[mask], minlength=_CODED_BITS)
             reads.append((salt, soft / (np.abs(soft).mean() + 1e-12), float(scores[index]), paths))
         return reads
+
+
+def _scale_steps(period: float) -> list[int]:
+    """Multiples of `_SCALE_STEP` to try around an isotropic period, nearest first: 0 and ±1, and
+    for short periods every second step out to `_PERIOD_SLACK` pixels. A period measured on a
+    faint lattice is good to ~0.3 px (sampling the map between pixels favours whole lags), which
+    is 0.7 % of a 0.35× shrink's 45-px tile but 0.2 % at full size; a read tolerates ~0.3 %."""
+    reach = _PERIOD_SLACK / period / _SCALE_STEP + 0.5
+    outer = [sign * k for k in range(3, int(reach) + 1, 2) for sign in (-1, 1)]
+    return [0, -1, 1, *outer]
 
 
 def _resample(y: FloatArray, white: FloatArray, warp: FloatArray, max_pixels: int | None) -> FloatArray | None:

@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from tests.unit.provenance.test_watermark import picture
+from zguard.provenance import watermark
 from zguard.provenance.embedder import embed
-from zguard.provenance.watermark import MAC_BITS, MAX_CANDIDATES, Watermarker
+from zguard.provenance.watermark import _PERIOD_SLACK, _SCALE_STEP, MAC_BITS, MAX_CANDIDATES, Watermarker, _scale_steps
 
 KEY = b"g" * 32
 WATERMARK_ID = 0x7E57_1D5E_A5ED_0017
@@ -99,7 +100,7 @@ class CountingWatermarker(Watermarker):
 @pytest.mark.parametrize("family", ["upscale 2", "rotate 5° + JPEG 80", "horizontal flip", "downscale 0.35"])
 def test_unmarked_and_foreign_images_read_nothing_within_the_candidate_cap(family: str) -> None:
     """The wider search tries more geometries and symmetries; the MAC still decides, and the
-    checks per decode stay within MAX_CANDIDATES, so P(false trace) ≤ 512 · 2^-48 per decode."""
+    checks per decode stay within MAX_CANDIDATES, so P(false trace) ≤ 1024 · 2^-48 per decode."""
     foreign = embed(Watermarker(b"f" * 32), picture(512, seed=6), WATERMARK_ID)
     noise = Image.fromarray(np.random.default_rng(7).integers(0, 256, (512, 512, 3), dtype=np.uint8), "RGB")
     for image in (picture(512, seed=8), foreign, noise):
@@ -107,3 +108,28 @@ def test_unmarked_and_foreign_images_read_nothing_within_the_candidate_cap(famil
         assert wm.detect(FAMILIES[family](image)) is None
         assert 0 < wm.checks <= MAX_CANDIDATES
     assert MAX_CANDIDATES * 2.0**-MAC_BITS < 1e-9
+
+
+def test_short_periods_get_a_wider_scale_search() -> None:
+    """A faint lattice's period is good to ~0.3 px: 0.7 % of a 0.35× shrink's 45-px tile, which the
+    three scales around it (±0.15 %) miss; the steps reach `_PERIOD_SLACK` pixels either way."""
+    assert _scale_steps(128.0) == [0, -1, 1]
+    for period in (32.0, 45.0, 64.0, 90.0):
+        steps = _scale_steps(period)
+        assert steps[:3] == [0, -1, 1]
+        assert max(steps) * _SCALE_STEP * period >= _PERIOD_SLACK - _SCALE_STEP * period
+        assert steps == sorted(steps, key=abs)
+    assert len(_scale_steps(32.0)) == 9  # 0.25×: the most, and what the candidate cap counts
+
+
+def test_a_shrunk_image_is_read_when_its_period_is_0_4_pixel_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """1024² shrunk to 0.35× (8 tiles across): 0.4 px is 0.9 % of the 45-px period, which the three
+    scales nearest the estimate miss on this picture; the wider steps reach it."""
+    marked = embed(Watermarker(KEY), picture(1024, seed=5), WATERMARK_ID, salt=9, offset=(21, 70))
+    small = scaled(marked, 0.35)
+    true_period = 128 * small.width / marked.width
+    monkeypatch.setattr(watermark, "lattice_bases", lambda auto, count: [])  # only the faint-lattice path
+    monkeypatch.setattr(watermark, "isotropic_periods", lambda *args, **kwargs: [true_period + 0.4])
+    found = Watermarker(KEY).detect(small)
+    assert found is not None
+    assert found.watermark_id == WATERMARK_ID
