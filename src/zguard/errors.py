@@ -32,8 +32,10 @@ message and the fix; the HTTP layer (zguard.app.errors) answers an operator erro
     │   ├── IpNotAllowed (403)              ip_not_allowed: the client address is not in the listener's allowlist
     │   ├── AuthenticationError (401)       carries the `WWW-Authenticate` challenge
     │   │   ├── MissingCredentials          missing_credentials
-    │   │   └── InvalidApiKey               invalid_api_key: wrong, unknown, revoked, expired or disabled
+    │   │   ├── InvalidApiKey               invalid_api_key: wrong, unknown, revoked, expired or disabled
+    │   │   └── SessionExpired              session_expired: a console session timed out, was revoked or its user changed
     │   ├── PermissionDenied (403)          permission_denied: names the missing permission
+    │   ├── CsrfFailed (403)                csrf_failed: a console change without its session's token, or from another origin
     │   ├── TooManyRequests (429)           carries `retry_after` seconds
     │   │   ├── TooManyFailedLogins         too_many_failed_logins: checked before any password work
     │   │   ├── RateLimitExceeded           rate_limit_exceeded: the principal's request rate; RateLimit-* headers
@@ -303,6 +305,18 @@ class MissingCredentials(AuthenticationError):
 class InvalidApiKey(AuthenticationError):
     code = "invalid_api_key"
     fix = "check the key is copied whole (zg_...), not revoked, expired or disabled (zguard token list); issue a new one with zguard token create --user NAME"
+
+
+class SessionExpired(AuthenticationError):
+    code = "session_expired"
+    fix = "sign in to the console again (/login); sessions end after console.session_idle_s idle or console.session_max_s in all"
+
+
+class CsrfFailed(ZguardError):
+    status = 403
+    type = "permission_error"
+    code = "csrf_failed"
+    fix = "reload the console page and submit again from it: changes need the page's token and the console's own origin"
 
 
 class PermissionDenied(ZguardError):

@@ -184,6 +184,24 @@ class ApiSettings(ListenerSettings):
 
 class ConsoleSettings(ListenerSettings):
     port: int = Field(7860, ge=1, le=65535, description="TCP port to listen on.")
+    session_idle_s: int = Field(
+        900,
+        ge=60,
+        le=86400,
+        description="A console session without a request for this long ends (401 `session_expired`); activity is recorded every 30 s, so it ends up to 30 s late. ASVS 5.0 7.3.1.",
+    )
+    session_max_s: int = Field(
+        8 * 3600,
+        ge=300,
+        le=7 * 86400,
+        description="A console session ends this long after sign-in, however active (ASVS 5.0 7.3.2). Every session also ends at sign-out, when the user is disabled, or their password or roles change.",
+    )
+
+    @model_validator(mode="after")
+    def _idle_within_max(self) -> ConsoleSettings:
+        if self.session_idle_s > self.session_max_s:
+            raise ValueError("console.session_idle_s must not exceed console.session_max_s")
+        return self
 
 
 class ModelSettings(_Section):

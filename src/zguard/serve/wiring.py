@@ -31,6 +31,7 @@ from zguard.services.images import ImageService
 from zguard.services.prompt_policy import PolicyHolder
 from zguard.services.ratelimit import RateLimitService
 from zguard.services.readiness import Readiness
+from zguard.services.sessions import SessionService
 from zguard.store import migrate
 from zguard.store.database import create_store_engine, database_url
 from zguard.store.errors import SchemaNotCurrent
@@ -246,5 +247,6 @@ def build_runtime(
         strangers=StrangerRefusals(
             settings.audit.unauthenticated_events_per_minute, settings.audit.unauthenticated_events_per_minute_total
         ),
+        sessions=SessionService.for_auth(settings.console, auth, audit),
     )
     return Runtime(services=services, admission=admission, worker=worker, policy=policy)

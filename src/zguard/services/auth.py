@@ -62,7 +62,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal, TypeVar
 
@@ -93,7 +93,7 @@ BCRYPT_SLOTS = 2  # concurrent bcrypt verifications; the rest wait (and count ag
 ACTIVE_DIGESTS_TTL_S = 60.0  # the store's active token digests are read again at most this often
 FAILED_LOGINS = "too many failed logins for this user or from this address; retry later"
 
-Method = Literal["bearer", "basic", "none"]
+Method = Literal["bearer", "basic", "none", "session"]
 V = TypeVar("V")
 
 
@@ -108,6 +108,8 @@ class Identity:
     principal_id: int | None = None
     token_id: int | None = None
     token_prefix: str | None = None
+    session_id: int | None = None  # a console session's (zguard.services.sessions)
+    session_hash: str | None = field(default=None, repr=False)  # SHA-256 of its cookie: what its CSRF token is bound to
 
 
 @dataclass(frozen=True)
@@ -199,6 +201,14 @@ class AuthService:
     @property
     def audit(self) -> AuditSink:
         return self._audit
+
+    @property
+    def store(self) -> PrincipalStore | None:
+        return self._store
+
+    def derived_key(self, purpose: bytes) -> bytes:
+        """A key for `purpose` derived from the server key tokens are hashed under (one secret to keep)."""
+        return hmac.new(self._key, b"zguard derived key\0" + purpose, hashlib.sha256).digest()
 
     @property
     def enabled(self) -> bool:
@@ -359,47 +369,62 @@ class AuthService:
         cached = self._basic.get(cache_key)
         if cached is not None and self._clock() < cached[1]:
             return cached[0]
+        identity = await self.check_password(username, password, info, method="basic")
+        if self._settings.basic_cache_s > 0:
+            _remember(self._basic, cache_key, (identity, self._clock() + self._settings.basic_cache_s))
+        return identity
+
+    async def check_password(self, username: str, password: str, info: RequestInfo, *, method: str) -> Identity:
+        """A user's password under the failed-login limits and at constant cost, whatever the name
+        (Basic, and the console's login form, `method` "console"): the identity, or InvalidApiKey /
+        TooManyFailedLogins / RateLimiterUnavailable, each audited. Never cached here."""
+        self._refresh_caches()
         user = username.casefold()
-        await self._refuse_over_limits(user, username, info)
+        await self._refuse_over_limits(user, username, info, method)
         identity, password_hash = self._basic_candidate(username)
         waited = self._bcrypt.locked()
         async with self._bcrypt:
             if waited:  # the attempts this one queued behind may have used up a limit meanwhile
-                await self._refuse_over_limits(user, username, info)
+                await self._refuse_over_limits(user, username, info, method)
             password_hash = await self._hash_to_check(password_hash)
             matched = await asyncio.to_thread(verify_password, password, password_hash)
             failed = identity is None or not matched
             if failed:  # counted before the slot is freed, so the next attempt in line sees it
-                await self._count_basic_failure(user, username, info)
+                await self._count_basic_failure(user, username, info, method)
         if identity is None or failed:
             reason = "unknown or disabled user" if identity is None else "wrong password"
-            self._deny("invalid_api_key", info, method="basic", principal=username, reason=reason)
+            self._deny("invalid_api_key", info, method=method, principal=username, reason=reason)
             raise InvalidApiKey(INVALID)
-        if self._settings.basic_cache_s > 0:
-            _remember(self._basic, cache_key, (identity, self._clock() + self._settings.basic_cache_s))
         if identity.principal_id is not None and self._store is not None:
             store, principal_id = self._store, identity.principal_id
             _in_background(lambda: store.touch_principal(principal_id), f"the last login of {identity.name}")
         return identity
 
-    async def _refuse_over_limits(self, user: str, username: str, info: RequestInfo) -> None:
+    def password_user(self, username: str) -> tuple[Identity, str] | None:
+        """The user `username` names (settings file first, then the store) and their bcrypt hash,
+        as a password login would find them now; None when there is none, it is disabled or a
+        service account. What a console session re-checks itself against."""
+        identity, password_hash = self._basic_candidate(username)
+        return None if identity is None or password_hash is None else (identity, password_hash)
+
+    async def _refuse_over_limits(self, user: str, username: str, info: RequestInfo, method: str) -> None:
         """Raise TooManyFailedLogins when a limit refuses this (user, address); see the module doc."""
         try:
             retry = await self._failures.basic_retry_after(user, info.client)
         except RateLimiterUnavailable as error:
-            raise self._counters_unavailable(error, username, info) from None
+            raise self._counters_unavailable(error, username, info, method) from None
         if retry is not None:
-            self._deny("too_many_failed_logins", info, method="basic", principal=username)
+            self._deny("too_many_failed_logins", info, method=method, principal=username)
             raise TooManyFailedLogins(FAILED_LOGINS, retry_after=retry)
 
-    async def _count_basic_failure(self, user: str, username: str, info: RequestInfo) -> None:
+    async def _count_basic_failure(self, user: str, username: str, info: RequestInfo, method: str) -> None:
         try:
             await self._failures.record_basic(user, info.client)
         except RateLimiterUnavailable as error:
-            raise self._counters_unavailable(error, username, info) from None
+            raise self._counters_unavailable(error, username, info, method) from None
 
     def _counters_unavailable(
-        self, error: RateLimiterUnavailable, username: str, info: RequestInfo
+        self, error: RateLimiterUnavailable, username: str, info: RequestInfo, method: str
     ) -> RateLimiterUnavailable:
         """Basic fails closed when failed logins cannot be counted: log and audit it, like request rates."""
         log.error(
@@ -417,7 +442,7 @@ class AuthService:
                 listener=info.listener,
                 client=info.client,
                 principal=username,
-                auth_method="basic",
+                auth_method=method,
                 detail={"error": error.detail, "counter": "failed_logins"},
             ),
         )

@@ -210,3 +210,33 @@ class AuditCursor(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger)
     updated_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+SESSION_REASON_MAX = 32
+CLIENT_MAX = 64  # an IPv6 address with a zone fits
+
+
+class ConsoleSession(Base):
+    """A signed-in console session, known only by the SHA-256 of its cookie value.
+
+    `fingerprint` digests what the session was granted on (the principal's password hash, roles
+    and state): when any of them changes the session is refused and revoked at its next request.
+    `principal_id` is None for users declared in the settings file; `principal` is the name
+    either way, as the audit trail records it. Revoking (logout, "sign out everywhere", a timeout,
+    an admin) sets `revoked_at` and bumps `auth_state.version`, so every process drops its cached
+    copy at the next request.
+    """
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(TOKEN_HASH_LEN), unique=True)
+    principal: Mapped[str] = mapped_column(String(NAME_MAX), index=True)
+    principal_id: Mapped[int | None] = mapped_column(ForeignKey("principals.id", ondelete="CASCADE"), index=True)
+    fingerprint: Mapped[str] = mapped_column(String(HASH_HEX_LEN))
+    client: Mapped[str] = mapped_column(String(CLIENT_MAX))
+    created_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+    revoked_reason: Mapped[str | None] = mapped_column(String(SESSION_REASON_MAX))
