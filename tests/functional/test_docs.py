@@ -20,6 +20,14 @@ def test_openapi_json_matches_code() -> None:
     assert (REPO / "docs" / "openapi.json").read_text(encoding="utf-8") == render_openapi(), "run `make docs`"
 
 
+def test_console_openapi_json_matches_code_and_leaves_the_pages_out() -> None:
+    document = (REPO / "docs" / "console-openapi.json").read_text(encoding="utf-8")
+    assert document == render_openapi("console"), "run `make docs`"
+    paths = json.loads(document)["paths"]
+    assert {"/console/api/session", "/console/api/sessions", "/console/api/logout"} <= set(paths)
+    assert not {"/login", "/logout", "/", "/account"} & set(paths)  # pages are for people, not clients
+
+
 def test_openapi_documents_the_request_and_its_errors() -> None:
     spec = json.loads(render_openapi())
     op = spec["paths"]["/v1/images/generations"]["post"]

@@ -25,10 +25,11 @@ from zguard.services.readiness import Readiness
 if TYPE_CHECKING:
     from zguard.audit import RequestRecord
     from zguard.provenance.marking import ProvenanceMarker
-    from zguard.security.rbac import Permission
+    from zguard.security.rbac import Permission, RoleRegistry
     from zguard.services.auth import Identity, RequestInfo
     from zguard.services.images import GeneratedImages, GenerationPlan, ImageRequest
     from zguard.services.ratelimit import Bucket, RateLimitState
+    from zguard.services.sessions import SessionService
 
 
 class ImageGeneration(Protocol):
@@ -56,6 +57,9 @@ class Authenticator(Protocol):
     async def authenticate(self, authorization: str | None, info: RequestInfo) -> Identity: ...
 
     def authorize(self, identity: Identity, permission: Permission, info: RequestInfo) -> None: ...
+
+    @property
+    def registry(self) -> RoleRegistry: ...
 
 
 class RateLimiter(Protocol):
@@ -85,3 +89,4 @@ class Services:
     strangers: StrangerRefusals = field(default_factory=StrangerRefusals)
     policy: PolicyHolder | None = None  # for its reload counts on /metrics
     audit_reader: AuditReader | None = None  # the trail as auditors read it; None: no readable store
+    sessions: SessionService | None = None  # console sign-in; None: no state database, no console login

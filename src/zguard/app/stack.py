@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from zguard.app.context import Services
 from zguard.app.errors import handle_http_exception, handle_validation_error, handle_zguard_error
-from zguard.app.middleware.access_control import AccessControl
+from zguard.app.middleware.access_control import AccessControl, RefusalPage, SessionAuthenticator
 from zguard.app.middleware.audit_requests import AuditRequests
 from zguard.app.middleware.body_limit import BodyLimit
 from zguard.app.middleware.network_acl import NetworkAcl
@@ -86,6 +86,9 @@ def install_listener_stack(
     services: Services,
     body_limits: Mapping[str, int] | None = None,
     server_names: Sequence[str] = (),
+    sessions: SessionAuthenticator | None = None,
+    session_cookie: str | None = None,
+    refusal_page: RefusalPage | None = None,
 ) -> None:
     app.router.redirect_slashes = False
     publish_error_shape(app)
@@ -96,7 +99,14 @@ def install_listener_stack(
     app.add_middleware(RateLimitHeaders)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes, per_path=body_limits)
     app.add_middleware(
-        AccessControl, router=app.router, auth=services.auth, rate_limits=services.rate_limits, listener=listener
+        AccessControl,
+        router=app.router,
+        auth=services.auth,
+        rate_limits=services.rate_limits,
+        listener=listener,
+        sessions=sessions,
+        session_cookie=session_cookie,
+        refusal_page=refusal_page,
     )
     app.add_middleware(RequestHeaders, server_names=server_names)
     app.add_middleware(

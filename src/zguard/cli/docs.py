@@ -1,7 +1,8 @@
 """Generate the published reference documents from the code: `python -m zguard.cli.docs` (`make docs`).
 
-`docs/openapi.json` is the API contract (the live `/openapi.json` is off by default) and
-`docs/settings.md` the settings reference; tests fail when either drifts from the code.
+`docs/openapi.json` is the API contract (the live `/openapi.json` is off by default),
+`docs/console-openapi.json` the console's JSON API, and `docs/settings.md` the settings
+reference; tests fail when any drifts from the code.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from zguard import errors
 from zguard.app.api import create_api_app
+from zguard.app.console import create_console_app
 from zguard.audit.memory import MemoryAuditSink
 from zguard.audit.prompts import PromptCapture
 from zguard.config import Settings
@@ -41,7 +43,9 @@ class _NoEngine:
         raise NotImplementedError
 
 
-def openapi_document() -> dict[str, Any]:
+def openapi_document(listener: str = "api") -> dict[str, Any]:
+    """The OpenAPI document of the API listener, or of the console's JSON API (`listener="console"`:
+    its pages are HTML for people and left out)."""
     settings = Settings()
     audit, unused_key = MemoryAuditSink(), bytes(KEY_BYTES)  # the document needs the app's shape, no keys
     runtime = build_runtime(
@@ -53,14 +57,15 @@ def openapi_document() -> dict[str, Any]:
         provenance=ProvenanceMarker.ephemeral(settings.provenance),
     )
     try:
-        document: dict[str, Any] = create_api_app(settings, runtime.services).openapi()
+        factory = create_api_app if listener == "api" else create_console_app
+        document: dict[str, Any] = factory(settings, runtime.services).openapi()
     finally:
         runtime.worker.stop(timeout=1)
     return document
 
 
-def render_openapi() -> str:
-    return json.dumps(openapi_document(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+def render_openapi(listener: str = "api") -> str:
+    return json.dumps(openapi_document(listener), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
 def _cell(value: Any) -> str:
@@ -132,9 +137,10 @@ def render_errors_reference() -> str:
 def main() -> None:
     DOCS_DIR.mkdir(exist_ok=True)
     (DOCS_DIR / "openapi.json").write_text(render_openapi(), encoding="utf-8")
+    (DOCS_DIR / "console-openapi.json").write_text(render_openapi("console"), encoding="utf-8")
     (DOCS_DIR / "settings.md").write_text(render_settings_reference(), encoding="utf-8")
     (DOCS_DIR / "errors.md").write_text(render_errors_reference(), encoding="utf-8")
-    print("wrote docs/openapi.json, docs/settings.md and docs/errors.md")
+    print("wrote docs/openapi.json, docs/console-openapi.json, docs/settings.md and docs/errors.md")
 
 
 if __name__ == "__main__":

@@ -1,60 +1,62 @@
 """The admin console listener: a separate app with its own middleware stack.
 
-A status page (model, demo flag, readiness), `/readyz/detail`, `/metrics`, and the auditors'
-read routes (`GET /v1/audit/events`, `POST /v1/provenance/trace`, the same code and permissions
-as on the API listener: the deployment guide puts auditors on the management network). It never
-serves the generation API.
+The console's pages and JSON API (zguard.app.console.pages: sign-in, sessions, the status page),
+`/readyz/detail`, `/metrics`, and the auditors' read routes (`GET /v1/audit/events`,
+`POST /v1/provenance/trace`, the same code and permissions as on the API listener: the
+deployment guide puts auditors on the management network). It never serves the generation API.
+A browser signs in with a password and gets a server-side session (zguard.services.sessions);
+scripts keep using API tokens or Basic. Without a state database there are no sessions and the
+pages answer 503 on sign-in.
 """
 
 from __future__ import annotations
 
 import asyncio
-from html import escape
 
 from fastapi import FastAPI
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 
 from zguard.app.audit_routes import add_audit_routes
 from zguard.app.auth import PUBLIC, requires
+from zguard.app.console.csrf import SessionCsrf
+from zguard.app.console.pages import _status, add_console_pages, refusal_page_for
+from zguard.app.console.web import STATIC, session_cookie_name
 from zguard.app.context import Services
-from zguard.app.middleware.request_context import CONSOLE_SECURITY_HEADERS
+from zguard.app.errors import error_response
+from zguard.app.middleware.request_context import CONSOLE_SECURITY_HEADERS, HSTS
 from zguard.app.provenance import TRACE_PATH, add_provenance_routes, trace_body_limit
 from zguard.app.stack import NO_TELEMETRY, install_listener_stack
 from zguard.config import Settings
+from zguard.errors import RouteNotFound
 from zguard.security.rbac import Permission
 from zguard.services.metrics import CONTENT_TYPE, service_gauges
 
 CONSOLE_MAX_BODY = 16 * 1024
-
-
-def _status(services: Services) -> dict[str, object]:
-    info = services.engine.info
-    return {
-        "model": info.id,
-        "demo": info.demo,
-        "device": info.device,
-        "dtype": info.dtype,
-        "state": services.readiness.state.value,
-        "ready": services.readiness.ready,
-        "generating": services.admission.running,
-        "waiting": services.admission.waiting,
-    }
+STATIC_FILES = {"console.css": "text/css; charset=utf-8", "favicon.svg": "image/svg+xml"}
 
 
 def create_console_app(settings: Settings, services: Services) -> FastAPI:
     app = FastAPI(title="zguard console", docs_url=None, redoc_url=None, openapi_url=None, telemetry=NO_TELEMETRY)
+    tls = settings.console.tls_cert_file is not None
+    refusal_page = refusal_page_for(services)
+    if services.sessions is not None:
+        app.add_middleware(SessionCsrf, valid=services.sessions.csrf_valid, refusal_page=refusal_page)
     install_listener_stack(
         app,
         listener="console",
         allow=settings.console.allow,
         trusted_proxies=settings.trusted_proxies,
         max_body_bytes=CONSOLE_MAX_BODY,
-        headers=CONSOLE_SECURITY_HEADERS,
+        headers={**CONSOLE_SECURITY_HEADERS, **(HSTS if tls else {})},
         services=services,
         body_limits={TRACE_PATH: trace_body_limit(settings)},
         server_names=settings.console.server_names,
+        sessions=services.sessions,
+        session_cookie=session_cookie_name(tls),
+        refusal_page=refusal_page,
     )
     add_audit_routes(app, services)
+    add_console_pages(app, services, services.sessions, tls=tls)
     add_provenance_routes(app, settings, services)
 
     @app.get("/readyz/detail", dependencies=[requires(Permission.SYSTEM_READ)])
@@ -67,21 +69,17 @@ def create_console_app(settings: Settings, services: Services) -> FastAPI:
             status_code=200 if services.readiness.ready and not down else 503,
         )
 
-    @app.get("/", response_class=HTMLResponse, dependencies=[requires(Permission.SYSTEM_READ)])
-    async def status_page() -> HTMLResponse:
-        status = _status(services)
-        demo = (
-            "<p><strong>Demo model: random weights, images are noise. "
-            "Set model.path to the Z-Image-Turbo directory.</strong></p>"
-            if status["demo"]
-            else ""
-        )
-        rows = "".join(f"<tr><th>{escape(k)}</th><td>{escape(str(v))}</td></tr>" for k, v in status.items())
-        page = (
-            '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>zguard console</title></head>'
-            f"<body><h1>zguard</h1>{demo}<table>{rows}</table></body></html>"
-        )
-        return HTMLResponse(page)
+    @app.get("/favicon.ico", dependencies=[PUBLIC], include_in_schema=False)
+    async def favicon() -> Response:
+        """What browsers ask for on every page, signed in or not: answered, not refused and audited."""
+        return FileResponse(STATIC / "favicon.svg", media_type=STATIC_FILES["favicon.svg"])
+
+    @app.get("/static/{name}", dependencies=[PUBLIC], include_in_schema=False)
+    async def static(name: str) -> Response:
+        """The console's own stylesheet (and scripts, when there are any): no CDN, named files only."""
+        if name not in STATIC_FILES:
+            return error_response(RouteNotFound("no such file"))
+        return FileResponse(STATIC / name, media_type=STATIC_FILES[name], headers={"Cache-Control": "no-cache"})
 
     @app.get("/api/status", dependencies=[requires(Permission.SYSTEM_READ)])
     async def status_json() -> JSONResponse:

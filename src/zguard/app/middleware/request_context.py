@@ -29,11 +29,12 @@ API_SECURITY_HEADERS: Mapping[str, str] = {
 }
 CONSOLE_SECURITY_HEADERS: Mapping[str, str] = {
     **API_SECURITY_HEADERS,
-    "Content-Security-Policy": "default-src 'none'; img-src 'self'; style-src 'self'; "
-    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' data: blob:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "Cross-Origin-Opener-Policy": "same-origin",
     "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
 }
+HSTS: Mapping[str, str] = {"Strict-Transport-Security": "max-age=31536000"}  # a listener serving TLS itself
 
 
 class RequestContext:
