@@ -1,0 +1,99 @@
+"""Fixtures of the browser tests: one Debian chromium (tests.common.browser) and one real
+`zguard serve` per session, with authentication on and users who sign in with a password, set up
+the way an operator does it: `zguard init`, `zguard user add`, `zguard user passwd` (the password
+piped on stdin), all against the server's own state directory through `ZGUARD_*` variables."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from tests.common.browser import PageRecord, launch_chromium, require_chromium, watched_page
+from tests.common.servers import ZguardProcess
+
+
+@dataclass(frozen=True)
+class ConsoleUser:
+    name: str
+    password: str
+    roles: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ConsoleServer:
+    """The session's `zguard serve`: its console's base URL and the users who may sign in."""
+
+    process: ZguardProcess
+    admin: ConsoleUser
+    generator: ConsoleUser
+
+    @property
+    def url(self) -> str:
+        return self.process.console
+
+
+def _zguard(server: ZguardProcess, *argv: str, stdin: str | None = None) -> str:
+    """`zguard ARGV` as a child process with the server's environment; its stdout, or fail with both streams."""
+    done = subprocess.run(
+        [sys.executable, "-m", "zguard", *argv],
+        env=server.env,
+        cwd=server.cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, f"zguard {' '.join(argv)} exited with {done.returncode}:\n{done.stdout}{done.stderr}"
+    return done.stdout
+
+
+def _password() -> str:
+    # random, so no two runs share one; long and irregular enough for the password policy
+    return f"console-{secrets.token_urlsafe(18)}"
+
+
+@pytest.fixture(scope="package")
+def browser() -> Iterator[Browser]:
+    """One headless chromium for tests/browser (installed with apt-get if need be). Package scope,
+    not session: Playwright's sync API runs an event loop on this thread while it is open, and
+    the anyio tests that run after this package need the thread's loop free."""
+    executable = require_chromium()
+    with sync_playwright() as playwright:
+        chromium = launch_chromium(playwright, executable)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="session")
+def console_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleServer]:
+    """One `zguard serve` for the session, authentication on, with an admin and a generator who
+    both have passwords."""
+    server = ZguardProcess(tmp_path_factory.mktemp("console") / "state", env={"ZGUARD_API_AUTH__ENABLED": "true"})
+    admin = ConsoleUser("admin", _password(), ("admin",))
+    generator = ConsoleUser("designer", _password(), ("generator",))
+    _zguard(server, "init", "--admin", admin.name)
+    _zguard(server, "user", "add", generator.name, "--role", "generator")
+    for user in (admin, generator):
+        _zguard(server, "user", "passwd", user.name, stdin=f"{user.password}\n")
+    with server:
+        server.wait_ready()
+        yield ConsoleServer(server, admin, generator)
+        assert server.stop() == 0, server.log()
+
+
+@pytest.fixture
+def console(browser: Browser, console_server: ConsoleServer) -> Iterator[tuple[Page, PageRecord]]:
+    """A page on the console in a fresh browser context (no cookies), and what it recorded; the
+    test fails if the browser logged an error, a CSP violation or a request off loopback (checked
+    here unless the test checked it itself)."""
+    with watched_page(browser, console_server.url) as (page, record):
+        yield page, record
+        if not record.checked:
+            record.assert_clean()
