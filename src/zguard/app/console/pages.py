@@ -9,8 +9,7 @@ route-walk test covers them; every change is a POST with the session's CSRF toke
 
 from __future__ import annotations
 
-from typing import Any, Protocol
-from urllib.parse import parse_qs
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.requests import Request
@@ -18,6 +17,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Scope
 
 from zguard.app.auth import PUBLIC, CurrentIdentity, request_info, requires
+from zguard.app.console.audit import add_audit_pages
+from zguard.app.console.common import N_, Page, form, may
+from zguard.app.console.generate import add_generate_pages
+from zguard.app.console.users import add_users_pages
 from zguard.app.console.web import (
     LANGUAGE_COOKIE,
     LANGUAGES,
@@ -41,7 +44,7 @@ from zguard.errors import (
     TooManyFailedLogins,
     ZguardError,
 )
-from zguard.security.rbac import Permission, authorize
+from zguard.security.rbac import Permission
 from zguard.services.auth import Identity
 from zguard.services.sessions import NoSessions, SessionService
 from zguard.store.sessions import SessionRecord
@@ -49,26 +52,7 @@ from zguard.store.sessions import SessionRecord
 API = "/console/api"
 PAGE_PREFIXES_NOT = (API, "/v1/", "/api/", "/metrics", "/readyz", "/healthz", "/static/")
 USERNAME_MAX = 128
-FORM_FIELDS = 16  # more than any console form has
 PASSWORD_MAX = 1024  # bcrypt reads 72 bytes; the rest is refused cheaply, not hashed
-
-
-async def form(request: Request) -> dict[str, str]:
-    """An application/x-www-form-urlencoded body as {field: value}: the first value of each field,
-    at most `FORM_FIELDS` fields (BodyLimit has bounded the bytes). Anything else is no fields."""
-    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
-        return {}
-    body = await request.body()
-    try:
-        parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=FORM_FIELDS)
-    except ValueError:
-        return {}
-    return {name: values[0] for name, values in parsed.items()}
-
-
-def N_(message: str) -> str:
-    """Marks a message for the catalogs (translated where it is shown, `web.translate`)."""
-    return message
 
 
 def wants_page(scope: Scope) -> bool:
@@ -108,10 +92,6 @@ def _message(request: Request, error: ZguardError) -> str:
     return translate(negotiate(request), messages.get(error.code, N_("The console could not do this.")))
 
 
-def _may(services: Services, identity: Identity, permission: Permission) -> bool:
-    return bool(authorize(identity.roles, permission, services.auth.registry))
-
-
 def _session_json(record: SessionRecord, current: int | None) -> dict[str, Any]:
     return {
         "id": record.id,
@@ -130,20 +110,14 @@ def add_console_pages(app: FastAPI, services: Services, sessions: SessionService
 
     def page(request: Request, template: str, identity: Identity | None, status: int = 200, **context: Any) -> Response:
         csrf = live.csrf_token(identity) if identity is not None and identity.session_hash else ""
-        may = {p.value: _may(services, identity, p) for p in Permission} if identity is not None else {}
-        return render(request, template, status=status, identity=identity, csrf=csrf, may=may, **context)
+        allowed = {p.value: may(services, identity, p) for p in Permission} if identity is not None else {}
+        return render(request, template, status=status, identity=identity, csrf=csrf, may=allowed, **context)
 
     _add_sign_in(app, live, page, tls=tls)
     _add_account(app, services, live, page, tls=tls)
     _add_api(app, services, live, tls=tls)
-
-
-class Page(Protocol):
-    """The page renderer add_console_pages makes: a template with the caller's CSRF token and permissions."""
-
-    def __call__(
-        self, request: Request, template: str, identity: Identity | None, status: int = 200, **context: Any
-    ) -> Response: ...
+    for add in (add_generate_pages, add_users_pages, add_audit_pages):
+        add(app, services, live, page)
 
 
 def _add_sign_in(app: FastAPI, sessions: SessionService | NoSessions, page: Page, *, tls: bool) -> None:
@@ -212,7 +186,7 @@ def _add_account(
 ) -> None:
     @app.get("/", dependencies=[requires(Permission.MODELS_READ)], include_in_schema=False)
     async def home(request: Request, identity: CurrentIdentity) -> Response:
-        service = _status(services) if _may(services, identity, Permission.SYSTEM_READ) else None
+        service = _status(services) if may(services, identity, Permission.SYSTEM_READ) else None
         return page(request, "home.html", identity, service=service)
 
     @app.get("/account", dependencies=[requires(Permission.MODELS_READ)], include_in_schema=False)
@@ -240,7 +214,7 @@ def _add_api(app: FastAPI, services: Services, sessions: SessionService | NoSess
     @app.get(f"{API}/session", dependencies=[requires(Permission.MODELS_READ)])
     async def whoami(identity: CurrentIdentity) -> JSONResponse:
         """Who is signed in, with which roles and permissions (any credential: session, token, Basic)."""
-        granted = sorted(p.value for p in Permission if _may(services, identity, p))
+        granted = sorted(p.value for p in Permission if may(services, identity, p))
         body: dict[str, Any] = {
             "name": identity.name,
             "kind": identity.kind,

@@ -45,12 +45,16 @@ def session_cookie_name(tls: bool) -> str:
 
 @cache
 def catalog(language: str) -> Mapping[str, str]:
-    """msgid → msgstr of a language's catalog; English is the msgids themselves (empty)."""
+    """msgid → msgstr of a language's catalogs (`locale/<ll_CC>/*.po`, one per page group, merged);
+    English is the msgids themselves (empty)."""
     if language == DEFAULT_LANGUAGE:
         return {}
-    with (LOCALES / f"{language.replace('-', '_')}.po").open("rb") as po:
-        messages = read_po(po)
-    return {str(m.id): str(m.string) for m in messages if m.id and m.string and not m.fuzzy}
+    merged: dict[str, str] = {}
+    for path in sorted((LOCALES / language.replace("-", "_")).glob("*.po")):
+        with path.open("rb") as po:
+            messages = read_po(po)
+        merged.update({str(m.id): str(m.string) for m in messages if m.id and m.string and not m.fuzzy})
+    return merged
 
 
 def translate(language: str, message: str) -> str:
