@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from zguard.audit import RequestRecord
     from zguard.provenance.marking import ProvenanceMarker
     from zguard.security.rbac import Permission, RoleRegistry
+    from zguard.services.admin import AdminService
     from zguard.services.auth import Identity, RequestInfo
     from zguard.services.images import GeneratedImages, GenerationPlan, ImageRequest
     from zguard.services.ratelimit import Bucket, RateLimitState
@@ -90,3 +91,4 @@ class Services:
     policy: PolicyHolder | None = None  # for its reload counts on /metrics
     audit_reader: AuditReader | None = None  # the trail as auditors read it; None: no readable store
     sessions: SessionService | None = None  # console sign-in; None: no state database, no console login
+    admin: AdminService | None = None  # the console's user and token administration; None: no state database

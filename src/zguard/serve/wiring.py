@@ -25,6 +25,7 @@ from zguard.engine.admission import AdmissionQueue, WorkerThread
 from zguard.errors import ConfigError
 from zguard.provenance.marking import ProvenanceMarker
 from zguard.security.tokens import new_token, token_digest
+from zguard.services.admin import AdminService
 from zguard.services.auth import AuthService
 from zguard.services.counters import CounterStorage
 from zguard.services.images import ImageService
@@ -197,6 +198,23 @@ def build_auth(settings: Settings, store: PrincipalStore | None, token_key: byte
     )
 
 
+def admin_service(settings: Settings, auth: AuthService, audit: AuditSink) -> AdminService | None:
+    """What the console's admin pages call: the CLI's `AdminService` (same checks, same events) on
+    the server's store and token key; None without a state database."""
+    if auth.store is None:
+        return None
+    key = auth.token_key
+    return AdminService(
+        auth.store,
+        settings.role_registry(),
+        token_key=lambda: key,
+        audit=audit,
+        password_min_length=settings.api_auth.password_min_length,
+        token_expiry=timedelta(days=days) if (days := settings.api_auth.token_expiry_days) else None,
+        reserved_names=[user.username for user in settings.api_auth.users],
+    )
+
+
 def build_runtime(
     settings: Settings,
     engine: ImageEngine,
@@ -248,5 +266,6 @@ def build_runtime(
             settings.audit.unauthenticated_events_per_minute, settings.audit.unauthenticated_events_per_minute_total
         ),
         sessions=SessionService.for_auth(settings.console, auth, audit),
+        admin=admin_service(settings, auth, audit),
     )
     return Runtime(services=services, admission=admission, worker=worker, policy=policy)

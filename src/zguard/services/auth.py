@@ -206,6 +206,11 @@ class AuthService:
     def store(self) -> PrincipalStore | None:
         return self._store
 
+    @property
+    def token_key(self) -> bytes:
+        """The server key tokens are hashed under (for `AdminService`, which issues them)."""
+        return self._key
+
     def derived_key(self, purpose: bytes) -> bytes:
         """A key for `purpose` derived from the server key tokens are hashed under (one secret to keep)."""
         return hmac.new(self._key, b"zguard derived key\0" + purpose, hashlib.sha256).digest()
