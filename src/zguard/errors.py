@@ -33,9 +33,11 @@ message and the fix; the HTTP layer (zguard.app.errors) answers an operator erro
     │   ├── AuthenticationError (401)       carries the `WWW-Authenticate` challenge
     │   │   ├── MissingCredentials          missing_credentials
     │   │   ├── InvalidApiKey               invalid_api_key: wrong, unknown, revoked, expired or disabled
-    │   │   └── SessionExpired              session_expired: a console session timed out, was revoked or its user changed
+    │   │   ├── SessionExpired              session_expired: a console session timed out, was revoked or its user changed
+    │   │   └── SecondFactorRequired        second_factor_required: the password was right; the one-time code is missing or wrong
     │   ├── PermissionDenied (403)          permission_denied: names the missing permission
     │   ├── CsrfFailed (403)                csrf_failed: a console change without its session's token, or from another origin
+    │   ├── SecondFactorNotEnrolled (403)   second_factor_not_enrolled: the user's role requires TOTP and they have none
     │   ├── TooManyRequests (429)           carries `retry_after` seconds
     │   │   ├── TooManyFailedLogins         too_many_failed_logins: checked before any password work
     │   │   ├── RateLimitExceeded           rate_limit_exceeded: the principal's request rate; RateLimit-* headers
@@ -310,6 +312,18 @@ class InvalidApiKey(AuthenticationError):
 class SessionExpired(AuthenticationError):
     code = "session_expired"
     fix = "sign in to the console again (/login); sessions end after console.session_idle_s idle or console.session_max_s in all"
+
+
+class SecondFactorRequired(AuthenticationError):
+    code = "second_factor_required"
+    fix = "enter the 6-digit code of your authenticator app with the password; a code works once"
+
+
+class SecondFactorNotEnrolled(ZguardError):
+    status = 403
+    type = "permission_error"
+    code = "second_factor_not_enrolled"
+    fix = "an operator enrols the user's authenticator: zguard user totp NAME (console.totp_required_roles lists the roles that need one)"
 
 
 class CsrfFailed(ZguardError):

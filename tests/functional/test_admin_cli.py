@@ -628,3 +628,35 @@ def test_the_wrong_os_account_gets_the_fix_not_a_traceback(
     assert code == 2, (out, err)
     assert "permission denied on" in err
     assert "fix: run the command as that account, e.g. sudo -u" in err
+
+
+def test_user_totp_enrols_with_a_code_from_the_printed_key_and_removes(
+    ready: Zguard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator sets up an admin's authenticator out of band (admins cannot sign in to the
+    console without one, so cannot enrol there first)."""
+    import pyotp
+
+    from zguard.services.totp import SecondFactor
+
+    secret = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
+    monkeypatch.setattr(SecondFactor, "new_secret", staticmethod(lambda: secret))
+    monkeypatch.setattr("sys.stdin", io.StringIO("000000\n"))
+    code, _out, err = ready("user", "totp", "admin")
+    assert code == 2
+    assert secret in err  # the key is shown, on stderr, so it stays out of captured stdout
+    assert "does not match" in err
+    monkeypatch.setattr("sys.stdin", io.StringIO(pyotp.TOTP(secret).now() + "\n"))
+    assert "set up" in ready.ok("user", "totp", "admin")
+    assert ready.sink.events[-1].type == "user.totp_enrolled"
+    assert ready.sink.events[-1].detail["target"] == "admin"
+    assert_no_secrets(ready.sink, secret)
+    with ready.store() as store:
+        from sqlalchemy import text
+
+        with store.engine.connect() as connection:
+            [(principal, sealed)] = connection.execute(text("SELECT principal, sealed FROM totp_secrets")).all()
+    assert principal == "admin"
+    assert secret not in sealed
+    assert "removed" in ready.ok("user", "totp", "admin", "--remove")
+    assert ready.sink.events[-1].type == "user.totp_removed"

@@ -11,13 +11,14 @@ import dataclasses
 import re
 from datetime import UTC, datetime, timedelta
 from http.cookies import SimpleCookie
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import text
 
-from tests.common.factories import LOOPBACK_PEER
+from tests.common.factories import LOOPBACK_PEER, make_settings
 from tests.functional.test_auth import KEY, Deploy, Deployment, backend, bearer, database, deploy  # noqa: F401
 from zguard.app.console import create_console_app
 from zguard.app.console.web import translate
@@ -82,8 +83,13 @@ class Console:
 
 
 @pytest.fixture
-def console(deploy: Deploy) -> Console:  # noqa: F811  (the fixture imported above)
-    d = deploy()
+def console(deploy: Deploy, tmp_path: Path) -> Console:  # noqa: F811  (the fixture imported above)
+    """Users dana (generator) and ada (admin), a service account; TOTP optional for every role here
+    (the tests of the second factor build their own deployment with the default, admin required)."""
+    settings = make_settings(
+        tmp_path / "state", api_auth={"enabled": True}, generation={"min_side": 16}, console={"totp_required_roles": []}
+    )
+    d = deploy(settings)
     d.principal("dana", "generator", kind="user", password=PASSWORD)
     d.principal("ada", "admin", kind="user", password=PASSWORD)
     d.principal("batch", "generator")  # a service account: a token, no password

@@ -55,6 +55,7 @@ class _Context:
     actor: Actor
     shown_url: str
     key_path: Path
+    engine: Engine
 
 
 def _run(args: argparse.Namespace, action: Callable[[_Context], int], *, upgrade: bool = False) -> int:
@@ -87,7 +88,8 @@ def _run(args: argparse.Namespace, action: Callable[[_Context], int], *, upgrade
                 token_expiry=timedelta(days=days) if (days := settings.api_auth.token_expiry_days) else None,
                 reserved_names=[user.username for user in settings.api_auth.users],
             )
-            return action(_Context(settings, service, Actor(acting_user(), detail=acting_detail()), shown, key_path))
+            actor = Actor(acting_user(), detail=acting_detail())
+            return action(_Context(settings, service, actor, shown, key_path, engine))
         except SchemaNotCurrent as exc:
             print(f"zguard: state database {shown} {schema_not_current(exc)}", file=sys.stderr)
             return EXIT_FIX
@@ -244,6 +246,42 @@ def cmd_user_passwd(args: argparse.Namespace) -> int:
     return _run(args, action)
 
 
+def cmd_user_totp(args: argparse.Namespace) -> int:
+    """Enrol (or, with --remove, remove) a user's console second factor, out of band."""
+    import asyncio
+    import contextlib
+
+    from zguard.security.keys import derive_key
+    from zguard.services.admin import DeclaredInSettings, load_token_key
+    from zguard.services.totp import TOTP_KEY_PURPOSE, SecondFactor
+    from zguard.store.sessions import TotpStore
+
+    def action(ctx: _Context) -> int:
+        with contextlib.suppress(DeclaredInSettings):  # settings-file users sign in to the console too
+            ctx.service.require_user(args.name)
+        key = derive_key(load_token_key(ctx.key_path), TOTP_KEY_PURPOSE)
+        factor = SecondFactor(TotpStore(ctx.engine), key, ctx.settings.console.totp_required_roles)
+        if args.remove:
+            removed = asyncio.run(factor.remove(args.name))
+            if removed:
+                ctx.service.record("user.totp_removed", ctx.actor, {"target": args.name})
+            print(f"second factor of {args.name!r} {'removed' if removed else 'was not set up'}")
+            return EXIT_OK
+        secret = SecondFactor.new_secret()
+        print(f"key for {args.name!r}'s authenticator app: {secret}", file=sys.stderr)
+        print(f"or as a link (for a QR code): {SecondFactor.provisioning_uri(args.name, secret)}", file=sys.stderr)
+        print("enter the 6-digit code the app shows now: ", end="", file=sys.stderr, flush=True)
+        code = sys.stdin.readline().strip()
+        if not asyncio.run(factor.enrol(args.name, secret, code)):
+            print("zguard: that code does not match the key; run the command again", file=sys.stderr)
+            return EXIT_FIX
+        ctx.service.record("user.totp_enrolled", ctx.actor, {"target": args.name})
+        print(f"second factor of {args.name!r} set up; console sign-in now asks for its code")
+        return EXIT_OK
+
+    return _run(args, action)
+
+
 def cmd_user_hash_password(args: argparse.Namespace) -> int:
     from zguard.security.passwords import hash_password
 
@@ -393,6 +431,15 @@ def register(commands: cli_common.Commands, common: argparse.ArgumentParser) -> 
         "Set a user's password: asked twice on the terminal, or read as one line from stdin when it is not a terminal. Never taken from the command line.",
     )
     passwd.add_argument("name", metavar="NAME", help="user")
+    totp = command(
+        users,
+        "totp",
+        cmd_user_totp,
+        "set up a user's console second factor (TOTP)",
+        "Set up a user's authenticator app for console sign-in: prints a new key (and its otpauth:// link) on stderr and reads a code made from it on stdin, so the key is stored only once the app has it. Needed for roles in console.totp_required_roles (admin by default), who cannot enrol from the console before they can sign in. --remove takes it away.",
+    )
+    totp.add_argument("name", metavar="NAME", help="user")
+    totp.add_argument("--remove", action="store_true", help="remove the user's second factor instead")
     roles = command(
         users,
         "roles",

@@ -197,6 +197,11 @@ class ConsoleSettings(ListenerSettings):
         description="A console session ends this long after sign-in, however active (ASVS 5.0 7.3.2). Every session also ends at sign-out, when the user is disabled, or their password or roles change.",
     )
 
+    totp_required_roles: list[str] = Field(
+        default_factory=lambda: ["admin"],
+        description="Roles whose holders must give a TOTP code (RFC 6238) with their password to sign in to the console (ASVS 5.0 6.3.3). Anyone may enrol one from My account; a user of these roles without one is refused (403 `second_factor_not_enrolled`) until an operator runs `zguard user totp NAME`. Empty: optional for everyone.",
+    )
+
     @model_validator(mode="after")
     def _idle_within_max(self) -> ConsoleSettings:
         if self.session_idle_s > self.session_max_s:

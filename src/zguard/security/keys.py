@@ -8,6 +8,7 @@ refusal is a `KeyFileError` whose message names the file and the command that fi
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import secrets
 from pathlib import Path
@@ -134,3 +135,9 @@ def key_id(public_key: Ed25519PublicKey) -> str:
     """The short name of an Ed25519 key recorded beside what it signed: SHA-256 of the raw key, 16 hex."""
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:KEY_ID_HEX]
+
+
+def derive_key(key: bytes, purpose: bytes) -> bytes:
+    """A key for one `purpose` from a server key (HMAC-SHA-256): one secret file to keep, and no
+    two uses that share a key."""
+    return hmac.new(key, b"zguard derived key\0" + purpose, hashlib.sha256).digest()

@@ -445,6 +445,10 @@ class AdminService:
             )
         return self._checked_roles(principal.name, wanted)
 
+    def record(self, kind: str, actor: Actor, detail: dict[str, DetailValue]) -> None:
+        """An admin action done elsewhere (a second factor enrolled), as this service's own are."""
+        self._emit(kind, actor, detail)
+
     def _emit(self, kind: str, actor: Actor, detail: dict[str, DetailValue]) -> None:
         self._audit.emit(
             AuditEvent(

@@ -75,6 +75,7 @@ from zguard.errors import (
     RateLimiterUnavailable,
     TooManyFailedLogins,
 )
+from zguard.security.keys import derive_key
 from zguard.security.passwords import DEFAULT_COST, cost_of, dummy_hash, verify_password
 from zguard.security.rbac import Permission, RoleRegistry, authorize
 from zguard.security.tokens import display_prefix, looks_like_token, token_digest
@@ -213,7 +214,7 @@ class AuthService:
 
     def derived_key(self, purpose: bytes) -> bytes:
         """A key for `purpose` derived from the server key tokens are hashed under (one secret to keep)."""
-        return hmac.new(self._key, b"zguard derived key\0" + purpose, hashlib.sha256).digest()
+        return derive_key(self._key, purpose)
 
     @property
     def enabled(self) -> bool:
@@ -404,6 +405,11 @@ class AuthService:
             store, principal_id = self._store, identity.principal_id
             _in_background(lambda: store.touch_principal(principal_id), f"the last login of {identity.name}")
         return identity
+
+    async def count_failed_login(self, username: str, info: RequestInfo, *, method: str, reason: str) -> None:
+        """Count a failure that came after the password (a wrong second factor) like a wrong password."""
+        await self._count_basic_failure(username.casefold(), username, info, method)
+        self._deny("second_factor_required", info, method=method, principal=username, reason=reason)
 
     def password_user(self, username: str) -> tuple[Identity, str] | None:
         """The user `username` names (settings file first, then the store) and their bcrypt hash,

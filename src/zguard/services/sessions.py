@@ -37,16 +37,20 @@ from datetime import datetime, timedelta
 
 from zguard.audit import AuditEvent, AuditSink, DetailValue, Outcome, report
 from zguard.config.settings import ConsoleSettings
-from zguard.errors import ServiceUnavailable, SessionExpired
+from zguard.errors import SecondFactorNotEnrolled, SecondFactorRequired, ServiceUnavailable, SessionExpired
 from zguard.services.auth import AuthService, Identity, RequestInfo
+from zguard.services.totp import TOTP_KEY_PURPOSE, SecondFactor
 from zguard.store.principals import PrincipalStore, utc_now
-from zguard.store.sessions import SessionRecord, SessionStore
+from zguard.store.sessions import SessionRecord, SessionStore, TotpStore
 
 log = logging.getLogger(__name__)
 
 TOUCH_EVERY_S = 30.0  # how coarse the idle clock is: one store write per session per this many seconds
 _CACHE_MAX = 4096
 ENDED = "your console session has ended; sign in again"
+CODE_NEEDED = "enter the one-time code of your authenticator app"
+CODE_WRONG = "the one-time code is wrong or was used already"
+NOT_ENROLLED = "your role needs a second factor and you have none; ask an operator to enrol one (zguard user totp)"
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,12 @@ class SessionService:
         self._principals = principals
         self._store = SessionStore(principals.engine, clock)
         self._key = key
+        self._factor = SecondFactor(
+            TotpStore(principals.engine, clock),
+            auth.derived_key(TOTP_KEY_PURPOSE),
+            settings.totp_required_roles,
+            clock=lambda: clock().timestamp(),
+        )
         self._audit = audit
         self._clock = clock
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
@@ -108,10 +118,24 @@ class SessionService:
     def store(self) -> SessionStore:
         return self._store
 
+    @property
+    def factor(self) -> SecondFactor:
+        return self._factor
+
     # --- sign in and out -------------------------------------------------------------------
 
-    async def login(self, username: str, password: str, info: RequestInfo) -> SignedIn:
+    async def login(self, username: str, password: str, info: RequestInfo, code: str = "") -> SignedIn:
+        """A new session for a right password, and a right one-time code where the user has a
+        second factor (zguard.services.totp); each refusal raised as its error, and audited."""
         identity = await self._auth.check_password(username, password, info, method="console")
+        if await self._factor.enrolled(identity.name):
+            if not code:
+                raise SecondFactorRequired(CODE_NEEDED)
+            if not await self._factor.verify(identity.name, code.strip()):
+                await self._auth.count_failed_login(identity.name, info, method="console", reason="wrong second factor")
+                raise SecondFactorRequired(CODE_WRONG)
+        elif self._factor.required_for(identity.roles):
+            raise SecondFactorNotEnrolled(NOT_ENROLLED)
         found = self._auth.password_user(identity.name)
         if found is None:  # disabled between the check and now
             raise SessionExpired(ENDED)
@@ -289,7 +313,7 @@ class NoSessions:
     """Console sessions where there is no state database (tests, `zguard docs`): nobody can sign
     in (503); every other method finds nothing to do."""
 
-    async def login(self, username: str, password: str, info: RequestInfo) -> SignedIn:
+    async def login(self, username: str, password: str, info: RequestInfo, code: str = "") -> SignedIn:
         raise ServiceUnavailable("console sign-in needs the state database", retry_after=60)
 
     async def logout(self, identity: Identity, info: RequestInfo) -> None:

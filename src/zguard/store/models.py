@@ -240,3 +240,16 @@ class ConsoleSession(Base):
     expires_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
     revoked_reason: Mapped[str | None] = mapped_column(String(SESSION_REASON_MAX))
+
+
+class TotpSecret(Base):
+    """A user's TOTP second factor: the shared secret, sealed (AES-GCM under a key derived from
+    the server key, bound to the user's name), and the last time step accepted (no code is
+    accepted twice). Keyed by name so settings-file users can enrol too."""
+
+    __tablename__ = "totp_secrets"
+
+    principal: Mapped[str] = mapped_column(String(NAME_MAX), primary_key=True)
+    sealed: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime]
+    last_step: Mapped[int] = mapped_column(BigInteger, server_default="0")

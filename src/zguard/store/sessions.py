@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.orm import sessionmaker
 
-from zguard.store.models import CLIENT_MAX, SESSION_REASON_MAX, ConsoleSession
+from zguard.store.models import CLIENT_MAX, SESSION_REASON_MAX, ConsoleSession, TotpSecret
 from zguard.store.principals import _bump_auth_version, _check_name, _rowcount, _utc, utc_now
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -148,3 +148,46 @@ def _record(row: ConsoleSession) -> SessionRecord:
         fingerprint=row.fingerprint,
         token_hash=row.token_hash,
     )
+
+
+class TotpStore:
+    """Users' sealed TOTP secrets and the last step each accepted."""
+
+    def __init__(self, engine: Engine, clock: Callable[[], datetime] = utc_now) -> None:
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._clock = clock
+
+    def get(self, principal: str) -> tuple[str, int] | None:
+        """(sealed secret, last accepted step) of `principal`, or None when not enrolled."""
+        with self._sessions() as session:
+            row = session.get(TotpSecret, principal)
+            return None if row is None else (row.sealed, row.last_step)
+
+    def put(self, principal: str, sealed: str, step: int) -> None:
+        """Enrol (or re-enrol) `principal`; `step` is the one the confirming code used."""
+        _check_name(principal, "principal")
+        with self._sessions.begin() as session:
+            row = session.get(TotpSecret, principal)
+            if row is None:
+                session.add(TotpSecret(principal=principal, sealed=sealed, created_at=self._clock(), last_step=step))
+            else:
+                row.sealed, row.last_step, row.created_at = sealed, step, self._clock()
+            _bump_auth_version(session)
+
+    def accept_step(self, principal: str, step: int) -> bool:
+        """Record `step` as used, atomically; False when it (or a later one) was used already: a
+        code works once, across every process."""
+        with self._sessions.begin() as session:
+            result = session.execute(
+                update(TotpSecret)
+                .where(TotpSecret.principal == principal, TotpSecret.last_step < step)
+                .values(last_step=step)
+            )
+            return bool(_rowcount(result))
+
+    def remove(self, principal: str) -> bool:
+        with self._sessions.begin() as session:
+            done = bool(_rowcount(session.execute(delete(TotpSecret).where(TotpSecret.principal == principal))))
+            if done:
+                _bump_auth_version(session)
+            return done

@@ -40,6 +40,8 @@ from zguard.errors import (
     InvalidApiKey,
     RateLimiterUnavailable,
     RouteNotFound,
+    SecondFactorNotEnrolled,
+    SecondFactorRequired,
     ServiceUnavailable,
     TooManyFailedLogins,
     ZguardError,
@@ -47,6 +49,7 @@ from zguard.errors import (
 from zguard.security.rbac import Permission
 from zguard.services.auth import Identity
 from zguard.services.sessions import NoSessions, SessionService
+from zguard.services.totp import SecondFactor
 from zguard.store.sessions import SessionRecord
 
 API = "/console/api"
@@ -90,6 +93,15 @@ def _message(request: Request, error: ZguardError) -> str:
         "too_many_failed_logins": N_("Too many failed sign-ins. Wait a few minutes and try again."),
     }
     return translate(negotiate(request), messages.get(error.code, N_("The console could not do this.")))
+
+
+def _audit_action(request: Request, kind: str, identity: Identity) -> None:
+    """Name the request's audit event after the console action it did."""
+    record = request_record(request.scope)
+    if record is not None:
+        record.type = kind
+        record.principal = identity.name
+        record.set_outcome("done")
 
 
 def _session_json(record: SessionRecord, current: int | None) -> dict[str, Any]:
@@ -137,13 +149,19 @@ def _add_sign_in(app: FastAPI, sessions: SessionService | NoSessions, page: Page
             raise CsrfFailed("sign in from the console's own login page", detail="cross-origin login")
         info = request_info(request)
         error: str | None = None
-        status = 401
+        status, code = 401, "invalid_api_key"
         try:
             if not username or not password:
                 raise InvalidApiKey("invalid credentials")
-            signed = await sessions.login(username, password, info)
+            signed = await sessions.login(username, password, info, fields.get("code", "")[:16])
         except InvalidApiKey:
             error = N_("The username or password is wrong.")
+        except SecondFactorRequired as refused:
+            code = refused.code
+            error = N_("Enter the 6-digit code of your authenticator app; each code works once.")
+        except SecondFactorNotEnrolled as refused:
+            code, status = refused.code, 403
+            error = N_("Your role needs a second factor and you have none yet. Ask an operator to enrol one.")
         except TooManyFailedLogins:
             error, status = N_("Too many failed sign-ins. Wait a few minutes and try again."), 429
         except (RateLimiterUnavailable, ServiceUnavailable):
@@ -152,7 +170,7 @@ def _add_sign_in(app: FastAPI, sessions: SessionService | NoSessions, page: Page
             record = request_record(request.scope)
             if record is not None:
                 record.type = "console.login"
-                record.set_outcome("denied", "invalid_api_key" if status == 401 else None)
+                record.set_outcome("denied", code if status in (401, 403) else None)
             return page(request, "login.html", None, status=status, error=error, username=username)
         response = see_other("/")
         set_session_cookie(response, signed.cookie, tls=tls)
@@ -189,10 +207,58 @@ def _add_account(
         service = _status(services) if may(services, identity, Permission.SYSTEM_READ) else None
         return page(request, "home.html", identity, service=service)
 
+    async def _account(request: Request, identity: Identity, status: int = 200, **extra: Any) -> Response:
+        mine = await sessions.sessions_of(identity) if identity.method == "session" else []
+        factor = sessions.factor if isinstance(sessions, SessionService) else None
+        enrolled = factor is not None and await factor.enrolled(identity.name)
+        secret = extra.pop("secret", None) or SecondFactor.new_secret()
+        totp = {
+            "available": factor is not None,
+            "enrolled": enrolled,
+            "required": factor is not None and factor.required_for(identity.roles),
+            "secret": secret,
+            "uri": SecondFactor.provisioning_uri(identity.name, secret),
+            "error": extra.pop("totp_error", None),
+        }
+        return page(request, "account.html", identity, status, sessions=mine, current=identity.session_id, totp=totp)
+
     @app.get("/account", dependencies=[requires(Permission.MODELS_READ)], include_in_schema=False)
     async def account(request: Request, identity: CurrentIdentity) -> Response:
-        mine = await sessions.sessions_of(identity) if identity.method == "session" else []
-        return page(request, "account.html", identity, sessions=mine, current=identity.session_id)
+        return await _account(request, identity)
+
+    @app.post("/account/totp", dependencies=[requires(Permission.MODELS_READ)], include_in_schema=False)
+    async def enrol_totp(request: Request, identity: CurrentIdentity) -> Response:
+        """Set up (or replace) my authenticator: the secret the page showed, proven by a code from it."""
+        fields = await form(request)
+        secret, code = fields.get("secret", "")[:64], fields.get("code", "")[:16].strip()
+        if not isinstance(sessions, SessionService) or not await sessions.factor.enrol(identity.name, secret, code):
+            return await _account(
+                request,
+                identity,
+                status=400,
+                totp_error=N_("That code does not match this secret. Try the next code."),
+                secret=secret,
+            )
+        _audit_action(request, "console.totp_enrolled", identity)
+        return see_other("/account")
+
+    @app.post("/account/totp/remove", dependencies=[requires(Permission.MODELS_READ)], include_in_schema=False)
+    async def remove_totp(request: Request, identity: CurrentIdentity) -> Response:
+        """Remove my second factor: a current code proves it is me; refused where my role needs one."""
+        code = (await form(request)).get("code", "")[:16].strip()
+        if not isinstance(sessions, SessionService):
+            return see_other("/account")
+        if sessions.factor.required_for(identity.roles):
+            return await _account(
+                request, identity, status=403, totp_error=N_("Your role needs a second factor; it cannot be removed.")
+            )
+        if not await sessions.factor.verify(identity.name, code):
+            return await _account(
+                request, identity, status=400, totp_error=N_("That code is wrong or was used already.")
+            )
+        await sessions.factor.remove(identity.name)
+        _audit_action(request, "console.totp_removed", identity)
+        return see_other("/account")
 
     @app.post("/account/sessions/revoke", dependencies=[requires(Permission.MODELS_READ)], include_in_schema=False)
     async def revoke_session(request: Request, identity: CurrentIdentity) -> Response:
