@@ -5,12 +5,14 @@ piped on stdin), all against the server's own state directory through `ZGUARD_*`
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import pyotp
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
@@ -23,6 +25,7 @@ class ConsoleUser:
     name: str
     password: str
     roles: tuple[str, ...]
+    totp: str | None = None  # the authenticator key, for a user whose role needs one (admin)
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,27 @@ def _zguard(server: ZguardProcess, *argv: str, stdin: str | None = None) -> str:
     return done.stdout
 
 
+def _enrol_totp(server: ZguardProcess, name: str) -> str:
+    """`zguard user totp NAME` as an operator runs it: read the key it prints, answer with a code."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "zguard", "user", "totp", name],
+        env=server.env,
+        cwd=server.cwd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as child:
+        assert child.stderr is not None
+        assert child.stdin is not None
+        first = child.stderr.readline()
+        secret = first.rsplit(":", 1)[1].strip()
+        child.stdin.write(pyotp.TOTP(secret).now() + "\n")
+        child.stdin.close()
+        assert child.wait(timeout=120) == 0, first + child.stderr.read()
+    return secret
+
+
 def _password() -> str:
     # random, so no two runs share one; long and irregular enough for the password policy
     return f"console-{secrets.token_urlsafe(18)}"
@@ -82,6 +106,7 @@ def console_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console
     _zguard(server, "user", "add", generator.name, "--role", "generator")
     for user in (admin, generator):
         _zguard(server, "user", "passwd", user.name, stdin=f"{user.password}\n")
+    admin = dataclasses.replace(admin, totp=_enrol_totp(server, admin.name))  # admins need one by default
     with server:
         server.wait_ready()
         yield ConsoleServer(server, admin, generator)
