@@ -9,10 +9,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from zguard.app.audit_routes import add_audit_routes
-from zguard.app.auth import PUBLIC, CurrentIdentity, request_info, requires
+from zguard.app.auth import PUBLIC, CurrentIdentity, requires
 from zguard.app.context import Services
-from zguard.app.disconnect import ClientDisconnected, run_unless_disconnected
-from zguard.app.middleware.audit_requests import request_record
+from zguard.app.generation import run_generation
 from zguard.app.middleware.request_context import API_SECURITY_HEADERS
 from zguard.app.provenance import TRACE_PATH, add_provenance_routes, trace_body_limit
 from zguard.app.schemas import (
@@ -25,7 +24,7 @@ from zguard.app.schemas import (
 from zguard.app.stack import NO_TELEMETRY, install_listener_stack
 from zguard.app.wire import image_request, image_response, parse_json_object
 from zguard.config import Settings
-from zguard.errors import PromptRejected, UnsupportedMediaType
+from zguard.errors import UnsupportedMediaType
 from zguard.security.rbac import Permission
 
 API_TITLE = "zguard image API"
@@ -66,7 +65,6 @@ def create_api_app(settings: Settings, services: Services) -> FastAPI:
         body_limits={TRACE_PATH: trace_body_limit(settings)},
         server_names=settings.api.server_names,
     )
-    images = services.images
     add_provenance_routes(app, settings, services)
 
     @app.post(
@@ -81,32 +79,11 @@ def create_api_app(settings: Settings, services: Services) -> FastAPI:
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type != "application/json":
             raise UnsupportedMediaType("send the body as application/json")
-        try:
-            plan = images.plan(image_request(parse_json_object(await request.body())), roles=identity.roles)
-        except PromptRejected as rejected:  # the refusal's audit event names category, detector and term id
-            if (refused := request_record(request.scope)) is not None:
-                refused.policy = rejected.policy
-            raise
-        request_id: str = request.state.request_id
-        record = request_record(request.scope)
-        try:
-            where = request_info(request)
-            async with services.rate_limits.concurrency(identity, where):
-                # Committed before any GPU work; AuditUnavailable (503) stops the request here.
-                await images.record_accepted(plan, where, identity, record)
-                result = await run_unless_disconnected(request.receive, images.generate(plan, request_id, record))
-        except ClientDisconnected:
-            if record is not None:
-                record.type = "generation.failed"
-                record.set_outcome("failed", "client_disconnected")
+        result = await run_generation(
+            request, services, identity, image_request(parse_json_object(await request.body()))
+        )
+        if result is None:  # the client went away: nobody to answer
             return Response(status_code=499)
-        except BaseException:
-            if record is not None:
-                record.type = "generation.failed"
-            raise
-        if record is not None:
-            record.type = "generation.completed"
-            record.set_outcome("done")
         return Response(image_response(result).model_dump_json(), media_type="application/json")
 
     @app.get(

@@ -151,7 +151,9 @@ class AccessControl:
                 self.auth.authorize(identity, permission, info)
             # Generation spends the principal's configured rates; reads, /metrics scrapes and
             # console pages their own, larger budget, so they never crowd out generation.
-            bucket: Bucket = "generation" if permission is Permission.IMAGES_GENERATE else "other"
+            # Opening the console's Generate form (a GET) generates nothing, so it spends the other budget.
+            generates = permission is Permission.IMAGES_GENERATE and scope["method"] not in SAFE_METHODS
+            bucket: Bucket = "generation" if generates else "other"
             state[RATE_LIMIT_STATE] = await self.rate_limits.check(identity, info, bucket=bucket)
         except ZguardError as error:
             page = self.refusal_page(scope, error) if self.refusal_page is not None else None

@@ -1,0 +1,50 @@
+"""One generation request, as every route that generates runs it: the image API's
+`POST /v1/images/generations` and the console's Generate page and its JSON twin. One sequence, so
+a decision (the policy, the in-flight cap, the committed acceptance) cannot differ between them."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from zguard.app.auth import request_info
+from zguard.app.context import Services
+from zguard.app.disconnect import ClientDisconnected, run_unless_disconnected
+from zguard.app.middleware.audit_requests import request_record
+from zguard.errors import PromptRejected
+from zguard.services.auth import Identity
+from zguard.services.images import GeneratedImages, ImageRequest
+
+
+async def run_generation(
+    request: Request, services: Services, identity: Identity, req: ImageRequest
+) -> GeneratedImages | None:
+    """Plan, the in-flight cap, the committed acceptance, the generation; None when the client
+    went away (the record says `client_disconnected`). Raises what those raise."""
+    images = services.images
+    try:
+        plan = images.plan(req, roles=identity.roles)
+    except PromptRejected as rejected:  # the refusal's audit event names category, detector and term id
+        if (refused := request_record(request.scope)) is not None:
+            refused.policy = rejected.policy
+        raise
+    request_id: str = request.state.request_id
+    record = request_record(request.scope)
+    try:
+        where = request_info(request)
+        async with services.rate_limits.concurrency(identity, where):
+            # Committed before any GPU work; AuditUnavailable (503) stops the request here.
+            await images.record_accepted(plan, where, identity, record)
+            result = await run_unless_disconnected(request.receive, images.generate(plan, request_id, record))
+    except ClientDisconnected:
+        if record is not None:
+            record.type = "generation.failed"
+            record.set_outcome("failed", "client_disconnected")
+        return None
+    except BaseException:
+        if record is not None:
+            record.type = "generation.failed"
+        raise
+    if record is not None:
+        record.type = "generation.completed"
+        record.set_outcome("done")
+    return result
