@@ -32,7 +32,14 @@ from zguard.security.rbac import Permission
 from zguard.services.metrics import CONTENT_TYPE, service_gauges
 
 CONSOLE_MAX_BODY = 16 * 1024
+GENERATE_PATHS = ("/generate", "/console/api/generate")
 STATIC_FILES = {"console.css": "text/css; charset=utf-8", "favicon.svg": "image/svg+xml"}
+
+
+def generate_body_limit(settings: Settings) -> int:
+    """The Generate form's body: a prompt and a negative prompt of the longest allowed length, each
+    character up to 3 UTF-8 bytes and 3 characters once form-encoded (%E6%9C%BA), plus the rest."""
+    return 2 * settings.generation.max_prompt_chars * 9 + 4096
 
 
 def create_console_app(settings: Settings, services: Services) -> FastAPI:
@@ -49,7 +56,10 @@ def create_console_app(settings: Settings, services: Services) -> FastAPI:
         max_body_bytes=CONSOLE_MAX_BODY,
         headers={**CONSOLE_SECURITY_HEADERS, **(HSTS if tls else {})},
         services=services,
-        body_limits={TRACE_PATH: trace_body_limit(settings)},
+        body_limits={
+            TRACE_PATH: trace_body_limit(settings),
+            **dict.fromkeys(GENERATE_PATHS, generate_body_limit(settings)),
+        },
         server_names=settings.console.server_names,
         sessions=services.sessions,
         session_cookie=session_cookie_name(tls),
