@@ -83,7 +83,7 @@ class Console:
 
 
 @pytest.fixture
-def console(deploy: Deploy, tmp_path: Path) -> Console:  # noqa: F811  (the fixture imported above)
+def console(deploy: Deploy, tmp_path: Path) -> Console:
     """Users dana (generator) and ada (admin), a service account; TOTP optional for every role here
     (the tests of the second factor build their own deployment with the default, admin required)."""
     settings = make_settings(

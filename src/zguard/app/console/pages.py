@@ -20,6 +20,7 @@ from zguard.app.auth import PUBLIC, CurrentIdentity, request_info, requires
 from zguard.app.console.audit import add_audit_pages
 from zguard.app.console.common import N_, Page, form, may
 from zguard.app.console.generate import add_generate_pages
+from zguard.app.console.system import add_system_pages
 from zguard.app.console.users import add_users_pages
 from zguard.app.console.web import (
     LANGUAGE_COOKIE,
@@ -128,7 +129,7 @@ def add_console_pages(app: FastAPI, services: Services, sessions: SessionService
     _add_sign_in(app, live, page, tls=tls)
     _add_account(app, services, live, page, tls=tls)
     _add_api(app, services, live, tls=tls)
-    for add in (add_generate_pages, add_users_pages, add_audit_pages):
+    for add in (add_generate_pages, add_users_pages, add_audit_pages, add_system_pages):
         add(app, services, live, page)
 
 
@@ -250,7 +251,7 @@ def _add_account(
             return see_other("/account")
         if sessions.factor.required_for(identity.roles):
             return await _account(
-                request, identity, status=403, totp_error=N_("Your role needs a second factor; it cannot be removed.")
+                request, identity, status=409, totp_error=N_("Your role needs a second factor; it cannot be removed.")
             )
         if not await sessions.factor.verify(identity.name, code):
             return await _account(
