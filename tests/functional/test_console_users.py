@@ -683,3 +683,43 @@ async def test_the_pages_speak_chinese(console: Console) -> None:
     assert translate("zh-CN", "Change my password") in password.text
     assert "Users and service accounts" in english.text
     assert "Users and service accounts" not in listing.text
+
+
+async def test_an_admin_unlocks_a_user_a_guesser_locked_out(console: Console) -> None:
+    """Five wrong passwords from one address lock dana out there; the admin's unlock (naming that
+    address) lets her in at once, is audited, and needs users:manage and the CSRF token."""
+    dana = console.d.store.get_principal("dana")
+    assert dana is not None
+    async with console.client(peer=("127.0.0.5", 1000)) as shared, console.client() as admin:
+        for _ in range(5):
+            assert (await sign_in(shared, "dana", "not her password")).status_code == 401
+        assert (await sign_in(shared, "dana")).status_code == 429  # locked at that address
+        csrf = await signed_in(admin, "ada")
+        forged = await admin.post(f"/users/{dana.id}/unlock", data={"address": "127.0.0.5"}, headers=SAME_ORIGIN)
+        bad = await admin.post(
+            f"/users/{dana.id}/unlock", data={"csrf_token": csrf, "address": "not an address"}, headers=SAME_ORIGIN
+        )
+        done = await admin.post(
+            f"/users/{dana.id}/unlock", data={"csrf_token": csrf, "address": "127.0.0.5"}, headers=SAME_ORIGIN
+        )
+        assert (await sign_in(shared, "dana")).status_code == 303
+        api = await admin.post(
+            f"/console/api/users/{dana.id}/unlock",
+            json={"address": "127.0.0.5"},
+            headers={"origin": "http://console.test", "x-csrf-token": csrf},
+        )
+    assert forged.status_code == 403
+    assert bad.status_code == 400
+    assert done.status_code == 303
+    assert api.json() == {"unlocked": "dana", "address": "127.0.0.5"}
+    unlocked = [e for e in console.d.audit.events if e.type == "user.unlocked"]
+    assert [(e.principal, e.detail["target"], e.detail["address"]) for e in unlocked] == [
+        ("ada", "dana", "127.0.0.5"),
+        ("ada", "dana", "127.0.0.5"),
+    ]
+    async with console.client() as designer:
+        await signed_in(designer, "dana")
+        refused = await designer.post(
+            f"/console/api/users/{dana.id}/unlock", json={}, headers={"origin": "http://console.test"}
+        )
+    assert refused.status_code == 403

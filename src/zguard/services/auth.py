@@ -411,6 +411,12 @@ class AuthService:
         await self._count_basic_failure(username.casefold(), username, info, method)
         self._deny("second_factor_required", info, method=method, principal=username, reason=reason)
 
+    async def unlock(self, username: str, client: str | None = None) -> None:
+        """Clear `username`'s failed logins (from every address; at `client` too when given), so a
+        user an attacker locked out can sign in again now. RateLimiterUnavailable when the counters
+        cannot be reached. The caller audits it (an admin action)."""
+        await self._failures.clear_user(username.casefold(), client)
+
     def password_user(self, username: str) -> tuple[Identity, str] | None:
         """The user `username` names (settings file first, then the store) and their bcrypt hash,
         as a password login would find them now; None when there is none, it is disabled or a

@@ -65,6 +65,15 @@ class FailureCounter:
             raise self._unavailable(exc) from None
         return stats.remaining < rate.limit
 
+    async def clear(self, *parts: str) -> None:
+        """Forget the key's failures in every rate (an admin unlocking a user)."""
+        key = self._key(parts)
+        try:
+            for rate in self.rates:
+                await self.counters.limiter.clear(self.counters.item(rate), *key)
+        except self.counters.errors as exc:
+            raise self._unavailable(exc) from None
+
     async def record(self, *parts: str) -> None:
         """Count one failure in every rate (a full rate stays full; nothing counts past it)."""
         key = self._key(parts)
@@ -116,6 +125,15 @@ class LoginFailures:
         await self.per_user_address.record(user, client)
         await self.per_address.record(client)
         await self.per_user.record(user)
+
+    async def clear_user(self, user: str, client: str | None = None) -> None:
+        """Unlock `user`: their failures from every address (the loose budget), and from `client`
+        (the tight one) when given. The storage cannot list a user's addresses, so a lockout at one
+        address is cleared by naming it; either way it ages out of its window by itself. The
+        address's own counter (any username) is left alone: it is the guesser's, not the user's."""
+        await self.per_user.clear(user)
+        if client is not None:
+            await self.per_user_address.clear(user, client)
 
     async def token_retry_after(self, client: str) -> int | None:
         """Seconds until unknown tokens from `client` may cost a lookup again; None: now, or the

@@ -6,6 +6,7 @@ for the decisions."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from functools import partial
@@ -93,6 +94,10 @@ class NewToken(_Body):
     expires_in: str | None = Field(default=None, max_length=16, description="90m, 12h, 30d; default: the setting")
     never_expires: bool = Field(default=False, description="service accounts only")
     roles: list[str] | None = Field(default=None, max_length=ROLES_MAX, description="a subset; default: all")
+
+
+class UnlockRequest(_Body):
+    address: str | None = Field(None, max_length=64, description="also clear the failures at this client address")
 
 
 class PasswordChange(_Body):
@@ -239,6 +244,22 @@ class Administration:
         record = await call(service.add_principal, name, kind=kind, roles=roles, actor=actor)
         if kind == "user" and password:
             record = await call(service.set_password, name, password, actor=actor)
+        return record
+
+    async def unlock(self, actor: Actor, record: PrincipalRecord, address: str | None) -> PrincipalRecord:
+        """Clear a user's failed sign-ins; an admin action with its audit event."""
+        auth = self.services.auth
+        if record.kind != "user":
+            raise NotAUser(record.name)
+        if address is not None:
+            try:
+                address = str(ipaddress.ip_address(address))
+            except ValueError:
+                raise InvalidInput(f"not an IP address: {address!r}") from None
+        if not isinstance(auth, AuthService):  # pragma: no cover - the console is wired with AuthService
+            raise ServiceUnavailable("sign-in counters are not reachable here", retry_after=60)
+        await auth.unlock(record.name, address)
+        await call(self.admin().record, "user.unlocked", actor, {"target": record.name, "address": address})
         return record
 
     async def set_enabled(

@@ -45,6 +45,7 @@ from zguard.app.console.administration import (
     PasswordChange,
     PasswordReset,
     RolesChange,
+    UnlockRequest,
     actor_of,
     call,
     form_id,
@@ -143,6 +144,13 @@ def _add_user_pages(app: FastAPI, ops: Administration) -> None:
             return await call(ops.admin().set_password, record.name, password, actor=actor_of(identity, request))
 
         return await ops.user_action(request, identity, principal_id, "password", work)
+
+    @app.post("/users/{principal_id}/unlock", dependencies=USERS_MANAGE, include_in_schema=False)
+    async def user_unlock(request: Request, identity: CurrentIdentity, principal_id: int) -> Response:
+        async def work(record: PrincipalRecord, fields: dict[str, str]) -> object:
+            return await ops.unlock(actor_of(identity, request), record, fields.get("address", "")[:64].strip() or None)
+
+        return await ops.user_action(request, identity, principal_id, "unlock", work)
 
     @app.post("/users/{principal_id}/tokens", dependencies=TOKENS_MANAGE, include_in_schema=False)
     async def user_token_create(request: Request, identity: CurrentIdentity, principal_id: int) -> Response:
@@ -252,6 +260,15 @@ def _add_users_api(app: FastAPI, ops: Administration) -> None:
         actor = actor_of(identity, request)
         changed = await call(ops.admin().set_password, record.name, body.password, actor=actor)
         return JSONResponse(principal_json(changed))
+
+    @app.post(f"{API}/users/{{principal_id}}/unlock", dependencies=USERS_MANAGE)
+    async def api_user_unlock(
+        request: Request, identity: CurrentIdentity, principal_id: int, body: UnlockRequest
+    ) -> JSONResponse:
+        """Clear a user's failed sign-ins (from every address; at `address` too), so they can sign in now."""
+        record = await ops.principal_by_id(principal_id)
+        await ops.unlock(actor_of(identity, request), record, body.address)
+        return JSONResponse({"unlocked": record.name, "address": body.address})
 
     @app.get(f"{API}/users/{{principal_id}}/tokens", dependencies=TOKENS_MANAGE)
     async def api_user_tokens(principal_id: int) -> JSONResponse:
