@@ -9,8 +9,11 @@ import dataclasses
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyotp
 import pytest
@@ -30,15 +33,44 @@ class ConsoleUser:
 
 @dataclass(frozen=True)
 class ConsoleServer:
-    """The session's `zguard serve`: its console's base URL and the users who may sign in."""
+    """The session's `zguard serve`: its console's base URL and the users who may sign in:
+    `admin` (with a TOTP key), `generator`, `auditor`, and `member`, a generator whom a test may
+    disable (the others stay enabled for every test)."""
 
     process: ZguardProcess
     admin: ConsoleUser
     generator: ConsoleUser
+    auditor: ConsoleUser
+    member: ConsoleUser
+    # the last TOTP step each user's code was accepted for: the server takes a step once only
+    totp_steps: dict[str, int] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
         return self.process.console
+
+    def one_time_code(self, user: ConsoleUser) -> str:
+        """A TOTP code of `user` the server has not accepted yet: waits for the next 30-second
+        step when this step's code was used (by enrolment or an earlier sign-in)."""
+        assert user.totp is not None, f"{user.name} has no authenticator"
+        self.wait_for_fresh_step(user)
+        step = _step()
+        self.totp_steps[user.name] = step
+        return pyotp.TOTP(user.totp).at(step * TOTP_STEP_S)
+
+    def wait_for_fresh_step(self, user: ConsoleUser) -> None:
+        """Return once the current TOTP step is later than the last one `user`'s code was used
+        for, so that a sign-in with `pyotp.TOTP(key).now()` (test_console_login) is accepted."""
+        last = self.totp_steps.get(user.name)
+        while last is not None and _step() <= last:
+            time.sleep(TOTP_STEP_S - time.time() % TOTP_STEP_S + 0.05)
+
+
+TOTP_STEP_S = 30  # RFC 6238's default, which zguard uses
+
+
+def _step() -> int:
+    return int(time.time() // TOTP_STEP_S)
 
 
 def _zguard(server: ZguardProcess, *argv: str, stdin: str | None = None) -> str:
@@ -95,22 +127,36 @@ def browser() -> Iterator[Browser]:
         chromium.close()
 
 
-@pytest.fixture(scope="session")
-def console_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleServer]:
-    """One `zguard serve` for the session, authentication on, with an admin and a generator who
-    both have passwords."""
-    server = ZguardProcess(tmp_path_factory.mktemp("console") / "state", env={"ZGUARD_API_AUTH__ENABLED": "true"})
+@contextmanager
+def running_console(state_dir: Path) -> Iterator[ConsoleServer]:
+    """A `zguard serve` with authentication on and its users (each with a password), made the
+    way an operator does it; stopped (and its exit status checked) on leaving. Also used by
+    tools/console_screenshots.py."""
+    server = ZguardProcess(state_dir, env={"ZGUARD_API_AUTH__ENABLED": "true"})
     admin = ConsoleUser("admin", _password(), ("admin",))
-    generator = ConsoleUser("designer", _password(), ("generator",))
+    others = (
+        ConsoleUser("designer", _password(), ("generator",)),
+        ConsoleUser("audrey", _password(), ("auditor",)),
+        ConsoleUser("casey", _password(), ("generator",)),
+    )
     _zguard(server, "init", "--admin", admin.name)
-    _zguard(server, "user", "add", generator.name, "--role", "generator")
-    for user in (admin, generator):
+    for user in others:
+        _zguard(server, "user", "add", user.name, *(arg for role in user.roles for arg in ("--role", role)))
+    for user in (admin, *others):
         _zguard(server, "user", "passwd", user.name, stdin=f"{user.password}\n")
     admin = dataclasses.replace(admin, totp=_enrol_totp(server, admin.name))  # admins need one by default
+    enrolled = _step()  # enrolment spent this step's code
     with server:
         server.wait_ready()
-        yield ConsoleServer(server, admin, generator)
+        yield ConsoleServer(server, admin, *others, totp_steps={admin.name: enrolled})
         assert server.stop() == 0, server.log()
+
+
+@pytest.fixture(scope="session")
+def console_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleServer]:
+    """One `zguard serve` for the session (`running_console`)."""
+    with running_console(tmp_path_factory.mktemp("console") / "state") as server:
+        yield server
 
 
 @pytest.fixture
