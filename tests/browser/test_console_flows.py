@@ -12,10 +12,12 @@ it ends, so the next admin sign-in of the session (test_console_login) gets a fr
 from __future__ import annotations
 
 import csv
+import json
 import re
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -136,6 +138,42 @@ def test_a_generator_gets_a_watermarked_image_and_a_banned_prompt_is_refused_by_
     expect(page.locator("figure.generated")).to_have_count(0)
     assert page.locator("#prompt").input_value() == BANNED  # the user's own text, given back to edit
     assert BANNED_TERM not in page.evaluate(WITHOUT_TEXTAREAS)
+    record.assert_clean()
+
+
+def test_an_auditor_traces_an_image_a_generator_downloaded(
+    browser: Browser, console: tuple[Page, PageRecord], console_server: ConsoleServer, tmp_path: Path
+) -> None:
+    """The generator downloads an image; the auditor uploads it on /audit (the page's one script,
+    under script-src 'self' and connect-src 'self') and is told the request that made it."""
+    page, record = console
+    with watched_page(browser, console_server.url) as (designer, designer_record):
+        sign_in(designer, console_server.generator)
+        designer.goto("/generate")
+        designer.locator("#prompt").fill("a harbour at night")
+        sizes = designer.locator("#size option").evaluate_all("options => options.map(o => o.value)")
+        traceable = [s for s in sizes if min(int(side) for side in s.split("x")) >= 256]  # a mark needs tiles to read
+        designer.locator("#size").select_option(
+            min(traceable, key=lambda s: int(s.split("x")[0]) * int(s.split("x")[1]))
+        )
+        designer.locator("#num_inference_steps").fill("1")
+        submit(designer, "form#generate")
+        watermark_id = designer.locator("figure.generated code.watermark").first.inner_text().strip()
+        with designer.expect_download() as download:
+            designer.locator("figure.generated a[download]").first.click()
+        image = tmp_path / "passed-on.png"
+        download.value.save_as(image)
+        designer_record.assert_clean()
+    sign_in(page, console_server.auditor)
+    page.goto("/audit")
+    page.locator("#trace-image").set_input_files(str(image))
+    page.locator("form#trace-form button[type=submit]").click()
+    result = page.locator("#trace-result")
+    expect(result).to_contain_text('"found"', timeout=30_000)
+    traced = json.loads(result.inner_text())
+    assert traced["found"] is True, traced
+    assert traced["watermark_id"] == watermark_id
+    assert traced["generation"]["principal"] == console_server.generator.name
     record.assert_clean()
 
 

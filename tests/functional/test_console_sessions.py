@@ -36,7 +36,7 @@ SAME_ORIGIN = {**PAGE, "origin": "http://console.test", "content-type": "applica
 COOKIE = "zguard-session"
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 
 
@@ -391,3 +391,16 @@ async def test_the_session_service_refuses_logins_as_basic_does(console: Console
         await console.sessions.login("dana", "wrong", info)
     signed = await console.sessions.login("dana", PASSWORD, info)
     assert (await console.sessions.authenticate(signed.cookie, info)).name == "dana"
+
+
+async def test_the_consoles_only_script_is_its_own_file_and_nothing_else_is_served(console: Console) -> None:
+    async with console.client() as client:
+        script = await client.get("/static/trace.js")
+        other = await client.get("/static/../pages.py")
+        unknown = await client.get("/static/evil.js")
+    assert script.status_code == 200
+    assert script.headers["content-type"] == "text/javascript; charset=utf-8"
+    assert "textContent" in script.text  # the answer is shown as text, never parsed as markup
+    assert "innerHTML" not in script.text
+    assert other.status_code in (401, 404)  # normalised to /pages.py: no route, so a stranger learns nothing
+    assert unknown.status_code == 404

@@ -33,7 +33,11 @@ from zguard.services.metrics import CONTENT_TYPE, service_gauges
 
 CONSOLE_MAX_BODY = 16 * 1024
 GENERATE_PATHS = ("/generate", "/console/api/generate")
-STATIC_FILES = {"console.css": "text/css; charset=utf-8", "favicon.svg": "image/svg+xml"}
+STATIC_FILES = {
+    "console.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
+    "trace.js": "text/javascript; charset=utf-8",
+}
 
 
 def generate_body_limit(settings: Settings) -> int:

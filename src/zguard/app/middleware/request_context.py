@@ -30,7 +30,7 @@ API_SECURITY_HEADERS: Mapping[str, str] = {
 CONSOLE_SECURITY_HEADERS: Mapping[str, str] = {
     **API_SECURITY_HEADERS,
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
-    "img-src 'self' data: blob:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "img-src 'self' data: blob:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "Cross-Origin-Opener-Policy": "same-origin",
     "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
 }
