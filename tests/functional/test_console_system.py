@@ -33,6 +33,10 @@ async def test_system_page_shows_the_model_queue_and_audit_state_to_system_reade
     assert refused.status_code == 403
     assert "permission_denied" in refused.text
     assert refused_api.status_code == 403
+    checks = {f["check"]: f for f in api["doctor"]}
+    assert "model_storage_encrypted" in checks  # the host checks `zguard doctor` runs, with their fixes
+    assert 'id="doctor"' in page.text
+    assert all(f["check"] in page.text for f in api["doctor"])
 
 
 async def test_policy_page_lists_each_list_with_its_sha256(console: Console) -> None:

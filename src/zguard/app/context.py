@@ -7,10 +7,10 @@ concrete services (`ImageService`, `AuthService`, `RateLimitService`).
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from zguard.audit import AuditReader, AuditSink
 from zguard.audit.prompts import PromptCapture
@@ -92,3 +92,5 @@ class Services:
     audit_reader: AuditReader | None = None  # the trail as auditors read it; None: no readable store
     sessions: SessionService | None = None  # console sign-in; None: no state database, no console login
     admin: AdminService | None = None  # the console's user and token administration; None: no state database
+    # `zguard doctor`'s findings (check, severity, message, fix) for the console's system page; None: not wired
+    doctor: Callable[[], list[dict[str, Any]]] | None = None

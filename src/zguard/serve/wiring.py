@@ -23,6 +23,7 @@ from zguard.config import Settings
 from zguard.engine import ImageEngine
 from zguard.engine.admission import AdmissionQueue, WorkerThread
 from zguard.errors import ConfigError
+from zguard.ops.doctor import run_checks
 from zguard.provenance.marking import ProvenanceMarker
 from zguard.security.tokens import new_token, token_digest
 from zguard.services.admin import AdminService
@@ -267,5 +268,6 @@ def build_runtime(
         ),
         sessions=SessionService.for_auth(settings.console, auth, audit),
         admin=admin_service(settings, auth, audit),
+        doctor=lambda: [finding.as_dict() for finding in run_checks(settings)],
     )
     return Runtime(services=services, admission=admission, worker=worker, policy=policy)

@@ -71,14 +71,26 @@ def add_system_pages(app: FastAPI, services: Services, sessions: SessionService 
     async def audit_state() -> dict[str, object]:
         return await asyncio.to_thread(services.audit_health.snapshot)
 
+    async def findings() -> list[dict[str, Any]]:
+        return await asyncio.to_thread(services.doctor) if services.doctor is not None else []
+
     @app.get("/system", dependencies=[requires(Permission.SYSTEM_READ)], include_in_schema=False)
     async def system_page(request: Request, identity: CurrentIdentity) -> Response:
-        return page(request, "system.html", identity, system=system_status(services), audit=await audit_state())
+        return page(
+            request,
+            "system.html",
+            identity,
+            system=system_status(services),
+            audit=await audit_state(),
+            findings=await findings(),
+        )
 
     @app.get(f"{API}/system", dependencies=[requires(Permission.SYSTEM_READ)])
     async def system_json() -> JSONResponse:
-        """The served model, readiness, queue and the audit trail's state."""
-        return JSONResponse({"model": system_status(services), "audit": await audit_state()})
+        """The served model, readiness, queue, the audit trail's state and `zguard doctor`'s findings."""
+        return JSONResponse(
+            {"model": system_status(services), "audit": await audit_state(), "doctor": await findings()}
+        )
 
     @app.get("/policy", dependencies=[requires(Permission.SYSTEM_READ)], include_in_schema=False)
     async def policy_page(request: Request, identity: CurrentIdentity) -> Response:
