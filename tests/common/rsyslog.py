@@ -190,8 +190,11 @@ class Rsyslog:
         return path.read_bytes().decode("utf-8") if path.exists() else ""
 
     def lines(self, name: Input) -> list[str]:
-        """The records received, split wherever Unicode sees a line break (not just at LF)."""
-        return self.text(name).splitlines()
+        """The records received, split wherever Unicode sees a line break (not just at LF). A
+        record rsyslog is still writing (no LF after it yet) is left for the next read: parsing
+        half of it failed the outage test under load (its tail cut inside the structured data)."""
+        text = self.text(name)
+        return text[: text.rfind("\n") + 1].splitlines()
 
     def wait_for_lines(self, name: Input, count: int, timeout: float = 20.0) -> list[str]:
         """The records of `name` once there are `count` or more; AssertionError after `timeout` s."""
