@@ -165,6 +165,8 @@ async def test_a_user_removes_their_own_factor_with_a_current_code(admins_need_t
         secret = await enrol(client, console)
         page = await client.get("/account", headers=PAGE)
         assert 'id="totp-remove"' in page.text
+        assert page.text.count('id="totp-enrol"') == 1
+        assert re.search(r"<title>[^<]*</title>", page.text)  # the page's title is text, no section pasted in
         console.now.advance(30)
         stale = await client.post(
             "/account/totp/remove", data={"csrf_token": csrf_of(page), "code": "123456"}, headers=SAME_ORIGIN
