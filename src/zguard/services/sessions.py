@@ -199,7 +199,7 @@ class SessionService:
     async def authenticate(self, cookie: str, info: RequestInfo) -> Identity:
         """The identity behind a session cookie, or SessionExpired (audited with the reason)."""
         digest = token_hash(cookie)
-        version = await asyncio.to_thread(self._principals.auth_version)
+        version = self._principals.auth_version()  # its own connection, ~5 µs: as AuthService reads it, no thread hop
         now = self._clock()
         cached = self._cache.get(digest)
         if cached is None or cached.version != version:
