@@ -202,6 +202,29 @@ class AuditWatermark(Base):
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False, index=True)
 
 
+AUDIT_TIME_BLOCK = 4096
+"""Events per row of `audit_time_blocks`: a million events make 245 rows."""
+
+
+class AuditTimeBlock(Base):
+    """The earliest and latest event time in each run of `AUDIT_TIME_BLOCK` chain positions
+    (`block` = seq // AUDIT_TIME_BLOCK): a block-range index, like PostgreSQL's BRIN, kept by hand
+    so that it works on SQLite too.
+
+    Event times follow the chain's order only roughly (each event carries the time it happened,
+    appended later by whichever writer), so a time range cannot be read as a seq range directly;
+    the blocks whose [min_ms, max_ms] meet the range bound where its events can be, exactly, and
+    a search scans only those positions. Derived data outside the chain, like `audit_watermarks`:
+    written in the append's transaction, rebuilt from the events by migration 0007.
+    """
+
+    __tablename__ = "audit_time_blocks"
+
+    block: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    min_ms: Mapped[int] = mapped_column(BigInteger)
+    max_ms: Mapped[int] = mapped_column(BigInteger)
+
+
 class AuditCursor(Base):
     """How far a consumer of the trail (the syslog forwarder) has durably got: the outbox."""
 
