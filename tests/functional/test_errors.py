@@ -721,3 +721,36 @@ async def test_requests_at_the_limits_are_accepted(tmp_path: Path) -> None:
         streamed = await client.post(GENERATIONS, content=_chunks(padded(MAX_BODY)), headers=JSON_TYPE)
         assert streamed.status_code == 200, streamed.text
     assert len(engine.started) == len(ACCEPTED_AT_THE_LIMITS) + 5
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("PUT", GENERATIONS, "POST"),
+        ("TRACE", GENERATIONS, "POST"),
+        ("TRACE", "/v1/models", "GET"),
+        ("HEAD", "/v1/models", "GET"),
+        ("POST", "/healthz", "GET"),
+        ("TRACE", "/healthz", "GET"),
+    ],
+)
+async def test_a_405_names_the_methods_the_path_allows(
+    client: httpx.AsyncClient, method: str, path: str, allow: str
+) -> None:
+    resp = await client.request(method, path)
+    assert resp.status_code == 405
+    assert resp.headers["allow"] == allow  # RFC 9110 §15.5.6: a 405 must list them
+    if method != "HEAD":
+        assert_error(resp, 405, "method_not_allowed")
+        assert allow in resp.json()["error"]["message"]
+
+
+async def test_a_405_on_the_console_lists_every_route_of_the_path(settings: Settings, runtime: Runtime) -> None:
+    """FastAPI makes one route per method (the sign-in page and its form are two); Starlette's own
+    405 names only the first that matched the path."""
+    async with console_client(settings, runtime) as console:
+        resp = await console.request("PUT", "/login")
+        assert resp.status_code == 405
+        assert resp.headers["allow"] == "GET, POST"
+        resp = await console.request("TRACE", "/login")
+        assert resp.headers["allow"] == "GET, POST"

@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Match
 
 from zguard.errors import (
     AuthenticationError,
@@ -75,13 +76,26 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     if status == 404:
         error = RouteNotFound("no such endpoint")
     elif status == 405:
-        error = MethodNotAllowed("method not allowed on this endpoint")
+        allow = allowed_methods(request)
+        error = MethodNotAllowed(f"method not allowed on this endpoint; it allows {allow}")
+        error.headers = {**error.headers, "Allow": allow}
     elif status < 500 and isinstance(exc, StarletteHTTPException):
         error = RequestError("bad request")
         error.status = status
     else:
         return internal_error(request.state.request_id)
     return error_response(error)
+
+
+def allowed_methods(request: Request) -> str:
+    """RFC 9110's `Allow` for a 405: every method some route at this path takes. Starlette names
+    only the first route that matched the path, and FastAPI makes one route per method."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
 
 
 # pydantic error types that mean "not of the declared type" (the rest mean "a value out of bounds")
