@@ -15,20 +15,28 @@ Every `audit.checkpoint` event's Ed25519 signature is checked and its head hash 
 the chain at the point it covers. What the database alone cannot show — the whole tail after
 the last checkpoint removed *and* the head row rewritten to match — the checkpoints forwarded to
 syslog still show; compare `zguard audit status` with the collector's last checkpoint.
+
+On a live trail the server keeps appending while the walk runs: a row beyond the head read at the
+start is taken as appended meanwhile only when the head, read again, covers it (the store moves
+the head in the same transaction as it writes the rows); the walk then ends at the first head,
+which it checked. A row beyond the head as read again is still named as inserted.
+
+A caller showing progress (the console's "verify now") passes `progress`: it is called with the
+rows checked so far every `progress_every` rows (an integer comparison per row otherwise).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from zguard.audit.chain import CHECKPOINT_TYPE, checkpoint_valid, column_text
-from zguard.audit.store import ROW_COLUMNS, AuditStore
+from zguard.audit.store import ROW_COLUMNS, AuditStore, Head
 
 Kind = Literal["edited", "deleted", "inserted", "reordered", "truncated", "forged_checkpoint"]
 
@@ -81,6 +89,7 @@ _CHECKED = (
     (6, "request_id", 64),
 )
 _RING = 4096  # the last events' (seq, hash): where an insertion's link and a checkpoint's head are looked up
+PROGRESS_EVERY = 10_000  # rows between progress calls: well under a second of verification
 
 
 def verify_rows(
@@ -91,9 +100,17 @@ def verify_rows(
     head_seq: int | None,
     head_hash: str | None = None,
     public_key: Ed25519PublicKey | None,
+    progress: Callable[[int], None] | None = None,
+    progress_every: int = PROGRESS_EVERY,
+    head_now: Callable[[], int] | None = None,
 ) -> Report:
-    """Check rows (tuples in `ROW_COLUMNS` order) given in ascending `seq` order."""
+    """Check rows (tuples in `ROW_COLUMNS` order) given in ascending `seq` order.
+
+    `progress`, when given, is called with the count of rows checked every `progress_every` (> 0)
+    rows. `head_now`, when given, reads the head's seq again once a row past `head_seq` shows up:
+    if it covers that row, the row was appended during the walk and the walk ends there."""
     report = Report()
+    ticks = _Progress(progress, progress_every)
     expected_seq = base_seq + 1
     prev_hash = base_hash
     ring: list[tuple[int, str]] = [(-1, "")] * _RING  # ring[seq % _RING] = (seq, hash) of the last good rows
@@ -113,10 +130,12 @@ def verify_rows(
 
     for row in rows:
         seq, raw, row_prev, row_hash = row[_SEQ], row[_BODY], row[_PREV], row[_HASH]
+        if head_seq is not None and seq > head_seq:
+            if head_now is not None and head_now() >= seq:
+                break
+            return fail("inserted", seq, f"event(s) from {seq} on were inserted after the recorded head {head_seq}")
         if report.first_seq is None:
             report.first_seq = seq
-        if head_seq is not None and seq > head_seq:
-            return fail("inserted", seq, f"event(s) from {seq} on were inserted after the recorded head {head_seq}")
         try:
             body = loads(raw)
             digest = sha256(f"{row_prev}\n{raw}".encode()).hexdigest()
@@ -172,6 +191,8 @@ def verify_rows(
         expected_seq = seq + 1
         last_seq = seq
         report.events += 1
+        if report.events == ticks.at:
+            ticks.tick(report.events)
     report.last_seq = last_seq if report.events else None
     if head_seq is not None:
         if last_seq < head_seq:
@@ -187,6 +208,26 @@ def verify_rows(
                 f"the chain's last hash (event {last_seq}) differs from the recorded head: events were rewritten",
             )
     return report
+
+
+class _Progress:
+    """`verify_rows`' progress calls: at `at` rows checked, then every `every` rows. Without a
+    callback `at` is never reached, so the walk pays one integer comparison per row."""
+
+    __slots__ = ("at", "call", "every")
+
+    def __init__(self, call: Callable[[int], None] | None, every: int) -> None:
+        self.call = call if call is not None else _no_progress
+        self.every = every
+        self.at = every if call is not None else -1
+
+    def tick(self, checked: int) -> None:
+        self.call(checked)
+        self.at += self.every
+
+
+def _no_progress(checked: int) -> None:
+    del checked
 
 
 def _check_checkpoint(  # noqa: PLR0917 - the verifier's state it reads
@@ -220,9 +261,17 @@ def _check_checkpoint(  # noqa: PLR0917 - the verifier's state it reads
     return None
 
 
-def verify_store(store: AuditStore, public_key: Ed25519PublicKey | None) -> Report:
-    """Verify the whole stored chain against its head row and checkpoints."""
-    head = store.head()
+def verify_store(
+    store: AuditStore,
+    public_key: Ed25519PublicKey | None,
+    *,
+    head: Head | None = None,
+    progress: Callable[[int], None] | None = None,
+    progress_every: int = PROGRESS_EVERY,
+) -> Report:
+    """Verify the whole stored chain against its head row and checkpoints: through `head` (read
+    from the store at the start when None), with `verify_rows`' `progress` calls."""
+    head = store.head() if head is None else head
     return verify_rows(
         store.iter_rows(),
         base_seq=head.base_seq,
@@ -230,4 +279,7 @@ def verify_store(store: AuditStore, public_key: Ed25519PublicKey | None) -> Repo
         head_seq=head.seq,
         head_hash=head.hash,
         public_key=public_key,
+        progress=progress,
+        progress_every=progress_every,
+        head_now=store.head_seq,
     )

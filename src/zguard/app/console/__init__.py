@@ -37,6 +37,7 @@ STATIC_FILES = {
     "console.css": "text/css; charset=utf-8",
     "favicon.svg": "image/svg+xml",
     "trace.js": "text/javascript; charset=utf-8",
+    "verify.js": "text/javascript; charset=utf-8",
 }
 
 

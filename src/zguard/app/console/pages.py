@@ -22,6 +22,7 @@ from zguard.app.console.common import N_, Page, form, may
 from zguard.app.console.generate import add_generate_pages
 from zguard.app.console.system import add_system_pages
 from zguard.app.console.users import add_users_pages
+from zguard.app.console.verify import add_verify_routes
 from zguard.app.console.web import (
     LANGUAGE_COOKIE,
     LANGUAGES,
@@ -131,6 +132,7 @@ def add_console_pages(app: FastAPI, services: Services, sessions: SessionService
     _add_api(app, services, live, tls=tls)
     for add in (add_generate_pages, add_users_pages, add_audit_pages, add_system_pages):
         add(app, services, live, page)
+    add_verify_routes(app, services, page)
 
 
 def _add_sign_in(app: FastAPI, sessions: SessionService | NoSessions, page: Page, *, tls: bool) -> None:
