@@ -49,6 +49,7 @@ message and the fix; the HTTP layer (zguard.app.errors) answers an operator erro
     │   │   ├── NotReady                    model_not_ready: loading or warming up
     │   │   ├── RateLimiterUnavailable      rate_limiter_unavailable: the counter storage (Redis) failed; fail closed
     │   │   ├── TooManyConnections          too_many_connections: the listener's or the client address's connection cap
+    │   │   ├── IdentityProviderUnavailable identity_provider_unavailable: the IdP's keys (JWKS) could not be fetched
 │   │   └── AuditUnavailable            audit_unavailable: the trail could not record the request; fail closed
     │   ├── GenerationTimeout (504)         generation_timeout
     │   ├── TraceTimeout (504)              trace_timeout: a trace ran past provenance.trace_timeout_s
@@ -421,6 +422,14 @@ class TooManyConnections(ServiceUnavailable):
 
     code = "too_many_connections"
     fix = "close idle connections (smaller client pools), or raise api.transport.max_connections / max_connections_per_client"
+
+
+class IdentityProviderUnavailable(ServiceUnavailable):
+    """The bank's identity provider could not be asked (its JWKS or discovery document) and no key
+    for the credential is cached; refused rather than let through (zguard.services.jwt_bearer)."""
+
+    code = "identity_provider_unavailable"
+    fix = "check the IdP is up and reachable from this host (identity.jwt.issuer, identity.jwt.jwks_url, identity.jwt.ca_file); the server log has the error"
 
 
 AUDIT_RETRY_AFTER_S = 5

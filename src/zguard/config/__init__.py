@@ -4,6 +4,7 @@ Everything outside imports from here. The model imports nothing above it: only `
 the pure parsers of `zguard.security` and its own pure size rules (`zguard.config.sizes`).
 """
 
+from zguard.config.identity import IdentitySettings, JwtSettings
 from zguard.config.settings import (
     DEFAULT_CONFIG_PATH,
     ENV_CONFIG,
@@ -38,8 +39,10 @@ __all__ = [
     "ConsoleSettings",
     "DatabaseSettings",
     "GenerationSettings",
+    "IdentitySettings",
     "IntegritySettings",
     "IsolationSettings",
+    "JwtSettings",
     "ListenerSettings",
     "ModelSettings",
     "PolicySettings",

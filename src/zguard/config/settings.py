@@ -6,13 +6,14 @@ declares what can be set, its defaults and its validation.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
+from zguard.config.identity import IdentitySettings, check_role_map
+from zguard.config.sections import Section, is_loopback
 from zguard.config.sizes import SIZE_STEP, check_size, parse_size
 from zguard.security.detectors import DEFAULT_ACTIONS, DETECTORS, Action
 from zguard.security.netacl import LOOPBACK_NETWORKS, parse_networks
@@ -25,17 +26,9 @@ ENV_PREFIX = "ZGUARD_"
 ENV_CONFIG = "ZGUARD_CONFIG"
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+# The names this module has always used (zguard.config.sections holds them for every section module).
+_Section = Section
+_is_loopback = is_loopback
 
 
 def _as_list(value: Any) -> Any:
@@ -801,6 +794,10 @@ class Settings(_Section):
         default_factory=ProvenanceSettings,
         description="Provenance of generated images: the invisible watermark `zguard trace` reads, and the GB 45438-2025 implicit and explicit labels.",
     )
+    identity: IdentitySettings = Field(
+        default_factory=IdentitySettings,
+        description="The bank's identity provider: its JWTs as API bearer tokens (`identity.jwt`).",
+    )
     trusted_proxies: list[str] = Field(
         default_factory=list,
         description="Networks (CIDR) of the reverse proxies and load balancers in front of zguard. Only when the TCP peer is one of them is `X-Forwarded-For` read, taking the right-most address that is not a trusted proxy; from anyone else the header is ignored. Empty by default: the peer is always the client.",
@@ -840,6 +837,11 @@ class Settings(_Section):
                 check_assignment(user.roles, registry)
             except RoleError as exc:
                 raise ValueError(f"api_auth.users.{index}.roles: {exc}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _identity_roles(self) -> Settings:
+        check_role_map(self.identity, self.role_registry(), api_auth_enabled=self.api_auth.enabled)
         return self
 
     def role_registry(self) -> RoleRegistry:

@@ -30,6 +30,7 @@ from zguard.services.admin import AdminService
 from zguard.services.auth import AuthService
 from zguard.services.counters import CounterStorage
 from zguard.services.images import ImageService
+from zguard.services.jwt_bearer import JwtVerifier
 from zguard.services.prompt_policy import PolicyHolder
 from zguard.services.ratelimit import RateLimitService
 from zguard.services.readiness import Readiness
@@ -189,13 +190,16 @@ def issue_demo_token(settings: Settings, store: PrincipalStore, token_key: bytes
 
 
 def build_auth(settings: Settings, store: PrincipalStore | None, token_key: bytes, audit: AuditSink) -> AuthService:
+    registry = settings.role_registry()
+    jwt = settings.identity.jwt
     return AuthService(
         settings.api_auth,
-        settings.role_registry(),
+        registry,
         store=store,
         token_key=token_key,
         audit=audit,
         counters=CounterStorage.from_settings(settings.rate_limits),
+        jwt=JwtVerifier.from_settings(jwt, registry) if jwt.enabled else None,
     )
 
 

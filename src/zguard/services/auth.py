@@ -47,6 +47,14 @@ Decisions written here:
 - Every refusal has the same message whether the name, the token or the password was wrong.
 - No password, token or digest is logged or put in an audit event; a token's non-secret display
   prefix is.
+- A bearer credential that is not a `zg_` key and is shaped like a compact JWS is, when
+  `identity.jwt.enabled`, verified by `zguard.services.jwt_bearer` (keys only from the IdP's
+  JWKS; the checks and reasons are listed there): a service identity `jwt:<client>`, method
+  `jwt`, with the roles `identity.jwt.role_map` grants, remembered by the verifier until the
+  token's `exp` and never beyond. A refused JWT is counted per address like an unknown token
+  and answered 401 `invalid_api_key` (429 once the address is over its limit); a valid one is
+  never refused by the counter. No key cached and the IdP unreachable: 503
+  `identity_provider_unavailable`, audited (fail closed).
 - When `api_auth.enabled` is false (allowed on loopback only) every request is the local
   anonymous identity with the roles in `ANONYMOUS_ROLES`.
 """
@@ -69,6 +77,7 @@ from typing import Literal, TypeVar
 from zguard.audit import AuditEvent, AuditSink, RequestRecord, report
 from zguard.config import ApiAuthSettings, ConfigUser
 from zguard.errors import (
+    IdentityProviderUnavailable,
     InvalidApiKey,
     MissingCredentials,
     PermissionDenied,
@@ -81,6 +90,7 @@ from zguard.security.rbac import Permission, RoleRegistry, authorize
 from zguard.security.tokens import display_prefix, looks_like_token, token_digest
 from zguard.services.counters import CounterStorage
 from zguard.services.failed_logins import LoginFailures
+from zguard.services.jwt_bearer import JwtVerifier, TokenRefused, looks_like_jws
 from zguard.store.principals import PrincipalRecord, PrincipalStore, TokenRecord
 
 log = logging.getLogger("zguard.auth")
@@ -94,7 +104,7 @@ BCRYPT_SLOTS = 2  # concurrent bcrypt verifications; the rest wait (and count ag
 ACTIVE_DIGESTS_TTL_S = 60.0  # the store's active token digests are read again at most this often
 FAILED_LOGINS = "too many failed logins for this user or from this address; retry later"
 
-Method = Literal["bearer", "basic", "none", "session"]
+Method = Literal["bearer", "basic", "none", "session", "jwt"]
 V = TypeVar("V")
 
 
@@ -174,9 +184,11 @@ class AuthService:
         counters: CounterStorage,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        jwt: JwtVerifier | None = None,
     ) -> None:
         """`counters` is where failed logins are counted (the request rates' storage in `serve`);
-        `clock` (monotonic) times the caches, `now` (aware UTC) token expiry."""
+        `clock` (monotonic) times the caches, `now` (aware UTC) token expiry; `jwt` verifies the
+        IdP's bearer JWTs (None: `identity.jwt` is off and a JWT is a malformed key)."""
         self._settings = settings
         self._registry = registry
         self._store = store
@@ -198,6 +210,7 @@ class AuthService:
         self._dummy_stale = store is not None  # the store's highest cost is still to be read
         self._dummy: str | None = None
         self._bcrypt = asyncio.Semaphore(BCRYPT_SLOTS)
+        self._jwt = jwt
 
     @property
     def audit(self) -> AuditSink:
@@ -275,6 +288,8 @@ class AuthService:
     # --- bearer ---------------------------------------------------------------------------
 
     async def _bearer(self, token: str, info: RequestInfo) -> Identity:
+        if self._jwt is not None and looks_like_jws(token):
+            return await self._jwt_bearer(self._jwt, token, info)
         if not looks_like_token(token):
             self._deny("invalid_api_key", info, method="bearer", reason="malformed")
             raise InvalidApiKey(
@@ -306,6 +321,34 @@ class AuthService:
             raise InvalidApiKey(INVALID)
         self._touch(cached.record)
         return cached.identity
+
+    async def _jwt_bearer(self, verifier: JwtVerifier, token: str, info: RequestInfo) -> Identity:
+        try:
+            verified = await verifier.verify(token)
+        except TokenRefused as refusal:
+            retry = await self._failures.token_retry_after(info.client)
+            await self._failures.record_token(info.client)
+            extra = {"jwt": refusal.detail}
+            if retry is not None:
+                self._deny("too_many_failed_logins", info, method="jwt", reason=refusal.reason, extra=extra)
+                raise TooManyFailedLogins(
+                    "too many failed attempts from this address; retry later", retry_after=retry
+                ) from None
+            self._deny("invalid_api_key", info, method="jwt", reason=refusal.reason, extra=extra)
+            raise InvalidApiKey(refusal.message) from None
+        except IdentityProviderUnavailable as error:
+            log.error(
+                "refusing an IdP bearer token: no signing key cached and the IdP cannot be asked (%s)", error.detail
+            )
+            self._deny(error.code, info, method="jwt", reason="idp_unavailable", extra={"jwt": error.detail})
+            raise
+        return Identity(
+            name=f"jwt:{verified.principal}",
+            kind="service",
+            roles=verified.roles,
+            method="jwt",
+            token_prefix=f"jti:{verified.jti[:64]}" if verified.jti else None,
+        )
 
     def _maybe_active(self, digest: str) -> bool:
         """Whether `digest` is among the store's active token digests (read again, at most every
@@ -514,6 +557,7 @@ class AuthService:
         principal: str | None = None,
         token: str | None = None,
         reason: str | None = None,
+        extra: Mapping[str, str | None] | None = None,
     ) -> None:
         report(
             self._audit,
@@ -527,6 +571,6 @@ class AuthService:
                 client=info.client,
                 principal=principal,
                 auth_method=method,
-                detail={"token": token, "reason": reason},
+                detail={"token": token, "reason": reason, **(extra or {})},
             ),
         )
