@@ -242,7 +242,9 @@ def add_verify_routes(app: FastAPI, services: Services, page: Page) -> None:
             request,
             "audit_verify.html",
             identity,
-            status=200 if available else 503,
+            # 503 as /audit without a readable trail; a readable one without a chain (the memory
+            # sink) is a page that says there is nothing to verify, as /audit is a page.
+            status=200 if available or services.audit_reader is not None else 503,
             available=available,
             job=job,
             joined=request.query_params.get("joined") == "1" and job is not None and job.state == "running",
