@@ -8,6 +8,10 @@ Decisions:
 - A waiter that is cancelled (timeout, client disconnected) leaves the queue without the engine
   ever seeing its job. A job cancelled while running gets its stop flag raised; the engine stops
   at the next denoising step, and the next job starts only once the thread is really free.
+- A caller may name its job with a ticket (`TICKET`, a context variable, so the layers between
+  the console and here pass nothing): `position(ticket)` then says how many jobs are ahead of
+  it. A ticket is held only while its job waits or runs, so the map is bounded by `max_queue`
+  plus the one running job; the caller makes the ticket unguessable and scopes it to its owner.
 """
 
 from __future__ import annotations
@@ -18,14 +22,17 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from contextvars import ContextVar
+from typing import Any, Literal, TypeVar
 
 from zguard.errors import ServerBusy
 
 T = TypeVar("T")
 StopFlag = Callable[[], bool]
+TICKET: ContextVar[Hashable | None] = ContextVar("zguard_admission_ticket", default=None)
+Position = tuple[Literal["waiting", "running"], int]  # the state and the number of jobs ahead
 
 
 class WorkerThread:
@@ -68,6 +75,14 @@ class AdmissionQueue:
         self._waiting = 0
         self._running = 0
         self._estimate_s = initial_estimate_s
+        self._arrivals = 0
+        self._queued: dict[int, Hashable | None] = {}  # arrival number → ticket, in arrival order
+        self._running_tickets: set[Hashable] = set()
+
+    @property
+    def max_queue(self) -> int:
+        """How many jobs may wait; one more arriving is refused (`ServerBusy`)."""
+        return self._max_queue
 
     @property
     def waiting(self) -> int:
@@ -76,6 +91,18 @@ class AdmissionQueue:
     @property
     def running(self) -> int:
         return self._running
+
+    def position(self, ticket: Hashable) -> Position | None:
+        """Where the job with `ticket` stands: ("running", 0), ("waiting", jobs ahead of it:
+        those waiting before it and the one running), or None when no such job waits or runs."""
+        if ticket in self._running_tickets:
+            return "running", 0
+        ahead = self._running
+        for queued in self._queued.values():  # at most max_queue entries
+            if queued == ticket:
+                return "waiting", ahead
+            ahead += 1
+        return None
 
     def retry_after_s(self) -> int:
         return max(1, math.ceil(self._estimate_s * (self._waiting + 1)))
@@ -88,11 +115,16 @@ class AdmissionQueue:
                 retry_after=self.retry_after_s(),
                 detail=f"{self._waiting} waiting, max_queue={self._max_queue}",
             )
+        ticket = TICKET.get()
+        arrival = self._arrivals
+        self._arrivals += 1
         self._waiting += 1
+        self._queued[arrival] = ticket
         try:
             await self._lock.acquire()
         finally:
             self._waiting -= 1
+            del self._queued[arrival]
         stop = threading.Event()
         started = time.perf_counter()
         try:
@@ -101,9 +133,12 @@ class AdmissionQueue:
             self._lock.release()
             raise
         self._running += 1
+        if ticket is not None:
+            self._running_tickets.add(ticket)
 
         def finished(_: Future[T]) -> None:
             self._running -= 1
+            self._running_tickets.discard(ticket)
             elapsed = time.perf_counter() - started
             self._estimate_s = 0.8 * self._estimate_s + 0.2 * elapsed
             self._lock.release()

@@ -36,6 +36,7 @@ GENERATE_PATHS = ("/generate", "/console/api/generate")
 STATIC_FILES = {
     "console.css": "text/css; charset=utf-8",
     "favicon.svg": "image/svg+xml",
+    "generate.js": "text/javascript; charset=utf-8",
     "trace.js": "text/javascript; charset=utf-8",
     "verify.js": "text/javascript; charset=utf-8",
 }

@@ -7,6 +7,12 @@ browser goes away. The images are shown from memory as `data:` URIs (the console
 `img-src data:`; pages are `no-store`) and are never written anywhere. A refused request re-shows
 the form with the reason next to its field, in the reader's language; a policy refusal names the
 category, never the matched term (the audit event has its id).
+
+While the POST waits, static/generate.js polls `GET /console/api/generate/queue` for the queue's
+numbers and, when the form carried a ticket (16-32 hex characters the script draws at random),
+the position of that job. Tickets are scoped to the caller's session: the admission queue keys
+them by (session, ticket), so another session naming the same ticket learns nothing; the queue
+forgets a ticket when its job ends. Without the script the form posts as it always did.
 """
 
 from __future__ import annotations
@@ -14,13 +20,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from zguard.app.auth import CurrentIdentity, requires
 from zguard.app.console.common import N_, Page, form
@@ -31,7 +38,9 @@ from zguard.app.middleware.audit_requests import request_record
 from zguard.app.schemas import ErrorResponse, ImageGenerationRequest, ImageGenerationResponse
 from zguard.app.wire import image_request, image_response, parse_json_object
 from zguard.audit import DetailValue
+from zguard.engine.admission import TICKET
 from zguard.errors import (
+    InvalidValue,
     PromptRejected,
     RequestError,
     ServiceUnavailable,
@@ -45,6 +54,8 @@ from zguard.services.images import GeneratedImages, ImageRequest
 from zguard.services.sessions import NoSessions, SessionService
 
 API_PATH = "/console/api/generate"
+QUEUE_PATH = "/console/api/generate/queue"
+TICKET_FORMAT = re.compile(r"[0-9a-f]{16,32}")
 FIELDS = ("prompt", "negative_prompt", "size", "num_inference_steps", "seed", "n")
 NUMBERS = ("num_inference_steps", "seed", "n")
 NUMBER_DIGITS = 20  # a longer "number" is refused by the schema as text, not converted
@@ -163,6 +174,20 @@ def form_request(fields: Mapping[str, str]) -> dict[str, Any]:
     return body
 
 
+def ticket_of(raw: str | None) -> str | None:
+    """A well-formed client ticket (16-32 lower-case hex characters), else None."""
+    if raw is None:
+        return None
+    raw = raw.lower()
+    return raw if raw.isascii() and TICKET_FORMAT.fullmatch(raw) else None
+
+
+def ticket_key(identity: Identity, ticket: str) -> tuple[str, str, str]:
+    """The admission queue's key for a ticket: bound to the caller's session (or, for a token
+    caller, its name), so only that session can ask where its job stands."""
+    return ("ticket", identity.session_hash or f"principal:{identity.name}", ticket)
+
+
 def _label_of(blob: bytes) -> dict[str, str] | None:
     from PIL import Image  # noqa: PLC0415 - only pages that show images decode one
 
@@ -242,6 +267,8 @@ def add_generate_pages(app: FastAPI, services: Services, sessions: SessionServic
     async def generate_page(request: Request, identity: CurrentIdentity) -> Response:
         fields = await form(request)
         values = {name: fields.get(name, "") for name in FIELDS}
+        ticket = ticket_of(fields.get("ticket"))
+        token = TICKET.set(ticket_key(identity, ticket) if ticket is not None else None)
         try:
             result = await run_generation(request, services, identity, image_request(form_request(fields)))
         except ZguardError as error:
@@ -257,11 +284,34 @@ def add_generate_pages(app: FastAPI, services: Services, sessions: SessionServic
                 response.headers["Retry-After"] = str(error.retry_after)
             response.headers.update(error.headers)  # RateLimit-*, as the API answers them
             return response
+        finally:
+            TICKET.reset(token)
         if result is None:
             return Response(status_code=499)  # the browser left: nothing to show, nothing kept
         record = request_record(request.scope)
         images = await shown_images(result, record.images if record is not None else ())
         return show(request, identity, values=values, result=result, images=images)
+
+    @app.get(QUEUE_PATH, dependencies=[requires(Permission.IMAGES_GENERATE)])
+    async def generate_queue_json(request: Request, identity: CurrentIdentity) -> JSONResponse:
+        """The generation queue: `running` and `waiting` jobs and `limit` (how many may wait).
+        With `?ticket=` (the 16-32 hex characters the Generate form posted), also `position` of
+        that job of the caller's own session: `{"state": "waiting", "ahead": n}`, `{"state":
+        "running", "ahead": 0}`, or null when it is not (or no longer, or not yet) queued."""
+        admission = services.admission
+        body: dict[str, Any] = {
+            "running": admission.running,
+            "waiting": admission.waiting,
+            "limit": admission.max_queue,
+        }
+        raw = request.query_params.get("ticket")
+        if raw is not None:
+            ticket = ticket_of(raw)
+            if ticket is None:
+                raise InvalidValue("ticket: 16 to 32 hexadecimal characters", param="ticket")
+            found = admission.position(ticket_key(identity, ticket))
+            body["position"] = None if found is None else {"state": found[0], "ahead": found[1]}
+        return JSONResponse(body)
 
     @app.post(
         API_PATH,
