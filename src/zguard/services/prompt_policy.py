@@ -49,12 +49,17 @@ class ReloadResult:
     terms: int = 0
     error: str | None = None
 
-    def audit_event(self, trigger: str) -> AuditEvent:
+    def audit_event(self, trigger: str, principal: str | None = None) -> AuditEvent:
+        """`policy.reloaded`: `trigger` (`SIGHUP`, which `zguard policy reload` sends, or `console`)
+        and `principal` (who pressed the console's button; None for a signal) say who or what."""
         detail: dict[str, str | int | None] = {"trigger": trigger, "terms": self.terms}
         detail.update({f"sha256:{name}": digest for name, digest in self.hashes.items()})
         if self.error is not None:
             detail["error"] = self.error
-        return AuditEvent(type=RELOAD_EVENT, outcome="done" if self.ok else "failed", detail=detail)
+        code = None if self.ok else PolicyLoadError.code
+        return AuditEvent(
+            type=RELOAD_EVENT, outcome="done" if self.ok else "failed", code=code, principal=principal, detail=detail
+        )
 
 
 def builtin_names() -> list[str]:
@@ -179,11 +184,13 @@ class PolicyHolder:
         return ReloadResult(ok=True, hashes=hashes, terms=policy.term_count)
 
 
-def reload_and_audit(holder: PolicyHolder, audit: AuditSink, trigger: str) -> ReloadResult:
+def reload_and_audit(
+    holder: PolicyHolder, audit: AuditSink, trigger: str, principal: str | None = None
+) -> ReloadResult:
     """Reload and record `policy.reloaded` with each list's hash. Blocking: run it off the event loop."""
     result = holder.reload()
     try:
-        audit.emit(result.audit_event(trigger))
+        audit.emit(result.audit_event(trigger, principal))
     except Exception:  # the reload stands either way; a missing audit record must be visible in the log
         log.exception("could not audit the prompt policy reload")
     return result

@@ -7,11 +7,18 @@
   SHA-256 of each, the reload counts; "test a prompt" answers with the verdict the API would give
   (the category, never the matched term unless `policy.reveal_terms`); "reload" is the same
   `reload_and_audit` SIGHUP and `zguard policy reload` run, so it leaves the same audit event.
+  The page (and `GET /console/api/policy/reloads`) also shows the last reloads, read back from
+  the audit trail: shown to whoever may view the page, not only to `audit:read`, because a
+  `policy.reloaded` event is policy metadata (when, who, outcome, list hashes) and holds no
+  prompt. Without a readable store the history says it is unavailable; the page still answers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI
@@ -26,11 +33,15 @@ from zguard.app.middleware.audit_requests import request_record
 from zguard.app.wire import parse_json_object
 from zguard.errors import InvalidValue
 from zguard.security.rbac import Permission
-from zguard.services.prompt_policy import reload_and_audit
+from zguard.services.prompt_policy import RELOAD_EVENT, reload_and_audit
 from zguard.services.sessions import NoSessions, SessionService
 
 API = "/console/api"
 PROMPT_MAX = 4000  # characters a tested prompt may have (the API's own bound is tighter or equal)
+HISTORY_ROWS = 20  # reloads the history shows, newest first: one bounded, indexed read of the trail
+SOURCES = {"SIGHUP": "signal", "console": "console"}  # `zguard policy reload` sends SIGHUP: "signal"
+HASH_PREFIX = "sha256:"
+log = logging.getLogger("zguard.console")
 
 
 def system_status(services: Services) -> dict[str, Any]:
@@ -53,6 +64,47 @@ def policy_status(services: Services) -> dict[str, Any]:
     if holder is None:
         return {"lists": {}, "terms": 0, "reloads": {}}
     return {"lists": dict(holder.hashes), "terms": holder.policy.term_count, "reloads": dict(holder.reloads)}
+
+
+def reload_row(stored: Any) -> dict[str, Any]:
+    """One `policy.reloaded` event as the history shows it: every field is the event's own."""
+    body = json.loads(stored.body)
+    detail = body.get("detail") or {}
+    trigger = str(detail.get("trigger") or "")
+    return {
+        "seq": stored.seq,
+        "time": datetime.fromtimestamp(stored.time, UTC),
+        "principal": body.get("principal"),
+        "source": SOURCES.get(trigger, trigger),
+        "outcome": "ok" if stored.outcome == "done" else "failed",
+        "code": body.get("code"),
+        "error": detail.get("error"),
+        "terms": detail.get("terms"),
+        "lists": {k.removeprefix(HASH_PREFIX): v for k, v in detail.items() if k.startswith(HASH_PREFIX)},
+    }
+
+
+async def reload_history(services: Services) -> list[dict[str, Any]] | None:
+    """The last HISTORY_ROWS reloads, newest first; None when no readable audit store answers.
+
+    Fail open for this view only: the history is a read-back for people, the reload itself and
+    its audit event are unaffected, so a store that cannot be read costs the section, not the page."""
+    reader = services.audit_reader
+    if reader is None:
+        return None
+    try:
+        found = await asyncio.to_thread(reader.search, type_prefix=RELOAD_EVENT, newest_first=True, limit=HISTORY_ROWS)
+    except Exception:  # any store failure: the section says "unavailable", the log has the cause
+        log.exception("could not read the prompt policy reload history")
+        return None
+    rows = [reload_row(e) for e in found if e.type == RELOAD_EVENT]
+    return sorted(rows, key=lambda row: row["seq"], reverse=True)[:HISTORY_ROWS]
+
+
+def history_json(rows: list[dict[str, Any]] | None) -> dict[str, Any]:
+    if rows is None:
+        return {"available": False, "reloads": []}
+    return {"available": True, "reloads": [{**row, "time": row["time"].isoformat()} for row in rows]}
 
 
 def verdict_of(services: Services, prompt: str, negative: str | None, roles: frozenset[str]) -> dict[str, Any]:
@@ -95,13 +147,27 @@ def add_system_pages(app: FastAPI, services: Services, sessions: SessionService 
     @app.get("/policy", dependencies=[requires(Permission.SYSTEM_READ)], include_in_schema=False)
     async def policy_page(request: Request, identity: CurrentIdentity) -> Response:
         return page(
-            request, "policy.html", identity, policy=policy_status(services), tested=None, prompt="", error=None
+            request,
+            "policy.html",
+            identity,
+            policy=policy_status(services),
+            history=await reload_history(services),
+            tested=None,
+            prompt="",
+            error=None,
         )
 
     @app.get(f"{API}/policy", dependencies=[requires(Permission.SYSTEM_READ)])
     async def policy_json() -> JSONResponse:
         """The banned-term lists in force (name → SHA-256), their term count and reloads."""
         return JSONResponse(policy_status(services))
+
+    @app.get(f"{API}/policy/reloads", dependencies=[requires(Permission.SYSTEM_READ)])
+    async def policy_reloads_json() -> JSONResponse:
+        """The last 20 prompt policy reloads, newest first, from the audit trail: time, principal,
+        source (`signal` or `console`), outcome (`ok`, `failed` with `code` and `error`) and the
+        SHA-256 of each list read. `available` is false when this server keeps no readable store."""
+        return JSONResponse(history_json(await reload_history(services)))
 
     @app.post("/policy/test", dependencies=[requires(Permission.POLICY_MANAGE)], include_in_schema=False)
     async def policy_test(request: Request, identity: CurrentIdentity) -> Response:
@@ -116,6 +182,7 @@ def add_system_pages(app: FastAPI, services: Services, sessions: SessionService 
             identity,
             status,
             policy=policy_status(services),
+            history=await reload_history(services),
             tested=tested,
             prompt=prompt,
             error=error,
@@ -132,15 +199,15 @@ def add_system_pages(app: FastAPI, services: Services, sessions: SessionService 
             raise InvalidValue(f"negative_prompt: a string of at most {PROMPT_MAX} characters", param="negative_prompt")
         return JSONResponse(verdict_of(services, prompt, negative, identity.roles))
 
-    async def reload() -> dict[str, Any]:
+    async def reload(identity: CurrentIdentity) -> dict[str, Any]:
         if services.policy is None:
             return {"ok": False, "error": "no prompt policy"}
-        result = await asyncio.to_thread(reload_and_audit, services.policy, services.audit, "console")
+        result = await asyncio.to_thread(reload_and_audit, services.policy, services.audit, "console", identity.name)
         return {"ok": result.ok, "lists": result.hashes, "terms": result.terms, "error": result.error}
 
     @app.post("/policy/reload", dependencies=[requires(Permission.POLICY_MANAGE)], include_in_schema=False)
     async def policy_reload(request: Request, identity: CurrentIdentity) -> Response:
-        done = await reload()
+        done = await reload(identity)
         record = request_record(request.scope)
         if record is not None:
             record.type = "console.policy_reload"
@@ -148,6 +215,6 @@ def add_system_pages(app: FastAPI, services: Services, sessions: SessionService 
         return see_other("/policy")
 
     @app.post(f"{API}/policy/reload", dependencies=[requires(Permission.POLICY_MANAGE)])
-    async def policy_reload_json() -> JSONResponse:
+    async def policy_reload_json(identity: CurrentIdentity) -> JSONResponse:
         """Re-read the lists (as SIGHUP and `zguard policy reload` do); the old policy stays on failure."""
-        return JSONResponse(await reload())
+        return JSONResponse(await reload(identity))
