@@ -5,7 +5,7 @@
 It starts one server the way the browser tests do (tests.browser.conftest.running_console: a
 throw-away state directory, users made with `zguard user add`), signs in as the role each page is
 for (admin: home, account, users, system, policy; generator: generate, after one generation;
-auditor: audit), and saves a full-page PNG of each page at a 1280×720 viewport, first in English,
+auditor: audit and verify now), and saves a full-page PNG of each page at a 1280×720 viewport, first in English,
 then after switching to 中文 with the console's own language form. Debian's chromium, loopback
 only (tests.common.browser). The PNGs are reduced to a 256-colour palette, which keeps the
 console's flat colours and text exact enough and each file small enough for the repository.
@@ -65,7 +65,7 @@ def main() -> int:
             session(chromium, server, None, {"login": "/login"})
             session(chromium, server, server.generator, {"generate": generate})
             audit = f"/audit?{urlencode({'principal': server.generator.name})}"  # a short page: one person's events
-            session(chromium, server, server.auditor, {"audit": audit})
+            session(chromium, server, server.auditor, {"audit": audit, "audit-verify": verify_now})
             session(chromium, server, server.admin, ADMIN_PAGES)
         finally:
             chromium.close()
@@ -128,6 +128,14 @@ def generate(page: Page) -> None:
     with page.expect_navigation():
         page.locator("form#generate").get_by_role("button").click()
     page.locator("figure.generated img").wait_for()
+
+
+def verify_now(page: Page) -> None:
+    """/audit/verify after a verification of the trail ran to its end."""
+    page.goto("/audit/verify")
+    with page.expect_navigation():
+        page.locator("form#verify-form").get_by_role("button").click()
+    page.locator("#verify-result").wait_for()
 
 
 def shoot(page: Page, name: str, lang: str) -> None:
