@@ -449,3 +449,63 @@ def test_auth_version_survives_a_dropped_connection_and_sees_other_writers(
     assert store.auth_version() == before + 1  # reconnected, and sees the other writer's commit
     other.enable_principal("ops")
     assert store.auth_version() == before + 2  # no transaction left open between reads
+
+
+# --- external principals (OIDC, LDAP, SCIM) ---------------------------------------------------
+
+ISS = "https://sso.bank.example/realms/bank"
+
+
+@backends
+def test_an_external_identity_is_one_principal_across_logins_and_renames(store: PrincipalStore) -> None:
+    first = store.sync_external("oidc", ISS, "sub-1", "alice", ["generator"])
+    assert (first.source, first.issuer, first.subject, first.kind, first.password_hash) == (
+        "oidc",
+        ISS,
+        "sub-1",
+        "user",
+        None,
+    )
+    version = store.auth_version()
+    same = store.sync_external("oidc", ISS, "sub-1", "alice", ["generator"])
+    assert same.id == first.id
+    assert store.auth_version() == version
+    moved = store.sync_external("oidc", ISS, "sub-1", "alice.liu", ["auditor"])
+    assert (moved.id, moved.name, moved.roles) == (first.id, "alice.liu", ("auditor",))
+    assert store.auth_version() > version
+    assert store.get_principal("alice") is None
+    kept = store.sync_external("oidc", ISS, "sub-1", "alice.liu", None)  # roles assigned elsewhere stay
+    assert kept.roles == ("auditor",)
+    # The same subject at another issuer or source is someone else.
+    assert store.sync_external("oidc", ISS + "/other", "sub-1", "alice2", []).id != first.id
+    assert store.sync_external("ldap", ISS, "sub-1", "alice3", []).id != first.id
+
+
+@backends
+def test_an_external_identity_never_takes_over_a_local_name(store: PrincipalStore) -> None:
+    local = store.create_principal("admin", "user", roles=["admin"], password_hash=BCRYPT)
+    with pytest.raises(PrincipalExists):
+        store.sync_external("oidc", ISS, "sub-x", "admin", ["admin"])
+    store.sync_external("oidc", ISS, "sub-2", "bob", [])
+    with pytest.raises(PrincipalExists):  # a rename onto a taken name
+        store.sync_external("oidc", ISS, "sub-2", "admin", [])
+    assert store.get_principal("admin") == local
+    with pytest.raises(PrincipalNotFound):  # only provisioned users may sign in
+        store.sync_external("oidc", ISS, "sub-3", "carol", [], create=False)
+    assert store.get_principal("carol") is None
+
+
+@backends
+def test_a_scim_provisioned_user_is_the_one_who_signs_in(store: PrincipalStore) -> None:
+    provisioned = store.create_principal(
+        "dave", "user", roles=["designer"], source="scim", issuer="scim", subject="2819c223"
+    )
+    store.disable_principal("dave")
+    login = store.sync_external("oidc", ISS, "sub-dave", "dave", None, create=False)
+    assert (login.id, login.source, login.enabled, login.roles) == (provisioned.id, "scim", False, ("designer",))
+    with pytest.raises(ValueError, match="external principal"):
+        store.create_principal("eve", "user", source="scim", password_hash=BCRYPT, issuer="scim", subject="1")
+    with pytest.raises(ValueError, match="external principal"):
+        store.create_principal("eve", "user", issuer="scim", subject="1")
+    with pytest.raises(ValueError, match="source"):
+        store.sync_external("local", ISS, "s", "eve", [])

@@ -467,6 +467,22 @@ class AuthService:
         identity, password_hash = self._basic_candidate(username)
         return None if identity is None or password_hash is None else (identity, password_hash)
 
+    def session_user(self, username: str) -> tuple[Identity, str] | None:
+        """The user a console session of `username` stands for now, and what the session was granted
+        on besides name, id and roles: the bcrypt hash of a password user, the source and key of a
+        principal the IdP vouches for (OIDC, LDAP, SCIM). None when there is none, it is disabled
+        or a service account."""
+        found = self.password_user(username)
+        if found is not None or self._store is None or username in self._config_users:
+            return found
+        record = self._store.get_principal(username)
+        if record is None or record.kind != "user" or not record.enabled or record.source == "local":
+            return None
+        identity = Identity(
+            name=record.name, kind="user", roles=frozenset(record.roles), method="session", principal_id=record.id
+        )
+        return identity, f"{record.source}\0{record.issuer}\0{record.subject}"
+
     async def _refuse_over_limits(self, user: str, username: str, info: RequestInfo, method: str) -> None:
         """Raise TooManyFailedLogins when a limit refuses this (user, address); see the module doc."""
         try:

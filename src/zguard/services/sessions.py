@@ -136,7 +136,20 @@ class SessionService:
                 raise SecondFactorRequired(CODE_WRONG)
         elif self._factor.required_for(identity.roles):
             raise SecondFactorNotEnrolled(NOT_ENROLLED)
-        found = self._auth.password_user(identity.name)
+        return await self._create(identity.name, info, "console")
+
+    async def login_verified(
+        self, name: str, info: RequestInfo, *, method: str, detail: dict[str, DetailValue]
+    ) -> SignedIn:
+        """A new session for a principal the bank's IdP has just vouched for (an OIDC login, an LDAP
+        bind), synced into the store by the caller; the IdP's own factors (its `acr`/`amr`) stand in
+        for zguard's TOTP. `method` and `detail` go into the `console.login` event."""
+        return await self._create(name, info, method, detail)
+
+    async def _create(
+        self, name: str, info: RequestInfo, method: str, detail: dict[str, DetailValue] | None = None
+    ) -> SignedIn:
+        found = self._auth.session_user(name)
         if found is None:  # disabled between the check and now
             raise SessionExpired(ENDED)
         current, password_hash = found
@@ -151,7 +164,8 @@ class SessionService:
             lifetime=timedelta(seconds=self._settings.session_max_s),
         )
         session_identity = replace(current, method="session", session_id=record.id)
-        self._event("console.login", "allowed", info, session_identity, {"session": record.id})
+        extra: dict[str, DetailValue] = {} if method == "console" else {"via": method, **(detail or {})}
+        self._event("console.login", "allowed", info, session_identity, {"session": record.id, **extra})
         return SignedIn(cookie=cookie, record=record, identity=session_identity)
 
     async def logout(self, identity: Identity, info: RequestInfo) -> None:
@@ -240,7 +254,7 @@ class SessionService:
             session_id=record.id,
             session_hash=digest,
         )
-        found = self._auth.password_user(record.principal)
+        found = self._auth.session_user(record.principal)
         current = False
         if found is not None and found[0].principal_id == record.principal_id:
             user, password_hash = found
@@ -314,6 +328,11 @@ class NoSessions:
     in (503); every other method finds nothing to do."""
 
     async def login(self, username: str, password: str, info: RequestInfo, code: str = "") -> SignedIn:
+        raise ServiceUnavailable("console sign-in needs the state database", retry_after=60)
+
+    async def login_verified(
+        self, name: str, info: RequestInfo, *, method: str, detail: dict[str, DetailValue]
+    ) -> SignedIn:
         raise ServiceUnavailable("console sign-in needs the state database", retry_after=60)
 
     async def logout(self, identity: Identity, info: RequestInfo) -> None:

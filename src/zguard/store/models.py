@@ -19,6 +19,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -36,6 +37,9 @@ NAMING_CONVENTION = {
 }
 PRINCIPAL_KINDS = ("user", "service")
 NAME_MAX = 128
+ISSUER_MAX = 512
+SUBJECT_MAX = 512
+PRINCIPAL_SOURCES = ("local", "oidc", "ldap", "scim")
 ROLE_MAX = 64
 TOKEN_HASH_LEN = 64  # hex of a 256-bit digest
 TOKEN_PREFIX_MAX = 16
@@ -75,6 +79,8 @@ class PrincipalRow(Base):
         CheckConstraint("kind IN ('user', 'service')", name="kind"),
         # Service accounts authenticate with API tokens only.
         CheckConstraint("kind = 'user' OR password_hash IS NULL", name="password_users_only"),
+        # One principal per identity at an external source (OIDC issuer + subject, LDAP DN, SCIM id).
+        Index("uq_principals_source_issuer_subject", "source", "issuer", "subject", unique=True),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -84,6 +90,12 @@ class PrincipalRow(Base):
     password_hash: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime]
     last_used_at: Mapped[datetime | None]
+    # Where the principal comes from: `local` (zguard's own records), `oidc`, `ldap`, `scim`.
+    # External ones carry the source's stable key: the issuer (OIDC `iss`, the LDAP server, the
+    # SCIM client) and the subject there (`sub`, the entry's DN, the SCIM `externalId` or id).
+    source: Mapped[str] = mapped_column(String(16), server_default="local")
+    issuer: Mapped[str | None] = mapped_column(String(ISSUER_MAX))
+    subject: Mapped[str | None] = mapped_column(String(SUBJECT_MAX))
 
     roles: Mapped[list[PrincipalRole]] = relationship(
         back_populates="principal", cascade="all, delete-orphan", order_by="PrincipalRole.role", lazy="selectin"

@@ -22,9 +22,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from zguard.store.errors import PrincipalExists, PrincipalNotFound, TokenExists, TokenNotFound
 from zguard.store.models import (
+    ISSUER_MAX,
     NAME_MAX,
     PRINCIPAL_KINDS,
+    PRINCIPAL_SOURCES,
     ROLE_MAX,
+    SUBJECT_MAX,
     TOKEN_PREFIX_MAX,
     ApiToken,
     AuthState,
@@ -106,6 +109,9 @@ class PrincipalRecord:
     created_at: datetime
     last_used_at: datetime | None
     password_hash: str | None = field(repr=False)  # bcrypt; kept out of logs and reprs
+    source: str = "local"  # `local`, or the IdP that vouches for it: `oidc`, `ldap`, `scim`
+    issuer: str | None = None  # an external principal's key at its source
+    subject: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,17 +151,29 @@ class PrincipalStore:
         roles: Iterable[str] = (),
         password_hash: str | None = None,
         enabled: bool = True,
+        source: str = "local",
+        issuer: str | None = None,
+        subject: str | None = None,
     ) -> PrincipalRecord:
-        """Add a principal; raise `PrincipalExists` when the name is taken."""
+        """Add a principal; raise `PrincipalExists` when the name (or the external key) is taken.
+        An external principal (`source` other than `local`, e.g. provisioned by SCIM) names its
+        `issuer` and `subject` and has no password."""
         _check_name(name, "name")
         if kind not in PRINCIPAL_KINDS:
             raise ValueError(f"kind must be one of {PRINCIPAL_KINDS}")
+        if source not in PRINCIPAL_SOURCES:
+            raise ValueError(f"source must be one of {PRINCIPAL_SOURCES}")
+        if (source == "local") != (issuer is None and subject is None) or (source != "local" and password_hash):
+            raise ValueError("an external principal has an issuer and a subject and no password; a local one neither")
         _check_password_hash(kind, password_hash)
         principal = PrincipalRow(
             name=name,
             kind=kind,
             enabled=enabled,
             password_hash=password_hash,
+            source=source,
+            issuer=issuer,
+            subject=subject,
             created_at=self._clock(),
             roles=[PrincipalRole(role=role) for role in _roles(roles)],
         )
@@ -165,9 +183,88 @@ class PrincipalStore:
                 session.flush()
                 return _principal_record(principal)
         except IntegrityError:
-            if self.get_principal(name) is not None:
+            if self.get_principal(name) is not None or source != "local":
                 raise PrincipalExists(name) from None
             raise
+
+    def sync_external(
+        self,
+        source: str,
+        issuer: str,
+        subject: str,
+        name: str,
+        roles: Iterable[str] | None,
+        *,
+        create: bool = True,
+    ) -> PrincipalRecord:
+        """The principal an external identity (`source`, `issuer`, `subject`) signs in as, made to
+        match what the source says now: created just in time (when `create`), renamed to `name`,
+        and given `roles` (None: keep the stored roles, e.g. when SCIM or an admin assigns them).
+
+        A principal SCIM provisioned under `name` is that person (the IdP provisions and signs in
+        the same user), whatever the login source. A name held by any other principal (a local
+        user above all) is never taken over: `PrincipalExists`. No principal and `create` False
+        (only provisioned users may sign in): `PrincipalNotFound`. The caller refuses a disabled
+        one. Any change bumps the auth version, so caches and sessions see it.
+        """
+        if source not in PRINCIPAL_SOURCES or source == "local":
+            raise ValueError(f"source must be one of {', '.join(PRINCIPAL_SOURCES[1:])}")
+        _check_name(name, "name")
+        if not (1 <= len(issuer) <= ISSUER_MAX and 1 <= len(subject) <= SUBJECT_MAX):
+            raise ValueError(f"issuer and subject must be 1 to {ISSUER_MAX} characters")
+        wanted = None if roles is None else _roles(roles)
+        try:
+            with self._sessions.begin() as session:
+                principal = session.scalars(
+                    select(PrincipalRow).where(
+                        PrincipalRow.source == source, PrincipalRow.issuer == issuer, PrincipalRow.subject == subject
+                    )
+                ).one_or_none()
+                if principal is None:
+                    named = session.scalars(select(PrincipalRow).where(PrincipalRow.name == name)).one_or_none()
+                    if named is not None and named.source == "scim" and named.kind == "user":
+                        principal = named
+                    elif named is not None:
+                        raise PrincipalExists(name)
+                    elif not create:
+                        raise PrincipalNotFound(name)
+                    else:
+                        principal = PrincipalRow(
+                            name=name,
+                            kind="user",
+                            enabled=True,
+                            created_at=self._clock(),
+                            source=source,
+                            issuer=issuer,
+                            subject=subject,
+                            roles=[PrincipalRole(role=role) for role in wanted or ()],
+                        )
+                        session.add(principal)
+                        _bump_auth_version(session)
+                        session.flush()
+                        return _principal_record(principal)
+                changed = False
+                if principal.name != name and principal.source == source:
+                    taken = session.scalars(select(PrincipalRow.id).where(PrincipalRow.name == name)).one_or_none()
+                    if taken is not None:
+                        raise PrincipalExists(name)
+                    principal.name, changed = name, True
+                if wanted is not None and tuple(sorted(r.role for r in principal.roles)) != wanted:
+                    for granted in list(principal.roles):
+                        if granted.role not in wanted:
+                            principal.roles.remove(granted)
+                    have = {granted.role for granted in principal.roles}
+                    principal.roles.extend(PrincipalRole(role=role) for role in sorted(set(wanted) - have))
+                    changed = True
+                if changed:
+                    _bump_auth_version(session)
+                    session.flush()
+                return _principal_record(principal)
+        except IntegrityError:  # a concurrent first login of the same identity, or the name taken meanwhile
+            found = self.get_principal(name)
+            if found is not None and (found.source, found.issuer, found.subject) == (source, issuer, subject):
+                return found
+            raise PrincipalExists(name) from None
 
     def get_principal(self, name: str) -> PrincipalRecord | None:
         with self._sessions() as session:
@@ -405,6 +502,9 @@ def _principal_record(principal: PrincipalRow) -> PrincipalRecord:
         created_at=_utc(principal.created_at),
         last_used_at=_utc(principal.last_used_at),
         password_hash=principal.password_hash,
+        source=principal.source or "local",
+        issuer=principal.issuer,
+        subject=principal.subject,
     )
 
 
