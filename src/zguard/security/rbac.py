@@ -218,6 +218,30 @@ def check_assignment(roles: Iterable[str], registry: RoleRegistry) -> None:
         raise RoleError(problems)
 
 
+class RoleMappingConflict(RoleError):
+    """Values from an IdP (groups, claim values) that map to roles one principal may not hold;
+    `values` names the groups responsible, for the message the user and the audit see."""
+
+    def __init__(self, values: Sequence[str], problems: Sequence[str]) -> None:
+        super().__init__(problems)
+        self.values = tuple(values)
+
+
+def map_roles(values: Iterable[object], role_map: Mapping[str, str], registry: RoleRegistry) -> frozenset[str]:
+    """The roles the IdP's `values` (its group names or role claim values) grant through
+    `role_map`, evaluated afresh at every login or token; values not listed grant nothing, and
+    non-strings are ignored. RoleMappingConflict naming the values when the mapped roles combine
+    separated duties (or name a role the registry does not know)."""
+    mapped = sorted({value for value in values if isinstance(value, str) and value in role_map})
+    roles = frozenset(role_map[value] for value in mapped)
+    try:
+        check_assignment(roles, registry)
+    except RoleError as exc:
+        culprits = [value for value in mapped if len(roles) > 1 or registry.get(role_map[value]) is None]
+        raise RoleMappingConflict(culprits, exc.problems) from None
+    return roles
+
+
 def authorize(roles: Iterable[str], permission: Permission, registry: RoleRegistry) -> Decision:
     """May a principal holding `roles` use `permission`? Deny unless a known role grants it.
 

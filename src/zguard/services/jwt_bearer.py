@@ -62,7 +62,7 @@ from joserfc.jws import JWSRegistry
 from joserfc.jwt import JWTClaimsRegistry
 
 from zguard.config import JwtSettings
-from zguard.security.rbac import RoleError, RoleRegistry, check_assignment
+from zguard.security.rbac import RoleMappingConflict, RoleRegistry, map_roles
 from zguard.services.jwks import Fetch, JwksCache, KidUnknown
 
 MAX_TOKEN_CHARS: Final = 8 * 1024
@@ -300,13 +300,10 @@ class JwtVerifier:
             return frozenset()
         raw = _claim(claims, name)
         values = [raw] if isinstance(raw, str) else raw if isinstance(raw, list) else []
-        role_map = self._settings.role_map
-        mapped = sorted({value for value in values if isinstance(value, str) and value in role_map})
-        roles = frozenset(role_map[value] for value in mapped)
         try:
-            check_assignment(roles, self._roles)
-        except RoleError as exc:
-            named = ", ".join(mapped)
+            roles = map_roles(values, self._settings.role_map, self._roles)
+        except RoleMappingConflict as exc:
+            named = ", ".join(exc.values)
             raise TokenRefused(
                 "sod_conflict",
                 f"{name} values {named} map to {exc}",

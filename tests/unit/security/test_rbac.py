@@ -13,11 +13,13 @@ from zguard.security.rbac import (
     Permission,
     Principal,
     RoleError,
+    RoleMappingConflict,
     RoleRegistry,
     authorize,
     build_registry,
     check_assignment,
     conflicts,
+    map_roles,
     may_decide_approval,
     permissions_of,
 )
@@ -355,3 +357,23 @@ ALLOWED_PAIRS = [(a, b) for a, b in combinations(sorted(Permission), 2) if froze
 def test_every_allowed_pair_is_accepted_in_a_custom_role(a: Permission, b: Permission) -> None:
     registry = build_registry([CustomRole("mixed", permissions=[a.value, b.value])])
     assert registry.roles["mixed"].permissions == {a, b}
+
+
+GROUPS = {"cn=zg-auditors": "auditor", "cn=zg-designers": "generator", "cn=zg-viewers": "viewer"}
+
+
+def test_idp_groups_map_to_roles_and_unlisted_ones_grant_nothing() -> None:
+    registry = build_registry()
+    assert map_roles(["cn=zg-designers", "cn=staff", 7, None], GROUPS, registry) == {"generator"}
+    assert map_roles(["cn=zg-viewers", "cn=zg-designers"], GROUPS, registry) == {"generator", "viewer"}
+    assert map_roles([], GROUPS, registry) == frozenset()
+
+
+def test_idp_groups_that_combine_separated_duties_are_refused_naming_the_groups() -> None:
+    with pytest.raises(RoleMappingConflict) as refused:
+        map_roles(["cn=zg-designers", "cn=zg-auditors", "cn=staff"], GROUPS, build_registry())
+    assert refused.value.values == ("cn=zg-auditors", "cn=zg-designers")
+    assert "separated" in str(refused.value) or "audit" in str(refused.value)
+    with pytest.raises(RoleMappingConflict) as unknown:
+        map_roles(["g"], {"g": "superuser"}, build_registry())
+    assert unknown.value.values == ("g",)
