@@ -7,6 +7,8 @@ plugin, the whole hypothesis package went through pytest's assertion rewriting a
 when bytecode is not cached), and the plugin imported hypothesis in the terminal summary, where
 CPython 3.11.7 fails with "AST constructor recursion depth mismatch" after tests that ran servers
 in threads. `@given` works without it; the test modules that use it import it themselves.
+Schemathesis's plugin is off too (`-p no:schemathesis`): tests/contract runs its CLI against a
+live server, and the plugin would import schemathesis (and hypothesis) into every session.
 """
 
 from __future__ import annotations

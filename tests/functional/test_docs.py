@@ -10,6 +10,7 @@ import pytest
 from tests.common.engines import GatedEngine
 from tests.common.factories import api_client, make_settings, ready_runtime
 from zguard import errors
+from zguard.app.contract import declared_codes
 from zguard.cli.docs import render_errors_reference, render_openapi, render_settings_reference
 from zguard.config.loader import iter_settings_fields
 
@@ -121,3 +122,27 @@ def test_readme_commands_name_every_subcommand() -> None:
         if not text or any(sub not in text for sub in subcommands(group)):
             missing.append(name)
     assert not missing, f"README's Commands list lacks: {missing}"
+
+
+def test_readme_request_fields_are_the_documents() -> None:
+    """README's request-field table names exactly the fields of `docs/openapi.json`'s request."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    table = readme.split("Request fields (", 1)[1].split("\n\n", 2)[1]
+    listed = {name.strip(" `") for row in table.splitlines()[2:] for name in row.split("|")[1].split(",")}
+    document = json.loads((REPO / "docs" / "openapi.json").read_text(encoding="utf-8"))
+    schema = document["paths"]["/v1/images/generations"]["post"]["requestBody"]["content"]["application/json"]
+    assert listed == set(schema["schema"]["properties"])
+
+
+def test_readme_lists_every_code_the_document_declares() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    document = json.loads((REPO / "docs" / "openapi.json").read_text(encoding="utf-8"))
+    declared = {
+        code
+        for item in document["paths"].values()
+        for operation in item.values()
+        for codes in declared_codes(operation).values()
+        for code in codes
+    }
+    assert declared
+    assert not {code for code in declared if f"`{code}`" not in readme}

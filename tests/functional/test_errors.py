@@ -308,7 +308,7 @@ async def test_unknown_field_with_unpaired_surrogate_in_its_name(client: httpx.A
         ("n", True),
         ("n", False),
         ("n", 1.5),
-        ("n", 2.0),
+        ("n", 2.000001),
         ("n", None),
         ("n", [1]),
         ("n", {"value": 1}),
@@ -318,7 +318,7 @@ async def test_unknown_field_with_unpaired_surrogate_in_its_name(client: httpx.A
         ("prompt", ["a cat"]),
         ("prompt", {"text": "a cat"}),
         ("seed", "7"),
-        ("seed", 7.0),
+        ("seed", 7.25),
         ("seed", True),
         ("size", 64),
         ("size", [64, 64]),
@@ -335,6 +335,14 @@ async def test_invalid_type(client: httpx.AsyncClient, field: str, value: Any) -
     body = {"prompt": "x", "size": "64x64", field: value}
     message = assert_error(await client.post(GENERATIONS, json=body), 400, "invalid_type", param=field)
     assert f"'{field}'" in message
+
+
+async def test_a_number_with_no_fraction_is_an_integer(client: httpx.AsyncClient) -> None:
+    """JSON Schema's `integer` includes 1.0 (the published document says `integer`): same image as 1."""
+    whole = await client.post(GENERATIONS, json={"prompt": "x", "size": "64x64", "n": 1.0, "seed": 7.0})
+    assert whole.status_code == 200, whole.text
+    assert whole.json()["zguard"]["seed"] == 7
+    assert len(whole.json()["data"]) == 1
 
 
 # --- invalid_value ---------------------------------------------------------------------------

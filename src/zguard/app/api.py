@@ -11,12 +11,20 @@ from starlette.responses import JSONResponse, Response
 from zguard.app.audit_routes import add_audit_routes
 from zguard.app.auth import PUBLIC, CurrentIdentity, requires
 from zguard.app.context import Services
+from zguard.app.contract import (
+    AUTHENTICATED,
+    STACK,
+    error_responses,
+    error_schema,
+    image_request_schema,
+    install_document,
+    patch_document,
+    set_request_body,
+)
 from zguard.app.generation import run_generation
 from zguard.app.middleware.request_context import API_SECURITY_HEADERS
 from zguard.app.provenance import TRACE_PATH, add_provenance_routes, trace_body_limit
 from zguard.app.schemas import (
-    ErrorResponse,
-    ImageGenerationRequest,
     ImageGenerationResponse,
     ModelCard,
     ModelList,
@@ -29,18 +37,45 @@ from zguard.security.rbac import Permission
 
 API_TITLE = "zguard image API"
 API_VERSION = "1"
+GENERATIONS_PATH = "/v1/images/generations"
 
 
-def _error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {status: {"model": ErrorResponse, "description": "Error in the OpenAI shape"} for status in statuses}
-
-
-_REQUEST_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": ImageGenerationRequest.model_json_schema()}},
-    }
+GENERATION_ERRORS = {
+    400: (
+        "invalid_json",
+        "missing_required_field",
+        "unknown_field",
+        "invalid_type",
+        "invalid_value",
+        "invalid_prompt",
+        "invalid_size",
+        "unsupported_response_format",
+        "model_not_found",
+        "prompt_rejected",
+    ),
+    415: ("unsupported_media_type",),
+    429: ("too_many_concurrent_requests",),
+    503: ("server_busy", "model_not_ready"),
+    504: ("generation_timeout",),
 }
+_READY = {
+    "type": "object",
+    "required": ["status"],
+    "properties": {
+        "status": {
+            "type": "string",
+            "description": "`ready`, or why not: `loading`, `warming`, `failed`, `unavailable`",
+        },
+        "model": {"type": "string"},
+        "unavailable": {"type": "array", "items": {"type": "string"}, "description": "Dependencies that are down"},
+    },
+}
+
+
+def _request_body(settings: Settings, services: Services) -> dict[str, Any]:
+    info = services.engine.info
+    schema = image_request_schema(settings.generation, info.id, info.max_width, info.max_height)
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
 def create_api_app(settings: Settings, services: Services) -> FastAPI:
@@ -66,12 +101,13 @@ def create_api_app(settings: Settings, services: Services) -> FastAPI:
         server_names=settings.api.server_names,
     )
     add_provenance_routes(app, settings, services)
+    patch_document(app, set_request_body(GENERATIONS_PATH, "post", _request_body(settings, services)))
 
     @app.post(
-        "/v1/images/generations",
+        GENERATIONS_PATH,
         response_model=ImageGenerationResponse,
-        responses=_error_responses(400, 401, 403, 413, 415, 429, 503, 504, 500),
-        openapi_extra=_REQUEST_BODY,
+        responses=error_responses(AUTHENTICATED, GENERATION_ERRORS),
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {}}}},
         summary="Create images from a prompt",
         dependencies=[requires(Permission.IMAGES_GENERATE)],
     )
@@ -90,7 +126,7 @@ def create_api_app(settings: Settings, services: Services) -> FastAPI:
         "/v1/models",
         response_model=ModelList,
         summary="The served model",
-        responses=_error_responses(401, 403, 429),
+        responses=error_responses(AUTHENTICATED),
         dependencies=[requires(Permission.MODELS_READ)],
     )
     async def list_models() -> ModelList:
@@ -101,14 +137,21 @@ def create_api_app(settings: Settings, services: Services) -> FastAPI:
 
     add_audit_routes(app, services)
 
-    @app.get("/healthz", summary="Liveness: the process answers", dependencies=[PUBLIC])
+    @app.get("/healthz", summary="Liveness: the process answers", responses=error_responses(), dependencies=[PUBLIC])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get(
         "/readyz",
         summary="Readiness: the model is loaded and warmed up, and the fail-closed dependencies answer",
-        responses={503: {"description": "Not ready, or a dependency every request needs is down"}},
+        responses={
+            **error_responses(),
+            200: {"description": "Ready", "content": {"application/json": {"schema": _READY}}},
+            503: {
+                "description": "Not ready, or a dependency every request needs is down (or `too_many_connections`)",
+                "content": {"application/json": {"schema": {"anyOf": [_READY, error_schema(STACK[503])]}}},
+            },
+        },
         dependencies=[PUBLIC],
     )
     async def readyz() -> JSONResponse:
@@ -117,4 +160,5 @@ def create_api_app(settings: Settings, services: Services) -> FastAPI:
             return JSONResponse({"status": "unavailable", "model": state, "unavailable": down}, status_code=503)
         return JSONResponse({"status": state}, status_code=200 if services.readiness.ready else 503)
 
+    install_document(app, security=settings.api_auth.enabled)
     return app

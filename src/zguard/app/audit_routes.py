@@ -11,67 +11,94 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query
 
 from zguard.app.auth import requires
 from zguard.app.context import Services
-from zguard.app.schemas import AuditEventList, ErrorResponse
+from zguard.app.contract import (
+    AUTHENTICATED,
+    TIME_MS_MAX,
+    TIME_PATTERN,
+    TIME_RE,
+    error_responses,
+    patch_document,
+    set_parameter,
+)
+from zguard.app.schemas import AuditEventList
+from zguard.audit import Outcome
 from zguard.errors import AuditUnavailable, InvalidValue
 from zguard.security.rbac import Permission
 
 AUDIT_PATH = "/v1/audit/events"
 AUDIT_PAGE_MAX = 1000
 SEQ_MAX = 2**63 - 1  # the largest sequence number a database BIGINT holds
-TIME_MS_MAX = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last moment ISO 8601 can write
 TEXT_PARAM_MAX = 256  # filters on names, types and ids; nothing stored is longer
 TIME_PARAM_MAX = 64
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def parse_time_ms(value: str | None, param: str) -> int | None:
-    """ISO 8601 (UTC when no zone is given) or UNIX milliseconds, 0 to the end of year 9999."""
+    """ISO 8601 (UTC when no zone is given) or UNIX milliseconds, as `TIME_PATTERN` (the published
+    contract) writes them, from 1970 to the end of 9999."""
     if value is None:
         return None
     problem = f"'{param}' must be ISO 8601 (2026-11-26T09:00:00Z) or UNIX milliseconds"
-    if value.isascii() and value.isdigit():
-        if len(value) > len(str(TIME_MS_MAX)) or int(value) > TIME_MS_MAX:
-            raise InvalidValue(f"{problem} up to {TIME_MS_MAX}", param=param)
+    if not TIME_RE.fullmatch(value):
+        raise InvalidValue(f"{problem}, from 1970 to the end of 9999", param=param)
+    if value.isdigit():  # the pattern admits ASCII digits only, and no more than TIME_MS_MAX
         return int(value)
     try:
         moment = datetime.fromisoformat(value)
-    except ValueError:
+    except ValueError:  # pragma: no cover - the pattern admits only dates fromisoformat reads
         raise InvalidValue(problem, param=param) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    try:
-        ms = int(moment.timestamp() * 1000)
-    except (OverflowError, ValueError):  # a zone that moves 0001-01-01 or 9999-12-31 out of range
-        raise InvalidValue(problem, param=param) from None
-    if not 0 <= ms <= TIME_MS_MAX:
+    # Exact integer milliseconds: a float timestamp rounds 9999-12-31T23:59:59.999999Z past the end.
+    ms = (moment - _EPOCH) // timedelta(milliseconds=1)
+    if not 0 <= ms <= TIME_MS_MAX:  # pragma: no cover - the pattern keeps offsets in range
         raise InvalidValue(f"{problem}, from 1970 to the end of 9999", param=param)
     return ms
 
 
-def _error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {status: {"model": ErrorResponse, "description": "Error in the OpenAI shape"} for status in statuses}
+AUDIT_ERRORS = {400: ("invalid_value", "invalid_type")}  # and 503 `audit_unavailable`, as every route
+
+
+def _time(schema: dict[str, Any]) -> None:  # a function: FastAPI consumes a dict given here
+    schema.update(pattern=TIME_PATTERN, examples=["2026-11-26T09:00:00Z", "1764147600000"])
+
+
+def _next_page_link(document: dict[str, Any]) -> None:
+    """The next page is an OpenAPI link: generated clients (and schemathesis' stateful phase) follow it."""
+    ok = document["paths"][AUDIT_PATH]["get"]["responses"]["200"]
+    ok["links"] = {
+        "NextPage": {
+            "operationRef": "#/paths/~1v1~1audit~1events/get",
+            "parameters": {"after": "$response.body#/next_after"},
+            "description": "The next page, oldest first (on the last page `next_after` is null: stop)",
+        }
+    }
 
 
 def add_audit_routes(app: FastAPI, services: Services) -> None:
+    patch_document(app, set_parameter(AUDIT_PATH, "get", "after", minimum=0, maximum=SEQ_MAX))
+    patch_document(app, _next_page_link)
+
     @app.get(
         AUDIT_PATH,
         response_model=AuditEventList,
         summary="Read the audit trail (auditors)",
-        responses=_error_responses(400, 401, 403, 429, 503),
+        responses=error_responses(AUTHENTICATED, AUDIT_ERRORS),
         dependencies=[requires(Permission.AUDIT_READ)],
     )
     async def audit_events(
         *,
-        since: Annotated[str | None, Query(max_length=TIME_PARAM_MAX)] = None,
-        until: Annotated[str | None, Query(max_length=TIME_PARAM_MAX)] = None,
+        since: Annotated[str | None, Query(max_length=TIME_PARAM_MAX, json_schema_extra=_time)] = None,
+        until: Annotated[str | None, Query(max_length=TIME_PARAM_MAX, json_schema_extra=_time)] = None,
         principal: Annotated[str | None, Query(max_length=TEXT_PARAM_MAX)] = None,
-        outcome: Annotated[str | None, Query(max_length=TEXT_PARAM_MAX)] = None,
+        outcome: Annotated[Outcome | None, Query()] = None,
         type: Annotated[str | None, Query(max_length=TEXT_PARAM_MAX)] = None,
         request_id: Annotated[str | None, Query(max_length=TEXT_PARAM_MAX)] = None,
         after: Annotated[int | None, Query(ge=0, le=SEQ_MAX)] = None,

@@ -30,6 +30,7 @@ from starlette.responses import JSONResponse, Response
 
 from zguard.app.auth import requires
 from zguard.app.context import Services
+from zguard.app.contract import AUTHENTICATED, error_responses
 from zguard.app.disconnect import ClientDisconnected, run_unless_disconnected
 from zguard.app.middleware.audit_requests import request_record
 from zguard.app.wire import parse_json_object
@@ -57,6 +58,14 @@ _BODY = {
             },
         },
     }
+}
+
+
+TRACE_ERRORS = {
+    400: ("invalid_json", "invalid_value"),
+    415: ("unsupported_media_type",),
+    503: ("server_busy", "service_unavailable"),
+    504: ("trace_timeout",),
 }
 
 
@@ -101,6 +110,7 @@ def add_provenance_routes(app: FastAPI, settings: Settings, services: Services) 
         TRACE_PATH,
         summary="Trace an image to the request that generated it (auditors)",
         openapi_extra=_BODY,
+        responses=error_responses(AUTHENTICATED, TRACE_ERRORS),
         dependencies=[requires(Permission.AUDIT_READ)],
     )
     async def trace_image(request: Request) -> Response:

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from zguard.services.images import OutputFormat
+
+
+def _integral(value: object) -> object:
+    """JSON Schema's integers include `1.0` (a number whose fraction is zero): take it as 1."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_integral)]
 
 
 class ImageGenerationRequest(BaseModel):
@@ -16,20 +26,20 @@ class ImageGenerationRequest(BaseModel):
 
     prompt: str = Field(description="What to draw.")
     model: str | None = Field(None, description="Must name the served model when given.")
-    n: int = Field(1, description="Number of images.")
+    n: JsonInt = Field(1, description="Number of images.")
     size: str | None = Field(None, description="`WxH`, both multiples of 16, or `auto` for the server default.")
     response_format: Literal["b64_json", "url"] | None = Field(
         None, description="Only `b64_json`: zguard never stores images, so it has no URL to give."
     )
     output_format: OutputFormat | None = Field(None, description="Image encoding; `png` by default.")
-    output_compression: int | None = Field(
+    output_compression: JsonInt | None = Field(
         None, description="Quality 0-100 for `jpeg` and `webp` (default 90); ignored for `png`."
     )
     user: str | None = Field(None, description="The caller's end-user id, for the caller's own records.")
-    seed: int | None = Field(
+    seed: JsonInt | None = Field(
         None, description="zguard extension: random seed; the same seed and parameters give the same image."
     )
-    num_inference_steps: int | None = Field(
+    num_inference_steps: JsonInt | None = Field(
         None, description="zguard extension: denoising steps (8 for Z-Image-Turbo)."
     )
     negative_prompt: str | None = Field(
