@@ -8,8 +8,10 @@ read-rate limits are raised so that schemathesis's deliberately wrong credential
 hundreds of requests reach the routes instead of the (separately tested) limits.
 
 Schemathesis runs as its CLI (`st run`, configured by tests/contract/schemathesis.toml: a fixed
-seed, so a failure here replays with `st run ... --seed`), once per built-in role, with the
-coverage, fuzzing and stateful phases and all checks; any failure fails the test with its report.
+seed, so a failure here replays with `st run ... --seed`), once per built-in role and document
+(the API's live `/openapi.json`, and the console's JSON API as `make docs` renders it under the
+same settings), with the coverage, fuzzing and stateful phases and all checks; any failure fails
+the test with its report.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import httpx
 import pytest
 
 from tests.common.servers import ZguardProcess
+from zguard.cli.docs import openapi_document
+from zguard.config.loader import load_settings
 from zguard.security.rbac import BUILTIN_ROLES
 
 pytestmark = pytest.mark.slow
@@ -92,9 +96,24 @@ def test_the_live_document_carries_the_servers_own_limits(live: tuple[ZguardProc
     assert json.loads(json.dumps(fields["seed"]))["anyOf"][0]["maximum"] == 2**63 - 1 - 16  # exact, not a float
 
 
+def _console_document(server: ZguardProcess, path: Path) -> Path:
+    """The console's document as `make docs` renders it, under the live server's settings (the
+    console serves none itself; its operations are for the console's own pages and tools)."""
+    settings = load_settings(environ=server.env)
+    path.write_text(json.dumps(openapi_document("console", settings)), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("listener", ["api", "console"])
 @pytest.mark.parametrize("role", ROLES)
-def test_schemathesis_finds_nothing(live: tuple[ZguardProcess, dict[str, str]], role: str, tmp_path: Path) -> None:
+def test_schemathesis_finds_nothing(
+    live: tuple[ZguardProcess, dict[str, str]], role: str, listener: str, tmp_path: Path
+) -> None:
     server, tokens = live
+    if listener == "api":
+        where = [f"{server.api}/openapi.json"]
+    else:
+        where = [str(_console_document(server, tmp_path / "console-openapi.json")), "--url", server.console]
     done = subprocess.run(
         [
             _schemathesis(),
@@ -102,7 +121,7 @@ def test_schemathesis_finds_nothing(live: tuple[ZguardProcess, dict[str, str]], 
             "--config-file",
             str(CONFIG),
             "run",
-            f"{server.api}/openapi.json",
+            *where,
             "--header",
             f"Authorization: Bearer {tokens[role]}",
             "--phases",

@@ -27,9 +27,9 @@ from tests.common.engines import GatedEngine
 from tests.common.factories import api_client, build_test_runtime, make_settings, ready_runtime
 from tests.functional.test_trace_abuse import tracing
 from zguard import errors
-from zguard.app.api import GENERATION_ERRORS, GENERATIONS_PATH
+from zguard.app.api import GENERATIONS_PATH
 from zguard.app.audit_routes import AUDIT_ERRORS, AUDIT_PATH
-from zguard.app.contract import AUTHENTICATED, STACK, declared_codes, merge
+from zguard.app.contract import AUTHENTICATED, GENERATION_ERRORS, STACK, declared_codes, merge
 from zguard.app.provenance import TRACE_ERRORS, TRACE_PATH
 from zguard.cli.docs import openapi_document
 from zguard.engine.pipeline import DiffusersEngine

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -13,10 +11,11 @@ from zguard.app.auth import PUBLIC, CurrentIdentity, requires
 from zguard.app.context import Services
 from zguard.app.contract import (
     AUTHENTICATED,
+    GENERATION_ERRORS,
     STACK,
     error_responses,
     error_schema,
-    image_request_schema,
+    image_request_body,
     install_document,
     patch_document,
     set_request_body,
@@ -40,24 +39,6 @@ API_VERSION = "1"
 GENERATIONS_PATH = "/v1/images/generations"
 
 
-GENERATION_ERRORS = {
-    400: (
-        "invalid_json",
-        "missing_required_field",
-        "unknown_field",
-        "invalid_type",
-        "invalid_value",
-        "invalid_prompt",
-        "invalid_size",
-        "unsupported_response_format",
-        "model_not_found",
-        "prompt_rejected",
-    ),
-    415: ("unsupported_media_type",),
-    429: ("too_many_concurrent_requests",),
-    503: ("server_busy", "model_not_ready"),
-    504: ("generation_timeout",),
-}
 _READY = {
     "type": "object",
     "required": ["status"],
@@ -70,12 +51,6 @@ _READY = {
         "unavailable": {"type": "array", "items": {"type": "string"}, "description": "Dependencies that are down"},
     },
 }
-
-
-def _request_body(settings: Settings, services: Services) -> dict[str, Any]:
-    info = services.engine.info
-    schema = image_request_schema(settings.generation, info.id, info.max_width, info.max_height)
-    return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
 def create_api_app(settings: Settings, services: Services) -> FastAPI:
@@ -101,7 +76,7 @@ def create_api_app(settings: Settings, services: Services) -> FastAPI:
         server_names=settings.api.server_names,
     )
     add_provenance_routes(app, settings, services)
-    patch_document(app, set_request_body(GENERATIONS_PATH, "post", _request_body(settings, services)))
+    patch_document(app, set_request_body(GENERATIONS_PATH, "post", image_request_body(settings, services)))
 
     @app.post(
         GENERATIONS_PATH,

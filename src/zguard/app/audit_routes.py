@@ -70,6 +70,12 @@ def _time(schema: dict[str, Any]) -> None:  # a function: FastAPI consumes a dic
     schema.update(pattern=TIME_PATTERN, examples=["2026-11-26T09:00:00Z", "1764147600000"])
 
 
+# The query parameters both listeners' audit searches take (and the console's JSON API), declared once.
+TimeQuery = Annotated[str | None, Query(max_length=TIME_PARAM_MAX, json_schema_extra=_time)]
+TextQuery = Annotated[str | None, Query(max_length=TEXT_PARAM_MAX)]
+OutcomeQuery = Annotated[Outcome | None, Query()]
+
+
 def _next_page_link(document: dict[str, Any]) -> None:
     """The next page is an OpenAPI link: generated clients (and schemathesis' stateful phase) follow it."""
     ok = document["paths"][AUDIT_PATH]["get"]["responses"]["200"]
@@ -95,12 +101,12 @@ def add_audit_routes(app: FastAPI, services: Services) -> None:
     )
     async def audit_events(
         *,
-        since: Annotated[str | None, Query(max_length=TIME_PARAM_MAX, json_schema_extra=_time)] = None,
-        until: Annotated[str | None, Query(max_length=TIME_PARAM_MAX, json_schema_extra=_time)] = None,
-        principal: Annotated[str | None, Query(max_length=TEXT_PARAM_MAX)] = None,
-        outcome: Annotated[Outcome | None, Query()] = None,
-        type: Annotated[str | None, Query(max_length=TEXT_PARAM_MAX)] = None,
-        request_id: Annotated[str | None, Query(max_length=TEXT_PARAM_MAX)] = None,
+        since: TimeQuery = None,
+        until: TimeQuery = None,
+        principal: TextQuery = None,
+        outcome: OutcomeQuery = None,
+        type: TextQuery = None,
+        request_id: TextQuery = None,
         after: Annotated[int | None, Query(ge=0, le=SEQ_MAX)] = None,
         limit: Annotated[int, Query(ge=1, le=AUDIT_PAGE_MAX)] = 100,
     ) -> AuditEventList:

@@ -22,7 +22,9 @@ from typing import Any, Final
 
 from fastapi import FastAPI
 
+from zguard.app.context import Services
 from zguard.app.schemas import ImageGenerationRequest
+from zguard.config import Settings
 from zguard.config.settings import GenerationSettings
 from zguard.config.sizes import SIZE_STEP
 from zguard.services.images import MAX_SEED
@@ -49,6 +51,26 @@ AUTHENTICATED: Final[Codes] = {
     429: ("too_many_failed_logins", "rate_limit_exceeded"),
     503: ("rate_limiter_unavailable", "identity_provider_unavailable"),
 }
+# `POST /v1/images/generations` and the console's Generate API, beyond the above.
+GENERATION_ERRORS: Final[Codes] = {
+    400: (
+        "invalid_json",
+        "missing_required_field",
+        "unknown_field",
+        "invalid_type",
+        "invalid_value",
+        "invalid_prompt",
+        "invalid_size",
+        "unsupported_response_format",
+        "model_not_found",
+        "prompt_rejected",
+    ),
+    415: ("unsupported_media_type",),
+    429: ("too_many_concurrent_requests",),
+    503: ("server_busy", "model_not_ready"),
+    504: ("generation_timeout",),
+}
+
 _DESCRIPTIONS: Final = {
     400: "The request is malformed or a value is out of bounds",
     401: "No credentials, or credentials that are not valid",
@@ -257,6 +279,13 @@ def image_request_schema(
     props["n"] = {**props["n"], "type": "integer", "minimum": 1, "maximum": limits.max_n}
     schema["additionalProperties"] = False
     return schema
+
+
+def image_request_body(settings: Settings, services: Services) -> dict[str, Any]:
+    """The request body of a generation under `settings` for the model `services` serve."""
+    info = services.engine.info
+    schema = image_request_schema(settings.generation, info.id, info.max_width, info.max_height)
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
 # --- times in queries -------------------------------------------------------------------------

@@ -43,10 +43,10 @@ class _NoEngine:
         raise NotImplementedError
 
 
-def openapi_document(listener: str = "api") -> dict[str, Any]:
+def openapi_document(listener: str = "api", settings: Settings | None = None) -> dict[str, Any]:
     """The OpenAPI document of the API listener, or of the console's JSON API (`listener="console"`:
-    its pages are HTML for people and left out)."""
-    settings = Settings()
+    its pages are HTML for people and left out), under `settings` (the defaults: what is published)."""
+    settings = settings or Settings()
     audit, unused_key = MemoryAuditSink(), bytes(KEY_BYTES)  # the document needs the app's shape, no keys
     runtime = build_runtime(
         settings,

@@ -18,6 +18,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 
 from zguard.app.audit_routes import add_audit_routes
 from zguard.app.auth import PUBLIC, requires
+from zguard.app.console.contract import install_console_document
 from zguard.app.console.csrf import SessionCsrf
 from zguard.app.console.pages import _status, add_console_pages, refusal_page_for
 from zguard.app.console.web import STATIC, session_cookie_name
@@ -101,7 +102,13 @@ def create_console_app(settings: Settings, services: Services) -> FastAPI:
     async def status_json() -> JSONResponse:
         return JSONResponse(_status(services))
 
-    @app.get("/metrics", dependencies=[requires(Permission.SYSTEM_READ)])
+    @app.get(
+        "/metrics",
+        dependencies=[requires(Permission.SYSTEM_READ)],
+        responses={
+            200: {"description": "Prometheus text format", "content": {CONTENT_TYPE: {"schema": {"type": "string"}}}}
+        },
+    )
     async def metrics() -> Response:
         """Prometheus text format: requests by listener, status and code; generation latency; queue;
         audit forwarding lag; model verified; policy reloads. No prompts, names or tokens in labels."""
@@ -120,4 +127,5 @@ def create_console_app(settings: Settings, services: Services) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    install_console_document(app, settings, services)
     return app

@@ -38,12 +38,16 @@ from zguard.app.audit_routes import (
     SEQ_MAX,
     TEXT_PARAM_MAX,
     TIME_PARAM_MAX,
+    OutcomeQuery,
+    TextQuery,
+    TimeQuery,
     parse_time_ms,
 )
 from zguard.app.auth import CurrentIdentity, request_info, requires
 from zguard.app.console.common import N_, Page
 from zguard.app.console.web import negotiate, translate
 from zguard.app.context import Services
+from zguard.app.contract import patch_document, set_parameter
 from zguard.app.middleware.audit_requests import request_record
 from zguard.app.schemas import AuditEventList
 from zguard.audit import AuditEvent, AuditReader, DetailValue, Outcome
@@ -300,15 +304,17 @@ def _add_pages(app: FastAPI, services: Services, page: Page) -> None:
 
 
 def _add_api(app: FastAPI, services: Services) -> None:
+    patch_document(app, set_parameter(API_EVENTS, "get", "after", minimum=0, maximum=SEQ_MAX))
+
     @app.get(API_EVENTS, response_model=AuditEventList, dependencies=[requires(Permission.AUDIT_READ)])
     async def audit_events_api(
         *,
-        since: Annotated[str | None, Query(max_length=TIME_PARAM_MAX)] = None,
-        until: Annotated[str | None, Query(max_length=TIME_PARAM_MAX)] = None,
-        principal: Annotated[str | None, Query(max_length=TEXT_PARAM_MAX)] = None,
-        outcome: Annotated[str | None, Query(max_length=TEXT_PARAM_MAX)] = None,
-        type: Annotated[str | None, Query(max_length=TEXT_PARAM_MAX)] = None,
-        request_id: Annotated[str | None, Query(max_length=TEXT_PARAM_MAX)] = None,
+        since: TimeQuery = None,
+        until: TimeQuery = None,
+        principal: TextQuery = None,
+        outcome: OutcomeQuery = None,
+        type: TextQuery = None,
+        request_id: TextQuery = None,
         after: Annotated[int | None, Query(ge=0, le=SEQ_MAX)] = None,
         limit: Annotated[int, Query(ge=1, le=AUDIT_PAGE_MAX)] = 100,
     ) -> AuditEventList:

@@ -31,11 +31,13 @@ from starlette.responses import JSONResponse, Response
 
 from zguard.app.auth import CurrentIdentity, requires
 from zguard.app.console.common import N_, Page, form
+from zguard.app.console.contract import CHANGE, SESSION
 from zguard.app.console.web import negotiate, translate
 from zguard.app.context import Services
+from zguard.app.contract import AUTHENTICATED, GENERATION_ERRORS, error_responses
 from zguard.app.generation import run_generation
 from zguard.app.middleware.audit_requests import request_record
-from zguard.app.schemas import ErrorResponse, ImageGenerationRequest, ImageGenerationResponse
+from zguard.app.schemas import ImageGenerationResponse
 from zguard.app.wire import image_request, image_response, parse_json_object
 from zguard.audit import DetailValue
 from zguard.engine.admission import TICKET
@@ -316,16 +318,8 @@ def add_generate_pages(app: FastAPI, services: Services, sessions: SessionServic
     @app.post(
         API_PATH,
         response_model=ImageGenerationResponse,
-        responses={
-            status: {"model": ErrorResponse, "description": "Error in the OpenAI shape"}
-            for status in (400, 401, 403, 413, 415, 429, 503, 504, 500)
-        },
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": ImageGenerationRequest.model_json_schema()}},
-            }
-        },
+        responses=error_responses(AUTHENTICATED, SESSION, CHANGE, GENERATION_ERRORS),
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {}}}},
         summary="Create images from a prompt (the body and answer of POST /v1/images/generations)",
         dependencies=[requires(Permission.IMAGES_GENERATE)],
     )

@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Scope
 
 from zguard.app.auth import PUBLIC, CurrentIdentity, request_info, requires
 from zguard.app.console.audit import add_audit_pages
-from zguard.app.console.common import N_, Page, form, may
+from zguard.app.console.common import N_, Page, RowId, form, may
 from zguard.app.console.generate import add_generate_pages
 from zguard.app.console.system import add_system_pages
 from zguard.app.console.users import add_users_pages
@@ -302,8 +302,9 @@ def _add_api(app: FastAPI, services: Services, sessions: SessionService | NoSess
         mine = await sessions.sessions_of(identity)
         return JSONResponse({"data": [_session_json(r, identity.session_id) for r in mine]})
 
-    @app.delete(f"{API}/sessions/{{session_id}}", dependencies=[requires(Permission.MODELS_READ)])
-    async def delete_session(request: Request, identity: CurrentIdentity, session_id: int) -> JSONResponse:
+    # `:int`: /sessions/revoke-all is another route, and other methods on it get 405, not a 400 here
+    @app.delete(f"{API}/sessions/{{session_id:int}}", dependencies=[requires(Permission.MODELS_READ)])
+    async def delete_session(request: Request, identity: CurrentIdentity, session_id: RowId) -> JSONResponse:
         """End one of the caller's own sessions (404 when it is not theirs or already ended)."""
         if not await sessions.revoke(identity, session_id, request_info(request)):
             raise RouteNotFound("no such open session of yours")

@@ -44,6 +44,16 @@ HASH_PREFIX = "sha256:"
 log = logging.getLogger("zguard.console")
 
 
+_TEST_BODY = {
+    "type": "object",
+    "required": ["prompt"],
+    "properties": {
+        "prompt": {"type": "string", "minLength": 1, "maxLength": PROMPT_MAX, "pattern": r"\S"},
+        "negative_prompt": {"type": ["string", "null"], "maxLength": PROMPT_MAX},
+    },
+}
+
+
 def system_status(services: Services) -> dict[str, Any]:
     info = services.engine.info
     return {
@@ -188,7 +198,11 @@ def add_system_pages(app: FastAPI, services: Services, sessions: SessionService 
             error=error,
         )
 
-    @app.post(f"{API}/policy/test", dependencies=[requires(Permission.POLICY_MANAGE)])
+    @app.post(
+        f"{API}/policy/test",
+        dependencies=[requires(Permission.POLICY_MANAGE)],
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": _TEST_BODY}}}},
+    )
     async def policy_test_json(request: Request, identity: CurrentIdentity) -> JSONResponse:
         """The verdict the image API would give `prompt` (and `negative_prompt`) for the caller's roles."""
         body = parse_json_object(await request.body())

@@ -55,7 +55,7 @@ from zguard.app.console.administration import (
     principal_json,
     token_json,
 )
-from zguard.app.console.common import N_, Page, form
+from zguard.app.console.common import N_, Page, RowId, form
 from zguard.app.console.web import negotiate, see_other, translate
 from zguard.app.context import Services
 from zguard.errors import ServiceUnavailable, ZguardError
@@ -112,7 +112,7 @@ def _add_user_pages(app: FastAPI, ops: Administration) -> None:
         return see_other(f"/users/{record.id}")
 
     @app.get("/users/{principal_id}", dependencies=USERS_MANAGE, include_in_schema=False)
-    async def user_detail(request: Request, identity: CurrentIdentity, principal_id: int) -> Response:
+    async def user_detail(request: Request, identity: CurrentIdentity, principal_id: RowId) -> Response:
         try:
             record = await ops.principal_by_id(principal_id)
         except ServiceUnavailable as exc:
@@ -122,7 +122,7 @@ def _add_user_pages(app: FastAPI, ops: Administration) -> None:
         return await ops.user_page(request, identity, record)
 
     @app.post("/users/{principal_id}/roles", dependencies=USERS_MANAGE, include_in_schema=False)
-    async def user_roles(request: Request, identity: CurrentIdentity, principal_id: int) -> Response:
+    async def user_roles(request: Request, identity: CurrentIdentity, principal_id: RowId) -> Response:
         async def work(record: PrincipalRecord, fields: dict[str, str]) -> object:
             roles = parse_roles(fields.get("roles", ""))
             return await call(ops.admin().set_roles, record.name, roles, actor=actor_of(identity, request))
@@ -130,7 +130,7 @@ def _add_user_pages(app: FastAPI, ops: Administration) -> None:
         return await ops.user_action(request, identity, principal_id, "roles", work)
 
     @app.post("/users/{principal_id}/enabled", dependencies=USERS_MANAGE, include_in_schema=False)
-    async def user_enabled(request: Request, identity: CurrentIdentity, principal_id: int) -> Response:
+    async def user_enabled(request: Request, identity: CurrentIdentity, principal_id: RowId) -> Response:
         async def work(record: PrincipalRecord, fields: dict[str, str]) -> object:
             enabled = fields.get("enabled", "") == "1"
             return await ops.set_enabled(actor_of(identity, request), identity, record, enabled)
@@ -138,7 +138,7 @@ def _add_user_pages(app: FastAPI, ops: Administration) -> None:
         return await ops.user_action(request, identity, principal_id, "enabled", work)
 
     @app.post("/users/{principal_id}/password", dependencies=USERS_MANAGE, include_in_schema=False)
-    async def user_password(request: Request, identity: CurrentIdentity, principal_id: int) -> Response:
+    async def user_password(request: Request, identity: CurrentIdentity, principal_id: RowId) -> Response:
         async def work(record: PrincipalRecord, fields: dict[str, str]) -> object:
             password = fields.get("password", "")[:PASSWORD_MAX]
             return await call(ops.admin().set_password, record.name, password, actor=actor_of(identity, request))
@@ -146,14 +146,14 @@ def _add_user_pages(app: FastAPI, ops: Administration) -> None:
         return await ops.user_action(request, identity, principal_id, "password", work)
 
     @app.post("/users/{principal_id}/unlock", dependencies=USERS_MANAGE, include_in_schema=False)
-    async def user_unlock(request: Request, identity: CurrentIdentity, principal_id: int) -> Response:
+    async def user_unlock(request: Request, identity: CurrentIdentity, principal_id: RowId) -> Response:
         async def work(record: PrincipalRecord, fields: dict[str, str]) -> object:
             return await ops.unlock(actor_of(identity, request), record, fields.get("address", "")[:64].strip() or None)
 
         return await ops.user_action(request, identity, principal_id, "unlock", work)
 
     @app.post("/users/{principal_id}/tokens", dependencies=TOKENS_MANAGE, include_in_schema=False)
-    async def user_token_create(request: Request, identity: CurrentIdentity, principal_id: int) -> Response:
+    async def user_token_create(request: Request, identity: CurrentIdentity, principal_id: RowId) -> Response:
         async def work(record: PrincipalRecord, fields: dict[str, str]) -> object:
             body = form_token(fields, never_expires=True)
             return await ops.service_token(actor_of(identity, request), record, body)
@@ -161,7 +161,7 @@ def _add_user_pages(app: FastAPI, ops: Administration) -> None:
         return await ops.user_action(request, identity, principal_id, "token", work)
 
     @app.post("/users/{principal_id}/tokens/revoke", dependencies=TOKENS_MANAGE, include_in_schema=False)
-    async def user_token_revoke(request: Request, identity: CurrentIdentity, principal_id: int) -> Response:
+    async def user_token_revoke(request: Request, identity: CurrentIdentity, principal_id: RowId) -> Response:
         async def work(record: PrincipalRecord, fields: dict[str, str]) -> object:
             token_id = form_id(fields.get("token", ""))
             return await ops.revoke_of(actor_of(identity, request), identity, record.name, token_id)
@@ -230,12 +230,12 @@ def _add_users_api(app: FastAPI, ops: Administration) -> None:
         return JSONResponse(principal_json(record), status_code=201)
 
     @app.get(f"{API}/users/{{principal_id}}", dependencies=USERS_MANAGE)
-    async def api_user(principal_id: int) -> JSONResponse:
+    async def api_user(principal_id: RowId) -> JSONResponse:
         return JSONResponse(principal_json(await ops.principal_by_id(principal_id)))
 
     @app.post(f"{API}/users/{{principal_id}}/roles", dependencies=USERS_MANAGE)
     async def api_user_roles(
-        request: Request, identity: CurrentIdentity, principal_id: int, body: RolesChange
+        request: Request, identity: CurrentIdentity, principal_id: RowId, body: RolesChange
     ) -> JSONResponse:
         """Replace the roles (separation of duties refused: `roles_refused`)."""
         record = await ops.principal_by_id(principal_id)
@@ -244,7 +244,7 @@ def _add_users_api(app: FastAPI, ops: Administration) -> None:
 
     @app.post(f"{API}/users/{{principal_id}}/enabled", dependencies=USERS_MANAGE)
     async def api_user_enabled(
-        request: Request, identity: CurrentIdentity, principal_id: int, body: EnabledChange
+        request: Request, identity: CurrentIdentity, principal_id: RowId, body: EnabledChange
     ) -> JSONResponse:
         """Disable (its sessions and tokens stop working at their next request) or enable."""
         record = await ops.principal_by_id(principal_id)
@@ -253,7 +253,7 @@ def _add_users_api(app: FastAPI, ops: Administration) -> None:
 
     @app.post(f"{API}/users/{{principal_id}}/password", dependencies=USERS_MANAGE)
     async def api_user_password(
-        request: Request, identity: CurrentIdentity, principal_id: int, body: PasswordReset
+        request: Request, identity: CurrentIdentity, principal_id: RowId, body: PasswordReset
     ) -> JSONResponse:
         """Reset a user's password (the policy applies); their sessions end."""
         record = await ops.principal_by_id(principal_id)
@@ -263,7 +263,7 @@ def _add_users_api(app: FastAPI, ops: Administration) -> None:
 
     @app.post(f"{API}/users/{{principal_id}}/unlock", dependencies=USERS_MANAGE)
     async def api_user_unlock(
-        request: Request, identity: CurrentIdentity, principal_id: int, body: UnlockRequest
+        request: Request, identity: CurrentIdentity, principal_id: RowId, body: UnlockRequest
     ) -> JSONResponse:
         """Clear a user's failed sign-ins (from every address; at `address` too), so they can sign in now."""
         record = await ops.principal_by_id(principal_id)
@@ -271,13 +271,13 @@ def _add_users_api(app: FastAPI, ops: Administration) -> None:
         return JSONResponse({"unlocked": record.name, "address": body.address})
 
     @app.get(f"{API}/users/{{principal_id}}/tokens", dependencies=TOKENS_MANAGE)
-    async def api_user_tokens(principal_id: int) -> JSONResponse:
+    async def api_user_tokens(principal_id: RowId) -> JSONResponse:
         record = await ops.principal_by_id(principal_id)
         return JSONResponse({"data": [token_json(t, s) for t, s in await ops.tokens_of(record.name)]})
 
     @app.post(f"{API}/users/{{principal_id}}/tokens", dependencies=TOKENS_MANAGE, status_code=201)
     async def api_user_token_create(
-        request: Request, identity: CurrentIdentity, principal_id: int, body: NewToken
+        request: Request, identity: CurrentIdentity, principal_id: RowId, body: NewToken
     ) -> JSONResponse:
         """A service account's new token; `token` (the plaintext) is in this answer only."""
         record = await ops.principal_by_id(principal_id)
@@ -286,7 +286,7 @@ def _add_users_api(app: FastAPI, ops: Administration) -> None:
 
     @app.delete(f"{API}/users/{{principal_id}}/tokens/{{token_id}}", dependencies=TOKENS_MANAGE)
     async def api_user_token_revoke(
-        request: Request, identity: CurrentIdentity, principal_id: int, token_id: int
+        request: Request, identity: CurrentIdentity, principal_id: RowId, token_id: RowId
     ) -> JSONResponse:
         record = await ops.principal_by_id(principal_id)
         revoked = await ops.revoke_of(actor_of(identity, request), identity, record.name, token_id)
@@ -313,6 +313,6 @@ def _add_account_api(app: FastAPI, ops: Administration) -> None:
         return JSONResponse(issued_json(issued, ops.admin().now()), status_code=201)
 
     @app.delete(f"{API}/tokens/{{token_id}}", dependencies=MINE)
-    async def api_my_token_revoke(request: Request, identity: CurrentIdentity, token_id: int) -> JSONResponse:
+    async def api_my_token_revoke(request: Request, identity: CurrentIdentity, token_id: RowId) -> JSONResponse:
         revoked = await ops.revoke_of(actor_of(identity, request), identity, identity.name, token_id)
         return JSONResponse(token_json(revoked, token_status(revoked, ops.admin().now())))
