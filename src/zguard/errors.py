@@ -34,10 +34,12 @@ message and the fix; the HTTP layer (zguard.app.errors) answers an operator erro
     │   │   ├── MissingCredentials          missing_credentials
     │   │   ├── InvalidApiKey               invalid_api_key: wrong, unknown, revoked, expired or disabled
     │   │   ├── SessionExpired              session_expired: a console session timed out, was revoked or its user changed
-    │   │   └── SecondFactorRequired        second_factor_required: the password was right; the one-time code is missing or wrong
+    │   │   ├── SecondFactorRequired        second_factor_required: the password was right; the one-time code is missing or wrong
+    │   │   └── SignInFailed                sign_in_failed: a sign-in through the IdP (OIDC) did not complete: state, code or id_token refused
     │   ├── PermissionDenied (403)          permission_denied: names the missing permission
     │   ├── CsrfFailed (403)                csrf_failed: a console change without its session's token, or from another origin
     │   ├── SecondFactorNotEnrolled (403)   second_factor_not_enrolled: the user's role requires TOTP and they have none
+    │   ├── SignInRefused (403)             sign_in_refused: the IdP vouched for the person; zguard's rules refuse them (separation of duties, disabled, MFA)
     │   ├── TooManyRequests (429)           carries `retry_after` seconds
     │   │   ├── TooManyFailedLogins         too_many_failed_logins: checked before any password work
     │   │   ├── RateLimitExceeded           rate_limit_exceeded: the principal's request rate; RateLimit-* headers
@@ -54,6 +56,11 @@ message and the fix; the HTTP layer (zguard.app.errors) answers an operator erro
     │   ├── GenerationTimeout (504)         generation_timeout
     │   ├── TraceTimeout (504)              trace_timeout: a trace ran past provenance.trace_timeout_s
     │   ├── InternalError (500)             internal_error: details go to the log, never to the client
+    │   ├── ScimError (400)                 scim_invalid_request: a SCIM request refused, in the SCIM error shape with its `scim_type`
+    │   │   ├── ScimUnauthorized (401)      scim_unauthorized: no SCIM bearer, or not the one identity.scim.token_sha256 digests
+    │   │   ├── ScimNotFound (404)          scim_not_found: no such SCIM user or group
+    │   │   ├── ScimConflict (409)          scim_conflict: the userName or group name is taken (`uniqueness`), a local user's included
+    │   │   └── ScimRoleConflict (409)      scim_role_conflict: memberships whose mapped roles combine separated duties; names the groups
     │   ├── AdminError                      admin_refused (zguard.services.admin)
     │   │   ├── RolesRefused                roles_refused
     │   │   ├── AlreadyInitialized          already_initialized
@@ -105,6 +112,8 @@ Exit codes, one table for every `zguard` command (README "Exit codes"):
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 EXIT_OK = 0
 EXIT_NO = 1
@@ -310,6 +319,15 @@ class InvalidApiKey(AuthenticationError):
     fix = "check the key is copied whole (zg_...), not revoked, expired or disabled (zguard token list); issue a new one with zguard token create --user NAME"
 
 
+class GroupsRefused(InvalidApiKey):
+    """A right directory password whose groups map to roles one person may not hold together;
+    `groups` names them, for the console's sign-in page (Basic callers read them in the message)."""
+
+    def __init__(self, message: str, groups: str) -> None:
+        super().__init__(message)
+        self.groups = groups
+
+
 class SessionExpired(AuthenticationError):
     code = "session_expired"
     fix = "sign in to the console again (/login); sessions end after console.session_idle_s idle or console.session_max_s in all"
@@ -332,6 +350,48 @@ class CsrfFailed(ZguardError):
     type = "permission_error"
     code = "csrf_failed"
     fix = "reload the console page and submit again from it: changes need the page's token and the console's own origin"
+
+
+class SignInFailed(AuthenticationError):
+    """A sign-in through the IdP (zguard.services.oidc) that did not complete: a login transaction
+    missing, expired or used, the IdP's error, a token endpoint refusal, an id_token refused."""
+
+    code = "sign_in_failed"
+    fix = "start the sign-in again from the console's login page; the audit event's `reason` names the check"
+
+    def __init__(
+        self, message: str, *, reason: str, detail: str | None = None, context: Mapping[str, str] | None = None
+    ) -> None:
+        """`reason` is stable (the audit event's); `context` goes into the event's detail too."""
+        super().__init__(message, detail=detail)
+        self.reason = reason
+        self.context: Mapping[str, str] = context or {}
+
+
+class SignInRefused(ZguardError):
+    """The IdP vouched for the person, and zguard's own rules refuse them: mapped roles that combine
+    separated duties, a disabled or unprovisioned principal, a missing `acr`/`amr` (zguard.services.oidc)."""
+
+    status = 403
+    type = "permission_error"
+    code = "sign_in_refused"
+    fix = "the audit event's `reason` names the rule: fix the person's groups at the IdP, enable or provision the principal, or sign in with the factor the role requires"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        principal: str | None = None,
+        detail: str | None = None,
+        context: Mapping[str, str] | None = None,
+    ) -> None:
+        """`reason` is stable (the audit event's); `principal` the name the IdP gave; `context`
+        goes into the event's detail too (the groups of a separation-of-duties conflict)."""
+        super().__init__(message, detail=detail)
+        self.reason = reason
+        self.principal = principal
+        self.context: Mapping[str, str] = context or {}
 
 
 class PermissionDenied(ZguardError):
@@ -464,6 +524,52 @@ class TraceTimeout(ZguardError):
 class InternalError(ZguardError):
     code = "internal_error"
     fix = "the server log has the error under the request id"
+
+
+class ScimError(ZguardError):
+    """A SCIM request refused (zguard.services.scim), answered in the SCIM error shape of
+    RFC 7644 3.12 (`urn:ietf:params:scim:api:messages:2.0:Error`) with `scim_type` when RFC 7644
+    names one: invalidFilter, invalidValue, invalidSyntax, invalidPath, noTarget, mutability, uniqueness."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "scim_invalid_request"
+    fix = "the IdP's provisioning log shows the request; the message names the attribute or filter zguard refused (docs/identity.md lists what it understands)"
+
+    def __init__(self, message: str, *, scim_type: str | None = None, detail: str | None = None) -> None:
+        super().__init__(message, detail=detail)
+        self.scim_type = scim_type
+
+
+class ScimUnauthorized(ScimError):
+    status = 401
+    type = "authentication_error"
+    code = "scim_unauthorized"
+    fix = "paste the secret whose SHA-256 is in identity.scim.token_sha256 into the IdP's provisioning settings (Secret Token / API Token)"
+
+
+class ScimNotFound(ScimError):
+    status = 404
+    code = "scim_not_found"
+    fix = "the IdP refers to a user or group zguard does not hold (deleted here, or provisioned to another server); let the IdP create it again"
+
+
+class ScimConflict(ScimError):
+    status = 409
+    code = "scim_conflict"
+    fix = "another user or group holds that name (a local zguard user included: SCIM never takes one over); rename one of them"
+
+
+class ScimRoleConflict(ScimError):
+    """Group memberships whose mapped roles one user may not hold together; nothing was changed."""
+
+    status = 409
+    code = "scim_role_conflict"
+    fix = "take the user out of one of the named groups at the IdP, or change identity.scim.group_role_map"
+
+    def __init__(self, message: str, *, groups: tuple[str, ...], detail: str | None = None) -> None:
+        super().__init__(message, detail=detail)
+        self.groups = groups
 
 
 def error_classes() -> list[type[ZguardError]]:

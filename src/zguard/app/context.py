@@ -29,7 +29,9 @@ if TYPE_CHECKING:
     from zguard.services.admin import AdminService
     from zguard.services.auth import Identity, RequestInfo
     from zguard.services.images import GeneratedImages, GenerationPlan, ImageRequest
+    from zguard.services.oidc import OidcLogin
     from zguard.services.ratelimit import Bucket, RateLimitState
+    from zguard.services.scim import ScimService
     from zguard.services.sessions import SessionService
 
 
@@ -92,5 +94,7 @@ class Services:
     audit_reader: AuditReader | None = None  # the trail as auditors read it; None: no readable store
     sessions: SessionService | None = None  # console sign-in; None: no state database, no console login
     admin: AdminService | None = None  # the console's user and token administration; None: no state database
+    oidc: OidcLogin | None = None  # console sign-in through the IdP (identity.oidc); None: off
+    scim: ScimService | None = None  # SCIM provisioning at /scim/v2 on the console; None: identity.scim off
     # `zguard doctor`'s findings (check, severity, message, fix) for the console's system page; None: not wired
     doctor: Callable[[], list[dict[str, Any]]] | None = None

@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "scan": ("scan", "security scan: vulnerable packages, model manifest, permissions, configuration"),
     "trace": ("provenance", "find the request that generated an image"),
     "provenance": ("provenance", "AIGC label tools"),
+    "scim": ("scim", "SCIM provisioning tools"),
 }
 
 

@@ -9,48 +9,19 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Final
-from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from zguard.config.sections import Section, is_loopback
+from zguard.config.identity_ldap import LdapSettings, check_ldap_roles
+from zguard.config.identity_oidc import OidcSettings, check_oidc
+from zguard.config.identity_scim import ScimSettings, check_scim_roles
+from zguard.config.idp import SIGNATURE_ALGORITHMS, check_algorithms, check_idp_url
+from zguard.config.sections import Section
 from zguard.security.rbac import RoleRegistry
 
-# Asymmetric signatures only. An HMAC (HS*) would need a secret shared with the IdP, and an HS*
-# verifier handed a public key is the classic forgery (sign with the public key's bytes).
-SIGNATURE_ALGORITHMS: Final = (
-    "RS256",
-    "RS384",
-    "RS512",
-    "PS256",
-    "PS384",
-    "PS512",
-    "ES256",
-    "ES384",
-    "ES512",
-    "EdDSA",
-    "Ed25519",
-)
 DEFAULT_ALGORITHMS: Final = ("RS256", "ES256", "EdDSA")
 DEFAULT_PRINCIPAL_CLAIMS: Final = ("azp", "client_id", "sub")
 CLAIM_NAME_MAX: Final = 128
-
-
-def check_idp_url(value: str | None, what: str) -> str | None:
-    """`value` when it is an https URL, or http to a loopback host (a test IdP); else ValueError."""
-    if value is None:
-        return None
-    parts = urlsplit(value)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ValueError(f"{what} must be an https:// URL, e.g. https://idp.bank.example/realms/bank")
-    if parts.scheme == "http" and not is_loopback(parts.hostname):
-        raise ValueError(
-            f"{what} must use https (http is allowed only to a loopback host): keys and discovery "
-            "fetched over plain HTTP could be replaced on the way"
-        )
-    if parts.username or parts.password or parts.fragment:
-        raise ValueError(f"{what} must not carry credentials or a #fragment")
-    return value
 
 
 class JwtSettings(Section):
@@ -146,17 +117,7 @@ class JwtSettings(Section):
     @field_validator("algorithms")
     @classmethod
     def _asymmetric_only(cls, value: list[str]) -> list[str]:
-        refused = [name for name in value if name.lower() == "none" or name.upper().startswith("HS")]
-        if refused:
-            raise ValueError(
-                f"{', '.join(refused)} refused: `none` accepts unsigned tokens and HMAC (HS*) would let anyone "
-                "holding the IdP's public key forge tokens; list RS256, ES256 or EdDSA"
-            )
-        if unknown := [name for name in value if name not in SIGNATURE_ALGORITHMS]:
-            raise ValueError(f"unknown algorithm(s) {', '.join(unknown)}; known: {', '.join(SIGNATURE_ALGORITHMS)}")
-        if not value:
-            raise ValueError("name at least one algorithm, e.g. [RS256]")
-        return list(dict.fromkeys(value))
+        return check_algorithms(value, "identity.jwt.algorithms")
 
     @field_validator("principal_claims")
     @classmethod
@@ -191,12 +152,27 @@ class IdentitySettings(Section):
         default_factory=JwtSettings,
         description="API bearer tokens (JWTs) from the IdP: keys from its JWKS, `iss` and `aud` pinned, claims mapped to roles.",
     )
+    oidc: OidcSettings = Field(
+        default_factory=OidcSettings,
+        description="Console sign-in through the IdP with OpenID Connect: authorization code with PKCE, the id_token verified, groups mapped to roles at every login, RP-initiated logout.",
+    )
+    ldap: LdapSettings = Field(
+        default_factory=LdapSettings,
+        description="Console and HTTP Basic sign-in against LDAP / Active Directory: LDAPS or StartTLS, a service-account search, a bind as the user, groups mapped to roles.",
+    )
+    scim: ScimSettings = Field(
+        default_factory=ScimSettings,
+        description="SCIM 2.0 provisioning at `/scim/v2` on the console listener: the IdP creates users, disables leavers at once and moves group memberships, which map to roles.",
+    )
 
 
 def check_role_map(identity: IdentitySettings, registry: RoleRegistry, *, api_auth_enabled: bool) -> None:
     """ValueError naming the key when `identity` cannot be used with these roles: every role
     `role_map` grants must exist, and tokens need authentication to be on."""
     jwt = identity.jwt
+    check_ldap_roles(identity.ldap, registry, api_auth_enabled=api_auth_enabled)
+    check_scim_roles(identity.scim, registry)
+    check_oidc(identity.oidc, registry, api_auth_enabled=api_auth_enabled)
     if jwt.enabled and not api_auth_enabled:
         raise ValueError("identity.jwt.enabled needs api_auth.enabled: with authentication off no token is read")
     unknown = sorted({role for role in jwt.role_map.values() if registry.get(role) is None})

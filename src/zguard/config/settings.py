@@ -796,7 +796,7 @@ class Settings(_Section):
     )
     identity: IdentitySettings = Field(
         default_factory=IdentitySettings,
-        description="The bank's identity provider: its JWTs as API bearer tokens (`identity.jwt`).",
+        description="The bank's identity provider: its JWTs as API bearer tokens (`identity.jwt`), console sign-in with OpenID Connect (`identity.oidc`), directory passwords over LDAP (`identity.ldap`), and SCIM provisioning (`identity.scim`); docs/identity.md.",
     )
     trusted_proxies: list[str] = Field(
         default_factory=list,

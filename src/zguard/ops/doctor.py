@@ -36,7 +36,10 @@ from zguard.ops.host_checks import (
     security_modules,
     worst,
 )
+from zguard.ops.identity_checks import idp_findings
+from zguard.ops.ldap_check import ldap_finding
 from zguard.ops.persistence import CleanupRecord, files_under
+from zguard.ops.scim_check import scim_finding
 from zguard.security.keys import load_public_key
 from zguard.security.netacl import NetworkAllowlist
 from zguard.store import migrate
@@ -231,6 +234,9 @@ def run_checks(settings: Settings, host: Host | None = None, source: SettingsFil
     findings += audit_findings(settings)
     if (counters := counter_storage_finding(settings)) is not None:
         findings.append(counters)
+    findings += filter(None, [ldap_finding(settings.identity.ldap)])
+    findings += idp_findings(settings.identity)
+    findings += filter(None, [scim_finding(settings)])
     return findings
 
 

@@ -53,6 +53,7 @@ from zguard.serve.wiring import (
     retire_demo_account,
 )
 from zguard.services.admin import identity_collisions, load_token_key
+from zguard.services.auth import AuthService
 from zguard.services.prompt_policy import PolicyHolder, ReloadOnSignal
 from zguard.services.readiness import ModelState, Readiness
 
@@ -280,6 +281,8 @@ def stop_work(runtime: Runtime, signals: StopSignals, sockets: dict[str, socket.
         log.warning("a generation was still running after the grace period; exiting anyway")
     for sock in sockets.values():
         sock.close()
+    if isinstance(auth := runtime.services.auth, AuthService):
+        auth.close()  # the directory's pooled connections
 
 
 def log_listening(sockets: dict[str, socket.socket], tls: dict[str, ssl.SSLContext | None]) -> None:
@@ -298,6 +301,12 @@ def sweep_event(settings: Settings, report: SweepReport) -> AuditEvent:
         "files": " ".join(report.listed()),
     }
     return lifecycle_event("runtime.swept", settings, detail=detail)
+
+
+async def _warm_identity(runtime: Runtime) -> None:
+    """The IdP's discovery document read at start, not at the first sign-in (failures: logged, retried then)."""
+    if runtime.services.oidc is not None:
+        await runtime.services.oidc.warm()
 
 
 async def _serve(
@@ -360,7 +369,7 @@ async def _serve(
             exit_code = EXIT_MODEL_FAILED
             signals.stop_serving()
 
-    warm = asyncio.create_task(start_model())
+    warm = asyncio.gather(start_model(), _warm_identity(runtime))
     log_listening(sockets, tls)
     try:
         await asyncio.gather(*(server.serve(sockets=[sockets[name]]) for name, server in servers.items()))

@@ -31,14 +31,18 @@ from zguard.services.auth import AuthService
 from zguard.services.counters import CounterStorage
 from zguard.services.images import ImageService
 from zguard.services.jwt_bearer import JwtVerifier
+from zguard.services.ldap_auth import LdapDirectory
+from zguard.services.oidc import OidcLogin
 from zguard.services.prompt_policy import PolicyHolder
 from zguard.services.ratelimit import RateLimitService
 from zguard.services.readiness import Readiness
+from zguard.services.scim import ScimService
 from zguard.services.sessions import SessionService
 from zguard.store import migrate
 from zguard.store.database import create_store_engine, database_url
 from zguard.store.errors import SchemaNotCurrent
 from zguard.store.principals import PrincipalStore
+from zguard.store.scim import ScimStore
 
 log = logging.getLogger("zguard.serve.lifecycle")  # the name operators' log filters know from before the split
 DEMO_WARNING = (
@@ -192,6 +196,7 @@ def issue_demo_token(settings: Settings, store: PrincipalStore, token_key: bytes
 def build_auth(settings: Settings, store: PrincipalStore | None, token_key: bytes, audit: AuditSink) -> AuthService:
     registry = settings.role_registry()
     jwt = settings.identity.jwt
+    ldap = settings.identity.ldap  # directory users become principals: no directory without a state database
     return AuthService(
         settings.api_auth,
         registry,
@@ -200,6 +205,7 @@ def build_auth(settings: Settings, store: PrincipalStore | None, token_key: byte
         audit=audit,
         counters=CounterStorage.from_settings(settings.rate_limits),
         jwt=JwtVerifier.from_settings(jwt, registry) if jwt.enabled else None,
+        directory=LdapDirectory.from_settings(ldap, registry) if ldap.enabled and store is not None else None,
     )
 
 
@@ -217,6 +223,45 @@ def admin_service(settings: Settings, auth: AuthService, audit: AuditSink) -> Ad
         password_min_length=settings.api_auth.password_min_length,
         token_expiry=timedelta(days=days) if (days := settings.api_auth.token_expiry_days) else None,
         reserved_names=[user.username for user in settings.api_auth.users],
+    )
+
+
+def scim_service(
+    settings: Settings, auth: AuthService, audit: AuditSink, counters: CounterStorage
+) -> ScimService | None:
+    """SCIM provisioning on the server's store, its failed attempts counted where request rates are;
+    None when `identity.scim` is off or there is no state database (nothing to provision into)."""
+    scim = settings.identity.scim
+    if not scim.enabled or auth.store is None:
+        return None
+    return ScimService(
+        scim,
+        settings.role_registry(),
+        ScimStore(auth.store.engine),
+        audit=audit,
+        counters=counters,
+        reserved_names=[user.username for user in settings.api_auth.users],
+    )
+
+
+def oidc_login(
+    settings: Settings, auth: AuthService, sessions: SessionService | None, counters: CounterStorage, audit: AuditSink
+) -> OidcLogin | None:
+    """Console sign-in through the IdP when `identity.oidc` is on (the client secret read now);
+    ConfigError without a state database, where no principal or session can be kept."""
+    oidc = settings.identity.oidc
+    if not oidc.enabled:
+        return None
+    if auth.store is None or sessions is None:
+        raise ConfigError(["identity.oidc.enabled needs the state database (state_dir or database.url)"])
+    return OidcLogin.from_settings(
+        oidc,
+        settings.role_registry(),
+        principals=auth.store,
+        sessions=sessions,
+        counters=counters,
+        key=auth.derived_key(b"oidc login transactions"),
+        audit=audit,
     )
 
 
@@ -270,8 +315,10 @@ def build_runtime(
         strangers=StrangerRefusals(
             settings.audit.unauthenticated_events_per_minute, settings.audit.unauthenticated_events_per_minute_total
         ),
-        sessions=SessionService.for_auth(settings.console, auth, audit),
+        sessions=(sessions := SessionService.for_auth(settings.console, auth, audit)),
+        oidc=oidc_login(settings, auth, sessions, rate_limits.counters, audit),
         admin=admin_service(settings, auth, audit),
+        scim=scim_service(settings, auth, audit, rate_limits.counters),
         doctor=lambda: [finding.as_dict() for finding in run_checks(settings)],
     )
     return Runtime(services=services, admission=admission, worker=worker, policy=policy)

@@ -55,6 +55,13 @@ Decisions written here:
   and answered 401 `invalid_api_key` (429 once the address is over its limit); a valid one is
   never refused by the counter. No key cached and the IdP unreachable: 503
   `identity_provider_unavailable`, audited (fail closed).
+- A password for a name no local password user holds (settings file first, then the store) is,
+  when `identity.ldap.enabled`, checked by `zguard.services.ldap_auth` (service-account search,
+  then a bind as the entry; empty passwords refused before any bind), under the same failed-login
+  limits, counted alike, and refused with the same message (`INVALID`); the principal is synced
+  (`source: ldap`) with the roles its groups map to. A separation-of-duties conflict, which comes
+  after a right password, names the groups. No directory server usable: 503
+  `identity_provider_unavailable`, audited; local users are unaffected.
 - When `api_auth.enabled` is false (allowed on loopback only) every request is the local
   anonymous identity with the roles in `ANONYMOUS_ROLES`.
 """
@@ -77,6 +84,7 @@ from typing import Literal, TypeVar
 from zguard.audit import AuditEvent, AuditSink, RequestRecord, report
 from zguard.config import ApiAuthSettings, ConfigUser
 from zguard.errors import (
+    GroupsRefused,
     IdentityProviderUnavailable,
     InvalidApiKey,
     MissingCredentials,
@@ -91,6 +99,8 @@ from zguard.security.tokens import display_prefix, looks_like_token, token_diges
 from zguard.services.counters import CounterStorage
 from zguard.services.failed_logins import LoginFailures
 from zguard.services.jwt_bearer import JwtVerifier, TokenRefused, looks_like_jws
+from zguard.services.ldap_auth import DirectoryRefused, DirectoryUser, LdapDirectory
+from zguard.store.errors import PrincipalExists, PrincipalNotFound
 from zguard.store.principals import PrincipalRecord, PrincipalStore, TokenRecord
 
 log = logging.getLogger("zguard.auth")
@@ -185,6 +195,7 @@ class AuthService:
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         jwt: JwtVerifier | None = None,
+        directory: LdapDirectory | None = None,
     ) -> None:
         """`counters` is where failed logins are counted (the request rates' storage in `serve`);
         `clock` (monotonic) times the caches, `now` (aware UTC) token expiry; `jwt` verifies the
@@ -211,6 +222,7 @@ class AuthService:
         self._dummy: str | None = None
         self._bcrypt = asyncio.Semaphore(BCRYPT_SLOTS)
         self._jwt = jwt
+        self._directory = directory  # identity.ldap: names no local password user holds (needs `store`)
 
     @property
     def audit(self) -> AuditSink:
@@ -431,6 +443,8 @@ class AuthService:
         user = username.casefold()
         await self._refuse_over_limits(user, username, info, method)
         identity, password_hash = self._basic_candidate(username)
+        if identity is None and self._directory is not None and username not in self._config_users:
+            return await self._directory_login(self._directory, user, username, password, info, method=method)
         waited = self._bcrypt.locked()
         async with self._bcrypt:
             if waited:  # the attempts this one queued behind may have used up a limit meanwhile
@@ -449,6 +463,73 @@ class AuthService:
             _in_background(lambda: store.touch_principal(principal_id), f"the last login of {identity.name}")
         return identity
 
+    async def _directory_login(
+        self, directory: LdapDirectory, user: str, username: str, password: str, info: RequestInfo, *, method: str
+    ) -> Identity:
+        """`username`'s password checked by the directory (zguard.services.ldap_auth), the principal
+        synced: any refusal is the local one (counted alike), but a separation-of-duties conflict,
+        which comes after a right password, names the groups; no directory: 503, audited."""
+        try:
+            found = await directory.login(username, password)
+            record = await asyncio.to_thread(self._sync_directory_user, directory, found)
+        except DirectoryRefused as refusal:
+            if refusal.reason != "sod_conflict":
+                await self._count_basic_failure(user, username, info, method)
+            groups = ", ".join(refusal.groups) or None
+            extra = {"source": "ldap", "ldap": refusal.detail, "groups": groups}
+            self._deny("invalid_api_key", info, method=method, principal=username, reason=refusal.reason, extra=extra)
+            if refusal.reason == "sod_conflict":
+                raise GroupsRefused(
+                    f"your directory groups {groups} grant roles one person may not hold together "
+                    "(separation of duties); ask the directory's administrators to remove one",
+                    groups or "",
+                ) from None
+            raise InvalidApiKey(INVALID) from None
+        except IdentityProviderUnavailable as error:
+            extra = {"source": "ldap", "ldap": error.detail}
+            self._deny(error.code, info, method=method, principal=username, reason="idp_unavailable", extra=extra)
+            raise
+        self._refresh_caches()  # a first sign-in or a role change moved auth_version: not a reason to bind again
+        report(
+            self._audit,
+            info.record,
+            AuditEvent(
+                type="auth.directory_login",
+                outcome="allowed",
+                request_id=info.request_id,
+                listener=info.listener,
+                client=info.client,
+                principal=record.name,
+                roles=tuple(sorted(record.roles)),
+                auth_method=method,
+                detail={"source": "ldap", "dn": found.dn[:1024], "groups": len(found.groups), "nested": found.nested},
+            ),
+        )
+        return Identity(
+            name=record.name, kind="user", roles=frozenset(record.roles), method="basic", principal_id=record.id
+        )
+
+    def _sync_directory_user(self, directory: LdapDirectory, found: DirectoryUser) -> PrincipalRecord:
+        """The principal `found` signs in as, its roles made the directory's (DirectoryRefused if none may be)."""
+        if self._store is None:
+            raise DirectoryRefused("not_provisioned", "no state database")
+        try:
+            record = self._store.sync_external(
+                "ldap",
+                directory.issuer,
+                found.subject,
+                found.name,
+                found.roles,
+                create=not directory.require_provisioned,
+            )
+        except PrincipalExists:
+            raise DirectoryRefused("name_taken", f"another principal is named {found.name}") from None
+        except PrincipalNotFound:
+            raise DirectoryRefused("not_provisioned", "identity.ldap.require_provisioned: not provisioned") from None
+        if not record.enabled or record.kind != "user":
+            raise DirectoryRefused("disabled", f"principal {record.name} is disabled")
+        return record
+
     async def count_failed_login(self, username: str, info: RequestInfo, *, method: str, reason: str) -> None:
         """Count a failure that came after the password (a wrong second factor) like a wrong password."""
         await self._count_basic_failure(username.casefold(), username, info, method)
@@ -466,6 +547,11 @@ class AuthService:
         service account. What a console session re-checks itself against."""
         identity, password_hash = self._basic_candidate(username)
         return None if identity is None or password_hash is None else (identity, password_hash)
+
+    def close(self) -> None:
+        """Close what this service holds open: the directory's pooled connections (identity.ldap)."""
+        if self._directory is not None:
+            self._directory.close()
 
     def session_user(self, username: str) -> tuple[Identity, str] | None:
         """The user a console session of `username` stands for now, and what the session was granted

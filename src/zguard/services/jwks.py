@@ -38,7 +38,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 
 from zguard.config import JwtSettings
-from zguard.config.identity import check_idp_url
+from zguard.config.idp import check_idp_url
 from zguard.errors import IdentityProviderUnavailable
 
 log = logging.getLogger("zguard.identity.jwt")

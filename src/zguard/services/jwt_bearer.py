@@ -111,7 +111,7 @@ class _QuietEdDSA(EdDSAAlgorithm):
     security_warning = None  # type: ignore[assignment]
 
 
-class _Registry(JWSRegistry):
+class SignatureRegistry(JWSRegistry):
     """joserfc's registry with EdDSA quiet; each instance allows one algorithm."""
 
     # The base declares it an instance-level dict (read as self.algorithms); a copy per class keeps ours apart.
@@ -136,7 +136,7 @@ def _b64_json(part: str) -> Any:
         raise TokenRefused("malformed", "a part is not base64url JSON") from None
 
 
-def _claim(claims: Mapping[str, Any], name: str) -> Any:
+def claim_at(claims: Mapping[str, Any], name: str) -> Any:
     """A claim by name, or by a dotted path into nested objects when no claim has the whole name."""
     if name in claims:
         return claims[name]
@@ -167,7 +167,7 @@ class JwtVerifier:
         self.keys = keys
         self._clock = clock
         self._allowed = frozenset(settings.algorithms)
-        self._registries = {alg: _Registry(algorithms=[alg]) for alg in settings.algorithms}
+        self._registries = {alg: SignatureRegistry(algorithms=[alg]) for alg in settings.algorithms}
         self._verified: OrderedDict[bytes, tuple[VerifiedToken, int]] = OrderedDict()
         self._claims = JWTClaimsRegistry(
             now=lambda: int(self._clock()),
@@ -258,16 +258,7 @@ class JwtVerifier:
         return key
 
     def _check_claims(self, claims: dict[str, Any]) -> VerifiedToken:
-        try:
-            self._claims.validate(claims)
-        except ExpiredTokenError:
-            raise TokenRefused("expired", "exp is past (leeway included)") from None
-        except MissingClaimError as exc:
-            raise TokenRefused(_claim_reason(exc.claim, missing=True), f"missing {exc.claim}") from None
-        except InvalidClaimError as exc:
-            raise TokenRefused(_claim_reason(exc.claim, missing=False), f"invalid {exc.claim}") from None
-        except ClaimError as exc:
-            raise TokenRefused("malformed", f"claim {exc.claim}") from None
+        check_claims(self._claims, claims, TokenRefused, _claim_reason, malformed="malformed")
         audience = claims["aud"]
         azp = claims.get("azp")
         if isinstance(audience, list) and len(audience) > 1 and not (isinstance(azp, str) and azp):
@@ -298,7 +289,7 @@ class JwtVerifier:
         name = self._settings.roles_claim
         if name is None:
             return frozenset()
-        raw = _claim(claims, name)
+        raw = claim_at(claims, name)
         values = [raw] if isinstance(raw, str) else raw if isinstance(raw, list) else []
         try:
             roles = map_roles(values, self._settings.role_map, self._roles)
@@ -313,7 +304,30 @@ class JwtVerifier:
         return roles
 
 
-def _claim_reason(claim: str, *, missing: bool) -> str:
+def check_claims(
+    registry: JWTClaimsRegistry,
+    claims: dict[str, Any],
+    refuse: Callable[[str, str], Exception],
+    reason: Callable[[str, bool], str],
+    *,
+    malformed: str,
+) -> None:
+    """`registry`'s checks of `claims` (issuer, audience, times with leeway, required values), a
+    failure raised as `refuse(reason, detail)`: "expired", `reason(claim, missing)`, or `malformed`.
+    The API's bearer tokens and the console's id_tokens (zguard.services.oidc) share it."""
+    try:
+        registry.validate(claims)
+    except ExpiredTokenError:
+        raise refuse("expired", "exp is past (leeway included)") from None
+    except MissingClaimError as exc:
+        raise refuse(reason(exc.claim, True), f"missing {exc.claim}") from None
+    except InvalidClaimError as exc:
+        raise refuse(reason(exc.claim, False), f"invalid {exc.claim}") from None
+    except ClaimError as exc:
+        raise refuse(malformed, f"claim {exc.claim}") from None
+
+
+def _claim_reason(claim: str, missing: bool) -> str:
     names = set(claim.split(","))
     if "iss" in names:
         return "wrong_issuer"

@@ -288,3 +288,44 @@ class TotpSecret(Base):
     sealed: Mapped[str] = mapped_column(String(256))
     created_at: Mapped[datetime]
     last_step: Mapped[int] = mapped_column(BigInteger, server_default="0")
+
+
+SCIM_ID_LEN = 32  # a uuid4 in hex
+SCIM_EXTERNAL_ID_MAX = 512
+SCIM_DISPLAY_MAX = 256
+
+
+class ScimUser(Base):
+    """What SCIM knows of a principal it provisioned (source `scim`, subject = its SCIM id):
+    the IdP's `externalId` and `displayName`, echoed back to it and searched by `externalId`."""
+
+    __tablename__ = "scim_users"
+
+    principal_id: Mapped[int] = mapped_column(ForeignKey("principals.id", ondelete="CASCADE"), primary_key=True)
+    external_id: Mapped[str | None] = mapped_column(String(SCIM_EXTERNAL_ID_MAX), index=True)
+    display_name: Mapped[str | None] = mapped_column(String(SCIM_DISPLAY_MAX))
+    updated_at: Mapped[datetime]
+
+
+class ScimGroup(Base):
+    """A group the IdP provisioned; its `display_name` is what `identity.scim.group_role_map` maps."""
+
+    __tablename__ = "scim_groups"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scim_id: Mapped[str] = mapped_column(String(SCIM_ID_LEN), unique=True)
+    display_name: Mapped[str] = mapped_column(String(SCIM_DISPLAY_MAX), unique=True)
+    external_id: Mapped[str | None] = mapped_column(String(SCIM_EXTERNAL_ID_MAX), index=True)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class ScimGroupMember(Base):
+    """One provisioned user in one SCIM group; goes with either."""
+
+    __tablename__ = "scim_group_members"
+
+    group_id: Mapped[int] = mapped_column(ForeignKey("scim_groups.id", ondelete="CASCADE"), primary_key=True)
+    principal_id: Mapped[int] = mapped_column(
+        ForeignKey("principals.id", ondelete="CASCADE"), primary_key=True, index=True
+    )

@@ -6,7 +6,8 @@ The console's pages and JSON API (zguard.app.console.pages: sign-in, sessions, t
 deployment guide puts auditors on the management network). It never serves the generation API.
 A browser signs in with a password and gets a server-side session (zguard.services.sessions);
 scripts keep using API tokens or Basic. Without a state database there are no sessions and the
-pages answer 503 on sign-in.
+pages answer 503 on sign-in. With `identity.scim` on, `/scim/v2` (zguard.app.console.scim) serves
+the IdP's SCIM provisioning behind its own bearer credential.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from zguard.app.audit_routes import add_audit_routes
 from zguard.app.auth import PUBLIC, requires
 from zguard.app.console.contract import install_console_document
 from zguard.app.console.csrf import SessionCsrf
+from zguard.app.console.oidc import add_oidc_routes
 from zguard.app.console.pages import _status, add_console_pages, refusal_page_for
+from zguard.app.console.scim import add_scim_routes
 from zguard.app.console.web import STATIC, session_cookie_name
 from zguard.app.context import Services
 from zguard.app.errors import error_response
@@ -74,7 +77,10 @@ def create_console_app(settings: Settings, services: Services) -> FastAPI:
     )
     add_audit_routes(app, services)
     add_console_pages(app, services, services.sessions, tls=tls)
+    add_oidc_routes(app, services.oidc, tls=tls)
     add_provenance_routes(app, settings, services)
+    if services.scim is not None:
+        add_scim_routes(app, services.scim)
 
     @app.get("/readyz/detail", dependencies=[requires(Permission.SYSTEM_READ)])
     async def readiness_detail() -> JSONResponse:

@@ -20,6 +20,7 @@ from zguard.app.auth import PUBLIC, CurrentIdentity, request_info, requires
 from zguard.app.console.audit import add_audit_pages
 from zguard.app.console.common import N_, Page, RowId, form, may
 from zguard.app.console.generate import add_generate_pages
+from zguard.app.console.oidc import login_button, signed_out_at_idp
 from zguard.app.console.system import add_system_pages
 from zguard.app.console.users import add_users_pages
 from zguard.app.console.verify import add_verify_routes
@@ -39,6 +40,7 @@ from zguard.app.middleware.audit_requests import request_record
 from zguard.errors import (
     AuthenticationError,
     CsrfFailed,
+    GroupsRefused,
     InvalidApiKey,
     RateLimiterUnavailable,
     RouteNotFound,
@@ -50,9 +52,15 @@ from zguard.errors import (
 )
 from zguard.security.rbac import Permission
 from zguard.services.auth import Identity
+from zguard.services.oidc import OidcLogin
 from zguard.services.sessions import NoSessions, SessionService
 from zguard.services.totp import SecondFactor
 from zguard.store.sessions import SessionRecord
+
+GROUPS_REFUSED = N_(
+    "Your directory groups ({groups}) grant roles one person may not hold together (separation of duties). "
+    "Ask the directory's administrators to remove one."
+)
 
 API = "/console/api"
 PAGE_PREFIXES_NOT = (API, "/v1/", "/api/", "/metrics", "/readyz", "/healthz", "/static/")
@@ -127,7 +135,7 @@ def add_console_pages(app: FastAPI, services: Services, sessions: SessionService
         allowed = {p.value: may(services, identity, p) for p in Permission} if identity is not None else {}
         return render(request, template, status=status, identity=identity, csrf=csrf, may=allowed, **context)
 
-    _add_sign_in(app, live, page, tls=tls)
+    _add_sign_in(app, live, page, tls=tls, oidc=services.oidc)
     _add_account(app, services, live, page, tls=tls)
     _add_api(app, services, live, tls=tls)
     for add in (add_generate_pages, add_users_pages, add_audit_pages, add_system_pages):
@@ -135,10 +143,28 @@ def add_console_pages(app: FastAPI, services: Services, sessions: SessionService
     add_verify_routes(app, services, page)
 
 
-def _add_sign_in(app: FastAPI, sessions: SessionService | NoSessions, page: Page, *, tls: bool) -> None:
+def _sign_in_refusal(refused: ZguardError) -> tuple[str, int, str, str]:
+    """What the login page says for a refused sign-in: the message, status, audit code and groups."""
+    if isinstance(refused, GroupsRefused):  # after a right directory password: naming them leaks nothing
+        return GROUPS_REFUSED, 401, refused.code, refused.groups
+    if isinstance(refused, InvalidApiKey):
+        return N_("The username or password is wrong."), 401, refused.code, ""
+    if isinstance(refused, SecondFactorRequired):
+        return N_("Enter the 6-digit code of your authenticator app; each code works once."), 401, refused.code, ""
+    if isinstance(refused, SecondFactorNotEnrolled):
+        message = N_("Your role needs a second factor and you have none yet. Ask an operator to enrol one.")
+        return message, 403, refused.code, ""
+    if isinstance(refused, TooManyFailedLogins):
+        return N_("Too many failed sign-ins. Wait a few minutes and try again."), 429, refused.code, ""
+    return N_("Sign-in is unavailable right now. Try again shortly."), 503, refused.code, ""
+
+
+def _add_sign_in(
+    app: FastAPI, sessions: SessionService | NoSessions, page: Page, *, tls: bool, oidc: OidcLogin | None = None
+) -> None:
     @app.get("/login", dependencies=[PUBLIC], include_in_schema=False)
     async def login_form(request: Request) -> Response:
-        return page(request, "login.html", None, error=None, username="")
+        return page(request, "login.html", None, error=None, username="", oidc=login_button(oidc))
 
     @app.post("/login", dependencies=[PUBLIC], include_in_schema=False)
     async def login(request: Request) -> Response:
@@ -152,37 +178,41 @@ def _add_sign_in(app: FastAPI, sessions: SessionService | NoSessions, page: Page
             raise CsrfFailed("sign in from the console's own login page", detail="cross-origin login")
         info = request_info(request)
         error: str | None = None
-        status, code = 401, "invalid_api_key"
         try:
             if not username or not password:
                 raise InvalidApiKey("invalid credentials")
             signed = await sessions.login(username, password, info, fields.get("code", "")[:16])
-        except InvalidApiKey:
-            error = N_("The username or password is wrong.")
-        except SecondFactorRequired as refused:
-            code = refused.code
-            error = N_("Enter the 6-digit code of your authenticator app; each code works once.")
-        except SecondFactorNotEnrolled as refused:
-            code, status = refused.code, 403
-            error = N_("Your role needs a second factor and you have none yet. Ask an operator to enrol one.")
-        except TooManyFailedLogins:
-            error, status = N_("Too many failed sign-ins. Wait a few minutes and try again."), 429
-        except (RateLimiterUnavailable, ServiceUnavailable):
-            error, status = N_("Sign-in is unavailable right now. Try again shortly."), 503
+        except (
+            InvalidApiKey,
+            SecondFactorRequired,
+            SecondFactorNotEnrolled,
+            TooManyFailedLogins,
+            RateLimiterUnavailable,
+            ServiceUnavailable,
+        ) as refused:
+            error, status, code, groups = _sign_in_refusal(refused)
         if error is not None:
             record = request_record(request.scope)
             if record is not None:
                 record.type = "console.login"
                 record.set_outcome("denied", code if status in (401, 403) else None)
-            return page(request, "login.html", None, status=status, error=error, username=username)
+            return page(
+                request,
+                "login.html",
+                None,
+                status=status,
+                error=error,
+                groups=groups,
+                username=username,
+                oidc=login_button(oidc),
+            )
         response = see_other("/")
         set_session_cookie(response, signed.cookie, tls=tls)
         return response
 
     @app.post("/logout", dependencies=[requires(Permission.MODELS_READ)], include_in_schema=False)
     async def logout(request: Request, identity: CurrentIdentity) -> Response:
-        await sessions.logout(identity, request_info(request))
-        response = see_other("/login")
+        response = await _sign_out(request, identity, sessions, oidc)
         clear_session_cookie(response, tls=tls)
         return response
 
@@ -200,6 +230,16 @@ def _add_sign_in(app: FastAPI, sessions: SessionService | NoSessions, page: Page
                 LANGUAGE_COOKIE, lang, path="/", secure=tls, httponly=True, samesite="strict", max_age=365 * 86400
             )
         return response
+
+
+async def _sign_out(
+    request: Request, identity: Identity, sessions: SessionService | NoSessions, oidc: OidcLogin | None
+) -> Response:
+    """End the session; for an OIDC one, a page that goes on to the IdP's end-session endpoint
+    (RP-initiated logout, zguard.app.console.oidc), else back to the login page."""
+    ending = await oidc.logout_url(identity) if oidc is not None else None
+    await sessions.logout(identity, request_info(request))
+    return see_other("/login") if ending is None else signed_out_at_idp(request, ending)
 
 
 def _add_account(
