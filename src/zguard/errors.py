@@ -319,15 +319,6 @@ class InvalidApiKey(AuthenticationError):
     fix = "check the key is copied whole (zg_...), not revoked, expired or disabled (zguard token list); issue a new one with zguard token create --user NAME"
 
 
-class GroupsRefused(InvalidApiKey):
-    """A right directory password whose groups map to roles one person may not hold together;
-    `groups` names them, for the console's sign-in page (Basic callers read them in the message)."""
-
-    def __init__(self, message: str, groups: str) -> None:
-        super().__init__(message)
-        self.groups = groups
-
-
 class SessionExpired(AuthenticationError):
     code = "session_expired"
     fix = "sign in to the console again (/login); sessions end after console.session_idle_s idle or console.session_max_s in all"

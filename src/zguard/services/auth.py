@@ -84,7 +84,6 @@ from typing import Literal, TypeVar
 from zguard.audit import AuditEvent, AuditSink, RequestRecord, report
 from zguard.config import ApiAuthSettings, ConfigUser
 from zguard.errors import (
-    GroupsRefused,
     IdentityProviderUnavailable,
     InvalidApiKey,
     MissingCredentials,
@@ -112,6 +111,7 @@ NEGATIVE_TTL_S = 60.0
 CACHE_MAX = 10_000
 BCRYPT_SLOTS = 2  # concurrent bcrypt verifications; the rest wait (and count against the limits)
 ACTIVE_DIGESTS_TTL_S = 60.0  # the store's active token digests are read again at most this often
+GROUPS_DETAIL = "directory groups: "  # InvalidApiKey.detail of a right password whose groups are refused
 FAILED_LOGINS = "too many failed logins for this user or from this address; retry later"
 
 Method = Literal["bearer", "basic", "none", "session", "jwt"]
@@ -479,10 +479,10 @@ class AuthService:
             extra = {"source": "ldap", "ldap": refusal.detail, "groups": groups}
             self._deny("invalid_api_key", info, method=method, principal=username, reason=refusal.reason, extra=extra)
             if refusal.reason == "sod_conflict":
-                raise GroupsRefused(
+                raise InvalidApiKey(
                     f"your directory groups {groups} grant roles one person may not hold together "
                     "(separation of duties); ask the directory's administrators to remove one",
-                    groups or "",
+                    detail=f"{GROUPS_DETAIL}{groups}",
                 ) from None
             raise InvalidApiKey(INVALID) from None
         except IdentityProviderUnavailable as error:

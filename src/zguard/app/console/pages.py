@@ -40,7 +40,6 @@ from zguard.app.middleware.audit_requests import request_record
 from zguard.errors import (
     AuthenticationError,
     CsrfFailed,
-    GroupsRefused,
     InvalidApiKey,
     RateLimiterUnavailable,
     RouteNotFound,
@@ -51,7 +50,7 @@ from zguard.errors import (
     ZguardError,
 )
 from zguard.security.rbac import Permission
-from zguard.services.auth import Identity
+from zguard.services.auth import GROUPS_DETAIL, Identity
 from zguard.services.oidc import OidcLogin
 from zguard.services.sessions import NoSessions, SessionService
 from zguard.services.totp import SecondFactor
@@ -145,8 +144,9 @@ def add_console_pages(app: FastAPI, services: Services, sessions: SessionService
 
 def _sign_in_refusal(refused: ZguardError) -> tuple[str, int, str, str]:
     """What the login page says for a refused sign-in: the message, status, audit code and groups."""
-    if isinstance(refused, GroupsRefused):  # after a right directory password: naming them leaks nothing
-        return GROUPS_REFUSED, 401, refused.code, refused.groups
+    detail = refused.detail or ""
+    if isinstance(refused, InvalidApiKey) and detail.startswith(GROUPS_DETAIL):  # after a right password only
+        return GROUPS_REFUSED, 401, refused.code, detail.removeprefix(GROUPS_DETAIL)
     if isinstance(refused, InvalidApiKey):
         return N_("The username or password is wrong."), 401, refused.code, ""
     if isinstance(refused, SecondFactorRequired):
