@@ -61,6 +61,20 @@ message and the fix; the HTTP layer (zguard.app.errors) answers an operator erro
     │   │   ├── ScimNotFound (404)          scim_not_found: no such SCIM user or group
     │   │   ├── ScimConflict (409)          scim_conflict: the userName or group name is taken (`uniqueness`), a local user's included
     │   │   └── ScimRoleConflict (409)      scim_role_conflict: memberships whose mapped roles combine separated duties; names the groups
+    │   ├── ApprovalError (400)             approval_refused: a model-use approval step refused (zguard.services.approvals)
+    │   │   ├── ApprovalRequired (403)      approval_required: no active grant for the served model (approvals.required)
+    │   │   │   └── GrantExhausted          grant_exhausted: the grant's total quota is used up
+    │   │   ├── SelfApproval (403)          self_approval: nobody decides on their own request
+    │   │   ├── AlreadyDecided (409)        already_decided: this approver has decided on the request
+    │   │   ├── RequestDecided (409)        request_decided: the request is approved or rejected already
+    │   │   ├── RequestExpired (409)        request_expired: the request was not decided in approvals.request_ttl_days
+    │   │   ├── GrantNotActive (409)        grant_not_active: the grant is revoked, expired or exhausted already
+    │   │   ├── QuotaOverMaximum            quota_over_maximum: over approvals.max_images_per_day / max_images_total
+    │   │   ├── ValidityOverMaximum         validity_over_maximum: over approvals.max_validity_days
+    │   │   ├── UnknownModel                unknown_model: neither the served model's id nor its manifest digest
+    │   │   ├── CommentRequired             comment_required: a rejection or revocation without its reason
+    │   │   └── ApprovalNotFound (404)      approval_not_found: no such request or grant
+    │   ├── GrantQuotaExceeded (429)        grant_quota_exceeded: the grant's images for today (UTC) are used up
     │   ├── AdminError                      admin_refused (zguard.services.admin)
     │   │   ├── RolesRefused                roles_refused
     │   │   ├── AlreadyInitialized          already_initialized
@@ -81,6 +95,10 @@ message and the fix; the HTTP layer (zguard.app.errors) answers an operator erro
         ├── TlsError                        tls_file_unusable (zguard.security.tls)
         ├── ManifestError                   model_manifest_mismatch (zguard.integrity.manifest)
         ├── ModelLoadError                  model_load_failed (zguard.engine.verified_load)
+        ├── ModelChangeUnapproved           model_change_unapproved: the manifest has no second admin's approval
+        ├── ModelChangeRefused              model_change_refused (zguard.services.model_changes)
+        │   ├── ModelChangeSelfApproval     model_change_self_approval: the requester cannot approve
+        │   └── ModelChangeAlreadyApproved  model_change_already_approved
         ├── PolicyLoadError                 policy_lists_unusable (zguard.services.prompt_policy)
         ├── SealError                       sealed_prompt_unreadable (zguard.audit.prompts)
         ├── PurgeRefused                    audit_purge_refused (zguard.audit.retention)
@@ -162,6 +180,14 @@ class ConfigError(OperatorError):
         """`fix`: when every line carries its own fix (the host checks), what to say instead of the class's."""
         super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems), fix=fix)
         self.problems = problems
+
+
+class ModelChangeUnapproved(OperatorError):
+    """`model.change_approval_required` is on and the manifest about to be served has no
+    `model.change_approved` event by an admin other than its requester (zguard.audit.model_changes)."""
+
+    code = "model_change_unapproved"
+    fix = "`zguard model approve DIR --as OTHER_ADMIN` (an admin other than the one who pinned it)"
 
 
 class RequestError(ZguardError):
@@ -561,6 +587,100 @@ class ScimRoleConflict(ScimError):
     def __init__(self, message: str, *, groups: tuple[str, ...], detail: str | None = None) -> None:
         super().__init__(message, detail=detail)
         self.groups = groups
+
+
+class ApprovalError(ZguardError):
+    """A model-use approval step refused (zguard.services.approvals); the message says why."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "approval_refused"
+    fix = "change what the message names; `zguard approvals list` shows requests and grants"
+
+
+class ApprovalRequired(ApprovalError):
+    """`approvals.required` is on and the caller holds no active grant for the served model."""
+
+    status = 403
+    type = "permission_error"
+    code = "approval_required"
+    fix = "ask for one: `zguard approvals request --model MODEL --purpose ...` or POST /console/api/approvals; an approver decides"
+
+
+class GrantExhausted(ApprovalRequired):
+    code = "grant_exhausted"
+    fix = "the grant's total quota is used up: request a new approval (`zguard approvals request`)"
+
+
+class SelfApproval(ApprovalError):
+    status = 403
+    type = "permission_error"
+    code = "self_approval"
+    fix = "another approver decides; nobody approves or rejects their own request"
+
+
+class AlreadyDecided(ApprovalError):
+    status = 409
+    code = "already_decided"
+    fix = "each approver decides once; a second approver completes the quorum"
+
+
+class RequestDecided(ApprovalError):
+    status = 409
+    code = "request_decided"
+    fix = "the request is approved or rejected already; `zguard approvals list` shows its grant or ask again"
+
+
+class RequestExpired(ApprovalError):
+    status = 409
+    code = "request_expired"
+    fix = "the request was not decided within approvals.request_ttl_days; the requester asks again"
+
+
+class GrantNotActive(ApprovalError):
+    status = 409
+    code = "grant_not_active"
+    fix = "the grant is revoked, expired or exhausted already; nothing to revoke"
+
+
+class QuotaOverMaximum(ApprovalError):
+    code = "quota_over_maximum"
+    fix = "ask for at most approvals.max_images_per_day a day and approvals.max_images_total in all"
+
+
+class ValidityOverMaximum(ApprovalError):
+    code = "validity_over_maximum"
+    fix = "ask for at most approvals.max_validity_days days"
+
+
+class UnknownModel(ApprovalError):
+    code = "unknown_model"
+    fix = "name the served model by its id or manifest digest (GET /v1/models shows both)"
+
+
+class CommentRequired(ApprovalError):
+    code = "comment_required"
+    fix = "give the reason: --comment for a rejection, --reason for a revocation"
+
+
+class ApprovalNotFound(ApprovalError):
+    status = 404
+    code = "approval_not_found"
+    fix = "`zguard approvals list` shows the request and grant ids"
+
+
+class GrantQuotaExceeded(ZguardError):
+    """The grant's per-day quota is spent; `retry_after` is the seconds to the next UTC day."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "grant_quota_exceeded"
+    fix = "wait for the next UTC day (Retry-After), ask for fewer images, or request a larger quota"
+
+    def __init__(self, message: str, *, retry_after: int, detail: str | None = None) -> None:
+        super().__init__(message, detail=detail)
+        self.retry_after = max(1, int(retry_after))
+        self.headers["Retry-After"] = str(self.retry_after)
 
 
 def error_classes() -> list[type[ZguardError]]:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from zguard.provenance.marking import ProvenanceMarker
     from zguard.security.rbac import Permission, RoleRegistry
     from zguard.services.admin import AdminService
+    from zguard.services.approvals import ApprovalService
     from zguard.services.auth import Identity, RequestInfo
     from zguard.services.images import GeneratedImages, GenerationPlan, ImageRequest
     from zguard.services.oidc import OidcLogin
@@ -96,5 +97,6 @@ class Services:
     admin: AdminService | None = None  # the console's user and token administration; None: no state database
     oidc: OidcLogin | None = None  # console sign-in through the IdP (identity.oidc); None: off
     scim: ScimService | None = None  # SCIM provisioning at /scim/v2 on the console; None: identity.scim off
+    approvals: ApprovalService | None = None  # model-use approvals (approvals.*); None: no state database
     # `zguard doctor`'s findings (check, severity, message, fix) for the console's system page; None: not wired
     doctor: Callable[[], list[dict[str, Any]]] | None = None

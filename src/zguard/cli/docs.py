@@ -97,6 +97,7 @@ def render_settings_reference() -> str:
 # The modules that define error classes outside zguard.errors (the drawing in its docstring names them).
 ERROR_MODULES = (
     "zguard.services.admin",
+    "zguard.services.model_changes",
     "zguard.store.errors",
     "zguard.security.keys",
     "zguard.security.tls",

@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "trace": ("provenance", "find the request that generated an image"),
     "provenance": ("provenance", "AIGC label tools"),
     "scim": ("scim", "SCIM provisioning tools"),
+    "approvals": ("approvals", "model-use approvals: request, list, approve, reject, revoke"),
 }
 
 

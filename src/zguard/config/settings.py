@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from zguard.config.approvals import ApprovalSettings
 from zguard.config.identity import IdentitySettings, check_role_map
 from zguard.config.sections import Section, is_loopback
 from zguard.config.sizes import SIZE_STEP, check_size, parse_size
@@ -225,6 +226,10 @@ class ModelSettings(_Section):
     manifest_public_key: Path | None = Field(
         None,
         description="Ed25519 public key (PEM) whose signature the model manifest must carry (`zguard model pin DIR --key FILE` signs it). Unset: the signature, if any, is not checked.",
+    )
+    change_approval_required: bool = Field(
+        False,
+        description="Four eyes on model changes: refuse to start (`model_change_unapproved`) unless the manifest's digest has a `model.change_approved` audit event by an admin other than the one who pinned it (`zguard model pin DIR --as ADMIN`, then `zguard model approve DIR --as OTHER_ADMIN`). Off by default so existing deployments keep starting; banks should turn it on. The demo model (model.path unset) is exempt.",
     )
 
 
@@ -797,6 +802,10 @@ class Settings(_Section):
     identity: IdentitySettings = Field(
         default_factory=IdentitySettings,
         description="The bank's identity provider: its JWTs as API bearer tokens (`identity.jwt`), console sign-in with OpenID Connect (`identity.oidc`), directory passwords over LDAP (`identity.ldap`), and SCIM provisioning (`identity.scim`); docs/identity.md.",
+    )
+    approvals: ApprovalSettings = Field(
+        default_factory=ApprovalSettings,
+        description="Model-use approvals: requests, four-eyes decisions, expiring and quota-bound grants enforced on generation; docs/governance.md.",
     )
     trusted_proxies: list[str] = Field(
         default_factory=list,

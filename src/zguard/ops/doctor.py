@@ -38,6 +38,7 @@ from zguard.ops.host_checks import (
 )
 from zguard.ops.identity_checks import idp_findings
 from zguard.ops.ldap_check import ldap_finding
+from zguard.ops.model_checks import model_change_finding
 from zguard.ops.persistence import CleanupRecord, files_under
 from zguard.ops.scim_check import scim_finding
 from zguard.security.keys import load_public_key
@@ -237,6 +238,7 @@ def run_checks(settings: Settings, host: Host | None = None, source: SettingsFil
     findings += filter(None, [ldap_finding(settings.identity.ldap)])
     findings += idp_findings(settings.identity)
     findings += filter(None, [scim_finding(settings)])
+    findings += filter(None, [model_change_finding(settings)])
     return findings
 
 

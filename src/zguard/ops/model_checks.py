@@ -1,5 +1,6 @@
 """The model directory, as the host checks see it (the rules: zguard.ops.host_checks): there,
-readable by zguard's account, not writable by it, closed to others, on dm-crypt."""
+readable by zguard's account, not writable by it, closed to others, on dm-crypt; and, for
+`doctor`, whether its manifest has a second admin's approval (`model_change_finding`)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from zguard import state_paths
+from zguard.audit.model_changes import state_of, unapproved
+from zguard.audit.store import AuditStore
 from zguard.config import Settings
+from zguard.integrity.manifest import ManifestError, read_manifest
 from zguard.ops.findings import CheckResult, Host, ProcessUser, Severity, blocking_folder, describe, unreachable
 from zguard.ops.mounts import PROC, SYS, encryption_layers, mount_of
+from zguard.store import migrate
+from zguard.store.database import create_store_engine, database_url
+from zguard.store.errors import SchemaNotCurrent
 
 MAX_SHOWN = 5  # offending paths named in one finding
 
@@ -213,3 +222,42 @@ def model_findings(settings: Settings, host: Host) -> list[CheckResult]:
         *([problem] if problem is not None else model_permissions(path, host.who)),
         storage_encryption(path, required=required, proc_root=host.proc_root, sys_root=host.sys_root),
     ]
+
+
+def model_change_finding(settings: Settings) -> CheckResult | None:
+    """`model.change_approval_required`: whether the manifest `serve` would load has a second
+    admin's approval in the audit trail (zguard.audit.model_changes), as `serve` checks at start.
+    None when the setting is off."""
+    check = "model_change_approved"
+    if not settings.model.change_approval_required:
+        return None
+    model_dir = settings.model.path
+    if model_dir is None:
+        return CheckResult(check, "pass", "serving the demo model zguard builds itself: no model change to approve")
+    detail = {"path": str(model_dir)}
+    try:
+        digest = read_manifest(model_dir).digest
+    except ManifestError as exc:
+        return CheckResult(check, "fail", exc.message.splitlines()[0], "`zguard model pin DIR --as ADMIN`", detail)
+    engine = create_store_engine(database_url(settings))
+    try:
+        migrate.check_schema_current(engine)
+        state = state_of(AuditStore(engine), digest)
+    except (SQLAlchemyError, SchemaNotCurrent, OSError) as exc:  # a finding, not a crash
+        return CheckResult(
+            check, "fail", f"cannot read the model change approvals: {type(exc).__name__}: {exc}", "zguard audit status"
+        )
+    finally:
+        engine.dispose()
+    if state.approval is None:
+        refusal = unapproved(model_dir, state)
+        return CheckResult(
+            check, "fail", f"{refusal.code}: {refusal.message}", refusal.fix, {**detail, "digest": digest}
+        )
+    return CheckResult(
+        check,
+        "pass",
+        f"manifest {digest} pinned by {state.approval.requester}, approved by {state.approval.principal}",
+        None,
+        {**detail, "digest": digest},
+    )

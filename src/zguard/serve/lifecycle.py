@@ -37,6 +37,7 @@ from zguard.integrity.manifest import ManifestError
 from zguard.provenance.marking import ProvenanceMarker
 from zguard.serve.isolation import ProcessIsolation, SweepReport
 from zguard.serve.listeners import Listener, bind, check_safe, example_call, listener_config, listener_tls
+from zguard.serve.model_change import check_loaded, check_model_change
 from zguard.serve.open_files import ensure_open_files
 from zguard.serve.pidfile import StateLock
 from zguard.serve.refusals import RefusalRecorder
@@ -98,12 +99,14 @@ EXIT_MODEL_FAILED = EXIT_UNAVAILABLE  # the model did not load or warm up
 DUPLICATE_SIGNAL_S = 1.0  # a second stop signal within this is the first one delivered twice
 
 
-async def load_and_warm_up(runtime: Runtime, settings: Settings) -> bool:
-    """Load and warm up the model; False (and state FAILED) when either fails."""
+async def load_and_warm_up(runtime: Runtime, settings: Settings, approved_manifest: str | None = None) -> bool:
+    """Load and warm up the model; False (and state FAILED) when either fails, or when the loaded
+    manifest is not `approved_manifest` (model.change_approval_required, zguard.serve.model_change)."""
     services = runtime.services
     started = time.perf_counter()
     try:
         await asyncio.wrap_future(runtime.worker.submit(services.engine.load))
+        check_loaded(approved_manifest, services.engine.info.manifest)
         if settings.model.warmup:
             services.readiness.set(ModelState.WARMING_UP)
             side = services.images.default_size
@@ -320,6 +323,7 @@ async def _serve(
     check_principals(settings, store)
     token_key = load_token_key(state_paths.token_key_file(settings))
     audit = AuditTrail(open_audit_store(settings, store.engine))
+    approved_manifest = check_model_change(settings, audit.store, audit)  # four eyes on model changes
     # What can refuse the start (a list, a key file) is read before `server.started` is recorded.
     policy = PolicyHolder.from_settings(settings)  # a list that cannot be loaded stops the start (fail closed)
     provenance = ProvenanceMarker.from_settings(settings)
@@ -352,7 +356,7 @@ async def _serve(
 
     async def start_model() -> None:
         nonlocal exit_code
-        loaded = await load_and_warm_up(runtime, settings)
+        loaded = await load_and_warm_up(runtime, settings, approved_manifest)
         info = runtime.services.engine.info
         await audit.record(
             lifecycle_event(

@@ -27,6 +27,7 @@ from zguard.ops.doctor import run_checks
 from zguard.provenance.marking import ProvenanceMarker
 from zguard.security.tokens import new_token, token_digest
 from zguard.services.admin import AdminService
+from zguard.services.approvals import approval_service
 from zguard.services.auth import AuthService
 from zguard.services.counters import CounterStorage
 from zguard.services.images import ImageService
@@ -319,6 +320,9 @@ def build_runtime(
         oidc=oidc_login(settings, auth, sessions, rate_limits.counters, audit),
         admin=admin_service(settings, auth, audit),
         scim=scim_service(settings, auth, audit, rate_limits.counters),
+        approvals=approval_service(
+            settings.approvals, settings.role_registry(), auth.store, engine, audit=audit, counters=rate_limits.counters
+        ),
         doctor=lambda: [finding.as_dict() for finding in run_checks(settings)],
     )
     return Runtime(services=services, admission=admission, worker=worker, policy=policy)

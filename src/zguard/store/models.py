@@ -329,3 +329,86 @@ class ScimGroupMember(Base):
     principal_id: Mapped[int] = mapped_column(
         ForeignKey("principals.id", ondelete="CASCADE"), primary_key=True, index=True
     )
+
+
+APPROVAL_TEXT_MAX = 512  # purpose, comments, revocation reasons
+APPROVAL_FIELD_MAX = 128  # business unit, ticket, data classification
+MODEL_ID_MAX = 256
+DIGEST_MAX = 80  # "sha256:" and 64 hex digits
+REQUEST_STATUSES = ("pending", "approved", "rejected", "expired")
+GRANT_STATUSES = ("active", "revoked", "expired", "exhausted")
+
+
+class ApprovalRequest(Base):
+    """Someone asks to use a model: for what, until when, how much (zguard.services.approvals).
+
+    `status` is what was last written; a pending request past `expires_at` is expired whatever it
+    says (the service writes that when it reads one). Names are kept beside ids so the record
+    reads the same after a principal is deleted.
+    """
+
+    __tablename__ = "approval_requests"
+    __table_args__ = (CheckConstraint("status IN ('pending', 'approved', 'rejected', 'expired')", name="status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    requester_id: Mapped[int | None] = mapped_column(ForeignKey("principals.id", ondelete="SET NULL"), index=True)
+    requester: Mapped[str] = mapped_column(String(NAME_MAX), index=True)
+    model_id: Mapped[str] = mapped_column(String(MODEL_ID_MAX))
+    model_digest: Mapped[str] = mapped_column(String(DIGEST_MAX))
+    purpose: Mapped[str] = mapped_column(String(APPROVAL_TEXT_MAX))
+    business_unit: Mapped[str] = mapped_column(String(APPROVAL_FIELD_MAX))
+    ticket: Mapped[str | None] = mapped_column(String(APPROVAL_FIELD_MAX))
+    data_classification: Mapped[str] = mapped_column(String(APPROVAL_FIELD_MAX))
+    quota_per_day: Mapped[int] = mapped_column(Integer)
+    quota_total: Mapped[int] = mapped_column(Integer)
+    validity_days: Mapped[int] = mapped_column(Integer)
+    quorum: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    status: Mapped[str] = mapped_column(String(16), index=True, server_default="pending")
+
+
+class ApprovalDecision(Base):
+    """One approver's decision on one request; the unique pair stops anyone deciding twice."""
+
+    __tablename__ = "approval_decisions"
+    __table_args__ = (
+        Index("uq_approval_decisions_request_id_decider", "request_id", "decider", unique=True),
+        CheckConstraint("decision IN ('approve', 'reject')", name="decision"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("approval_requests.id", ondelete="CASCADE"))
+    decider_id: Mapped[int | None] = mapped_column(ForeignKey("principals.id", ondelete="SET NULL"))
+    decider: Mapped[str] = mapped_column(String(NAME_MAX))
+    decision: Mapped[str] = mapped_column(String(8))
+    comment: Mapped[str | None] = mapped_column(String(APPROVAL_TEXT_MAX))
+    at: Mapped[datetime]
+
+
+class ApprovalGrant(Base):
+    """What an approved request allows: one principal, one model digest, a quota, a window.
+
+    One grant per request (`request_id` unique): two approvers completing the quorum at once
+    cannot make two. `used_total` is the last count written back from the rate-limit storage,
+    where the quota is charged atomically; the storage is the authority while it holds the count.
+    """
+
+    __tablename__ = "approval_grants"
+    __table_args__ = (CheckConstraint("status IN ('active', 'revoked', 'expired', 'exhausted')", name="status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("approval_requests.id", ondelete="CASCADE"), unique=True)
+    principal_id: Mapped[int | None] = mapped_column(ForeignKey("principals.id", ondelete="SET NULL"))
+    principal: Mapped[str] = mapped_column(String(NAME_MAX), index=True)
+    model_digest: Mapped[str] = mapped_column(String(DIGEST_MAX))
+    max_size: Mapped[int | None] = mapped_column(Integer)
+    max_steps: Mapped[int | None] = mapped_column(Integer)
+    quota_per_day: Mapped[int] = mapped_column(Integer)
+    quota_total: Mapped[int] = mapped_column(Integer)
+    used_total: Mapped[int] = mapped_column(Integer, server_default="0")
+    not_before: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    status: Mapped[str] = mapped_column(String(16), server_default="active")
+    revoked_by: Mapped[str | None] = mapped_column(String(NAME_MAX))
+    reason: Mapped[str | None] = mapped_column(String(APPROVAL_TEXT_MAX))

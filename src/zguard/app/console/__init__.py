@@ -19,6 +19,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 
 from zguard.app.audit_routes import add_audit_routes
 from zguard.app.auth import PUBLIC, requires
+from zguard.app.console.approvals import add_approval_routes
 from zguard.app.console.contract import install_console_document
 from zguard.app.console.csrf import SessionCsrf
 from zguard.app.console.oidc import add_oidc_routes
@@ -81,6 +82,7 @@ def create_console_app(settings: Settings, services: Services) -> FastAPI:
     add_provenance_routes(app, settings, services)
     if services.scim is not None:
         add_scim_routes(app, services.scim)
+    add_approval_routes(app, services)
 
     @app.get("/readyz/detail", dependencies=[requires(Permission.SYSTEM_READ)])
     async def readiness_detail() -> JSONResponse:

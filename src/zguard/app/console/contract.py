@@ -64,6 +64,22 @@ OWN: Final[dict[str, Codes]] = {
     f"POST {API}/users/{{principal_id}}/tokens": {**JSON_BODY, **_USER, 400: (*JSON_BODY[400], *_ADMIN[400])},
     f"DELETE {API}/users/{{principal_id}}/tokens/{{token_id}}": {**_USER, 404: ("principal_not_found", "token_not_found")},
     f"POST {API}/users/{{principal_id}}/unlock": {**_USER, 400: _ADMIN[400], 503: ("rate_limiter_unavailable",)},
+    # Model-use approvals (zguard.app.console.approvals); 503 without a state database.
+    f"POST {API}/approvals": {**JSON_BODY, 400: (*JSON_BODY[400], "unknown_model", "quota_over_maximum",
+                              "validity_over_maximum"), 503: ("service_unavailable",)},
+    f"GET {API}/approvals": {400: ("invalid_value",), 503: ("service_unavailable",)},
+    f"GET {API}/approvals/mine": {503: ("service_unavailable",)},
+    f"POST {API}/approvals/{{request_id}}/approve": {**JSON_BODY, 403: ("self_approval",), 404: ("approval_not_found",),
+                                                    409: ("already_decided", "request_decided", "request_expired"),
+                                                    503: ("service_unavailable",)},
+    f"POST {API}/approvals/{{request_id}}/reject": {**JSON_BODY, 400: (*JSON_BODY[400], "comment_required"),
+                                                   403: ("self_approval",), 404: ("approval_not_found",),
+                                                   409: ("already_decided", "request_decided", "request_expired"),
+                                                   503: ("service_unavailable",)},
+    f"GET {API}/approvals/grants": {400: ("invalid_value",), 503: ("service_unavailable",)},
+    f"POST {API}/approvals/grants/{{grant_id}}/revoke": {**JSON_BODY, 400: (*JSON_BODY[400], "comment_required"),
+                                                        404: ("approval_not_found",), 409: ("grant_not_active",),
+                                                        503: ("service_unavailable",)},
 }  # fmt: skip
 
 
