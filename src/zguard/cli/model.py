@@ -31,7 +31,7 @@ from zguard.cli.common import (
     settings_of,
     setup_logging,
 )
-from zguard.integrity.manifest import MANIFEST_FILE, ManifestError, ModelManifest, Progress, pin, verify
+from zguard.integrity.manifest import MANIFEST_FILE, ManifestError, ModelManifest, Progress, VerifyReport, pin, verify
 from zguard.security.keys import KeyFileError, load_public_key, read_private_key
 
 if TYPE_CHECKING:
@@ -130,22 +130,30 @@ def _pin(model_dir: Path, key: Ed25519PrivateKey | None) -> int:
     return EXIT_OK
 
 
-def cmd_model_verify(args: argparse.Namespace) -> int:
-    model_dir = Path(args.dir)
+def _verified(model_dir: Path, key_path: Path | None, key_name: str) -> VerifyReport | int:
+    """`verify`'s report of `model_dir` (the signature too when a key is named), with a progress
+    bar on a terminal; EXIT_FIX, said on stderr, when the key `key_name` names cannot be read."""
     try:
-        public_key = load_public_key(Path(args.public_key)) if args.public_key else None
+        public_key = load_public_key(key_path) if key_path is not None else None
     except (OSError, KeyFileError) as exc:
-        print(f"zguard: --public-key: {exc}", file=sys.stderr)
+        print(f"zguard: {key_name}: {exc}", file=sys.stderr)
         return EXIT_FIX
     bar = _progress("verifying")
     try:
-        report = verify(model_dir, public_key, progress=bar)
+        return verify(model_dir, public_key, progress=bar)
     finally:
         if bar is not None:
             bar.close()
+
+
+def cmd_model_verify(args: argparse.Namespace) -> int:
+    model_dir = Path(args.dir)
+    report = _verified(model_dir, Path(args.public_key) if args.public_key else None, "--public-key")
+    if isinstance(report, int):
+        return report
     if not report.ok or report.manifest is None:  # an intact report always has its manifest
         return _report_refusal(ManifestError(model_dir, report.problems))
-    signature = "signature valid" if public_key is not None else "signature not checked (no --public-key)"
+    signature = "signature valid" if args.public_key else "signature not checked (no --public-key)"
     if report.manifest.signature is None:
         signature = "unsigned"
     print(
@@ -219,17 +227,9 @@ def _short(digest: str) -> str:
 def cmd_model_approve(args: argparse.Namespace) -> int:
     model_dir = Path(args.dir)
     key_path = settings_of(args).model.manifest_public_key  # signed manifests: the signature is checked too
-    try:
-        public_key = load_public_key(key_path) if key_path is not None else None
-    except (OSError, KeyFileError) as exc:
-        print(f"zguard: model.manifest_public_key: {exc}", file=sys.stderr)
-        return EXIT_FIX
-    bar = _progress("verifying")
-    try:
-        report = verify(model_dir, public_key, progress=bar)
-    finally:
-        if bar is not None:
-            bar.close()
+    report = _verified(model_dir, key_path, "model.manifest_public_key")
+    if isinstance(report, int):
+        return report
     if not report.ok or report.manifest is None:  # approve only files that match what was pinned
         return _report_refusal(ManifestError(model_dir, report.problems))
     digest = report.manifest.digest

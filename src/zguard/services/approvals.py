@@ -518,22 +518,14 @@ def _grant_detail(grant: GrantRecord) -> dict[str, DetailValue]:
 
 
 def request_json(record: RequestRecord) -> dict[str, DetailValue | list[dict[str, DetailValue]]]:
+    """A request as the console API and `zguard approvals list --json` show it: its audit detail
+    (with `id` for `request`), its status, creation time and decisions."""
+    detail = _request_detail(record)
     return {
-        "id": record.id,
+        "id": detail.pop("request"),
         "status": record.status,
-        "requester": record.requester,
-        "model": record.model_id,
-        "model_digest": record.model_digest,
-        "purpose": record.purpose,
-        "business_unit": record.business_unit,
-        "ticket": record.ticket,
-        "data_classification": record.data_classification,
-        "quota_per_day": record.quota_per_day,
-        "quota_total": record.quota_total,
-        "validity_days": record.validity_days,
-        "quorum": record.quorum,
+        **detail,
         "created_at": record.created_at.isoformat(),
-        "expires_at": record.expires_at.isoformat(),
         "decisions": [
             {"decider": d.decider, "decision": d.decision, "comment": d.comment, "at": d.at.isoformat()}
             for d in record.decisions
@@ -542,17 +534,12 @@ def request_json(record: RequestRecord) -> dict[str, DetailValue | list[dict[str
 
 
 def grant_json(grant: GrantRecord) -> dict[str, DetailValue | list[dict[str, DetailValue]]]:
+    detail = _grant_detail(grant)
     return {
-        "id": grant.id,
-        "request": grant.request_id,
+        "id": detail.pop("grant"),
         "status": grant.status,
-        "principal": grant.principal,
-        "model_digest": grant.model_digest,
-        "quota_per_day": grant.quota_per_day,
-        "quota_total": grant.quota_total,
+        **detail,
         "used_total": grant.used_total,
-        "not_before": grant.not_before.isoformat(),
-        "expires_at": grant.expires_at.isoformat(),
         "revoked_by": grant.revoked_by,
         "reason": grant.reason,
     }
