@@ -67,6 +67,7 @@ from zguard.services.jwks import Fetch, JwksCache, KidUnknown
 
 MAX_TOKEN_CHARS: Final = 8 * 1024
 CACHE_MAX: Final = 10_000  # verified tokens remembered (LRU)
+ROLE_SETS_MAX: Final = 1024  # distinct sets of mapped claim values whose roles are remembered
 MAX_PRINCIPAL_CHARS: Final = 128
 FORBIDDEN_HEADERS: Final = frozenset({"jku", "x5u", "x5c", "jwk"})
 ALLOWED_HEADERS: Final = frozenset({"alg", "kid", "typ", "cty", "x5t", "x5t#S256"})  # x5t: Entra ID and ADFS send it
@@ -164,6 +165,7 @@ class JwtVerifier:
             raise ValueError("identity.jwt needs issuer and audience")
         self._settings = settings
         self._roles = registry
+        self._mapped: dict[frozenset[str], frozenset[str]] = {}  # mapped claim values -> roles (settings are fixed)
         self.keys = keys
         self._clock = clock
         self._allowed = frozenset(settings.algorithms)
@@ -291,8 +293,12 @@ class JwtVerifier:
             return frozenset()
         raw = claim_at(claims, name)
         values = [raw] if isinstance(raw, str) else raw if isinstance(raw, list) else []
+        role_map = self._settings.role_map
+        mapped = frozenset(v for v in values if isinstance(v, str) and v in role_map)
+        if (known := self._mapped.get(mapped)) is not None:  # the same groups, the same answer: no SoD walk
+            return known
         try:
-            roles = map_roles(values, self._settings.role_map, self._roles)
+            roles = map_roles(mapped, role_map, self._roles)
         except RoleMappingConflict as exc:
             named = ", ".join(exc.values)
             raise TokenRefused(
@@ -301,6 +307,8 @@ class JwtVerifier:
                 message=f"the token's {name} values {named} map to roles that one principal may not hold together "
                 "(separation of duties); the IdP must give this client only one of them",
             ) from None
+        if len(self._mapped) < ROLE_SETS_MAX:  # few distinct sets in practice; a flood of odd ones is not kept
+            self._mapped[mapped] = roles
         return roles
 
 
