@@ -73,6 +73,9 @@ message and the fix; the HTTP layer (zguard.app.errors) answers an operator erro
     │   │   ├── ValidityOverMaximum         validity_over_maximum: over approvals.max_validity_days
     │   │   ├── UnknownModel                unknown_model: neither the served model's id nor its manifest digest
     │   │   ├── CommentRequired             comment_required: a rejection or revocation without its reason
+    │   │   ├── OwnGrantRecertification (403) own_grant_recertification: nobody re-certifies their own grant
+    │   │   ├── CampaignClosed (409)        campaign_closed: the re-certification campaign is closed; no more decisions
+    │   │   ├── CampaignExists (409)        campaign_exists: a campaign for that quarter is open or was run already
     │   │   └── ApprovalNotFound (404)      approval_not_found: no such request or grant
     │   ├── GrantQuotaExceeded (429)        grant_quota_exceeded: the grant's images for today (UTC) are used up
     │   ├── AdminError                      admin_refused (zguard.services.admin)
@@ -635,6 +638,25 @@ class RequestExpired(ApprovalError):
     status = 409
     code = "request_expired"
     fix = "the request was not decided within approvals.request_ttl_days; the requester asks again"
+
+
+class OwnGrantRecertification(ApprovalError):
+    status = 403
+    type = "permission_error"
+    code = "own_grant_recertification"
+    fix = "another approver (approvals:decide) confirms or revokes the grant; nobody re-certifies their own"
+
+
+class CampaignClosed(ApprovalError):
+    status = 409
+    code = "campaign_closed"
+    fix = "the campaign is closed (by --close or its deadline); its export shows the decisions; open the next quarter's"
+
+
+class CampaignExists(ApprovalError):
+    status = 409
+    code = "campaign_exists"
+    fix = "one campaign per quarter: `zguard approvals campaign ID` shows it; name another --quarter"
 
 
 class GrantNotActive(ApprovalError):

@@ -35,7 +35,7 @@ class ConsoleUser:
 class ConsoleServer:
     """The session's `zguard serve`: its console's base URL and the users who may sign in:
     `admin` (with a TOTP key), `generator`, `auditor`, and `member`, a generator whom a test may
-    disable (the others stay enabled for every test)."""
+    disable (the others stay enabled for every test), and `approver` (`approvals:decide` only)."""
 
     process: ZguardProcess
     admin: ConsoleUser
@@ -44,6 +44,7 @@ class ConsoleServer:
     member: ConsoleUser
     # the last TOTP step each user's code was accepted for: the server takes a step once only
     totp_steps: dict[str, int] = field(default_factory=dict)
+    approver: ConsoleUser | None = None  # `approvals:decide` only (test_console_approvals)
 
     @property
     def url(self) -> str:
@@ -139,16 +140,17 @@ def running_console(state_dir: Path) -> Iterator[ConsoleServer]:
         ConsoleUser("audrey", _password(), ("auditor",)),
         ConsoleUser("casey", _password(), ("generator",)),
     )
+    approver = ConsoleUser("avery", _password(), ("approver",))
     _zguard(server, "init", "--admin", admin.name)
-    for user in others:
+    for user in (*others, approver):
         _zguard(server, "user", "add", user.name, *(arg for role in user.roles for arg in ("--role", role)))
-    for user in (admin, *others):
+    for user in (admin, *others, approver):
         _zguard(server, "user", "passwd", user.name, stdin=f"{user.password}\n")
     admin = dataclasses.replace(admin, totp=_enrol_totp(server, admin.name))  # admins need one by default
     enrolled = _step()  # enrolment spent this step's code
     with server:
         server.wait_ready()
-        yield ConsoleServer(server, admin, *others, totp_steps={admin.name: enrolled})
+        yield ConsoleServer(server, admin, *others, totp_steps={admin.name: enrolled}, approver=approver)
         assert server.stop() == 0, server.log()
 
 

@@ -154,6 +154,11 @@ def cmd_reject(args: argparse.Namespace) -> int:
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
+    if getattr(args, "campaign", None) is not None:
+        from zguard.cli.recertification import revoke_in_campaign
+
+        return revoke_in_campaign(args)
+
     def action(service: ApprovalService, caller: Caller | None) -> int:
         grant = service.revoke(_required(caller), args.grant, args.reason)
         print(f"grant {grant.id} of {grant.principal}: revoked")
@@ -192,7 +197,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands, common: argparse.ArgumentParser) -> None:
-    """Add `approvals request|list|approve|reject|revoke`."""
+    """Add `approvals request|list|approve|reject|revoke` (and zguard.cli.recertification's)."""
     approvals = group(
         commands,
         common,
@@ -234,3 +239,10 @@ def register(commands: Commands, common: argparse.ArgumentParser) -> None:
     rev.add_argument("grant", type=int, metavar="GRANT_ID")
     acting(rev, "approver")
     rev.add_argument("--reason", required=True)
+    rev.add_argument(
+        "--campaign", type=int, default=None, metavar="ID", help="record it as re-certification campaign ID's decision"
+    )
+
+    from zguard.cli import recertification
+
+    recertification.register(approvals, common, acting)

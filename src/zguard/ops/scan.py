@@ -2,9 +2,10 @@
 
 Five checks: (a) installed Python packages against an OSV database the operator supplies
 (zguard.ops.osv); (b) the model directory re-verified against its manifest; (c) a permission
-review of the state database; (d) configuration hygiene (zguard.ops.review); (e) the host
-integrity list `serve` refuses to start on (zguard.ops.host_checks), each finding that is not
-PASS with the same message and fix: a FAIL is `high` (so the monthly unit fails on it), a WARN `low`.
+review of the state database, the approval grants' use included (zguard.ops.grant_review);
+(d) configuration hygiene (zguard.ops.review); (e) the host integrity list `serve` refuses to
+start on (zguard.ops.host_checks), each finding that is not PASS with the same message and
+fix: a FAIL is `high` (so the monthly unit fails on it), a WARN `low`.
 
 Fail closed: no database, a package that cannot be compared, a model or state database that
 cannot be read each become a finding and the status `incomplete`; only a scan that checked
@@ -27,6 +28,7 @@ from zguard import state_paths
 from zguard.config import Settings
 from zguard.integrity.manifest import verify
 from zguard.ops import osv
+from zguard.ops.grant_review import grant_findings
 from zguard.ops.host_checks import Host, SettingsFile, host_findings
 from zguard.ops.review import SEVERITIES, ScanFinding, config_hygiene, permission_review
 from zguard.security.keys import KeyFileError, load_public_key
@@ -161,6 +163,7 @@ def scan_permissions(settings: Settings, engine: Engine, report: ScanReport, now
     configured_admins = [name for name, roles in configured if "admin" in roles]
     report.admins = sum(1 for p in principals if p.enabled and "admin" in p.roles) + len(configured_admins)
     report.findings += permission_review(principals, tokens, settings.role_registry(), now, configured_admins)
+    report.findings += grant_findings(engine, now)
 
 
 def scan_host(settings: Settings, report: ScanReport, host: Host | None, source: SettingsFile | None) -> None:

@@ -412,3 +412,48 @@ class ApprovalGrant(Base):
     status: Mapped[str] = mapped_column(String(16), server_default="active")
     revoked_by: Mapped[str | None] = mapped_column(String(NAME_MAX))
     reason: Mapped[str | None] = mapped_column(String(APPROVAL_TEXT_MAX))
+
+
+CAMPAIGN_QUARTER_MAX = 16  # "2026Q4"
+CAMPAIGN_STATUSES = ("open", "closed")
+RECERTIFICATION_DECISIONS = ("confirmed", "revoked", "lapsed", "ended")
+
+
+class RecertificationCampaign(Base):
+    """A quarter's access re-certification (zguard.services.recertification): every grant active
+    when it opened is listed once, and must be confirmed by its deadline or it is revoked."""
+
+    __tablename__ = "recertification_campaigns"
+    __table_args__ = (CheckConstraint("status IN ('open', 'closed')", name="status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    quarter: Mapped[str] = mapped_column(String(CAMPAIGN_QUARTER_MAX), unique=True)
+    opened_by: Mapped[str] = mapped_column(String(NAME_MAX))
+    opened_at: Mapped[datetime]
+    deadline: Mapped[datetime]
+    status: Mapped[str] = mapped_column(String(16), server_default="open")
+    closed_by: Mapped[str | None] = mapped_column(String(NAME_MAX))
+    closed_at: Mapped[datetime | None]
+
+
+class RecertificationItem(Base):
+    """One grant in one campaign: who was asked (the approvers of its request), and the decision.
+
+    `decision` stays NULL until someone confirms or revokes it; at the close an undecided grant is
+    `lapsed` (revoked: "not re-certified") or `ended` (it expired or was exhausted meanwhile)."""
+
+    __tablename__ = "recertification_items"
+    __table_args__ = (
+        Index("uq_recertification_items_campaign_id_grant_id", "campaign_id", "grant_id", unique=True),
+        CheckConstraint("decision IN ('confirmed', 'revoked', 'lapsed', 'ended')", name="decision"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("recertification_campaigns.id", ondelete="CASCADE"))
+    grant_id: Mapped[int] = mapped_column(ForeignKey("approval_grants.id", ondelete="CASCADE"), index=True)
+    principal: Mapped[str] = mapped_column(String(NAME_MAX))
+    approvers: Mapped[str] = mapped_column(String(APPROVAL_TEXT_MAX))
+    decision: Mapped[str | None] = mapped_column(String(16))
+    decider: Mapped[str | None] = mapped_column(String(NAME_MAX))
+    decided_at: Mapped[datetime | None]
+    comment: Mapped[str | None] = mapped_column(String(APPROVAL_TEXT_MAX))

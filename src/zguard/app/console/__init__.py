@@ -19,6 +19,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 
 from zguard.app.audit_routes import add_audit_routes
 from zguard.app.auth import PUBLIC, requires
+from zguard.app.console.approval_pages import add_approval_pages
 from zguard.app.console.approvals import add_approval_routes
 from zguard.app.console.contract import install_console_document
 from zguard.app.console.csrf import SessionCsrf
@@ -135,5 +136,6 @@ def create_console_app(settings: Settings, services: Services) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    add_approval_pages(app, services)
     install_console_document(app, settings, services)
     return app
