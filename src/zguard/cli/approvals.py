@@ -21,7 +21,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from zguard.cli import common as cli_common
-from zguard.cli.common import EXIT_FIX, EXIT_OK, Commands, acting_detail, command, group, settings_of, setup_logging
+from zguard.cli.common import (
+    EXIT_FIX,
+    EXIT_OK,
+    Commands,
+    acting_caller,
+    command,
+    group,
+    settings_of,
+    setup_logging,
+)
 from zguard.config import Settings
 from zguard.errors import InvalidValue, ZguardError
 
@@ -41,20 +50,6 @@ def served_model(settings: Settings) -> tuple[str, str | None]:
         return settings.model.id, read_manifest(settings.model.path).digest
     except (OSError, ValueError, ZguardError):
         return settings.model.id, None
-
-
-def _caller(settings: Settings, engine: Engine, name: str) -> Caller:
-    from zguard.services.approvals import Caller
-    from zguard.store.principals import PrincipalStore
-
-    detail = acting_detail()
-    for user in settings.api_auth.users:
-        if user.username == name:
-            return Caller(name, frozenset(user.roles), detail=detail)
-    record = PrincipalStore(engine).get_principal(name)
-    if record is None or not record.enabled:
-        raise InvalidValue(f"no enabled principal named {name!r} (`zguard user list`)", param="--as")
-    return Caller(record.name, frozenset(record.roles), principal_id=record.id, detail=detail)
 
 
 def _run(args: argparse.Namespace, action: Callable[[ApprovalService, Caller | None], int]) -> int:
@@ -81,7 +76,7 @@ def _run(args: argparse.Namespace, action: Callable[[ApprovalService, Caller | N
                 served=lambda: served_model(settings),
                 version=principals.auth_version,
             )
-            caller = _caller(settings, engine, args.as_name) if getattr(args, "as_name", None) else None
+            caller = acting_caller(settings, engine, args.as_name) if getattr(args, "as_name", None) else None
             return action(service, caller)
         except SchemaNotCurrent as exc:
             print(f"zguard: state database {shown} {cli_common.schema_not_current(exc)}", file=sys.stderr)

@@ -22,9 +22,10 @@ if TYPE_CHECKING:
 
     from zguard.audit import AuditSink
     from zguard.config import Settings
+    from zguard.services.approvals import Caller
     from zguard.store.errors import SchemaNotCurrent
 
-from zguard.errors import EXIT_FIX, EXIT_NO, EXIT_OK, EXIT_UNAVAILABLE
+from zguard.errors import EXIT_FIX, EXIT_NO, EXIT_OK, EXIT_UNAVAILABLE, InvalidValue
 
 # The exit codes are re-exported: a command imports them with the rest of its plumbing from here.
 __all__ = [
@@ -134,6 +135,22 @@ def acting_detail() -> dict[str, str | int]:
     if declared and declared != name:
         detail["declared_user"] = declared[:64]
     return detail
+
+
+def acting_caller(settings: Settings, engine: Engine, name: str) -> Caller:
+    """`--as NAME` of the approvals commands: the settings file's user or the enabled stored
+    principal of that name, with its roles and the OS account beside it (acting_detail)."""
+    from zguard.services.approvals import Caller
+    from zguard.store.principals import PrincipalStore
+
+    detail = acting_detail()
+    for user in settings.api_auth.users:
+        if user.username == name:
+            return Caller(name, frozenset(user.roles), detail=detail)
+    record = PrincipalStore(engine).get_principal(name)
+    if record is None or not record.enabled:
+        raise InvalidValue(f"no enabled principal named {name!r} (`zguard user list`)", param="--as")
+    return Caller(record.name, frozenset(record.roles), principal_id=record.id, detail=detail)
 
 
 def _trail_sink(settings: Settings, engine: Engine) -> AuditSink:

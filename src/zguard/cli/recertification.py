@@ -29,12 +29,11 @@ from zguard.cli.common import (
     EXIT_NO,
     EXIT_OK,
     Commands,
-    acting_detail,
+    acting_caller,
     command,
     settings_of,
     setup_logging,
 )
-from zguard.config import Settings
 from zguard.errors import InvalidValue, ZguardError
 
 if TYPE_CHECKING:
@@ -45,21 +44,6 @@ if TYPE_CHECKING:
     from zguard.store.recertification import CampaignRecord
 
 Acting = Callable[[argparse.ArgumentParser, str], None]
-
-
-def _caller(settings: Settings, engine: Engine, name: str) -> Caller:
-    """`--as NAME` as zguard.cli.approvals resolves it (kept here: that module imports this one)."""
-    from zguard.services.approvals import Caller
-    from zguard.store.principals import PrincipalStore
-
-    detail = acting_detail()
-    for user in settings.api_auth.users:
-        if user.username == name:
-            return Caller(name, frozenset(user.roles), detail=detail)
-    record = PrincipalStore(engine).get_principal(name)
-    if record is None or not record.enabled:
-        raise InvalidValue(f"no enabled principal named {name!r} (`zguard user list`)", param="--as")
-    return Caller(record.name, frozenset(record.roles), principal_id=record.id, detail=detail)
 
 
 def _run(args: argparse.Namespace, action: Callable[[RecertificationService, Caller | None], int]) -> int:
@@ -81,7 +65,7 @@ def _run(args: argparse.Namespace, action: Callable[[RecertificationService, Cal
                 settings.role_registry(),
                 audit=cli_common.audit_sink_factory(settings, engine),
             )
-            caller = _caller(settings, engine, args.as_name) if getattr(args, "as_name", None) else None
+            caller = acting_caller(settings, engine, args.as_name) if getattr(args, "as_name", None) else None
             return action(service, caller)
         except SchemaNotCurrent as exc:
             print(f"zguard: state database {shown} {cli_common.schema_not_current(exc)}", file=sys.stderr)
