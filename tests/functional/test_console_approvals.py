@@ -108,6 +108,14 @@ def walk_was_audited(console: Console) -> None:
     assert all(e.listener == "console" for e in console.events("approval.decided"))
 
 
+async def _shows_what_is_left(console: Console, client: httpx.AsyncClient, page: str) -> None:
+    """The requester's page: in all (from the grant's row) and today (from the counter storage)."""
+    assert "3 / 3" in page
+    assert "2 of 2 left today" in page  # nothing charged yet
+    await service(console).charge("rita", 1)  # what a generation charges, on the counter storage
+    assert "1 of 2 left today" in (await client.get("/approvals", headers=PAGE)).text
+
+
 async def test_the_four_eyes_walk_on_the_pages(console: Console) -> None:
     model = console.d.runtime.services.engine.info.id
     async with console.client() as rita, console.client() as alice, console.client() as bob:
@@ -156,7 +164,7 @@ async def test_the_four_eyes_walk_on_the_pages(console: Console) -> None:
 
         granted = await rita.get("/approvals", headers=PAGE)
         assert 'class="grant-active"' in granted.text
-        assert "3 / 3" in granted.text
+        await _shows_what_is_left(console, rita, granted.text)
         [grant] = service(console).list_grants(principal="rita")
         history = await alice.get("/approvals/grants", headers=PAGE)
         assert f'action="/approvals/grants/{grant.id}/revoke"' in history.text

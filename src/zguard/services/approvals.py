@@ -314,9 +314,8 @@ class ApprovalService:
             raise ApprovalRequired(
                 f"your grant {grant.id} expired at {grant.expires_at:%Y-%m-%d %H:%M} UTC; ask again with {REQUEST_HINT}"
             )
-        prefix = self._counters.prefix
-        total_key = f"{prefix}/grant/{grant.id}/total"
-        day_key = f"{prefix}/grant/{grant.id}/day/{now:%Y%m%d}"
+        total_key = f"{self._counters.prefix}/grant/{grant.id}/total"
+        day_key = self._day_key(grant.id, now)
         storage = self._counters.storage
         total_expiry = max(_DAY, int((grant.expires_at - now).total_seconds()) + _DAY)
         try:
@@ -355,6 +354,18 @@ class ApprovalService:
             total_key=total_key,
             total_after=total,
         )
+
+    def _day_key(self, grant_id: int, now: datetime) -> str:
+        return f"{self._counters.prefix}/grant/{grant_id}/day/{now:%Y%m%d}"
+
+    async def used_today(self, grant_id: int, *, now: datetime | None = None) -> int | None:
+        """Images charged to grant `grant_id` today (UTC), as `charge` counts them on the shared
+        counter storage; None when the storage cannot be read (the page then says nothing)."""
+        try:
+            held = await self._counters.storage.get(self._day_key(grant_id, now or self.store.now()))
+        except self._counters.errors:
+            return None
+        return max(0, int(held or 0))
 
     async def refund(self, usage: GrantUsage) -> None:
         """Give back a charge whose generation failed (best effort: a storage error keeps the charge)."""

@@ -18,7 +18,8 @@ Decisions written here:
 - The form's caps (validity days, quotas) are the `approvals` settings' caps, shown as the
   inputs' bounds; the service checks them again (a browser's bounds are advice).
 - "Remaining" on a grant is its total quota less `used_total`, the count written back after each
-  generation; the per-day count lives in the rate-limit storage and is shown as the daily quota.
+  generation; what is left today is read from the rate-limit storage, where generations are
+  charged (`ApprovalService.used_today`), and left out when that storage cannot be read.
 - Without a state database (`services.approvals` is None) the pages answer 503 as a page.
 """
 
@@ -156,6 +157,7 @@ class _Pages:
         approvals = self.service()
         requests = await call(approvals.list_requests, requester=identity.name)
         grants = await call(approvals.list_grants, principal=identity.name)
+        today = {g.id: await approvals.used_today(g.id) for g in grants if g.status == "active"}
         info = self.services.engine.info
         defaults = {"model": info.id, "data_classification": "internal", "validity_days": "30"}
         return self.page(
@@ -166,6 +168,7 @@ class _Pages:
             failed=failed,
             requests=requests,
             grants=grants,
+            today=today,
             caps=approvals.settings,
             model_id=info.id,
             digest=info.manifest,
