@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import unicodedata
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -461,33 +461,30 @@ class ApprovalService:
             )
 
     def _refused(self, caller: Caller, action: str, refused: ZguardError, where: Mapping[str, DetailValue]) -> None:
-        self._audit.emit(
-            AuditEvent(
-                type="approval.refused",
-                outcome="denied",
-                code=refused.code,
-                request_id=caller.request_id,
-                listener=caller.listener,
-                client=caller.client,
-                principal=caller.name,
-                roles=tuple(sorted(caller.roles)),
-                detail={**caller.detail, **where, "action": action, "reason": refused.message[:300]},
-            )
-        )
+        self._audit.emit(refusal_event(caller, action, refused, where))
 
     def _emit(self, kind: str, caller: Caller, detail: Mapping[str, DetailValue]) -> None:
-        self._audit.emit(
-            AuditEvent(
-                type=kind,
-                outcome="done",
-                request_id=caller.request_id,
-                listener=caller.listener,
-                client=caller.client,
-                principal=caller.name,
-                roles=tuple(sorted(caller.roles)),
-                detail={**caller.detail, **detail},
-            )
-        )
+        self._audit.emit(caller_event(kind, caller, detail))
+
+
+def caller_event(kind: str, caller: Caller, detail: Mapping[str, DetailValue]) -> AuditEvent:
+    """A step of the approvals (or of a re-certification campaign) done by `caller`."""
+    return AuditEvent(
+        type=kind,
+        outcome="done",
+        request_id=caller.request_id,
+        listener=caller.listener,
+        client=caller.client,
+        principal=caller.name,
+        roles=tuple(sorted(caller.roles)),
+        detail={**caller.detail, **detail},
+    )
+
+
+def refusal_event(caller: Caller, action: str, refused: ZguardError, where: Mapping[str, DetailValue]) -> AuditEvent:
+    """`approval.refused`: what `caller` tried (`action`, `where`) and the code it was refused with."""
+    detail = {**where, "action": action, "reason": refused.message[:300]}
+    return replace(caller_event("approval.refused", caller, detail), outcome="denied", code=refused.code)
 
 
 def _text(value: str, name: str, limit: int) -> str:

@@ -40,6 +40,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from zguard.audit import AuditEvent, AuditSink, DetailValue
+from zguard.audit.formats import csv_cell
 from zguard.errors import (
     AlreadyDecided,
     ApprovalNotFound,
@@ -52,7 +53,7 @@ from zguard.errors import (
     ZguardError,
 )
 from zguard.security.rbac import Permission, Principal, RoleRegistry, authorize, may_decide_approval
-from zguard.services.approvals import Caller
+from zguard.services.approvals import Caller, caller_event, refusal_event
 from zguard.store.approvals import ApprovalStore, GrantRecord
 from zguard.store.models import APPROVAL_TEXT_MAX
 from zguard.store.recertification import CampaignRecord, ItemRecord, RecertificationStore
@@ -233,7 +234,7 @@ class RecertificationService:
             writer = csv.DictWriter(out, fieldnames=EXPORT_FIELDS, lineterminator="\n")
             writer.writeheader()
             for row in rows:
-                writer.writerow({k: _cell(v) for k, v in row.items()})
+                writer.writerow({k: csv_cell(v) for k, v in row.items()})  # the audit export's defusing
             data = out.getvalue().encode()
         self._audit.emit(
             AuditEvent(
@@ -380,27 +381,10 @@ class RecertificationService:
             )
 
     def _refused(self, caller: Caller, action: str, refused: ZguardError, where: Mapping[str, DetailValue]) -> None:
-        self._audit.emit(
-            AuditEvent(
-                type="approval.refused",
-                outcome="denied",
-                code=refused.code,
-                principal=caller.name,
-                roles=tuple(sorted(caller.roles)),
-                detail={**caller.detail, **where, "action": action, "reason": refused.message[:300]},
-            )
-        )
+        self._audit.emit(refusal_event(caller, action, refused, where))
 
     def _emit(self, kind: str, caller: Caller, detail: Mapping[str, DetailValue]) -> None:
-        self._audit.emit(
-            AuditEvent(
-                type=kind,
-                outcome="done",
-                principal=caller.name,
-                roles=tuple(sorted(caller.roles)),
-                detail={**caller.detail, **detail},
-            )
-        )
+        self._audit.emit(caller_event(kind, caller, detail))
 
 
 def _grant_detail(grant: GrantRecord) -> dict[str, DetailValue]:
@@ -411,12 +395,6 @@ def _grant_detail(grant: GrantRecord) -> dict[str, DetailValue]:
         "model_digest": grant.model_digest,
         "expires_at": grant.expires_at.isoformat(),
     }
-
-
-def _cell(value: str | int | None) -> str:
-    """A CSV cell; a leading =, +, - or @ is quoted with ' so a spreadsheet never runs it."""
-    text = "" if value is None else str(value)
-    return "'" + text if text[:1] in {"=", "+", "-", "@"} else text
 
 
 # --- signatures ---------------------------------------------------------------------------

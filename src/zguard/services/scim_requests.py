@@ -110,9 +110,16 @@ def _text(value: object, what: str, max_len: int, *, optional: bool = True) -> s
     return value or None
 
 
+def _required_text(value: object, what: str, max_len: int) -> str:
+    """`_text` of a value that must be there: a non-blank string."""
+    text = _text(value, what, max_len, optional=False)
+    if text is None:  # pragma: no cover - _text refuses blank required values
+        raise invalid(f"{what} must be a string")
+    return text
+
+
 def user_name_of(value: object) -> str:
-    name = _text(value, "userName", NAME_MAX, optional=False)
-    assert name is not None  # noqa: S101 - _text refused None above; for the type checker
+    name = _required_text(value, "userName", NAME_MAX)
     if name != name.strip():
         raise invalid("userName must not start or end with spaces")
     return name
@@ -212,8 +219,7 @@ def _member_values(value: object) -> list[str]:
 
 def parse_group(body: Json) -> tuple[str, str | None, list[str]]:
     """displayName, externalId and member ids of a POST or PUT body."""
-    name = _text(_get(body, "displayName"), "displayName", SCIM_NAME_MAX, optional=False)
-    assert name is not None  # noqa: S101 - _text refused None above; for the type checker
+    name = _required_text(_get(body, "displayName"), "displayName", SCIM_NAME_MAX)
     members = _get(body, "members")
     return (
         name,
@@ -259,9 +265,7 @@ def _apply_group_attribute(change: GroupChange, op: str, name: str, value: Any) 
     elif key == "displayname":
         if op == "remove":
             raise invalid("displayName cannot be removed", "mutability")
-        text = _text(value, "displayName", SCIM_NAME_MAX, optional=False)
-        assert text is not None  # noqa: S101 - _text refused None above; for the type checker
-        change.display_name = text
+        change.display_name = _required_text(value, "displayName", SCIM_NAME_MAX)
     elif key == "externalid":
         change.external_id = None if op == "remove" else _text(value, "externalId", SCIM_EXTERNAL_ID_MAX)
     elif key not in ("id", "schemas", "meta"):

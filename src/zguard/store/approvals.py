@@ -202,7 +202,8 @@ class ApprovalStore:
                 if _rowcount(locked) != 1:
                     raise ApprovalNotFound(f"no approval request {request_id}")
                 row = session.get(ApprovalRequest, request_id, populate_existing=True)
-                assert row is not None  # noqa: S101 - locked above in this transaction
+                if row is None:  # pragma: no cover - locked above in this transaction
+                    raise ApprovalNotFound(f"no approval request {request_id}")
                 if row.status == "expired" or (row.status == "pending" and _utc(row.expires_at) <= now):
                     raise RequestExpired(
                         f"approval request {request_id} expired at {_utc(row.expires_at):%Y-%m-%d %H:%M} UTC"
