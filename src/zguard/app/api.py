@@ -76,7 +76,7 @@ def create_api_app(settings: Settings, services: Services) -> FastAPI:
         server_names=settings.api.server_names,
     )
     add_provenance_routes(app, settings, services)
-    patch_document(app, set_request_body(GENERATIONS_PATH, "post", image_request_body(settings, services)))
+    patch_document(app, set_request_body(GENERATIONS_PATH, "post", lambda: image_request_body(settings, services)))
 
     @app.post(
         GENERATIONS_PATH,

@@ -188,9 +188,12 @@ def set_parameter(path: str, method: str, name: str, **schema: Any) -> Patch:
     return patch
 
 
-def set_request_body(path: str, method: str, body: dict[str, Any]) -> Patch:
+def set_request_body(path: str, method: str, body: Callable[[], dict[str, Any]]) -> Patch:
+    """A patch setting an operation's request body, made by `body` when the document is built
+    (on the first `/openapi.json` or `make docs`, not when the app is)."""
+
     def patch(document: dict[str, Any]) -> None:
-        document["paths"][path][method]["requestBody"] = body
+        document["paths"][path][method]["requestBody"] = body()
 
     return patch
 

@@ -123,7 +123,7 @@ def install_console_document(app: FastAPI, settings: Settings, services: Service
                 responses.pop("422", None)
 
     patch_document(app, declare)
-    patch_document(app, set_request_body(GENERATE_API, "post", image_request_body(settings, services)))
+    patch_document(app, set_request_body(GENERATE_API, "post", lambda: image_request_body(settings, services)))
     patch_document(app, _bodies(sorted(settings.role_registry().roles), settings.api_auth.password_min_length))
     install_document(app, security=True)
 
