@@ -78,7 +78,7 @@ async def test_an_expired_and_a_not_yet_valid_id_token_are_refused(provider: Moc
     token = provider.id_token(CLIENT, "u-1")
     lifetime = claims_of(token)["exp"] - claims_of(token)["iat"]
     assert await refused(verifier(provider, shift_s=lifetime + 31), token) == "expired"
-    await verifier(provider, shift_s=lifetime + 15).verify(token, "n")  # within the 30 s leeway, with time for a slow run
+    await verifier(provider, shift_s=lifetime + 15).verify(token, "n")  # inside the 30 s leeway
     assert await refused(verifier(provider, shift_s=-120), token) == "not_yet_valid"  # iat in our future
 
 
