@@ -112,6 +112,7 @@ def checkpoint_message(seq: int, head_hash: str, time_ms: int) -> bytes:
 @dataclass(frozen=True)
 class CheckpointSigner:
     private_key: Ed25519PrivateKey
+    replica: str | None = None  # the replica writing the checkpoints (`serve.replica_id`): named in each
 
     @property
     def public_key(self) -> Ed25519PublicKey:
@@ -129,6 +130,7 @@ class CheckpointSigner:
             "signed_ms": time_ms,
             "key_id": self.key_id,
             "signature": signature.hex(),
+            **({"replica": self.replica} if self.replica is not None else {}),
         }
 
 

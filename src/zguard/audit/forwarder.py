@@ -17,6 +17,13 @@ While the collector is down the forwarder retries with exponential backoff and j
 `max_backoff_s`. Failing to forward never blocks a request: events are already committed in the
 store (fail closed happens there); the lag grows and is reported (`status()`, `zguard audit
 status`, `/readyz` detail).
+
+With several replicas on one store, one forwards at a time: the forwarder is given a `Lease`
+(`zguard.store.leases`, in the state database) and sends only while it holds it. A replica that
+takes the lease over starts from the durable cursor, so what the previous holder sent but had
+not yet recorded is sent again (the at-least-once window: at most what was in flight, plus
+`CURSOR_WRITE_EVERY_S` of events) and nothing is skipped. A holder that loses the lease drops
+what it had in flight and stops sending.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from typing import Final, Protocol
 from zguard.audit.syslog import SyslogEvent, format_message
 from zguard.audit.syslog_transport import SyslogTransport, SyslogUnavailable, open_transport
 from zguard.config import SyslogSettings
+from zguard.store.leases import Lease
 
 CURSOR_NAME: Final = "syslog"
 SETTLE_S: Final = 1.0  # how long a delivered batch must stay on an open connection before the cursor passes it
@@ -86,6 +94,8 @@ class ForwarderStatus:
     last_error: str | None  # the latest failure, in zguard's words; None once delivery resumes
     last_error_time: float | None
     consecutive_failures: int
+    active: bool = True  # whether this replica forwards now (it holds the lease, or there is none)
+    holder: str | None = None  # the replica holding the forwarder's lease; None without a lease
 
 
 @dataclass
@@ -107,8 +117,12 @@ class Forwarder:
         procid: int | str | None = None,
         cursor_name: str = CURSOR_NAME,
         settle_s: float = SETTLE_S,
+        lease: Lease | None = None,
     ) -> None:
+        """`lease`: forward only while holding it (several replicas on one store); None: always."""
         self._source = source
+        self._lease = lease
+        self._active = lease is None
         self._settings = settings
         self._transport = transport if transport is not None else open_transport(settings)
         self._hostname = hostname if hostname is not None else socket.gethostname()
@@ -165,18 +179,29 @@ class Forwarder:
 
     def status(self) -> ForwarderStatus:
         head = self._source.head_seq()
+        holder = None
+        if self._lease is not None:
+            held = self._lease.holder_now()
+            holder = held[0] if held is not None and held[1] > time.time() * 1000 else None
         with self._lock:
             thread = self._thread
+            active = self._active
+            cursor = self._cursor
+        if not active:  # another replica forwards: the durable cursor is the one that counts
+            cursor = self._source.cursor(self._cursor_name)
+        with self._lock:
             return ForwarderStatus(
                 target=self._transport.target,
                 running=thread is not None and thread.is_alive(),
-                cursor=self._cursor,
+                cursor=cursor,
                 head=head,
-                lag=max(0, head - self._cursor),
+                lag=max(0, head - cursor),
                 last_success=self._last_success,
                 last_error=self._last_error,
                 last_error_time=self._last_error_time,
                 consecutive_failures=self._failures,
+                active=active,
+                holder=holder,
             )
 
     # -- the forwarder thread ----------------------------------------------------------------
@@ -191,13 +216,41 @@ class Forwarder:
                     self._sleep(backoff_delay(self._failures, self._settings.max_backoff_s))
         finally:
             self._transport.close()
+            if self._lease is not None:
+                self._lease.release()  # another replica takes over at once
 
     def _done(self) -> bool:
         if not self._closing:
             return False
+        if not self._active:  # another replica forwards what is left
+            return True
         return self._cursor >= self._drain_target or time.monotonic() >= self._drain_until
 
+    def _leased(self, lease: Lease) -> bool:
+        """Take or renew the lease; on taking it start from the durable cursor, on losing it drop
+        what is in flight. Whether to forward this round (waits a poll interval when not)."""
+        held = lease.keep()
+        if held and not self._active:
+            cursor = self._source.cursor(self._cursor_name)
+            self._in_flight.clear()
+            self._confirmed = self._sent = cursor
+            with self._lock:
+                self._cursor = cursor
+                self._active = True
+            log.info("this replica forwards the audit trail to syslog now, from event %d", cursor)
+        elif not held and self._active:
+            self._transport.close()
+            self._in_flight.clear()
+            with self._lock:
+                self._active = False
+            log.warning("another replica holds the syslog forwarder's lease: this one stops forwarding")
+        if not held and not self._closing:
+            self._sleep(lease.poll_s)
+        return held
+
     def _round(self) -> None:
+        if self._lease is not None and not self._leased(self._lease):
+            return
         if self._in_flight:
             self._confirm()
         unacked = sum(1 for batch in self._in_flight if batch.acked_at is None)

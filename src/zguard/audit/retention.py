@@ -255,7 +255,7 @@ def _write_archive(
         base_hash=writer.base_hash,
         head_seq=covers,
         head_hash=detail.get("head_hash"),
-        public_key=signer.public_key,
+        public_key=store.trusted_keys or signer.public_key,  # several writers: every listed replica's key
     )
     if report.problem is not None:
         problem = report.problem

@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Engine, Table, and_, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
@@ -39,6 +39,9 @@ from zguard.store.models import (
     AuditTimeBlock,
     AuditWatermark,
 )
+
+if TYPE_CHECKING:
+    from zguard.audit.checkpoint_keys import CheckpointKeys
 
 EVENTS = cast(Table, AuditEventRow.__table__)
 HEAD = cast(Table, AuditHead.__table__)
@@ -143,10 +146,14 @@ class AuditStore:
         checkpoints: CheckpointPolicy | None = None,
         clock: Any = time.time,
         bounds: EventBounds | None = None,
+        trusted_keys: CheckpointKeys | None = None,
     ) -> None:
+        """`trusted_keys`: the checkpoint keys of every writer (`audit.checkpoint_keys`), which
+        the server's own verifications accept; None: only `signer`'s."""
         self.engine = engine
         self.bounds = bounds or EventBounds()
         self.signer = signer
+        self.trusted_keys = trusted_keys or None
         self.checkpoints = checkpoints
         self._clock = clock
         self._appended = threading.Condition()

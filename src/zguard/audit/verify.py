@@ -12,7 +12,9 @@ Rows are read in `seq` order from the chain's base (0, or the last purged event)
 - **truncated**: the store ends before the recorded head or before the last signed checkpoint.
 
 Every `audit.checkpoint` event's Ed25519 signature is checked and its head hash compared with
-the chain at the point it covers. What the database alone cannot show — the whole tail after
+the chain at the point it covers. With several writers the key is a listed set
+(`zguard.audit.checkpoint_keys`): each checkpoint's `key_id` must name a listed key, and the
+report counts the checkpoints of each (`signers`, by the key's replica name). What the database alone cannot show — the whole tail after
 the last checkpoint removed *and* the head row rewritten to match — the checkpoints forwarded to
 syslog still show; compare `zguard audit status` with the collector's last checkpoint.
 
@@ -36,9 +38,11 @@ from typing import Any, Literal
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from zguard.audit.chain import CHECKPOINT_TYPE, checkpoint_valid, column_text
+from zguard.audit.checkpoint_keys import CheckpointKeys
 from zguard.audit.store import ROW_COLUMNS, AuditStore, Head
 
 Kind = Literal["edited", "deleted", "inserted", "reordered", "truncated", "forged_checkpoint"]
+PublicKeys = Ed25519PublicKey | CheckpointKeys  # one key, or the listed keys of several writers
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,7 @@ class Report:
     last_checkpoint: int | None = None
     problem: ChainProblem | None = None
     notes: list[str] = field(default_factory=list)
+    signers: dict[str, int] | None = None  # checkpoints per listed key's name; None: one key
 
     @property
     def ok(self) -> bool:
@@ -74,6 +79,7 @@ class Report:
             if self.problem is None
             else {"kind": self.problem.kind, "seq": self.problem.seq, "message": self.problem.message},
             "notes": self.notes,
+            **({"signers": dict(sorted(self.signers.items()))} if self.signers is not None else {}),
         }
 
 
@@ -99,7 +105,7 @@ def verify_rows(
     base_hash: str,
     head_seq: int | None,
     head_hash: str | None = None,
-    public_key: Ed25519PublicKey | None,
+    public_key: PublicKeys | None,
     progress: Callable[[int], None] | None = None,
     progress_every: int = PROGRESS_EVERY,
     head_now: Callable[[], int] | None = None,
@@ -109,7 +115,7 @@ def verify_rows(
     `progress`, when given, is called with the count of rows checked every `progress_every` (> 0)
     rows. `head_now`, when given, reads the head's seq again once a row past `head_seq` shows up:
     if it covers that row, the row was appended during the walk and the walk ends there."""
-    report = Report()
+    report = Report(signers={} if isinstance(public_key, CheckpointKeys) else None)
     ticks = _Progress(progress, progress_every)
     expected_seq = base_seq + 1
     prev_hash = base_hash
@@ -233,14 +239,22 @@ def _no_progress(checked: int) -> None:
 def _check_checkpoint(  # noqa: PLR0917 - the verifier's state it reads
     body: dict[str, Any],
     seq: int,
-    public_key: Ed25519PublicKey | None,
+    public_key: PublicKeys | None,
     ring: list[tuple[int, str]],
     base_seq: int,
     base_hash: str,
     report: Report,
 ) -> tuple[Kind, int, str] | None:
     detail = body.get("detail") or {}
-    if public_key is not None and not checkpoint_valid(public_key, detail):
+    if isinstance(public_key, CheckpointKeys):
+        listed = public_key.get(str(detail.get("key_id")))
+        if listed is None:
+            return "forged_checkpoint", seq, f"checkpoint {seq} is signed by a key not in audit.checkpoint_keys"
+        if not checkpoint_valid(listed.public_key, detail):
+            return "forged_checkpoint", seq, f"checkpoint {seq} has no valid signature by the key of {listed.name}"
+        if report.signers is not None:
+            report.signers[listed.name] = report.signers.get(listed.name, 0) + 1
+    elif public_key is not None and not checkpoint_valid(public_key, detail):
         return "forged_checkpoint", seq, f"checkpoint {seq} has no valid signature by the audit signing key"
     covers = detail.get("covers_seq")
     if not isinstance(covers, int):
@@ -263,7 +277,7 @@ def _check_checkpoint(  # noqa: PLR0917 - the verifier's state it reads
 
 def verify_store(
     store: AuditStore,
-    public_key: Ed25519PublicKey | None,
+    public_key: PublicKeys | None,
     *,
     head: Head | None = None,
     progress: Callable[[int], None] | None = None,

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from zguard.audit import AuditEvent, DetailValue
+    from zguard.audit.checkpoint_keys import CheckpointKeys
     from zguard.audit.store import AuditStore, StoredEvent
 
 FOLLOW_POLL_S = 1.0
@@ -123,6 +124,19 @@ def _refusals(run: Callable[[], int]) -> int:
         print(f"zguard: {exc.message}", file=sys.stderr)
         return exc.exit_code if isinstance(exc, OperatorError) else EXIT_FIX
     return EXIT_FIX
+
+
+def _checkpoint_keys(settings: Settings, given: str | None) -> Ed25519PublicKey | CheckpointKeys:
+    """`--public-key` when given, else the listed `audit.checkpoint_keys` (several writers), else
+    the public half of this host's signing key (zguard.audit.checkpoint_keys)."""
+    from zguard.audit.checkpoint_keys import CheckpointKeys
+
+    if given or not settings.audit.checkpoint_keys:
+        return _public_key(settings, given)
+    missing = [str(path) for path in settings.audit.checkpoint_keys if not path.exists()]
+    if missing:
+        raise AuditCommandRefused(f"audit.checkpoint_keys: no such file or directory: {', '.join(missing)}")
+    return CheckpointKeys.from_paths(settings.audit.checkpoint_keys)
 
 
 def _public_key(settings: Settings, given: str | None) -> Ed25519PublicKey:
@@ -256,13 +270,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     settings = _settings(args)
 
     def run() -> int:
-        public_key = _public_key(settings, args.public_key)  # before the database: a missing key is exit 2
+        public_key = _checkpoint_keys(settings, args.public_key)  # before the database: a missing key is exit 2
         return _on_store(settings, lambda ctx: _verify(ctx, public_key, as_json=args.json))
 
     return _refusals(run)
 
 
-def _verify(ctx: _Context, public_key: Ed25519PublicKey, *, as_json: bool) -> int:
+def _verify(ctx: _Context, public_key: Ed25519PublicKey | CheckpointKeys, *, as_json: bool) -> int:
     from zguard.audit.verify import verify_store
 
     report = verify_store(ctx.store, public_key)
@@ -287,6 +301,9 @@ def _verify(ctx: _Context, public_key: Ed25519PublicKey, *, as_json: bool) -> in
     unsigned = head.seq - max(head.checkpoint_seq, head.base_seq)
     if unsigned > 0:
         print(f"  {unsigned} event(s) after the last checkpoint are chained but not yet signed")
+    if report.signers is not None:
+        signed = ", ".join(f"{printable(name)} {count}" for name, count in sorted(report.signers.items()))
+        print(f"  checkpoints by listed key: {signed or 'none'}")
     for note in report.notes:
         print(f"  note: {printable(note)}")
     return EXIT_OK

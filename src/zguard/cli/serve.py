@@ -19,8 +19,21 @@ if TYPE_CHECKING:
     from zguard.ops.host_checks import CheckResult, Host, SettingsFile
 
 
+def with_replica_id(settings: Settings, replica_id: str | None) -> Settings:
+    """`settings` with `serve.replica_id` set from `--replica-id` (validated like the setting)."""
+    if replica_id is None:
+        return settings
+    from zguard.config.replicas import check_replica_id
+
+    try:
+        check_replica_id(replica_id)
+    except ValueError as exc:
+        raise ConfigError([f"--replica-id: {exc}"]) from None
+    return settings.model_copy(update={"serve": settings.serve.model_copy(update={"replica_id": replica_id})})
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    settings = settings_of(args)
+    settings = with_replica_id(settings_of(args), getattr(args, "replica_id", None))
     setup_logging(settings.log_level)
     from zguard.ops.host_checks import SettingsFile
     from zguard.serve.lifecycle import serve
@@ -95,13 +108,18 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 def register(commands: Commands, common: argparse.ArgumentParser) -> None:
     """Add `serve` and `config check`; `common` carries --config."""
-    command(
+    serve = command(
         commands,
         common,
         "serve",
         cmd_serve,
         help_text="run the API and console listeners",
         description="Serve the image API and the console in one process sharing one model.",
+    )
+    serve.add_argument(
+        "--replica-id",
+        metavar="ID",
+        help="this replica's name (serve.replica_id; default: the host name and the API port)",
     )
     config_commands = group(commands, common, "config", "inspect settings", "Inspect settings.")
     command(

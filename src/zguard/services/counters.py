@@ -16,6 +16,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 from urllib.parse import quote
 
 from limits import RateLimitItem, parse
@@ -101,6 +102,20 @@ class CounterStorage:
     @classmethod
     def from_settings(cls, section: RateLimitSettings) -> CounterStorage:
         return cls(section.storage.get_secret_value(), strategy=section.strategy, key_prefix=section.key_prefix)
+
+    def redis(self) -> Any:
+        """The storage's own asyncio Redis client (plain, Sentinel master or cluster), for the
+        counters the library has no strategy for (in-flight leases, policy digests); the same
+        connections and timeouts. TypeError on `memory://`."""
+        bridge = getattr(self.storage, "bridge", None)
+        if not self.shared or bridge is None:
+            raise TypeError("the memory:// storage has no Redis client")
+        return bridge.get_connection()
+
+    async def aclose(self) -> None:
+        """Close the Redis connections before the event loop ends (the library offers no close)."""
+        if self.shared:
+            await self.redis().aclose()
 
     def item(self, rate: Rate) -> RateLimitItem:
         """The library's item for `rate` (made once per rate)."""

@@ -43,9 +43,10 @@ Decisions written here:
   (600/minute), counted under keys of its own. A Prometheus scrape every few seconds must not
   use up the guide's `10/分钟` and break generation, and a generation flood must not lock an
   auditor out of the trail.
-- The in-flight cap is per process, in memory: with N replicas a principal may run N × the cap
-  at once. Counting it in Redis would leak slots whenever a process dies mid-generation, and
-  each process's admission queue already bounds its own GPU work.
+- The in-flight cap holds where the counters are: per process with `memory://`, across every
+  replica with Redis, as leased slots that a dead replica's expire after `serve.in_flight_lease_s`
+  (`zguard.services.inflight`). Redis unreachable when a slot is asked for: 503
+  `rate_limiter_unavailable`, as for the rates (fail closed).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ from zguard.security.rates import Rate, parse_rates
 from zguard.services.auth import Identity, RequestInfo
 from zguard.services.counters import UNAVAILABLE_RETRY_AFTER_S, CounterStorage
 from zguard.services.counters import seconds_until as _seconds_until
+from zguard.services.inflight import InFlightSlots, LeasedSlots, LocalSlots, SlotRefused
 
 log = logging.getLogger("zguard.ratelimit")
 
@@ -174,8 +176,10 @@ class RateLimitService:
         other_routes: Iterable[Rate] = (),
         audit: AuditSink,
         clock: Callable[[], float] = time.time,
+        in_flight_lease_s: float = 30.0,
     ) -> None:
-        """`other_routes`: the rates of the "other" bucket (every route but generation)."""
+        """`other_routes`: the rates of the "other" bucket (every route but generation);
+        `in_flight_lease_s`: the lease of an in-flight slot held in Redis (shared storage only)."""
         self._policy = policy
         self._other_rates = _strictest(other_routes)
         self._counters = CounterStorage(storage, strategy=strategy, key_prefix=key_prefix, clock=clock)
@@ -186,7 +190,10 @@ class RateLimitService:
         self._max_concurrent = max_concurrent
         self._audit = audit
         self._clock = clock  # wall time: the library's reset times are epoch seconds
-        self._in_flight: dict[str, int] = {}
+        self._local_slots = LocalSlots()
+        self._slots: InFlightSlots = (
+            LeasedSlots(self._counters, lease_s=in_flight_lease_s) if self._counters.shared else self._local_slots
+        )
         self._blocked: OrderedDict[tuple[str, str, tuple[Rate, ...]], _Blocked] = OrderedDict()
 
     @property
@@ -208,6 +215,7 @@ class RateLimitService:
             max_concurrent=section.max_concurrent_per_principal,
             other_routes=parse_rates(section.other_routes) if section.other_routes else (),
             audit=audit,
+            in_flight_lease_s=settings.serve.in_flight_lease_s,
         )
 
     @property
@@ -328,36 +336,48 @@ class RateLimitService:
     # --- in-flight cap --------------------------------------------------------------------
 
     def in_flight(self, name: str) -> int:
-        return self._in_flight.get(name, 0)
+        """Slots `name` holds in this process (memory storage; 0 with Redis: ask `held_everywhere`)."""
+        return self._local_slots.count(name)
+
+    async def held_everywhere(self, name: str) -> int:
+        """Slots `name` holds on every replica that shares the storage (this process with memory)."""
+        return await self._slots.held(name)
+
+    @property
+    def slots(self) -> InFlightSlots:
+        return self._slots
 
     @contextlib.asynccontextmanager
     async def concurrency(self, identity: Identity, info: RequestInfo) -> AsyncIterator[None]:
-        """Hold one of the principal's in-flight slots; raise TooManyConcurrentRequests if none is free."""
+        """Hold one of the principal's in-flight slots; raise TooManyConcurrentRequests if none is free
+        (on any replica, with Redis), RateLimiterUnavailable if the storage cannot be asked."""
         name = identity.name
-        held = self._in_flight.get(name, 0)
-        if held >= self._max_concurrent:  # no await since the read: the event loop makes this atomic
+        entered = False  # from then on, an exception is the generation's, not the slot's
+        try:
+            async with self._slots.slot(name, self._max_concurrent):
+                entered = True
+                yield
+        except SlotRefused as refused:
+            if entered:
+                raise
             self._emit(
                 "rate_limit.concurrency",
                 outcome="denied",
                 code="too_many_concurrent_requests",
                 identity=identity,
                 info=info,
-                detail={"in_flight": held, "max": self._max_concurrent},
+                detail={"in_flight": refused.held, "max": self._max_concurrent},
             )
             raise TooManyConcurrentRequests(
-                f"you already have {held} generations in progress, the most allowed at once; wait for one to finish",
+                f"you already have {refused.held} generations in progress, the most allowed at once; "
+                "wait for one to finish",
                 retry_after=CONCURRENCY_RETRY_AFTER_S,
-                detail=f"{name}: {held} in flight",
-            )
-        self._in_flight[name] = held + 1
-        try:
-            yield
-        finally:
-            left = self._in_flight[name] - 1
-            if left:
-                self._in_flight[name] = left
-            else:
-                del self._in_flight[name]
+                detail=f"{name}: {refused.held} in flight",
+            ) from None
+        except self._slots.errors as exc:
+            if entered:
+                raise
+            raise self._unavailable(identity, info, exc) from None
 
     # --- audit ----------------------------------------------------------------------------
 

@@ -9,6 +9,10 @@ Decisions written here:
   traffic to a replica that can serve none of it.
 - Probes are asked at most once per `PROBE_TTL_S` and each has `PROBE_TIMEOUT_S`, so a flood
   of health checks costs the dependency one round trip a second.
+- The state database (`database.url`) is probed too, with one `SELECT 1`: without it no
+  credential can be checked and no event recorded, so every request fails closed (503) and the
+  load balancer must drain this replica until it answers again. No restart is needed: the pool
+  reconnects on the next checkout (`pool_pre_ping`), and the probe says so within a second.
 """
 
 from __future__ import annotations
@@ -18,9 +22,29 @@ import time
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
+
 PROBE_TTL_S = 1.0
 PROBE_TIMEOUT_S = 2.0
 Probe = Callable[[], Awaitable[bool]]
+
+
+def database_probe(engine: Engine) -> Probe:
+    """Whether `engine`'s database answers `SELECT 1` now (run in a worker thread)."""
+
+    def ask() -> bool:
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except SQLAlchemyError:
+            return False
+        return True
+
+    async def probe() -> bool:
+        return await asyncio.to_thread(ask)
+
+    return probe
 
 
 class ModelState(StrEnum):

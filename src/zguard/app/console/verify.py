@@ -133,7 +133,8 @@ class Verifications:
 
     def _run(self, job: VerifyJob, store: AuditStore, head: Head, identity: Identity, info: RequestInfo) -> None:
         began = time.monotonic()
-        public_key = store.signer.public_key if store.signer is not None else None
+        own = store.signer.public_key if store.signer is not None else None
+        public_key = store.trusted_keys or own  # several writers: every listed replica's key
         detail: dict[str, DetailValue] = {"head_seq": head.seq, "total": job.total}
         outcome: Literal["done", "failed"]
         code: str | None
