@@ -27,18 +27,22 @@ SIGNATURE_ALGORITHMS: Final = (
 )
 
 
-def check_idp_url(value: str | None, what: str) -> str | None:
-    """`value` when it is an https URL, or http to a loopback host (a test IdP); else ValueError."""
+def check_idp_url(
+    value: str | None,
+    what: str,
+    *,
+    example: str = "https://idp.bank.example/realms/bank",
+    why: str = "keys and discovery fetched over plain HTTP could be replaced on the way",
+) -> str | None:
+    """`value` when it is an https URL, or http to a loopback host (a test IdP); else ValueError.
+    Other outbound URLs (the notification webhook) use the same rule with their own `example` and `why`."""
     if value is None:
         return None
     parts = urlsplit(value)
     if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ValueError(f"{what} must be an https:// URL, e.g. https://idp.bank.example/realms/bank")
+        raise ValueError(f"{what} must be an https:// URL, e.g. {example}")
     if parts.scheme == "http" and not is_loopback(parts.hostname):
-        raise ValueError(
-            f"{what} must use https (http is allowed only to a loopback host): keys and discovery "
-            "fetched over plain HTTP could be replaced on the way"
-        )
+        raise ValueError(f"{what} must use https (http is allowed only to a loopback host): {why}")
     if parts.username or parts.password or parts.fragment:
         raise ValueError(f"{what} must not carry credentials or a #fragment")
     return value

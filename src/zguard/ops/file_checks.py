@@ -121,6 +121,11 @@ def secret_files(settings: Settings, source: SettingsFile | None = None) -> dict
     files = state_paths.key_files(settings)
     if settings.audit.syslog.key_file is not None:
         files["audit.syslog.key_file"] = settings.audit.syslog.key_file
+    notifications = settings.notifications
+    if notifications.webhook.secret_file is not None:
+        files["notifications.webhook.secret_file"] = notifications.webhook.secret_file
+    if notifications.email.password_file is not None:
+        files["notifications.email.password_file"] = notifications.email.password_file
     for name, listener in (("api", settings.api), ("console", settings.console)):
         if listener.tls_key_file is not None:
             files[f"{name}.tls_key_file"] = listener.tls_key_file
