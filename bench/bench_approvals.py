@@ -9,8 +9,9 @@ state database, one principal holding one active grant with a quota too large to
 counters on ``memory://`` and, when ``--redis`` answers, on Redis (a key prefix of its own, its
 keys deleted afterwards). Per storage:
 
-    ``grant_charge``: ``ApprovalService.charge(name, 1)``: the ``auth_state.version`` probe, the
-        cached grant, the expiry check, and the two atomic counter increments (total, today):
+    ``grant_charge``: ``ApprovalService.charge(name, 1, job=...)``: the ``auth_state.version``
+        probe, the cached grant, the expiry check, the scope check (the grant has ``max_size`` and
+        ``max_steps``), and the two atomic counter increments (total, today):
         what ``approvals.required`` adds to a generation once the grant is cached.
     ``rate_limit_check``: ``RateLimitService.check`` of the same principal under
         ``rate_limit: 1000000/minute``, the existing per-request figure (the baseline), measured in
@@ -39,9 +40,11 @@ from bench.machine import machine_info
 from sqlalchemy.engine import URL
 
 from zguard.config import Settings
+from zguard.engine import GenerationJob
 from zguard.services.approvals import ApprovalService, Caller, RequestForm
 from zguard.services.auth import Identity, RequestInfo
 from zguard.services.counters import CounterStorage
+from zguard.services.grant_scope import Scope
 from zguard.services.ratelimit import RateLimitService
 from zguard.store import migrate
 from zguard.store.approvals import ApprovalStore
@@ -51,6 +54,8 @@ from zguard.store.principals import PrincipalStore
 TARGET_MEDIAN_US = 50.0
 MODEL = "bench-model"
 DIGEST = "sha256:" + "ab" * 32
+# Within the grant's scope (max_size 1024, max_steps 8), so every charge passes the scope check.
+JOB = GenerationJob(prompt="a lighthouse", negative_prompt=None, width=1024, height=768, steps=8, seed=0)
 
 
 def log(message: str) -> None:
@@ -88,7 +93,7 @@ def granted_service(settings: Settings, principals: PrincipalStore, audit: Disca
     )
     form = RequestForm(DIGEST, "bench", "bench", "internal", 1_000_000, 100_000_000, 30)
     request = service.request(Caller("bench-user", frozenset({"generator"})), form)
-    service.decide(Caller("bench-approver", frozenset({"approver"})), request.id, "approve")
+    service.decide(Caller("bench-approver", frozenset({"approver"})), request.id, "approve", None, Scope(1024, 8))
     return service
 
 
@@ -102,7 +107,7 @@ async def measure(settings: Settings, principals: PrincipalStore, iterations: in
     for i in range(warmup + iterations):
         info = RequestInfo(client="127.0.0.1", request_id="0" * 32, listener="api")
         t0 = time.perf_counter_ns()
-        usage = await approvals.charge("bench-user", 1)
+        usage = await approvals.charge("bench-user", 1, job=JOB)
         t1 = time.perf_counter_ns()
         await rates.check(identity, info)
         t2 = time.perf_counter_ns()

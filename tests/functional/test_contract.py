@@ -201,7 +201,8 @@ def test_every_own_code_has_a_request_here() -> None:
     reached = {
         GENERATIONS_PATH: set(REQUESTS)
         | {"server_busy", "generation_timeout", "model_not_ready"}
-        | {"too_many_concurrent_requests"},
+        | {"too_many_concurrent_requests"}
+        | GRANT_REACHED_ELSEWHERE,
         AUDIT_PATH: set(AUDIT_REQUESTS),
         TRACE_PATH: set(TRACE_REQUESTS) | TRACE_REACHED_ELSEWHERE,
     }
@@ -213,6 +214,9 @@ def test_every_own_code_has_a_request_here() -> None:
 # these codes, by tests/functional/test_trace_abuse.py; a server without a watermark key
 # (service_unavailable) below.
 TRACE_REACHED_ELSEWHERE = {"server_busy", "trace_timeout", "service_unavailable"}
+# The grant's codes (approvals.required, a state database) are reached on the generation route,
+# and checked against this document, by tests/functional/test_grant_governance.py.
+GRANT_REACHED_ELSEWHERE = {"approval_required", "grant_exhausted", "grant_scope_exceeded", "grant_quota_exceeded"}
 
 
 async def test_trace_and_audit_codes_are_reached(tmp_path: Path) -> None:

@@ -275,7 +275,7 @@ def test_scan_lists_active_grants_and_the_unused_ones(tmp_path: Path, capsys: py
         old = ApprovalStore(engine, clock=lambda: now - timedelta(days=40))
         idle = grant(old, "dora", "alice")  # granted 40 days ago, never used
         used = grant(old, "erin", "alice")
-        old.record_use(used, 12)
+        ApprovalStore(engine).record_use(used, 12)  # used today: not idle (zguard.ops.grant_review)
         fresh = grant(ApprovalStore(engine), "finn", "alice")  # today, unused: not yet a finding
         gone = grant(ApprovalStore(engine), "gail", "alice")
         ApprovalStore(engine).close_grant(gone, "revoked", by="alice", reason="test")

@@ -65,8 +65,10 @@ GENERATION_ERRORS: Final[Codes] = {
         "model_not_found",
         "prompt_rejected",
     ),
+    # With approvals.required (zguard.services.approvals): the grant, its scope and its quota.
+    403: ("approval_required", "grant_exhausted", "grant_scope_exceeded"),
     415: ("unsupported_media_type",),
-    429: ("too_many_concurrent_requests",),
+    429: ("too_many_concurrent_requests", "grant_quota_exceeded"),
     503: ("server_busy", "model_not_ready"),
     504: ("generation_timeout",),
 }

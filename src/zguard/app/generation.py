@@ -40,7 +40,7 @@ async def run_generation(
     approvals = services.approvals
     usage = None
     if approvals is not None and approvals.required:
-        usage = await approvals.charge(identity.name, plan.job.n)
+        usage = await approvals.charge(identity.name, plan.job.n, job=plan.job)
         request.scope.setdefault("state", {})[RATE_LIMIT_STATE] = _WithGrant(
             request.scope.get("state", {}).get(RATE_LIMIT_STATE), usage
         )

@@ -102,6 +102,7 @@ def cmd_request(args: argparse.Namespace) -> int:
             quota_total=args.total,
             validity_days=args.days,
             ticket=args.ticket,
+            group=args.group,
         )
         record = service.request(_required(caller), form)
         print(
@@ -120,15 +121,24 @@ def _required(caller: Caller | None) -> Caller:
 
 
 def _decide(args: argparse.Namespace, decision: str) -> int:
+    from zguard.services.grant_scope import Scope
+
     def action(service: ApprovalService, caller: Caller | None) -> int:
+        scope = Scope(getattr(args, "max_size", None), getattr(args, "max_steps", None))
         outcome = service.decide(
-            _required(caller), args.request, "approve" if decision == "approve" else "reject", args.comment
+            _required(caller), args.request, "approve" if decision == "approve" else "reject", args.comment, scope
         )
         if outcome.grant is not None:
             grant = outcome.grant
+            holder = f"group {grant.group_name}" if grant.group_name else grant.principal
+            scoped = (
+                ""
+                if grant.max_size is None and grant.max_steps is None
+                else f", {_scope_text(grant.max_size, grant.max_steps)}"
+            )
             print(
-                f"approval request {args.request}: approved; grant {grant.id} for {grant.principal} until "
-                f"{grant.expires_at:%Y-%m-%d %H:%M} UTC ({grant.quota_per_day}/day, {grant.quota_total} in all)"
+                f"approval request {args.request}: approved; grant {grant.id} for {holder} until "
+                f"{grant.expires_at:%Y-%m-%d %H:%M} UTC ({grant.quota_per_day}/day, {grant.quota_total} in all{scoped})"
             )
         else:
             request = outcome.request
@@ -180,15 +190,21 @@ def cmd_list(args: argparse.Namespace) -> int:
                 f"{r.id:<8} {r.status:<9} {r.requester[:17]:<17} {r.model_id[:22]:<22} {r.quota_per_day:<8} "
                 f"{r.quota_total:<6} {r.validity_days:<5} {decided}"
             )
-        print("GRANT    STATUS    PRINCIPAL         USED/TOTAL  PER_DAY  EXPIRES")
+        print("GRANT    STATUS    PRINCIPAL         USED/TOTAL  PER_DAY  EXPIRES           SCOPE")
         for g in grants:
+            holder = f"@{g.group_name}" if g.group_name else g.principal
             print(
-                f"{g.id:<8} {g.status:<9} {g.principal[:17]:<17} {f'{g.used_total}/{g.quota_total}':<11} "
-                f"{g.quota_per_day:<8} {g.expires_at:%Y-%m-%d %H:%M}"
+                f"{g.id:<8} {g.status:<9} {holder[:17]:<17} {f'{g.used_total}/{g.quota_total}':<11} "
+                f"{g.quota_per_day:<8} {g.expires_at:%Y-%m-%d %H:%M}  {_scope_text(g.max_size, g.max_steps)}"
             )
         return EXIT_OK
 
     return _run(args, action)
+
+
+def _scope_text(max_size: int | None, max_steps: int | None) -> str:
+    parts = ([f"size<={max_size}"] if max_size else []) + ([f"steps<={max_steps}"] if max_steps else [])
+    return ",".join(parts) or "-"
 
 
 def register(commands: Commands, common: argparse.ArgumentParser) -> None:
@@ -216,6 +232,9 @@ def register(commands: Commands, common: argparse.ArgumentParser) -> None:
     req.add_argument("--per-day", type=int, required=True, help="images per UTC day")
     req.add_argument("--total", type=int, required=True, help="images in all")
     req.add_argument("--days", type=int, required=True, help="validity in days (at most approvals.max_validity_days)")
+    req.add_argument(
+        "--group", default=None, metavar="NAME", help="for this SCIM group (you a member): its members share the grant"
+    )
 
     lst = command(approvals, common, "list", cmd_list, help_text="requests, their decisions, and grants")
     lst.add_argument("--status", choices=["pending", "approved", "rejected", "expired"], default=None)
@@ -229,6 +248,9 @@ def register(commands: Commands, common: argparse.ArgumentParser) -> None:
         dec.add_argument("request", type=int, metavar="REQUEST_ID")
         acting(dec, "approver")
         dec.add_argument("--comment", default=None)
+        if name == "approve":
+            dec.add_argument("--max-size", type=int, default=None, metavar="PX", help="the grant's longest image side")
+            dec.add_argument("--max-steps", type=int, default=None, metavar="N", help="the grant's most steps")
 
     rev = command(approvals, common, "revoke", cmd_revoke, help_text="revoke a grant, with its reason")
     rev.add_argument("grant", type=int, metavar="GRANT_ID")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -73,9 +74,20 @@ def _scan(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
     from zguard.ops import osv
     from zguard.ops.host_checks import SettingsFile
     from zguard.ops.scan import run_scan
+    from zguard.services.grant_report import counter_reader
 
+    # Today's grant use is on the counter storage, which ops may not reach: read here (Redis).
+    now = datetime.now(UTC)
+    used_today = counter_reader(settings.rate_limits, now)
     try:
-        report = run_scan(settings, engine, vuln_db=vuln_db, source=SettingsFile.find(getattr(args, "config", None)))
+        report = run_scan(
+            settings,
+            engine,
+            vuln_db=vuln_db,
+            now=now,
+            source=SettingsFile.find(getattr(args, "config", None)),
+            used_today=used_today,
+        )
     except osv.VulnDbError as exc:
         print(f"zguard: {exc.message}", file=sys.stderr)
         return EXIT_FIX

@@ -28,7 +28,7 @@ from zguard import state_paths
 from zguard.config import Settings
 from zguard.integrity.manifest import verify
 from zguard.ops import osv
-from zguard.ops.grant_review import grant_findings
+from zguard.ops.grant_review import UsedToday, grant_findings
 from zguard.ops.host_checks import Host, SettingsFile, host_findings
 from zguard.ops.review import SEVERITIES, ScanFinding, config_hygiene, permission_review
 from zguard.security.keys import KeyFileError, load_public_key
@@ -141,7 +141,9 @@ def scan_model(settings: Settings, report: ScanReport) -> None:
         )  # fmt: skip
 
 
-def scan_permissions(settings: Settings, engine: Engine, report: ScanReport, now: datetime) -> None:
+def scan_permissions(
+    settings: Settings, engine: Engine, report: ScanReport, now: datetime, used_today: UsedToday | None = None
+) -> None:
 
     try:
         if migrate.current_revision(engine) is None:
@@ -163,7 +165,7 @@ def scan_permissions(settings: Settings, engine: Engine, report: ScanReport, now
     configured_admins = [name for name, roles in configured if "admin" in roles]
     report.admins = sum(1 for p in principals if p.enabled and "admin" in p.roles) + len(configured_admins)
     report.findings += permission_review(principals, tokens, settings.role_registry(), now, configured_admins)
-    report.findings += grant_findings(engine, now)
+    report.findings += grant_findings(engine, now, used_today)
 
 
 def scan_host(settings: Settings, report: ScanReport, host: Host | None, source: SettingsFile | None) -> None:
@@ -185,12 +187,14 @@ def run_scan(
     now: datetime | None = None,
     host: Host | None = None,
     source: SettingsFile | None = None,
+    used_today: UsedToday | None = None,
 ) -> ScanReport:
-    """`host`: who and which /proc and /sys the host checks read; `source`: the settings file read."""
+    """`host`: who and which /proc and /sys the host checks read; `source`: the settings file read;
+    `used_today`: the grants' use today from the counter storage (zguard.ops.grant_review)."""
     report = ScanReport()
     scan_dependencies(vuln_db, osv.installed() if packages is None else packages, report)
     scan_model(settings, report)
-    scan_permissions(settings, engine, report, now or datetime.now(UTC))
+    scan_permissions(settings, engine, report, now or datetime.now(UTC), used_today)
     report.findings += config_hygiene(settings)
     scan_host(settings, report, host, source)
     report.findings.sort(key=lambda f: (-SEVERITIES.index(f.severity), f.check, f.subject))

@@ -24,6 +24,9 @@ Decisions written here:
   storage failure refuses the generation (`rate_limiter_unavailable`: fail closed). The storage
   count is written back to `approval_grants.used_total` after each generation, and seeds the
   storage count when a process first loads the grant (memory storage after a restart).
+- Scope (zguard.services.grant_scope): approvers may set max_size / max_steps, the tightest
+  wins; a generation over them is `grant_scope_exceeded`, nothing charged. Groups
+  (zguard.services.grant_groups): a SCIM group's grant covers its members, one shared quota.
 """
 
 from __future__ import annotations
@@ -31,13 +34,13 @@ from __future__ import annotations
 import asyncio
 import unicodedata
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import astuple, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from zguard.audit import AuditEvent, AuditSink, DetailValue
 from zguard.config.approvals import ApprovalSettings
-from zguard.engine import ImageEngine
+from zguard.engine import GenerationJob, ImageEngine
 from zguard.errors import (
     ApprovalError,
     ApprovalRequired,
@@ -57,6 +60,8 @@ from zguard.errors import (
 )
 from zguard.security.rbac import Permission, Principal, RoleRegistry, authorize, may_decide_approval
 from zguard.services.counters import UNAVAILABLE_RETRY_AFTER_S, CounterStorage
+from zguard.services.grant_groups import group_for_request, refuse_member_decider
+from zguard.services.grant_scope import Scope, check_within, checked_scope
 from zguard.store.approvals import ApprovalStore, DecisionOutcome, GrantRecord, NewRequest, RequestRecord
 from zguard.store.models import APPROVAL_FIELD_MAX, APPROVAL_TEXT_MAX
 from zguard.store.principals import PrincipalStore
@@ -96,6 +101,7 @@ class RequestForm:
     quota_total: int
     validity_days: int
     ticket: str | None = None
+    group: str | None = None  # a SCIM group's displayName: the grant covers its members
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +190,7 @@ class ApprovalService:
                     f"{form.quota_total} images in all; from the daily quota ({form.quota_per_day}) to "
                     f"approvals.max_images_total ({self.settings.max_images_total}) allowed"
                 )
+            group = None if form.group is None else group_for_request(self.store.engine, caller.name, form.group)
             new = NewRequest(
                 requester=caller.name,
                 requester_id=caller.principal_id,
@@ -197,6 +204,8 @@ class ApprovalService:
                 quota_total=form.quota_total,
                 validity_days=form.validity_days,
                 quorum=self.settings.quorum_for(model_id, digest),
+                group_scim_id=None if group is None else group.scim_id,
+                group_name=None if group is None else group.name,
             )
         except ZguardError as refused:
             self._refused(caller, "request", refused, {})
@@ -216,11 +225,19 @@ class ApprovalService:
     # --- decisions -------------------------------------------------------------------------
 
     def decide(
-        self, caller: Caller, request_id: int, decision: Decision, comment: str | None = None
+        self,
+        caller: Caller,
+        request_id: int,
+        decision: Decision,
+        comment: str | None = None,
+        scope: Scope | None = None,
     ) -> DecisionOutcome:
-        where = {"request": request_id, "decision": decision}
+        """`scope`: the approver's max_size / max_steps (zguard.services.grant_scope; approvals only)."""
+        where: dict[str, DetailValue] = {"request": request_id, "decision": decision}
         try:
             self._require(caller, Permission.APPROVALS_DECIDE)
+            scope = checked_scope(*astuple(scope or Scope())) if decision == "approve" else Scope()
+            where |= {"max_size": scope.max_size, "max_steps": scope.max_steps}
             if comment is not None:
                 comment = _text(comment, "comment", APPROVAL_TEXT_MAX) if comment.strip() else None
             if decision == "reject" and comment is None:
@@ -234,8 +251,15 @@ class ApprovalService:
                         "deciding needs approvals:decide", permission=str(Permission.APPROVALS_DECIDE)
                     )
                 raise SelfApproval(f"{caller.name} asked for approval request {request_id}; another approver decides")
+            refuse_member_decider(self.store.engine, caller.name, request)
             outcome = self.store.decide(
-                request_id, decider=caller.name, decider_id=caller.principal_id, decision=decision, comment=comment
+                request_id,
+                decider=caller.name,
+                decider_id=caller.principal_id,
+                decision=decision,
+                comment=comment,
+                max_size=scope.max_size,
+                max_steps=scope.max_steps,
             )
         except ZguardError as refused:
             self._refused(caller, "decide", refused, where)
@@ -294,10 +318,13 @@ class ApprovalService:
 
     # --- enforcement -----------------------------------------------------------------------
 
-    async def charge(self, name: str, images: int, *, now: datetime | None = None) -> GrantUsage:
+    async def charge(
+        self, name: str, images: int, *, now: datetime | None = None, job: GenerationJob | None = None
+    ) -> GrantUsage:
         """Charge `images` against `name`'s active grant for the served model, atomically.
 
-        Raises ApprovalRequired (no grant, or it expired), GrantExhausted (total used up),
+        Raises ApprovalRequired (no grant, or it expired), GrantScopeExceeded (`job`'s size or
+        steps over the grant's scope, zguard.services.grant_scope), GrantExhausted (total used up),
         GrantQuotaExceeded (today's used up; Retry-After to the next UTC day), or
         RateLimiterUnavailable (the storage failed: fail closed). Nothing is charged on a refusal.
         """
@@ -314,6 +341,8 @@ class ApprovalService:
             raise ApprovalRequired(
                 f"your grant {grant.id} expired at {grant.expires_at:%Y-%m-%d %H:%M} UTC; ask again with {REQUEST_HINT}"
             )
+        if job is not None:
+            check_within(grant, width=job.width, height=job.height, steps=job.steps)
         total_key = f"{self._counters.prefix}/grant/{grant.id}/total"
         day_key = self._day_key(grant.id, now)
         storage = self._counters.storage
@@ -356,7 +385,7 @@ class ApprovalService:
         )
 
     def _day_key(self, grant_id: int, now: datetime) -> str:
-        return f"{self._counters.prefix}/grant/{grant_id}/day/{now:%Y%m%d}"
+        return grant_day_key(self._counters.prefix, grant_id, now)
 
     async def used_today(self, grant_id: int, *, now: datetime | None = None) -> int | None:
         """Images charged to grant `grant_id` today (UTC), as `charge` counts them on the shared
@@ -467,6 +496,11 @@ class ApprovalService:
         self._audit.emit(caller_event(kind, caller, detail))
 
 
+def grant_day_key(prefix: str, grant_id: int, now: datetime) -> str:
+    """The counter of a grant's images on `now`'s UTC day (zguard.services.grant_report reads it too)."""
+    return f"{prefix}/grant/{grant_id}/day/{now.astimezone(UTC):%Y%m%d}"
+
+
 def caller_event(kind: str, caller: Caller, detail: Mapping[str, DetailValue]) -> AuditEvent:
     """A step of the approvals (or of a re-certification campaign) done by `caller`."""
     return AuditEvent(
@@ -509,6 +543,7 @@ def _request_detail(record: RequestRecord) -> dict[str, DetailValue]:
         "validity_days": record.validity_days,
         "quorum": record.quorum,
         "expires_at": record.expires_at.isoformat(),
+        "group": record.group_name,
     }
 
 
@@ -522,6 +557,9 @@ def _grant_detail(grant: GrantRecord) -> dict[str, DetailValue]:
         "quota_total": grant.quota_total,
         "not_before": grant.not_before.isoformat(),
         "expires_at": grant.expires_at.isoformat(),
+        "group": grant.group_name,
+        "max_size": grant.max_size,
+        "max_steps": grant.max_steps,
     }
 
 
@@ -548,6 +586,7 @@ def grant_json(grant: GrantRecord) -> dict[str, DetailValue | list[dict[str, Det
         "status": grant.status,
         **detail,
         "used_total": grant.used_total,
+        "last_used_at": None if grant.last_used_at is None else grant.last_used_at.isoformat(),
         "revoked_by": grant.revoked_by,
         "reason": grant.reason,
     }

@@ -55,6 +55,7 @@ from zguard.errors import (
 from zguard.security.rbac import Permission, Principal, RoleRegistry, authorize, may_decide_approval
 from zguard.services.approvals import Caller, caller_event, refusal_event
 from zguard.store.approvals import ApprovalStore, GrantRecord
+from zguard.store.grant_groups import is_member
 from zguard.store.models import APPROVAL_TEXT_MAX
 from zguard.store.recertification import CampaignRecord, ItemRecord, RecertificationStore
 
@@ -289,6 +290,11 @@ class RecertificationService:
         allowed = may_decide_approval(Principal(caller.name, caller.roles), item.principal, self._registry)
         if not allowed or (caller.principal_id is not None and caller.principal_id == grant.principal_id):
             raise OwnGrantRecertification(f"grant {grant_id} is {caller.name}'s own; another approver decides")
+        if grant.group_scim_id is not None and is_member(self._grants.engine, caller.name, grant.group_scim_id):
+            # A group's grant is every member's own (zguard.services.grant_groups).
+            raise OwnGrantRecertification(
+                f"grant {grant_id} is held by {caller.name}'s group; another approver decides"
+            )
         if item.decision is not None:
             raise AlreadyDecided(f"grant {grant_id} was {item.decision} by {item.decider} in campaign {campaign_id}")
         return item, grant

@@ -21,11 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, case, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from zguard.errors import AlreadyDecided, ApprovalNotFound, RequestDecided, RequestExpired
+from zguard.store.grant_groups import member_group_ids
 from zguard.store.models import ApprovalDecision, ApprovalGrant, ApprovalRequest
 from zguard.store.principals import _bump_auth_version, _rowcount, _utc, utc_now
 
@@ -36,6 +37,8 @@ class DecisionRecord:
     decision: str
     comment: str | None
     at: datetime
+    max_size: int | None = None  # the scope this approver set (approve only)
+    max_steps: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,8 @@ class RequestRecord:
     expires_at: datetime
     status: str
     decisions: tuple[DecisionRecord, ...] = ()
+    group_scim_id: str | None = None  # a request for a SCIM group (zguard.services.grant_groups)
+    group_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +81,9 @@ class GrantRecord:
     status: str
     revoked_by: str | None
     reason: str | None
+    last_used_at: datetime | None = None  # the last charge recorded; None: never used
+    group_scim_id: str | None = None  # held by this SCIM group, covering its members
+    group_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +100,8 @@ class NewRequest:
     quota_total: int
     validity_days: int
     quorum: int
+    group_scim_id: str | None = None
+    group_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +141,8 @@ class ApprovalStore:
             quota_total=new.quota_total,
             validity_days=new.validity_days,
             quorum=new.quorum,
+            group_scim_id=new.group_scim_id,
+            group_name=new.group_name,
             created_at=now,
             expires_at=now + ttl,
             status="pending",
@@ -221,9 +233,15 @@ class ApprovalStore:
                         decision=decision,
                         comment=comment,
                         at=now,
+                        max_size=max_size,
+                        max_steps=max_steps,
                     )
                 )
                 approvals = sum(1 for d in earlier if d.decision == "approve") + (decision == "approve")
+                # The tightest scope any approver set wins (quorum 2: both limits hold).
+                approving = [d for d in earlier if d.decision == "approve"]
+                max_size = _tightest(max_size, *(d.max_size for d in approving))
+                max_steps = _tightest(max_steps, *(d.max_steps for d in approving))
                 grant: ApprovalGrant | None = None
                 if decision == "reject":
                     row.status = "rejected"
@@ -242,11 +260,13 @@ class ApprovalStore:
                         not_before=now,
                         expires_at=now + timedelta(days=row.validity_days),
                         status="active",
+                        group_scim_id=row.group_scim_id,
+                        group_name=row.group_name,
                     )
                     session.add(grant)
                     _bump_auth_version(session)
                 session.flush()
-                decisions = [*earlier, DecisionRecord(decider, decision, comment, now)]
+                decisions = [*earlier, DecisionRecord(decider, decision, comment, now, max_size, max_steps)]
                 return DecisionOutcome(
                     _request_record(row, decisions), None if grant is None else _grant_record(grant), approvals
                 )
@@ -263,24 +283,31 @@ class ApprovalStore:
             return _grant_record(row)
 
     def list_grants(self, *, principal: str | None = None, status: str | None = None) -> list[GrantRecord]:
+        """Every grant, or those `principal` asked for or holds through its SCIM groups now."""
         query = select(ApprovalGrant).order_by(ApprovalGrant.id)
         if principal is not None:
-            query = query.where(func.lower(ApprovalGrant.principal) == principal.lower())
+            query = query.where(
+                (func.lower(ApprovalGrant.principal) == principal.lower())
+                | ApprovalGrant.group_scim_id.in_(member_group_ids(principal))
+            )
         if status is not None:
             query = query.where(ApprovalGrant.status == status)
         with self._sessions() as session:
             return [_grant_record(row) for row in session.scalars(query).all()]
 
     def grants_for(self, principal: str, model_digest: str) -> list[GrantRecord]:
-        """The principal's grants for the digest still marked active, newest first."""
+        """The grants covering the principal for the digest still marked active: its own first,
+        then those its SCIM groups hold now (zguard.store.grant_groups), each newest first. A
+        group's grant covers its requester as a member only, not by the name it was asked in."""
+        own = (ApprovalGrant.group_scim_id.is_(None)) & (func.lower(ApprovalGrant.principal) == principal.lower())
         query = (
             select(ApprovalGrant)
             .where(
-                func.lower(ApprovalGrant.principal) == principal.lower(),
+                own | ApprovalGrant.group_scim_id.in_(member_group_ids(principal)),
                 ApprovalGrant.model_digest == model_digest,
                 ApprovalGrant.status == "active",
             )
-            .order_by(ApprovalGrant.id.desc())
+            .order_by(ApprovalGrant.group_scim_id.is_not(None), ApprovalGrant.id.desc())
         )
         with self._sessions() as session:
             return [_grant_record(row) for row in session.scalars(query).all()]
@@ -298,13 +325,24 @@ class ApprovalStore:
                 _bump_auth_version(session)
             return changed
 
-    def record_use(self, grant_id: int, used_total: int) -> None:
-        """Write back the count the rate-limit storage holds (never lowering it)."""
+    def record_use(self, grant_id: int, used_total: int, *, at: datetime | None = None) -> None:
+        """Write back the count the rate-limit storage holds (never lowering it) and the time of
+        the charge, in the one UPDATE that already ran per generation. An equal count still
+        writes (a refund and a new charge land on the same count); `last_used_at` only moves
+        forward, so two replicas writing back out of order keep the newest time."""
+        when = at or self._clock()
         with self._sessions.begin() as session:
             session.execute(
                 update(ApprovalGrant)
-                .where(ApprovalGrant.id == grant_id, ApprovalGrant.used_total < used_total)
-                .values(used_total=used_total)
+                .where(ApprovalGrant.id == grant_id, ApprovalGrant.used_total <= used_total)
+                .values(
+                    used_total=used_total,
+                    last_used_at=case(
+                        (ApprovalGrant.last_used_at.is_(None), when),
+                        (ApprovalGrant.last_used_at < when, when),
+                        else_=ApprovalGrant.last_used_at,
+                    ),
+                )
             )
 
 
@@ -312,7 +350,13 @@ def _decisions(session: Session, request_id: int) -> list[DecisionRecord]:
     rows = session.scalars(
         select(ApprovalDecision).where(ApprovalDecision.request_id == request_id).order_by(ApprovalDecision.id)
     ).all()
-    return [DecisionRecord(r.decider, r.decision, r.comment, _utc(r.at)) for r in rows]
+    return [DecisionRecord(r.decider, r.decision, r.comment, _utc(r.at), r.max_size, r.max_steps) for r in rows]
+
+
+def _tightest(*limits: int | None) -> int | None:
+    """The smallest limit set; None when nobody set one."""
+    given = [limit for limit in limits if limit is not None]
+    return min(given) if given else None
 
 
 def _request_record(row: ApprovalRequest, decisions: list[DecisionRecord]) -> RequestRecord:
@@ -334,6 +378,8 @@ def _request_record(row: ApprovalRequest, decisions: list[DecisionRecord]) -> Re
         expires_at=_utc(row.expires_at),
         status=row.status,
         decisions=tuple(decisions),
+        group_scim_id=row.group_scim_id,
+        group_name=row.group_name,
     )
 
 
@@ -354,4 +400,7 @@ def _grant_record(row: ApprovalGrant) -> GrantRecord:
         status=row.status,
         revoked_by=row.revoked_by,
         reason=row.reason,
+        last_used_at=_utc(row.last_used_at),
+        group_scim_id=row.group_scim_id,
+        group_name=row.group_name,
     )

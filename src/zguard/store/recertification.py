@@ -72,6 +72,8 @@ class GrantUse:
     used_total: int
     not_before: datetime
     expires_at: datetime
+    last_used_at: datetime | None = None  # the last charge recorded; None: never used
+    group_name: str | None = None  # held by this SCIM group for its members
 
 
 class RecertificationStore:
@@ -220,6 +222,8 @@ def active_grant_use(engine: Engine, now: datetime) -> list[GrantUse]:
                 used_total=g.used_total,
                 not_before=_utc(g.not_before),
                 expires_at=_utc(g.expires_at),
+                last_used_at=_utc(g.last_used_at),
+                group_name=g.group_name,
             )
             for g in session.scalars(query).all()
         ]

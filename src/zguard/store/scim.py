@@ -415,7 +415,8 @@ def _lock_principals(session: Session, principal_ids: Iterable[int]) -> None:
 def _recompute(session: Session, principal_ids: Iterable[int], roles_for: RolesFor) -> list[RoleChange]:
     """Set each user's roles from all its groups' names, in the caller's transaction."""
     changes: list[RoleChange] = []
-    for pid in sorted(set(principal_ids)):  # locked by the caller (_lock_principals)
+    touched = sorted(set(principal_ids))
+    for pid in touched:  # locked by the caller (_lock_principals)
         principal = session.get(PrincipalRow, pid)
         if principal is None:
             continue
@@ -440,7 +441,9 @@ def _recompute(session: Session, principal_ids: Iterable[int], roles_for: RolesF
         have = {granted.role for granted in principal.roles}
         principal.roles.extend(PrincipalRole(role=role) for role in after if role not in have)
         changes.append(RoleChange(principal.name, before, after))
-    if changes:
+    # Membership alone is authorization too: a group's approval grant covers its members
+    # (zguard.store.grant_groups), so caches of grants drop theirs when it moves.
+    if changes or touched:
         _bump_auth_version(session)
         session.flush()
     return changes

@@ -3,7 +3,7 @@
     GET  /approvals                              ask (form) and my requests and grants   images:generate
     POST /approvals                              ask                                     images:generate
     GET  /approvals/inbox?status=&model=&requester=   requests, pending first              approvals:decide
-    POST /approvals/inbox/{request_id}/approve   approve (comment optional)              approvals:decide
+    POST /approvals/inbox/{request_id}/approve   approve (comment, max_size, max_steps optional) approvals:decide
     POST /approvals/inbox/{request_id}/reject    reject (comment required)               approvals:decide
     GET  /approvals/grants?status=               every grant, its usage                  approvals:decide
     POST /approvals/grants/{grant_id}/revoke     revoke, with its reason                 approvals:decide
@@ -41,6 +41,8 @@ from zguard.errors import InvalidValue, ServiceUnavailable, ZguardError
 from zguard.security.rbac import Permission
 from zguard.services.approvals import ApprovalService, Decision, RequestForm
 from zguard.services.auth import Identity
+from zguard.services.grant_groups import GROUP_NAME_MAX
+from zguard.services.grant_scope import Scope
 from zguard.services.sessions import NoSessions, SessionService
 from zguard.store.models import APPROVAL_FIELD_MAX, APPROVAL_TEXT_MAX, MODEL_ID_MAX
 
@@ -54,6 +56,7 @@ FORM_FIELDS = (
     "purpose",
     "business_unit",
     "ticket",
+    "group",
     "data_classification",
     "quota_per_day",
     "quota_total",
@@ -87,6 +90,9 @@ SUMMARIES = {
     "validity_over_maximum": N_("The validity is longer than allowed."),
     "quota_over_maximum": N_("The quota is larger than allowed."),
     "invalid_value": N_("This value cannot be used."),
+    "group_member_approval": N_("You are a member of the group that asked: an approver outside it decides."),
+    "not_group_member": N_("Only a member of the group asks for it."),
+    "unknown_group": N_("There is no such group."),
 }
 REFUSED = N_("The approval service refused this.")
 
@@ -108,14 +114,21 @@ def _number(value: str, name: str) -> int:
     return int(text)
 
 
+def _limit(value: str, name: str) -> int | None:
+    """An optional scope limit of the decide form: blank is none (zguard.services.grant_scope)."""
+    return _number(value, name) if value.strip() else None
+
+
 def _request_form(fields: dict[str, str]) -> RequestForm:
     ticket = fields.get("ticket", "")[:APPROVAL_FIELD_MAX].strip()
+    group = fields.get("group", "")[:GROUP_NAME_MAX].strip()
     return RequestForm(
         model=fields.get("model", "")[:MODEL_ID_MAX],
         purpose=fields.get("purpose", "")[: APPROVAL_TEXT_MAX + 1],
         business_unit=fields.get("business_unit", "")[: APPROVAL_FIELD_MAX + 1],
         data_classification=fields.get("data_classification", "")[: APPROVAL_FIELD_MAX + 1],
         ticket=ticket or None,
+        group=group or None,
         quota_per_day=_number(fields.get("quota_per_day", ""), "quota_per_day"),
         quota_total=_number(fields.get("quota_total", ""), "quota_total"),
         validity_days=_number(fields.get("validity_days", ""), "validity_days"),
@@ -228,10 +241,12 @@ class _Pages:
         return see_other("/approvals")
 
     async def decide(self, request: Request, identity: Identity, request_id: int, decision: Decision) -> Response:
-        comment = (await form(request)).get("comment", "")[: APPROVAL_TEXT_MAX + 1]
+        fields = await form(request)
+        comment = fields.get("comment", "")[: APPROVAL_TEXT_MAX + 1]
         try:
             approvals = self.service()
-            await call(approvals.decide, caller_of(identity, request), request_id, decision, comment or None)
+            scope = Scope(*(_limit(fields.get(name, ""), name) for name in ("max_size", "max_steps")))
+            await call(approvals.decide, caller_of(identity, request), request_id, decision, comment or None, scope)
         except ServiceUnavailable as exc:
             return self.unavailable(request, identity, exc)
         except ZguardError as exc:

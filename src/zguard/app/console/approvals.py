@@ -9,7 +9,7 @@ are the routes a page or a bank's workflow tool calls.
     POST /console/api/approvals                               ask (201)
     GET  /console/api/approvals/mine                          my requests and grants
     GET  /console/api/approvals?status=pending                the approvers' inbox
-    POST /console/api/approvals/{request_id}/approve          {"comment": ...} optional
+    POST /console/api/approvals/{request_id}/approve          {"comment", "max_size", "max_steps"} optional
     POST /console/api/approvals/{request_id}/reject           {"comment": ...} required
     GET  /console/api/approvals/grants                        every grant
     POST /console/api/approvals/grants/{grant_id}/revoke      {"reason": ...}
@@ -32,6 +32,8 @@ from zguard.errors import ServiceUnavailable
 from zguard.security.rbac import Permission
 from zguard.services.approvals import ApprovalService, Caller, RequestForm, grant_json, request_json
 from zguard.services.auth import Identity
+from zguard.services.grant_groups import GROUP_NAME_MAX
+from zguard.services.grant_scope import SCOPE_MAX, Scope
 from zguard.store.models import APPROVAL_FIELD_MAX, APPROVAL_TEXT_MAX, MODEL_ID_MAX
 
 API = "/console/api/approvals"
@@ -53,10 +55,20 @@ class NewApprovalRequest(_Body):
     quota_per_day: int = Field(ge=1, le=QUOTA_MAX, description="images per UTC day")
     quota_total: int = Field(ge=1, le=QUOTA_MAX, description="images in all")
     validity_days: int = Field(ge=1, le=3660)
+    group: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=GROUP_NAME_MAX,
+        description="a SCIM group you belong to: its members share the grant",
+    )
 
 
 class DecisionBody(_Body):
     comment: str | None = Field(default=None, max_length=APPROVAL_TEXT_MAX)
+    max_size: int | None = Field(
+        default=None, ge=1, le=SCOPE_MAX, description="approve: the longest image side allowed"
+    )
+    max_steps: int | None = Field(default=None, ge=1, le=SCOPE_MAX, description="approve: the most steps allowed")
 
 
 class RevocationBody(_Body):
@@ -109,7 +121,8 @@ def add_approval_routes(app: FastAPI, services: Services) -> None:
     async def approve(
         request: Request, identity: CurrentIdentity, request_id: RowId, body: DecisionBody
     ) -> JSONResponse:
-        outcome = await call(service().decide, caller_of(identity, request), request_id, "approve", body.comment)
+        scope = Scope(body.max_size, body.max_steps)
+        outcome = await call(service().decide, caller_of(identity, request), request_id, "approve", body.comment, scope)
         grant = None if outcome.grant is None else grant_json(outcome.grant)
         return JSONResponse({"request": request_json(outcome.request), "grant": grant})
 
