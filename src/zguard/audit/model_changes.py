@@ -24,14 +24,14 @@ are about to serve has an approval. Decisions:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from zguard.audit.chain import chain_hash
 from zguard.audit.formats import body_of
-from zguard.audit.store import AuditStore, StoredEvent
+from zguard.audit.store import StoredEvent
 from zguard.errors import ModelChangeUnapproved
 
 REQUESTED = "model.change_requested"
@@ -76,6 +76,14 @@ class ChangeState:
         return self.approval is not None
 
 
+class ChangeSource(Protocol):
+    """Where the events are read from: the audit store, or a sink that reads back (AuditTrail)."""
+
+    def search(
+        self, *, type_prefix: str | None = None, after_seq: int | None = None, limit: int = 100
+    ) -> Sequence[StoredEvent]: ...
+
+
 def same_principal(a: str | None, b: str | None) -> bool:
     return a is not None and b is not None and a.casefold() == b.casefold()
 
@@ -106,7 +114,7 @@ def _record(event: StoredEvent) -> ChangeRecord | None:
     )
 
 
-def _change_events(store: AuditStore) -> Iterator[StoredEvent]:
+def _change_events(store: ChangeSource) -> Iterator[StoredEvent]:
     after: int | None = None
     while True:
         page = store.search(type_prefix=PREFIX, after_seq=after, limit=PAGE)
@@ -116,7 +124,7 @@ def _change_events(store: AuditStore) -> Iterator[StoredEvent]:
         after = page[-1].seq
 
 
-def change_records(store: AuditStore) -> list[ChangeRecord]:
+def change_records(store: ChangeSource) -> list[ChangeRecord]:
     """Every request and approval in the trail, oldest first (refusals are not records)."""
     records = []
     for event in _change_events(store):
@@ -148,7 +156,7 @@ def change_state(records: list[ChangeRecord], digest: str) -> ChangeState:
     return ChangeState(digest, request, approval)
 
 
-def state_of(store: AuditStore, digest: str) -> ChangeState:
+def state_of(store: ChangeSource, digest: str) -> ChangeState:
     return change_state(change_records(store), digest)
 
 

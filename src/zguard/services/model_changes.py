@@ -19,11 +19,17 @@ Decisions:
   `model.change_requested`, `model.change_approved`, and `model.change_refused` (outcome
   `denied`, with the refusal's code) for each refusal. An event that cannot be recorded fails
   the command: an approval that is not on the record does not exist.
-- Errors (each an `OperatorError`, exit 2)::
+- The console approves with the signed-in identity (`approve_signed_in`): its authentication
+  (a console session, or an API token) is the proof the CLI asks a pasted token for. The same
+  checks follow: an enabled stored principal holding `admin`, whose credential is not narrowed to
+  roles without it, never the requester, once per request; the same `model.change_approved`
+  event, with the console's client address and request id in place of the OS account.
+- Errors (HTTP refusals, so the console's JSON API answers them in the one error shape; the CLI
+  prints each with its fix and exits 2)::
 
-    ModelChangeRefused              model_change_refused: not an admin, wrong token, nothing to approve
-    ├── ModelChangeSelfApproval     model_change_self_approval: the requester cannot approve their own change
-    └── ModelChangeAlreadyApproved  model_change_already_approved: this request has its approval
+    ModelChangeRefused (403)              model_change_refused: not an admin, wrong token, nothing to approve
+    ├── ModelChangeSelfApproval (403)     model_change_self_approval: the requester cannot approve their own change
+    └── ModelChangeAlreadyApproved (409)  model_change_already_approved: this request has its approval
 """
 
 from __future__ import annotations
@@ -41,13 +47,13 @@ from zguard.audit.model_changes import (
     REFUSED,
     REQUESTED,
     ChangeRecord,
+    ChangeSource,
     change_records,
     change_state,
     counts,
     same_principal,
 )
-from zguard.audit.store import AuditStore
-from zguard.errors import OperatorError
+from zguard.errors import ZguardError
 from zguard.security.tokens import token_digest
 from zguard.store.principals import PrincipalRecord, PrincipalStore, utc_now
 
@@ -55,9 +61,11 @@ ADMIN_ROLE = "admin"
 AUTH_METHOD = "api_token"
 
 
-class ModelChangeRefused(OperatorError):
+class ModelChangeRefused(ZguardError):
     """A model change request or approval refused; the message says why."""
 
+    status = 403
+    type = "permission_error"
     code = "model_change_refused"
     fix = "name an enabled admin with `--as NAME` and give one of NAME's active API tokens (zguard token create --user NAME)"
 
@@ -72,6 +80,8 @@ class ModelChangeSelfApproval(ModelChangeRefused):
 class ModelChangeAlreadyApproved(ModelChangeRefused):
     """The change request already has its second admin's approval."""
 
+    status = 409
+    type = "invalid_request_error"
     code = "model_change_already_approved"
     fix = "nothing to do: `zguard model changes` shows the approval"
 
@@ -90,7 +100,7 @@ class ModelChanges:
     def __init__(
         self,
         principals: PrincipalStore,
-        store: AuditStore,
+        store: ChangeSource,
         audit: AuditSink,
         *,
         token_key: Callable[[], bytes],
@@ -143,6 +153,43 @@ class ModelChanges:
         """Record `model.change_approved` of the last request for `digest` by admin `name`, who
         must not be its requester; (approval, request)."""
         admin = self.authenticate(name, token, operator)
+        return self._approve(admin.name, digest, model_dir, operator, AUTH_METHOD)
+
+    def approve_signed_in(
+        self,
+        digest: str,
+        model_dir: Path,
+        operator: Operator,
+        *,
+        name: str,
+        roles: frozenset[str],
+        principal_id: int | None,
+        auth_method: str,
+    ) -> tuple[ChangeRecord, ChangeRecord]:
+        """`approve` for someone the console has authenticated (a session or an API token): the
+        stored principal must be enabled and hold `admin`, be the one the credential names
+        (`principal_id`), and the credential's roles (`roles`, narrowed by a token) must keep
+        `admin`. The four-eyes checks and the event are `approve`'s."""
+        principal = self._principals.get_principal(name)
+        problem = None
+        if principal is None or principal_id is None or principal.id != principal_id:
+            problem = f"{name!r} is not a principal of the state store: only stored admins approve model changes"
+        elif not principal.enabled:
+            problem = f"{name!r} is disabled"
+        elif ADMIN_ROLE not in principal.roles or ADMIN_ROLE not in roles:
+            problem = f"{name!r} does not act with the role admin here (this sign-in holds: {', '.join(sorted(roles)) or 'none'})"
+        if problem is not None or principal is None:
+            self._refuse(
+                ModelChangeRefused(problem or name, fix="an admin other than the one who pinned it approves"),
+                name,
+                operator,
+                {"digest": digest, "model_path": str(model_dir)},
+            )
+        return self._approve(principal.name, digest, model_dir, operator, auth_method)
+
+    def _approve(
+        self, admin_name: str, digest: str, model_dir: Path, operator: Operator, auth_method: str
+    ) -> tuple[ChangeRecord, ChangeRecord]:
         records = self.records()
         state = change_state(records, digest)
         about: dict[str, DetailValue] = {"digest": digest, "model_path": str(model_dir)}
@@ -154,18 +201,18 @@ class ModelChanges:
                     f"one with `zguard model pin {model_dir} --as ADMIN`",
                     fix=f"`zguard model pin {model_dir} --as ADMIN`, then another admin approves it",
                 ),
-                admin.name,
+                admin_name,
                 operator,
                 about,
             )
         about |= {"requester": request.principal, "request_seq": request.seq}
-        if same_principal(request.principal, admin.name):
+        if same_principal(request.principal, admin_name):
             self._refuse(
                 ModelChangeSelfApproval(
-                    f"{admin.name!r} pinned manifest {digest} (change request #{request.seq}) and cannot approve "
+                    f"{admin_name!r} pinned manifest {digest} (change request #{request.seq}) and cannot approve "
                     "it: a model change needs a second admin"
                 ),
-                admin.name,
+                admin_name,
                 operator,
                 about,
             )
@@ -179,19 +226,22 @@ class ModelChanges:
                     f"change request #{request.seq} (manifest {digest}) was approved by {done.principal!r} "
                     f"at {iso_ms(done.time_ms)}"
                 ),
-                admin.name,
+                admin_name,
                 operator,
                 about,
             )
-        self._emit(APPROVED, admin.name, operator, about)
+        self._emit(APPROVED, admin_name, operator, about, auth_method)
         return self._latest(APPROVED, digest), request
 
     def _latest(self, kind: str, digest: str) -> ChangeRecord:
         return next(r for r in reversed(self.records()) if r.type == kind and r.digest == digest)
 
-    def _refuse(
-        self, exc: ModelChangeRefused, name: str, operator: Operator, about: dict[str, DetailValue]
-    ) -> NoReturn:
+    def refuse(self, exc: ZguardError, name: str, operator: Operator, about: dict[str, DetailValue]) -> NoReturn:
+        """Record `exc` as a `model.change_refused` event (outcome denied, its code), then raise it:
+        for the checks a caller makes before `approve_signed_in` (zguard.services.governance)."""
+        self._refuse(exc, name, operator, about)
+
+    def _refuse(self, exc: ZguardError, name: str, operator: Operator, about: dict[str, DetailValue]) -> NoReturn:
         self._audit.emit(
             AuditEvent(
                 type=REFUSED,
@@ -204,14 +254,16 @@ class ModelChanges:
         )
         raise exc
 
-    def _emit(self, kind: str, name: str, operator: Operator, about: dict[str, DetailValue]) -> None:
+    def _emit(
+        self, kind: str, name: str, operator: Operator, about: dict[str, DetailValue], auth_method: str = AUTH_METHOD
+    ) -> None:
         self._audit.emit(
             AuditEvent(
                 type=kind,
                 outcome="done",
                 principal=name,
                 roles=(ADMIN_ROLE,),
-                auth_method=AUTH_METHOD,
+                auth_method=auth_method,
                 manifest=_text(about.get("digest")),
                 detail={**operator.detail, **about, "os_account": operator.account},
             )

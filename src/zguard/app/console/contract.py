@@ -66,20 +66,43 @@ OWN: Final[dict[str, Codes]] = {
     f"POST {API}/users/{{principal_id}}/unlock": {**_USER, 400: _ADMIN[400], 503: ("rate_limiter_unavailable",)},
     # Model-use approvals (zguard.app.console.approvals); 503 without a state database.
     f"POST {API}/approvals": {**JSON_BODY, 400: (*JSON_BODY[400], "unknown_model", "quota_over_maximum",
-                              "validity_over_maximum"), 503: ("service_unavailable",)},
+                              "validity_over_maximum", "unknown_group"), 403: ("not_group_member",),
+                              503: ("service_unavailable",)},
     f"GET {API}/approvals": {400: ("invalid_value",), 503: ("service_unavailable",)},
     f"GET {API}/approvals/mine": {503: ("service_unavailable",)},
-    f"POST {API}/approvals/{{request_id}}/approve": {**JSON_BODY, 403: ("self_approval",), 404: ("approval_not_found",),
+    f"POST {API}/approvals/{{request_id}}/approve": {**JSON_BODY, 403: ("self_approval", "group_member_approval"),
+                                                    404: ("approval_not_found",),
                                                     409: ("already_decided", "request_decided", "request_expired"),
                                                     503: ("service_unavailable",)},
     f"POST {API}/approvals/{{request_id}}/reject": {**JSON_BODY, 400: (*JSON_BODY[400], "comment_required"),
-                                                   403: ("self_approval",), 404: ("approval_not_found",),
+                                                   403: ("self_approval", "group_member_approval"),
+                                                   404: ("approval_not_found",),
                                                    409: ("already_decided", "request_decided", "request_expired"),
                                                    503: ("service_unavailable",)},
     f"GET {API}/approvals/grants": {400: ("invalid_value",), 503: ("service_unavailable",)},
+    f"GET {API}/approvals/report": {503: ("service_unavailable",)},  # zguard.app.console.grant_report
     f"POST {API}/approvals/grants/{{grant_id}}/revoke": {**JSON_BODY, 400: (*JSON_BODY[400], "comment_required"),
                                                         404: ("approval_not_found",), 409: ("grant_not_active",),
                                                         503: ("service_unavailable",)},
+    # Re-certification campaigns and model-change approval (zguard.app.console.campaigns, .model_change_pages).
+    f"GET {API}/approvals/campaigns": {503: ("service_unavailable",)},
+    f"POST {API}/approvals/campaigns": {**JSON_BODY, 409: ("campaign_exists",), 503: ("service_unavailable",)},
+    f"GET {API}/approvals/campaigns/{{campaign_id}}": {404: ("approval_not_found",), 503: ("service_unavailable",)},
+    f"POST {API}/approvals/campaigns/{{campaign_id}}/grants/{{grant_id}}/confirm": {
+        **JSON_BODY, 403: ("own_grant_recertification",), 404: ("approval_not_found",),
+        409: ("already_decided", "campaign_closed", "grant_not_active"), 503: ("service_unavailable",)},
+    f"POST {API}/approvals/campaigns/{{campaign_id}}/grants/{{grant_id}}/revoke": {
+        **JSON_BODY, 400: (*JSON_BODY[400], "comment_required"), 403: ("own_grant_recertification",),
+        404: ("approval_not_found",), 409: ("already_decided", "campaign_closed", "grant_not_active"),
+        503: ("service_unavailable",)},
+    f"POST {API}/approvals/campaigns/{{campaign_id}}/close": {404: ("approval_not_found",), 409: ("campaign_closed",),
+                                                             503: ("service_unavailable",)},
+    f"GET {API}/approvals/campaigns/{{campaign_id}}/export": {400: ("invalid_value",), 404: ("approval_not_found",),
+                                                             503: ("service_unavailable",)},
+    f"GET {API}/approvals/model-changes": {503: ("service_unavailable",)},
+    f"POST {API}/approvals/model-changes/{{seq}}/approve": {
+        403: ("model_change_refused", "model_change_self_approval"), 404: ("not_found",),
+        409: ("model_change_already_approved",), 503: ("service_unavailable",)},
 }  # fmt: skip
 
 
