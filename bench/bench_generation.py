@@ -169,6 +169,7 @@ class TimedEngine:
     def __init__(self, inner: DiffusersEngine) -> None:
         self.inner = inner
         self.last_s = math.nan
+        self.last_started = math.nan  # perf_counter at the start of the last generate()
 
     @property
     def info(self) -> ModelInfo:
@@ -178,7 +179,7 @@ class TimedEngine:
         self.inner.load()
 
     def generate(self, job: GenerationJob, should_stop: Callable[[], bool]) -> list[Image]:
-        started = time.perf_counter()
+        started = self.last_started = time.perf_counter()
         try:
             return self.inner.generate(job, should_stop)
         finally:
@@ -196,6 +197,7 @@ class TimedApp:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.durations: queue.SimpleQueue[float] = queue.SimpleQueue()
+        self.starts: queue.SimpleQueue[float] = queue.SimpleQueue()  # perf_counter when each began
         self.clients: set[tuple[str, int]] = set()
 
     def next_duration_s(self) -> float:
@@ -203,6 +205,12 @@ class TimedApp:
             return self.durations.get(timeout=30)
         except queue.Empty:
             raise RuntimeError("the API app recorded no duration for a generation request") from None
+
+    def next_span(self) -> tuple[float, float]:
+        """(start, end) in perf_counter seconds of the next generation request the app served."""
+        duration = self.next_duration_s()
+        start = self.starts.get(timeout=30)
+        return start, start + duration
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != GENERATIONS_PATH:
@@ -216,6 +224,7 @@ class TimedApp:
             client = scope.get("client")
             if client:
                 self.clients.add((str(client[0]), int(client[1])))
+            self.starts.put(started)
             self.durations.put(elapsed)
 
 

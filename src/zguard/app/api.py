@@ -29,7 +29,7 @@ from zguard.app.schemas import (
     ModelList,
 )
 from zguard.app.stack import NO_TELEMETRY, install_listener_stack
-from zguard.app.wire import image_request, image_response, parse_json_object
+from zguard.app.wire import image_request, image_response_json, parse_json_object
 from zguard.config import Settings
 from zguard.errors import UnsupportedMediaType
 from zguard.security.rbac import Permission
@@ -95,7 +95,7 @@ def create_api_app(settings: Settings, services: Services) -> FastAPI:
         )
         if result is None:  # the client went away: nobody to answer
             return Response(status_code=499)
-        return Response(image_response(result).model_dump_json(), media_type="application/json")
+        return Response(image_response_json(result), media_type="application/json")
 
     @app.get(
         "/v1/models",

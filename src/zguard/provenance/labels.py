@@ -65,7 +65,7 @@ class LabelCheck:
 
 def pixel_hash(image: Image.Image) -> str:
     """SHA-256 over the size and the RGB bytes of the decoded image."""
-    rgb = image.convert("RGB")
+    rgb = image if image.mode == "RGB" else image.convert("RGB")  # convert() would copy an RGB image
     digest = hashlib.sha256(f"RGB {rgb.width}x{rgb.height}\n".encode())
     digest.update(rgb.tobytes())
     return digest.hexdigest()
@@ -121,7 +121,8 @@ def _png(blob: bytes, xmp: bytes) -> bytes:
     ihdr_end = 8 + 8 + struct.unpack(">I", blob[8:12])[0] + 4
     data = b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + xmp
     chunk = struct.pack(">I", len(data)) + b"iTXt" + data + struct.pack(">I", zlib.crc32(b"iTXt" + data))
-    return blob[:ihdr_end] + chunk + blob[ihdr_end:]
+    view = memoryview(blob)  # one copy of the image data, not three
+    return b"".join((view[:ihdr_end], chunk, view[ihdr_end:]))
 
 
 def _jpeg(blob: bytes, xmp: bytes) -> bytes:

@@ -173,15 +173,19 @@ _STATES = 1 << (_K - 1)
 
 
 def conv_encode(bits: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
-    """Rate-1/2, K=7 convolutional code, terminated with K-1 zero bits."""
-    padded = np.concatenate([bits.astype(np.int64), np.zeros(_K - 1, dtype=np.int64)])
-    state = 0
-    out = np.empty(2 * len(padded), dtype=np.uint8)
-    for i, bit in enumerate(padded):
-        reg = (int(bit) << (_K - 1)) | state
-        out[2 * i] = bin(reg & _G[0]).count("1") & 1
-        out[2 * i + 1] = bin(reg & _G[1]).count("1") & 1
-        state = reg >> 1
+    """Rate-1/2, K=7 convolutional code, terminated with K-1 zero bits.
+
+    The shift register before output i holds inputs i, i-1, ..., i-K+1 (the newest as its top
+    bit), so all registers are built at once from shifted copies of the input; each output is
+    the parity of a register under one generator."""
+    n = len(bits) + _K - 1
+    stream = np.concatenate([np.zeros(_K - 1, np.int64), bits.astype(np.int64), np.zeros(_K - 1, np.int64)])
+    reg = np.zeros(n, np.int64)
+    for age in range(_K):  # the input `age` steps old sits at bit K-1-age
+        reg |= stream[_K - 1 - age : _K - 1 - age + n] << (_K - 1 - age)
+    out = np.empty(2 * n, dtype=np.uint8)
+    out[0::2] = _parity(reg & _G[0])
+    out[1::2] = _parity(reg & _G[1])
     return out
 
 
@@ -241,6 +245,9 @@ def list_viterbi(soft: FloatArray, size: int) -> list[npt.NDArray[np.uint8]]:
 
 
 def _bits(value: int, count: int) -> npt.NDArray[np.uint8]:
+    """The low `count` bits of `value`, most significant first."""
+    if count % 8 == 0:
+        return np.unpackbits(np.frombuffer((value & ((1 << count) - 1)).to_bytes(count // 8, "big"), np.uint8))
     return np.array([(value >> (count - 1 - i)) & 1 for i in range(count)], dtype=np.uint8)
 
 

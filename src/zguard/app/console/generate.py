@@ -38,7 +38,7 @@ from zguard.app.contract import AUTHENTICATED, GENERATION_ERRORS, error_response
 from zguard.app.generation import run_generation
 from zguard.app.middleware.audit_requests import request_record
 from zguard.app.schemas import ImageGenerationResponse
-from zguard.app.wire import image_request, image_response, parse_json_object
+from zguard.app.wire import image_request, image_response_json, parse_json_object
 from zguard.audit import DetailValue
 from zguard.engine.admission import TICKET
 from zguard.errors import (
@@ -331,4 +331,4 @@ def add_generate_pages(app: FastAPI, services: Services, sessions: SessionServic
         result = await run_generation(request, services, identity, req)
         if result is None:
             return Response(status_code=499)
-        return Response(image_response(result).model_dump_json(), media_type="application/json")
+        return Response(image_response_json(result), media_type="application/json")
