@@ -56,6 +56,8 @@ async def test_metrics_count_requests_and_generations_and_leak_nothing(deploy: D
     assert values["zguard_generation_duration_seconds_sum"] > 0
     assert values["zguard_queue_waiting"] == 0
     assert values["zguard_queue_running"] == 0
+    assert values["zguard_engine_busy_seconds_total"] > 0  # the one generation ran
+    assert values["zguard_engine_idle_while_pending_seconds_total"] >= 0
     assert values["zguard_model_verified"] == int(d.runtime.services.engine.info.manifest is not None)
     assert values["zguard_model_ready"] == 1
     assert values['zguard_policy_reloads_total{result="ok"}'] == 1

@@ -10,7 +10,7 @@ changed on disk, before or during the load, cannot get into the model.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -236,6 +236,52 @@ class DiffusersEngine:
         images: list[Image] = list(result.images)
         return images
 
+    def generate_batch(self, jobs: Sequence[GenerationJob], should_stop: Callable[[], bool]) -> list[list[Image]]:
+        """Several jobs of one width, height and steps in one pipeline call (`BatchingEngine`):
+        one prompt and one `torch.Generator` per image, so each image starts from the noise its
+        own job would have drawn alone."""
+        import torch
+
+        if self._pipe is None:
+            raise RuntimeError("generate_batch() called before load()")
+        first = jobs[0]
+        if any((j.width, j.height, j.steps) != (first.width, first.height, first.steps) for j in jobs):
+            raise ValueError("a batch's jobs must share width, height and steps")
+        if should_stop():
+            raise GenerationCancelled
+        device = self._info.device
+
+        def check_stop(_pipe: Any, _step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            if should_stop():
+                raise GenerationCancelled
+            return kwargs
+
+        owners = [(k, i) for k, job in enumerate(jobs) for i in range(job.n)]  # per image: (its job, its index there)
+        generators = [torch.Generator(device=device).manual_seed(jobs[k].seed + i) for k, i in owners]
+        on_device = any(job.device_mark is not None for job in jobs)
+        with torch.inference_mode():
+            result = self._pipe(
+                prompt=[jobs[k].prompt for k, _ in owners],
+                negative_prompt=None,  # guidance_scale 0: the pipeline never encodes one
+                height=first.height,
+                width=first.width,
+                num_inference_steps=first.steps,
+                guidance_scale=0.0,
+                num_images_per_prompt=1,
+                generator=generators,
+                callback_on_step_end=check_stop,
+                output_type="pt" if on_device else "pil",
+            )
+            if on_device:
+                marks = [(jobs[k].device_mark, i) for k, i in owners]
+                images = per_image_marked(result.images, marks)
+            else:
+                images = list(result.images)
+        out: list[list[Image]] = [[] for _ in jobs]
+        for (k, _), image in zip(owners, images, strict=True):
+            out[k].append(image)
+        return out
+
 
 def marked_images(batch: Any, mark: DeviceMark) -> list[Image]:
     """PIL images of `batch` (a float tensor in [0, 1], (n, 3, H, W), as `output_type="pt"` gives
@@ -246,13 +292,19 @@ def marked_images(batch: Any, mark: DeviceMark) -> list[Image]:
     multiplication and round-half-to-even give the same bits on the GPU as in numpy, so an image
     marked here equals one marked by `embedder.embed` after the PIL path.
     """
+    return per_image_marked(batch, [(mark, index) for index in range(batch.shape[0])])
+
+
+def per_image_marked(batch: Any, marks: Sequence[tuple[DeviceMark | None, int]]) -> list[Image]:
+    """`marked_images` for a batch of several jobs: image k is marked by `marks[k][0]` (its job's
+    mark, None: left unmarked for the CPU marker) as that job's image `marks[k][1]`."""
     import torch
     from PIL import Image as PILImage
 
     pixels = (batch.float() * 255).round().to(torch.uint8)
     images: list[Image] = []
-    for index in range(pixels.shape[0]):
-        marked = mark(index, pixels[index])
-        rgb = marked.permute(1, 2, 0).contiguous().cpu().numpy()
+    for k, (mark, index) in enumerate(marks):
+        image = pixels[k] if mark is None else mark(index, pixels[k])
+        rgb = image.permute(1, 2, 0).contiguous().cpu().numpy()
         images.append(PILImage.fromarray(rgb))  # as diffusers does: mode RGB from the shape
     return images

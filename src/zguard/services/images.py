@@ -1,8 +1,10 @@
 """Image generation as the API offers it: validate and bound a request, admit it, encode results.
 
 Validation happens entirely before admission, so a bad request costs no queue slot and no GPU
-time. Encoding runs in a thread of its own, so the engine thread moves on to the next batch
-while this one is being compressed.
+time. Marking and encoding run in the post-processing pool (`zguard.services.postprocess`), so
+the engine thread moves on to the next batch while this one is being compressed. Requests of the
+same size and steps may share one engine call (`generation.max_batch_images`), each with its own
+seed and watermark.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import io
 import math
 import secrets
 import time
@@ -23,7 +24,7 @@ from zguard.audit import AuditEvent, AuditSink, DetailValue, RequestRecord
 from zguard.audit.prompts import PromptCapture
 from zguard.config import GenerationSettings
 from zguard.config.sizes import SIZE_STEP, check_size, parse_size
-from zguard.engine import GenerationJob, ImageEngine
+from zguard.engine import BatchingEngine, GenerationJob, ImageEngine
 from zguard.engine.admission import AdmissionQueue
 from zguard.errors import (
     GenerationTimeout,
@@ -34,6 +35,8 @@ from zguard.errors import (
     NotReady,
     UnsupportedResponseFormat,
 )
+from zguard.services import encoding
+from zguard.services.postprocess import PostProcessPool
 from zguard.services.readiness import Readiness
 
 if TYPE_CHECKING:
@@ -128,6 +131,7 @@ class ImageService:
         *,
         audit: AuditSink,
         prompts: PromptCapture,
+        postprocess: PostProcessPool,
         encode: Callable[[list[Image], OutputFormat, int], list[bytes]] | None = None,
         clock: Callable[[], float] = time.time,
         policy: PolicyHolder | None = None,
@@ -139,6 +143,7 @@ class ImageService:
         self._readiness = readiness
         self._audit = audit
         self._prompts = prompts
+        self._postprocess = postprocess
         self._encode = encode or encode_images
         self._clock = clock
         self._policy = policy
@@ -272,8 +277,10 @@ class ImageService:
             job = dataclasses.replace(job, device_mark=marks)
         try:
             async with asyncio.timeout(self._limits.timeout_s):
-                images = await self._admission.run(lambda should_stop: self._engine.generate(job, should_stop))
-                encoded, watermark_ids = await asyncio.to_thread(self._finish, images, plan, request_id, marks)
+                images = await self._run_on_engine(job)
+                encoded, watermark_ids = await self._postprocess.run(
+                    lambda: self._finish(images, plan, request_id, marks)
+                )
         except TimeoutError:
             raise GenerationTimeout(
                 f"the generation did not finish within {self._limits.timeout_s:g} s", detail=request_id
@@ -289,6 +296,21 @@ class ImageService:
             seed=job.seed,
             model=self._engine.info.id,
         )
+
+    async def _run_on_engine(self, job: GenerationJob) -> list[Image]:
+        """The job's images; with an engine that batches, possibly in one call with other waiting
+        requests of the same size and steps (the admission queue decides, `generation.max_batch_images`)."""
+        engine = self._engine
+        if not isinstance(engine, BatchingEngine):
+            return await self._admission.run(lambda should_stop: engine.generate(job, should_stop))
+
+        def run_batch(jobs: list[GenerationJob], should_stop: Callable[[], bool]) -> list[list[Image]]:
+            if len(jobs) == 1:  # the same call as without batching
+                return [engine.generate(jobs[0], should_stop)]
+            return engine.generate_batch(jobs, should_stop)
+
+        key = ("generation", job.width, job.height, job.steps)
+        return await self._admission.run_batched(job, key=key, images=job.n, run_batch=run_batch)
 
     def _finish(
         self, images: list[Image], plan: GenerationPlan, request_id: str, marks: DeviceMarks | None
@@ -310,15 +332,5 @@ def _image_fields(blob: bytes, watermark_id: str | None) -> dict[str, DetailValu
 
 
 def encode_images(images: list[Image], output_format: OutputFormat, quality: int) -> list[bytes]:
-    """Encode in memory only. PNG uses a fast zlib level: noise-like pixels barely compress."""
-    blobs = []
-    for image in images:
-        buffer = io.BytesIO()
-        if output_format == "png":
-            image.save(buffer, format="PNG", compress_level=1)
-        elif output_format == "jpeg":
-            image.convert("RGB").save(buffer, format="JPEG", quality=quality)
-        else:
-            image.save(buffer, format="WEBP", quality=quality)
-        blobs.append(buffer.getvalue())
-    return blobs
+    """Encode in memory only: PNG written from the pixel array (`zguard.services.encoding`)."""
+    return encoding.encode_images(images, output_format, quality)

@@ -110,11 +110,25 @@ def service_gauges(
     model_ready: bool,
     policy_reloads: Mapping[str, int],
     audit: Mapping[str, object],
+    engine_busy_s: float | None = None,
+    engine_idle_s: float | None = None,
 ) -> list[Gauge]:
     """The scrape-time series, from plain values (the console route reads them from the services)."""
     gauges = [
         Gauge("zguard_queue_waiting", "Generations admitted and waiting for the engine.", waiting),
         Gauge("zguard_queue_running", "Generations running on the engine.", running),
+    ]
+    if engine_busy_s is not None and engine_idle_s is not None:  # idle / (busy + idle): the engine's idle fraction
+        gauges += [
+            Gauge("zguard_engine_busy_seconds_total", "Seconds the engine spent generating.", engine_busy_s, "counter"),
+            Gauge(
+                "zguard_engine_idle_while_pending_seconds_total",
+                "Seconds a generation waited while the engine ran nothing.",
+                engine_idle_s,
+                "counter",
+            ),
+        ]
+    gauges += [
         Gauge("zguard_model_verified", "1 when the loaded model matched its pinned manifest.", int(model_verified)),
         Gauge("zguard_model_ready", "1 when the model is loaded and serving.", int(model_ready)),
     ]
