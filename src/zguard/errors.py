@@ -65,6 +65,10 @@ message and the fix; the HTTP layer (zguard.app.errors) answers an operator erro
     │   │   ├── ApprovalRequired (403)      approval_required: no active grant for the served model (approvals.required)
     │   │   │   └── GrantExhausted          grant_exhausted: the grant's total quota is used up
     │   │   ├── SelfApproval (403)          self_approval: nobody decides on their own request
+    │   │   ├── GroupMemberApproval (403)   group_member_approval: a member of the requesting group decides (four eyes)
+    │   │   ├── NotGroupMember (403)        not_group_member: only a member asks for a group's grant
+    │   │   ├── UnknownGroup                unknown_group: no SCIM group of that name
+    │   │   ├── GrantScopeExceeded (403)    grant_scope_exceeded: the size or steps are over the grant's max_size / max_steps
     │   │   ├── AlreadyDecided (409)        already_decided: this approver has decided on the request
     │   │   ├── RequestDecided (409)        request_decided: the request is approved or rejected already
     │   │   ├── RequestExpired (409)        request_expired: the request was not decided in approvals.request_ttl_days
@@ -78,6 +82,9 @@ message and the fix; the HTTP layer (zguard.app.errors) answers an operator erro
     │   │   ├── CampaignExists (409)        campaign_exists: a campaign for that quarter is open or was run already
     │   │   └── ApprovalNotFound (404)      approval_not_found: no such request or grant
     │   ├── GrantQuotaExceeded (429)        grant_quota_exceeded: the grant's images for today (UTC) are used up
+    │   ├── ModelChangeRefused (403)        model_change_refused (zguard.services.model_changes): CLI and console alike
+    │   │   ├── ModelChangeSelfApproval     model_change_self_approval: the requester cannot approve
+    │   │   └── ModelChangeAlreadyApproved (409) model_change_already_approved
     │   ├── AdminError                      admin_refused (zguard.services.admin)
     │   │   ├── RolesRefused                roles_refused
     │   │   ├── AlreadyInitialized          already_initialized
@@ -99,9 +106,6 @@ message and the fix; the HTTP layer (zguard.app.errors) answers an operator erro
         ├── ManifestError                   model_manifest_mismatch (zguard.integrity.manifest)
         ├── ModelLoadError                  model_load_failed (zguard.engine.verified_load)
         ├── ModelChangeUnapproved           model_change_unapproved: the manifest has no second admin's approval
-        ├── ModelChangeRefused              model_change_refused (zguard.services.model_changes)
-        │   ├── ModelChangeSelfApproval     model_change_self_approval: the requester cannot approve
-        │   └── ModelChangeAlreadyApproved  model_change_already_approved
         ├── PolicyLoadError                 policy_lists_unusable (zguard.services.prompt_policy)
         ├── SealError                       sealed_prompt_unreadable (zguard.audit.prompts)
         ├── PurgeRefused                    audit_purge_refused (zguard.audit.retention)
@@ -620,6 +624,34 @@ class SelfApproval(ApprovalError):
     type = "permission_error"
     code = "self_approval"
     fix = "another approver decides; nobody approves or rejects their own request"
+
+
+class GroupMemberApproval(ApprovalError):
+    status = 403
+    type = "permission_error"
+    code = "group_member_approval"
+    fix = "an approver outside the requesting group decides; nobody approves a grant they would use"
+
+
+class NotGroupMember(ApprovalError):
+    status = 403
+    type = "permission_error"
+    code = "not_group_member"
+    fix = "a member of the group asks for it (its SCIM membership, from the IdP); or ask for yourself without --group"
+
+
+class UnknownGroup(ApprovalError):
+    code = "unknown_group"
+    fix = "name a SCIM group by its displayName as the IdP provisioned it (GET /scim/v2/Groups lists them)"
+
+
+class GrantScopeExceeded(ApprovalError):
+    """The generation asks for more than the grant's scope (max_size, max_steps); nothing charged."""
+
+    status = 403
+    type = "permission_error"
+    code = "grant_scope_exceeded"
+    fix = "ask within the grant's max_size / max_steps (`zguard approvals list` shows them), or request a wider grant"
 
 
 class AlreadyDecided(ApprovalError):

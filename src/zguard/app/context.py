@@ -29,9 +29,11 @@ if TYPE_CHECKING:
     from zguard.services.admin import AdminService
     from zguard.services.approvals import ApprovalService
     from zguard.services.auth import Identity, RequestInfo
+    from zguard.services.governance import Governance
     from zguard.services.images import GeneratedImages, GenerationPlan, ImageRequest
     from zguard.services.oidc import OidcLogin
     from zguard.services.ratelimit import Bucket, RateLimitState
+    from zguard.services.replicas import ReplicaStatus
     from zguard.services.scim import ScimService
     from zguard.services.sessions import SessionService
 
@@ -98,5 +100,8 @@ class Services:
     oidc: OidcLogin | None = None  # console sign-in through the IdP (identity.oidc); None: off
     scim: ScimService | None = None  # SCIM provisioning at /scim/v2 on the console; None: identity.scim off
     approvals: ApprovalService | None = None  # model-use approvals (approvals.*); None: no state database
+    # re-certification campaigns and model-change approval on the console; None: no state database
+    governance: Governance | None = None
     # `zguard doctor`'s findings (check, severity, message, fix) for the console's system page; None: not wired
     doctor: Callable[[], list[dict[str, Any]]] | None = None
+    replica: ReplicaStatus | None = None  # this replica's id and its lists' digest against the others'; None: not wired

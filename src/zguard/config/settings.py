@@ -14,8 +14,11 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from zguard.config.approvals import ApprovalSettings
 from zguard.config.identity import IdentitySettings, check_role_map
+from zguard.config.notifications import NotificationSettings
+from zguard.config.replicas import ServeSettings
 from zguard.config.sections import Section, is_loopback
 from zguard.config.sizes import SIZE_STEP, check_size, parse_size
+from zguard.config.throughput import ThroughputSettings
 from zguard.security.detectors import DEFAULT_ACTIONS, DETECTORS, Action
 from zguard.security.netacl import LOOPBACK_NETWORKS, parse_networks
 from zguard.security.passwords import is_bcrypt_hash
@@ -233,7 +236,7 @@ class ModelSettings(_Section):
     )
 
 
-class GenerationSettings(_Section):
+class GenerationSettings(ThroughputSettings):  # postprocess_workers, max_batch_images, batch_wait_ms
     max_queue: int = Field(
         8,
         ge=0,
@@ -464,7 +467,7 @@ class RateLimitSettings(_Section):
         2,
         ge=1,
         le=1000,
-        description="Generations one principal may have queued or running at once in one process; the next gets 429 `too_many_concurrent_requests`.",
+        description="Generations one principal may have queued or running at once; the next gets 429 `too_many_concurrent_requests`. With Redis `storage` the cap holds across every replica (leased slots, `serve.in_flight_lease_s`); with `memory://`, per process.",
     )
 
     _rates = field_validator("per_role", "per_principal")(_rate_map)
@@ -561,6 +564,10 @@ class AuditSettings(_Section):
     signing_key_file: Path | None = Field(
         None,
         description="Ed25519 private key (PEM, mode 0600) that signs checkpoints; unset: `audit-signing.pem` in `state_dir`, created at first start. Keep a copy of its public key (`zguard audit public-key`) off-host.",
+    )
+    checkpoint_keys: list[Path] = Field(
+        default_factory=list,
+        description="With several replicas writing one trail: the public keys (PEM files, or directories of `*.pem`) whose checkpoints `zguard audit verify` accepts, one per replica, each named by its file name without `.pem`; a checkpoint signed by any other key is reported forged. Empty: only the public half of `signing_key_file`.",
     )
     archive_dir: Path | None = Field(
         None, description="Where `zguard audit purge` writes signed archives; unset: `audit-archive` in `state_dir`."
@@ -806,6 +813,14 @@ class Settings(_Section):
     approvals: ApprovalSettings = Field(
         default_factory=ApprovalSettings,
         description="Model-use approvals: requests, four-eyes decisions, expiring and quota-bound grants enforced on generation; docs/governance.md.",
+    )
+    notifications: NotificationSettings = Field(
+        default_factory=NotificationSettings,
+        description="Approval and model-change events sent to a signed webhook and by e-mail, from the audit trail (at least once); off until a target is set; docs/governance.md.",
+    )
+    serve: ServeSettings = Field(
+        default_factory=ServeSettings,
+        description="This process as one replica of several behind a load balancer: its name, its leases, policy digests compared across replicas; docs/scale-out.md.",
     )
     trusted_proxies: list[str] = Field(
         default_factory=list,

@@ -19,15 +19,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 from sqlalchemy.exc import SQLAlchemyError
 
 from zguard import state_paths
+from zguard.audit.checkpoint_keys import CheckpointKeys
 from zguard.audit.store import AuditStore
 from zguard.audit.verify import verify_store
 from zguard.config import Settings
 from zguard.errors import EXIT_FIX, EXIT_NO, EXIT_OK, fix_for
+from zguard.ops.approval_checks import approval_quorum_findings
 from zguard.ops.host_checks import (
     CheckResult,
     Host,
@@ -39,9 +42,10 @@ from zguard.ops.host_checks import (
 from zguard.ops.identity_checks import idp_findings
 from zguard.ops.ldap_check import ldap_finding
 from zguard.ops.model_checks import model_change_finding
+from zguard.ops.notification_check import notification_findings
 from zguard.ops.persistence import CleanupRecord, files_under
 from zguard.ops.scim_check import scim_finding
-from zguard.security.keys import load_public_key
+from zguard.security.keys import KeyFileError, load_public_key
 from zguard.security.netacl import NetworkAllowlist
 from zguard.store import migrate
 from zguard.store.database import create_store_engine, database_url
@@ -136,7 +140,14 @@ def audit_findings(settings: Settings) -> list[CheckResult]:
             )
         ]
     key_path = state_paths.audit_signing_key_file(settings)
-    public_key = load_public_key(key_path) if key_path.is_file() else None
+    public_key: Ed25519PublicKey | CheckpointKeys | None = load_public_key(key_path) if key_path.is_file() else None
+    if settings.audit.checkpoint_keys:  # several writers: every listed replica's key
+        try:
+            public_key = CheckpointKeys.from_paths(settings.audit.checkpoint_keys)
+        except (KeyFileError, OSError) as exc:
+            return [
+                CheckResult("audit_trail", "fail", f"audit.checkpoint_keys: {exc}", "list readable PEM public keys")
+            ]
     engine = create_store_engine(database_url(settings))
     try:
         migrate.check_schema_current(engine)
@@ -239,6 +250,8 @@ def run_checks(settings: Settings, host: Host | None = None, source: SettingsFil
     findings += idp_findings(settings.identity)
     findings += filter(None, [scim_finding(settings)])
     findings += filter(None, [model_change_finding(settings)])
+    findings += approval_quorum_findings(settings)
+    findings += notification_findings(settings)
     return findings
 
 

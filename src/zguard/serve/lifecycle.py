@@ -27,6 +27,8 @@ from zguard.app.api import create_api_app
 from zguard.app.console import create_console_app
 from zguard.audit import AuditEvent, AuditSink, DetailValue, Outcome
 from zguard.audit.forwarder import Forwarder
+from zguard.audit.notifications.outbox import Notifier
+from zguard.audit.notifications.setup import close_notifiers, serve_notifiers, start_notifiers
 from zguard.audit.retention import RetentionJob
 from zguard.audit.setup import AuditHealth, open_audit_store, prompt_capture, start_forwarder
 from zguard.audit.trail import AuditTrail
@@ -57,6 +59,7 @@ from zguard.services.admin import identity_collisions, load_token_key
 from zguard.services.auth import AuthService
 from zguard.services.prompt_policy import PolicyHolder, ReloadOnSignal
 from zguard.services.readiness import ModelState, Readiness
+from zguard.services.replicas import ReplicaStatus
 
 if TYPE_CHECKING:
     from zguard.ops.host_checks import SettingsFile
@@ -83,6 +86,7 @@ def lifecycle_event(
         detail={
             "api": f"{settings.api.host}:{settings.api.port}",
             "console": f"{settings.console.host}:{settings.console.port}",
+            "replica": settings.serve.resolved_replica_id(settings.api.port),
             **(detail or {}),
         },
     )
@@ -179,15 +183,29 @@ class StopSignals:
         return self._grace_s if self._deadline is None else max(0.0, self._deadline - self._clock())
 
 
+def start_outboxes(settings: Settings, audit: AuditTrail) -> tuple[Forwarder | None, list[Notifier]]:
+    """What reads the trail after its durable cursors, started: the syslog forwarder and the
+    approval notifiers (zguard.audit.notifications). The notifiers' secret files are read first,
+    so a bad one refuses the start before either runs."""
+    notifiers = serve_notifiers(settings, audit.store, audit)
+    forwarder = start_forwarder(settings, audit.store)
+    start_notifiers(notifiers)
+    return forwarder, notifiers
+
+
 def close_audit(
     settings: Settings,
     audit: AuditTrail,
     forwarder: Forwarder | None,
     exit_code: int,
     suppressed: Sequence[AuditEvent] = (),
+    *,
+    notifiers: Sequence[Notifier] = (),
 ) -> None:
-    """Record the counts of suppressed refusals not yet written (`StrangerRefusals.drain`) and
-    the stop, write the closing checkpoint, and give syslog a moment to take the rest."""
+    """Stop the notifiers (a failure to send is still recorded), record the counts of suppressed
+    refusals not yet written (`StrangerRefusals.drain`) and the stop, write the closing
+    checkpoint, and give syslog a moment to take the rest."""
+    close_notifiers(notifiers)
     for event in suppressed:
         try:
             audit.emit(event)
@@ -312,6 +330,20 @@ async def _warm_identity(runtime: Runtime) -> None:
         await runtime.services.oidc.warm()
 
 
+async def run_listeners(
+    servers: dict[str, Listener], sockets: dict[str, socket.socket], replica: ReplicaStatus | None
+) -> None:
+    """Serve until both listeners stop; meanwhile the lists' digest is published and compared
+    with the other replicas' (with Redis counters, zguard.services.replicas)."""
+    if replica is not None:
+        replica.start()
+    try:
+        await asyncio.gather(*(server.serve(sockets=[sockets[name]]) for name, server in servers.items()))
+    finally:
+        if replica is not None:
+            await replica.stop()
+
+
 async def _serve(
     settings: Settings, engine: ImageEngine | None = None, isolation: ProcessIsolation | None = None
 ) -> int:
@@ -332,7 +364,7 @@ async def _serve(
     audit.emit(lifecycle_event("server.started", settings, detail={"pid": os.getpid()}))
     if isolation is not None:  # the start sweep's report, and every later one, into the trail
         isolation.attach(lambda report: audit.emit(sweep_event(settings, report)))
-    forwarder = start_forwarder(settings, audit.store)
+    forwarder, notifiers = start_outboxes(settings, audit)
     runtime = build_runtime(
         settings,
         engine,
@@ -341,7 +373,7 @@ async def _serve(
         prompts=prompts,
         provenance=provenance,
         policy=policy,
-        audit_health=AuditHealth(audit, forwarder),
+        audit_health=AuditHealth(audit, forwarder, notifiers),
     )
     retention = RetentionJob(audit.store, settings, audit=audit)  # daily: archive, then delete, past retention
     retention.start()
@@ -376,7 +408,7 @@ async def _serve(
     warm = asyncio.gather(start_model(), _warm_identity(runtime))
     log_listening(sockets, tls)
     try:
-        await asyncio.gather(*(server.serve(sockets=[sockets[name]]) for name, server in servers.items()))
+        await run_listeners(servers, sockets, runtime.services.replica)
     finally:
         warm.cancel()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # a second signal now ends us at once
@@ -385,6 +417,6 @@ async def _serve(
         retention.stop()
         if isolation is not None:
             isolation.sweep("stop")  # while the trail is open, so what it removes is recorded
-        close_audit(settings, audit, forwarder, exit_code, runtime.services.strangers.drain())
+        close_audit(settings, audit, forwarder, exit_code, runtime.services.strangers.drain(), notifiers=notifiers)
     log.info("stopped (pid %d, exit %d)", os.getpid(), exit_code)
     return exit_code

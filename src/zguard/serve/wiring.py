@@ -21,7 +21,7 @@ from zguard.audit.setup import AuditHealth
 from zguard.audit.strangers import StrangerRefusals
 from zguard.config import Settings
 from zguard.engine import ImageEngine
-from zguard.engine.admission import AdmissionQueue, WorkerThread
+from zguard.engine.admission import AdmissionQueue, Batching, WorkerThread
 from zguard.errors import ConfigError
 from zguard.ops.doctor import run_checks
 from zguard.provenance.marking import ProvenanceMarker
@@ -30,13 +30,16 @@ from zguard.services.admin import AdminService
 from zguard.services.approvals import approval_service
 from zguard.services.auth import AuthService
 from zguard.services.counters import CounterStorage
+from zguard.services.governance import governance_service
 from zguard.services.images import ImageService
 from zguard.services.jwt_bearer import JwtVerifier
 from zguard.services.ldap_auth import LdapDirectory
 from zguard.services.oidc import OidcLogin
+from zguard.services.postprocess import PostProcessPool, default_workers
 from zguard.services.prompt_policy import PolicyHolder
 from zguard.services.ratelimit import RateLimitService
-from zguard.services.readiness import Readiness
+from zguard.services.readiness import Readiness, database_probe
+from zguard.services.replicas import ReplicaStatus
 from zguard.services.scim import ScimService
 from zguard.services.sessions import SessionService
 from zguard.store import migrate
@@ -284,11 +287,15 @@ def build_runtime(
     configured lists (a list that cannot be loaded stops the start: fail closed). Without
     `audit_health`: no trail to report on (`zguard docs`)."""
     worker = WorkerThread()
-    admission = AdmissionQueue(settings.generation.max_queue, worker)
+    generation = settings.generation
+    batching = Batching(max_images=generation.max_batch_images, wait_s=generation.batch_wait_ms / 1000)
+    admission = AdmissionQueue(generation.max_queue, worker, batching=batching)
     rate_limits = rate_limits or RateLimitService.from_settings(settings, audit)
     readiness = Readiness()
     if rate_limits.counters.shared:  # every permissioned request fails closed without it
         readiness.probes["rate_limits.storage"] = rate_limits.counters.reachable
+    if auth.store is not None:  # so is every request that checks a credential or records an event
+        readiness.probes["database.url"] = database_probe(auth.store.engine)
     policy = policy or PolicyHolder.from_settings(settings)
     images = ImageService(
         settings.generation,
@@ -297,6 +304,7 @@ def build_runtime(
         readiness,
         audit=audit,
         prompts=prompts,
+        postprocess=PostProcessPool(generation.postprocess_workers or default_workers()),
         policy=policy,
         provenance=provenance,
     )
@@ -323,6 +331,15 @@ def build_runtime(
         approvals=approval_service(
             settings.approvals, settings.role_registry(), auth.store, engine, audit=audit, counters=rate_limits.counters
         ),
+        governance=governance_service(settings, auth, audit),
         doctor=lambda: [finding.as_dict() for finding in run_checks(settings)],
+        replica=ReplicaStatus(
+            settings.serve.resolved_replica_id(settings.api.port),
+            policy,
+            counters=rate_limits.counters,
+            audit=audit,
+            interval_s=settings.serve.policy_publish_interval_s,
+            follow_reloads=settings.serve.policy_follow_reloads,
+        ),
     )
     return Runtime(services=services, admission=admission, worker=worker, policy=policy)

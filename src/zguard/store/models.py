@@ -247,6 +247,17 @@ class AuditCursor(Base):
     updated_ms: Mapped[int] = mapped_column(BigInteger)
 
 
+class Lease(Base):
+    """Which replica runs a job only one may run at a time (the syslog forwarder), until when."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))
+    expires_ms: Mapped[int] = mapped_column(BigInteger)
+    acquired_ms: Mapped[int] = mapped_column(BigInteger)
+
+
 SESSION_REASON_MAX = 32
 CLIENT_MAX = 64  # an IPv6 address with a zone fits
 
@@ -366,6 +377,9 @@ class ApprovalRequest(Base):
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime]
     status: Mapped[str] = mapped_column(String(16), index=True, server_default="pending")
+    # A request for a SCIM group (zguard.services.grant_groups): its opaque id, never reused.
+    group_scim_id: Mapped[str | None] = mapped_column(String(SCIM_ID_LEN))
+    group_name: Mapped[str | None] = mapped_column(String(SCIM_DISPLAY_MAX))
 
 
 class ApprovalDecision(Base):
@@ -384,6 +398,8 @@ class ApprovalDecision(Base):
     decision: Mapped[str] = mapped_column(String(8))
     comment: Mapped[str | None] = mapped_column(String(APPROVAL_TEXT_MAX))
     at: Mapped[datetime]
+    max_size: Mapped[int | None] = mapped_column(Integer)  # the scope this approver set
+    max_steps: Mapped[int | None] = mapped_column(Integer)
 
 
 class ApprovalGrant(Base):
@@ -412,6 +428,10 @@ class ApprovalGrant(Base):
     status: Mapped[str] = mapped_column(String(16), server_default="active")
     revoked_by: Mapped[str | None] = mapped_column(String(NAME_MAX))
     reason: Mapped[str | None] = mapped_column(String(APPROVAL_TEXT_MAX))
+    last_used_at: Mapped[datetime | None]  # written with used_total when a charge is recorded
+    # Held by a SCIM group: covers its members, charged against this one quota (shared).
+    group_scim_id: Mapped[str | None] = mapped_column(String(SCIM_ID_LEN), index=True)
+    group_name: Mapped[str | None] = mapped_column(String(SCIM_DISPLAY_MAX))
 
 
 CAMPAIGN_QUARTER_MAX = 16  # "2026Q4"

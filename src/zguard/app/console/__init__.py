@@ -21,8 +21,11 @@ from zguard.app.audit_routes import add_audit_routes
 from zguard.app.auth import PUBLIC, requires
 from zguard.app.console.approval_pages import add_approval_pages
 from zguard.app.console.approvals import add_approval_routes
+from zguard.app.console.campaigns import add_campaign_routes
 from zguard.app.console.contract import install_console_document
 from zguard.app.console.csrf import SessionCsrf
+from zguard.app.console.grant_report import add_grant_report_routes
+from zguard.app.console.model_change_pages import add_model_change_routes
 from zguard.app.console.oidc import add_oidc_routes
 from zguard.app.console.pages import _status, add_console_pages, refusal_page_for
 from zguard.app.console.scim import add_scim_routes
@@ -84,16 +87,27 @@ def create_console_app(settings: Settings, services: Services) -> FastAPI:
     if services.scim is not None:
         add_scim_routes(app, services.scim)
     add_approval_routes(app, services)
+    add_campaign_routes(app, services)
+    add_grant_report_routes(app, services)
+    add_model_change_routes(app, services)
 
     @app.get("/readyz/detail", dependencies=[requires(Permission.SYSTEM_READ)])
     async def readiness_detail() -> JSONResponse:
         """Readiness with the audit trail's state: head, checkpoint, syslog forwarding lag."""
-        audit = await asyncio.to_thread(services.audit_health.snapshot)
         down = await services.readiness.unavailable()
-        return JSONResponse(
-            {"status": services.readiness.state.value, "model": _status(services), "audit": audit, "unavailable": down},
-            status_code=200 if services.readiness.ready and not down else 503,
-        )
+        try:
+            audit = await asyncio.to_thread(services.audit_health.snapshot)
+        except Exception:  # noqa: BLE001 - the database is down: `unavailable` says so; the page still answers
+            audit = {"store": "unavailable"}
+        body = {
+            "status": services.readiness.state.value,
+            "model": _status(services),
+            "audit": audit,
+            "unavailable": down,
+        }
+        if (replica := services.replica) is not None:
+            body.update(replica=replica.replica_id, policy=replica.detail())
+        return JSONResponse(body, status_code=200 if services.readiness.ready and not down else 503)
 
     @app.get("/favicon.ico", dependencies=[PUBLIC], include_in_schema=False)
     async def favicon() -> Response:
@@ -129,7 +143,11 @@ def create_console_app(settings: Settings, services: Services) -> FastAPI:
             model_ready=services.readiness.ready,
             policy_reloads=services.policy.reloads if services.policy is not None else {},
             audit=audit,
+            engine_busy_s=services.admission.busy_s,
+            engine_idle_s=services.admission.idle_while_pending_s,
         )
+        if services.replica is not None:
+            gauges += services.replica.gauges()
         return Response(services.metrics.render(gauges), media_type=CONTENT_TYPE)
 
     @app.get("/healthz", dependencies=[PUBLIC])
