@@ -108,7 +108,7 @@ async def test_a_campaign_on_the_pages(console: Console) -> None:  # noqa: PLR09
         shown = await alice.get(url, headers=PAGE)
         assert shown.status_code == 200
         assert f'id="item-{rita_grant}" class="item-pending"' in shown.text
-        assert "2 grants: 0 confirmed, 0 revoked, 0 lapsed, 2 pending" in shown.text
+        assert "2 in all: 0 confirmed, 0 revoked, 0 lapsed, 2 pending" in shown.text
         own = await rita.post(f"{url}/grants/{rita_grant}/confirm", data=form(r_csrf), headers=SAME_ORIGIN)
         assert "another approver re-certifies it" in refusal(own, 403, "own_grant_recertification")
         confirmed = await rita.post(
