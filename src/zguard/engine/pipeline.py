@@ -209,12 +209,7 @@ class DiffusersEngine:
         if should_stop():
             raise GenerationCancelled
         device = self._info.device
-
-        def check_stop(_pipe: Any, _step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            if should_stop():
-                raise GenerationCancelled
-            return kwargs
-
+        check_stop = _stop_callback(should_stop)
         generators = [torch.Generator(device=device).manual_seed(job.seed + i) for i in range(job.n)]
         mark = job.device_mark
         with torch.inference_mode():
@@ -250,12 +245,7 @@ class DiffusersEngine:
         if should_stop():
             raise GenerationCancelled
         device = self._info.device
-
-        def check_stop(_pipe: Any, _step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            if should_stop():
-                raise GenerationCancelled
-            return kwargs
-
+        check_stop = _stop_callback(should_stop)
         owners = [(k, i) for k, job in enumerate(jobs) for i in range(job.n)]  # per image: (its job, its index there)
         generators = [torch.Generator(device=device).manual_seed(jobs[k].seed + i) for k, i in owners]
         on_device = any(job.device_mark is not None for job in jobs)
@@ -281,6 +271,18 @@ class DiffusersEngine:
         for (k, _), image in zip(owners, images, strict=True):
             out[k].append(image)
         return out
+
+
+def _stop_callback(should_stop: Callable[[], bool]) -> Callable[..., dict[str, Any]]:
+    """The pipeline's `callback_on_step_end`: raise GenerationCancelled between two denoising
+    steps once `should_stop()` says so."""
+
+    def check_stop(_pipe: Any, _step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if should_stop():
+            raise GenerationCancelled
+        return kwargs
+
+    return check_stop
 
 
 def marked_images(batch: Any, mark: DeviceMark) -> list[Image]:
