@@ -4,6 +4,7 @@
     zguard approvals confirm GRANT --campaign ID --as APPROVER [--comment ...]
     zguard approvals revoke GRANT --campaign ID --as APPROVER --reason ...
     zguard approvals recertify --close ID --as APPROVER
+    zguard approvals recertify --due
     zguard approvals campaign [ID] [--export csv|json [--output FILE]]
     zguard approvals verify-export FILE [--signature FILE.sig] [--public-key PEM]
 
@@ -11,6 +12,9 @@ The same service whatever the caller (zguard.services.recertification): the same
 audit events. `--as` names the approver as for `approvals approve` (zguard.cli.approvals). An
 export is signed with the audit checkpoint key (created as `serve` would when absent) and the
 signature written beside it as FILE.sig; `verify-export` exits 0 when it verifies, 1 when not.
+`recertify --due` acts as the system, as `serve`'s thread does (no `--as`): for cron or a
+systemd timer where no server runs; it closes what is past its deadline, opens the scheduled
+campaign when due (`approvals.recertification_schedule`), prints what it did and exits 0.
 Refusals print the message and its fix and exit 2.
 """
 
@@ -64,6 +68,8 @@ def _run(args: argparse.Namespace, action: Callable[[RecertificationService, Cal
                 ApprovalStore(engine),
                 settings.role_registry(),
                 audit=cli_common.audit_sink_factory(settings, engine),
+                schedule=settings.approvals.recertification_schedule,
+                schedule_days=settings.approvals.recertification_days,
             )
             caller = acting_caller(settings, engine, args.as_name) if getattr(args, "as_name", None) else None
             return action(service, caller)
@@ -96,6 +102,12 @@ def cmd_recertify(args: argparse.Namespace) -> int:
     from zguard.services.recertification import deadline_of
 
     def action(service: RecertificationService, caller: Caller | None) -> int:
+        if args.due:
+            if caller is not None or any(v is not None for v in (args.close, args.quarter, args.deadline)):
+                raise InvalidValue(
+                    "--due acts alone, as the system: no --quarter, --deadline, --close or --as", param="--due"
+                )
+            return _print_due(service)
         if args.close is not None:
             closed = service.close(_acting(caller), args.close)
             print(_summary(closed) + "; every unconfirmed grant revoked (not re-certified)")
@@ -118,6 +130,18 @@ def cmd_recertify(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return _run(args, action)
+
+
+def _print_due(service: RecertificationService) -> int:
+    report = service.run_due(cli_common.acting_detail())
+    for campaign in report.closed:
+        lapsed = sum(1 for i in campaign.items if i.decision == "lapsed")
+        print(_summary(campaign) + f"; closed at its deadline, {lapsed} unconfirmed grant(s) revoked")
+    if report.opened is not None:
+        print(_summary(report.opened) + " (opened by the schedule)")
+    if not report.closed and report.opened is None:
+        print(f"nothing due (schedule: {service.schedule})")
+    return EXIT_OK
 
 
 def cmd_confirm(args: argparse.Namespace) -> int:
@@ -211,14 +235,21 @@ def register(approvals: Commands, common: argparse.ArgumentParser, acting: Actin
     """Add `approvals recertify|confirm|campaign|verify-export` (called by zguard.cli.approvals)."""
     rec = command(
         approvals, common, "recertify", cmd_recertify,
-        help_text="open a quarter's re-certification campaign, or --close one (unconfirmed grants revoked)",
+        help_text="open a quarter's re-certification campaign, --close one, or do what is --due",
     )  # fmt: skip
-    acting(rec, "approver")
+    rec.add_argument(  # not `acting`: optional, as --due acts as the system
+        "--as", dest="as_name", default=None, metavar="NAME", help="the approver (a principal or api_auth user)"
+    )
     rec.add_argument("--quarter", default=None, metavar="YEARQn", help="e.g. 2026Q4")
     rec.add_argument(
         "--deadline", default=None, metavar="DATE", help="last day to decide (UTC; default: the quarter's end)"
     )
     rec.add_argument("--close", type=int, default=None, metavar="ID", help="close campaign ID now")
+    rec.add_argument(
+        "--due",
+        action="store_true",
+        help="close campaigns past their deadline (unconfirmed grants revoked), open the scheduled one; for cron",
+    )
 
     con = command(approvals, common, "confirm", cmd_confirm, help_text="re-certify a grant in a campaign")
     con.add_argument("grant", type=int, metavar="GRANT_ID")

@@ -9,6 +9,11 @@ Decisions written here:
   named by its id or its manifest digest (the digest wins when both are listed).
 - The caps (`max_validity_days`, `max_images_per_day`, `max_images_total`) bound what a request
   may ask for; a request over one is refused with its own code, never silently trimmed.
+- `recertification_schedule: quarterly` opens the current quarter's campaign at the first check
+  on or after the quarter's first day (zguard.services.recertification.RecertificationService.
+  run_due), its deadline `recertification_days` later but never past the quarter's end. The
+  checks (also closing campaigns past their deadline) run in `serve` every
+  `recertification_check_interval_s`, or from cron with `zguard approvals recertify --due`.
 """
 
 from __future__ import annotations
@@ -48,6 +53,22 @@ class ApprovalSettings(Section):
     )
     max_images_total: int = Field(
         100_000, ge=1, le=100_000_000, description="The largest total image quota a request may ask for."
+    )
+    recertification_schedule: Literal["off", "quarterly"] = Field(
+        "off",
+        description="`quarterly`: open each quarter's re-certification campaign by itself (the first check on or after the quarter's first day). `off`: campaigns are opened with `zguard approvals recertify --quarter`.",
+    )
+    recertification_days: int = Field(
+        21,
+        ge=1,
+        le=90,
+        description="Days a scheduled campaign gives its approvers, from its opening; capped at the quarter's end.",
+    )
+    recertification_check_interval_s: int = Field(
+        300,
+        ge=30,
+        le=3600,
+        description="How often `serve` closes campaigns past their deadline (revoking unconfirmed grants) and opens the scheduled one.",
     )
 
     @field_validator("per_model_quorum")

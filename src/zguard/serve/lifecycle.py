@@ -42,6 +42,7 @@ from zguard.serve.listeners import Listener, bind, check_safe, example_call, lis
 from zguard.serve.model_change import check_loaded, check_model_change
 from zguard.serve.open_files import ensure_open_files
 from zguard.serve.pidfile import StateLock
+from zguard.serve.recertification import start_recertification
 from zguard.serve.refusals import RefusalRecorder
 from zguard.serve.transport import listener_guards
 from zguard.serve.wiring import (
@@ -324,6 +325,27 @@ def sweep_event(settings: Settings, report: SweepReport) -> AuditEvent:
     return lifecycle_event("runtime.swept", settings, detail=detail)
 
 
+class PeriodicJobs:
+    """What runs on a timer beside the listeners, started here and stopped at shutdown: the audit
+    retention (daily: archive, then delete, past retention) and the re-certification check
+    (deadlines and the schedule, zguard.serve.recertification)."""
+
+    def __init__(self, settings: Settings, audit: AuditTrail, runtime: Runtime) -> None:
+        self.retention = RetentionJob(audit.store, settings, audit=audit)
+        self.retention.start()
+        governance = runtime.services.governance
+        replica: dict[str, DetailValue] = {"replica": settings.serve.resolved_replica_id(settings.api.port)}
+        self.recertification = start_recertification(
+            None if governance is None else lambda: governance.campaigns.run_due(replica),  # which replica acted
+            settings.approvals.recertification_check_interval_s,
+        )
+
+    def stop(self) -> None:
+        self.retention.stop()
+        if self.recertification is not None:
+            self.recertification.stop()
+
+
 async def _warm_identity(runtime: Runtime) -> None:
     """The IdP's discovery document read at start, not at the first sign-in (failures: logged, retried then)."""
     if runtime.services.oidc is not None:
@@ -375,8 +397,7 @@ async def _serve(
         policy=policy,
         audit_health=AuditHealth(audit, forwarder, notifiers),
     )
-    retention = RetentionJob(audit.store, settings, audit=audit)  # daily: archive, then delete, past retention
-    retention.start()
+    jobs = PeriodicJobs(settings, audit, runtime)  # audit retention, re-certification deadlines
     settle_demo_account(settings, store, token_key, audit)
     grace = settings.generation.shutdown_grace_s
     servers = listeners(settings, runtime, tls, audit, grace)
@@ -414,7 +435,7 @@ async def _serve(
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # a second signal now ends us at once
             loop.remove_signal_handler(signum)
         stop_work(runtime, signals, sockets)
-        retention.stop()
+        jobs.stop()
         if isolation is not None:
             isolation.sweep("stop")  # while the trail is open, so what it removes is recorded
         close_audit(settings, audit, forwarder, exit_code, runtime.services.strangers.drain(), notifiers=notifiers)

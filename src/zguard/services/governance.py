@@ -151,6 +151,8 @@ def governance_service(settings: Settings, auth: AuthService, audit: AuditSink) 
             (grants := ApprovalStore(store.engine)),
             settings.role_registry(),
             audit=audit,
+            schedule=settings.approvals.recertification_schedule,
+            schedule_days=settings.approvals.recertification_days,
         ),
         grants=grants,
         model_changes=changes,

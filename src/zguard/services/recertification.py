@@ -16,6 +16,18 @@ Decisions written here:
   `--close ID`, or on the first read after the deadline (any command that reads the campaign),
   so a missed deadline never leaves a grant running on its old approval. A grant that expired,
   ran out or was revoked outside the campaign is recorded as such, not revoked twice.
+- `run_due` acts without anybody reading (serve's thread every
+  `approvals.recertification_check_interval_s`, zguard.serve.recertification; or `zguard approvals
+  recertify --due` from cron): it closes every open campaign past its deadline, closer "zguard
+  (deadline passed)" as on a read, and finishes interrupted closes. With
+  `recertification_schedule: quarterly` it then opens the current quarter's campaign when none
+  exists, opener "zguard (schedule)" (`detail.trigger`: "schedule"; opens on demand say
+  "manual"), deadline `recertification_days` after the opening, capped at the quarter's end: a
+  schedule turned on (or a server down) past the quarter's first day still opens that quarter,
+  with what is left of it. Safe with several replicas and cron at once, without a lease: the
+  quarter is unique in the store (the loser of a race opens nothing and records nothing), the
+  close is one guarded UPDATE, and each revocation a guarded one (`close_grant`), so nothing is
+  opened or revoked twice.
 - Every step is one audit event: `approval.campaign_opened`, `approval.confirmed`,
   `approval.revoked` (with `campaign`), `approval.campaign_closed`, `approval.campaign_exported`;
   every refusal one `approval.refused` with its code and `action`.
@@ -33,6 +45,7 @@ import io
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 
@@ -45,6 +58,7 @@ from zguard.errors import (
     AlreadyDecided,
     ApprovalNotFound,
     CampaignClosed,
+    CampaignExists,
     CommentRequired,
     GrantNotActive,
     InvalidValue,
@@ -61,6 +75,8 @@ from zguard.store.recertification import CampaignRecord, ItemRecord, Recertifica
 
 NOT_RECERTIFIED = "not re-certified"
 DEADLINE_CLOSER = "zguard (deadline passed)"
+SCHEDULE_OPENER = "zguard (schedule)"
+Schedule = Literal["off", "quarterly"]
 QUARTER = re.compile(r"^(\d{4})Q([1-4])$")
 EXPORT_FIELDS = (
     "campaign",
@@ -89,6 +105,25 @@ def quarter_end(quarter: str) -> datetime:
     return datetime(year + (q == 4), 1 if q == 4 else 3 * q + 1, 1, tzinfo=UTC)
 
 
+def quarter_of(moment: datetime) -> str:
+    """The quarter `moment` falls in (UTC), as campaigns name it: 2026-12-04 → "2026Q4"."""
+    utc = moment.astimezone(UTC)
+    return f"{utc.year}Q{(utc.month - 1) // 3 + 1}"
+
+
+def scheduled_deadline(opened_at: datetime, days: int) -> datetime:
+    """A scheduled campaign's deadline: `days` after its opening, never past its quarter's end."""
+    return min(opened_at + timedelta(days=days), quarter_end(quarter_of(opened_at)))
+
+
+@dataclass(frozen=True, slots=True)
+class DueReport:
+    """What one `run_due` did: the campaigns it closed (as they are now) and the one it opened."""
+
+    closed: tuple[CampaignRecord, ...] = ()
+    opened: CampaignRecord | None = None
+
+
 def deadline_of(day: date) -> datetime:
     """A deadline given as a day covers all of it (UTC): the campaign closes at the next midnight."""
     return datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
@@ -104,11 +139,15 @@ class RecertificationService:
         registry: RoleRegistry,
         *,
         audit: AuditSink,
+        schedule: Schedule = "off",
+        schedule_days: int = 21,
     ) -> None:
         self.store = store
         self._grants = grants
         self._registry = registry
         self._audit = audit
+        self.schedule = schedule
+        self._schedule_days = schedule_days
 
     # --- campaigns -------------------------------------------------------------------------
 
@@ -124,16 +163,44 @@ class RecertificationService:
         except ZguardError as refused:
             self._refused(caller, "recertify", refused, where)
             raise
-        self._emit(
-            "approval.campaign_opened",
-            caller,
-            {
-                "campaign": campaign.id,
-                "quarter": quarter,
-                "deadline": campaign.deadline.isoformat(),
-                "grants": ",".join(str(i.grant_id) for i in campaign.items),
-                "asked": ",".join(sorted({a for i in campaign.items for a in i.approvers})),
-            },
+        self._emit("approval.campaign_opened", caller, _opened_detail(campaign, "manual"))
+        return campaign
+
+    def run_due(self, detail: Mapping[str, DetailValue] | None = None) -> DueReport:
+        """Close every open campaign past its deadline (revoking what nobody confirmed), finish
+        interrupted closes, and open the scheduled campaign when due; what this call did.
+        Idempotent: run it as often, and from as many replicas, as you like. `detail` goes into
+        the close and open events (a command's OS account, as its other events have it)."""
+        system = None if detail is None else Caller(DEADLINE_CLOSER, frozenset(), detail=detail)
+        closed = []
+        now = self.store.now()
+        for campaign_id in self.store.due_ids(now):
+            campaign = self.store.get(campaign_id)
+            if campaign.status == "open":
+                if campaign.deadline <= now and self._close(campaign, system, by_deadline=True):
+                    closed.append(self.store.get(campaign_id))
+            elif any(i.decision is None for i in campaign.items):  # a close interrupted: finish it
+                self._settle(campaign, campaign.closed_by or DEADLINE_CLOSER)
+        return DueReport(closed=tuple(closed), opened=self._open_scheduled(detail or {}))
+
+    def _open_scheduled(self, detail: Mapping[str, DetailValue]) -> CampaignRecord | None:
+        now = self.store.now()
+        quarter = quarter_of(now)
+        if self.schedule != "quarterly" or self.store.has_quarter(quarter):
+            return None
+        try:
+            campaign = self.store.open_campaign(
+                quarter, opened_by=SCHEDULE_OPENER, deadline=scheduled_deadline(now, self._schedule_days)
+            )
+        except CampaignExists:  # another replica (or an operator) opened it a moment ago
+            return None
+        self._audit.emit(
+            AuditEvent(
+                type="approval.campaign_opened",
+                outcome="done",
+                principal=SCHEDULE_OPENER,
+                detail={**detail, **_opened_detail(campaign, "schedule")},
+            )
         )
         return campaign
 
@@ -391,6 +458,17 @@ class RecertificationService:
 
     def _emit(self, kind: str, caller: Caller, detail: Mapping[str, DetailValue]) -> None:
         self._audit.emit(caller_event(kind, caller, detail))
+
+
+def _opened_detail(campaign: CampaignRecord, trigger: str) -> dict[str, DetailValue]:
+    return {
+        "campaign": campaign.id,
+        "quarter": campaign.quarter,
+        "deadline": campaign.deadline.isoformat(),
+        "grants": ",".join(str(i.grant_id) for i in campaign.items),
+        "asked": ",".join(sorted({a for i in campaign.items for a in i.approvers})),
+        "trigger": trigger,
+    }
 
 
 def _grant_detail(grant: GrantRecord) -> dict[str, DetailValue]:

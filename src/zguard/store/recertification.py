@@ -158,6 +158,30 @@ class RecertificationStore:
             ids = session.scalars(select(RecertificationCampaign.id).order_by(RecertificationCampaign.id)).all()
         return [self.get(i) for i in ids]
 
+    def due_ids(self, now: datetime) -> list[int]:
+        """Campaigns the deadline check must act on: open past `now`'s deadline, or closed with an
+        item still undecided (a close interrupted before its revocations)."""
+        undecided = select(RecertificationItem.campaign_id).where(RecertificationItem.decision.is_(None))
+        with self._sessions() as session:
+            return list(
+                session.scalars(
+                    select(RecertificationCampaign.id)
+                    .where(
+                        ((RecertificationCampaign.status == "open") & (RecertificationCampaign.deadline <= now))
+                        | (
+                            (RecertificationCampaign.status == "closed")
+                            & RecertificationCampaign.id.in_(undecided.scalar_subquery())
+                        )
+                    )
+                    .order_by(RecertificationCampaign.id)
+                ).all()
+            )
+
+    def has_quarter(self, quarter: str) -> bool:
+        with self._sessions() as session:
+            found = session.scalar(select(RecertificationCampaign.id).where(RecertificationCampaign.quarter == quarter))
+            return found is not None
+
     def decide(
         self, campaign_id: int, grant_id: int, *, decision: str, decider: str, comment: str | None = None
     ) -> bool:
