@@ -99,7 +99,8 @@ class ReplicaStatus:
     # --- Redis ----------------------------------------------------------------------------
 
     def _key(self, name: str) -> str:
-        assert self._counters is not None  # noqa: S101 - only called when shared; narrows the type
+        if self._counters is None:  # only called when the counters are shared
+            raise RuntimeError("replica keys need shared (Redis) counters")
         return f"{self._counters.prefix}:policy:{name}"
 
     async def sync(self) -> None:

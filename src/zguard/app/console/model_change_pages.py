@@ -48,7 +48,7 @@ from zguard.errors import ServiceUnavailable, ZguardError
 from zguard.security.rbac import Permission
 from zguard.services.auth import Identity
 from zguard.services.governance import Governance
-from zguard.services.model_changes import Operator
+from zguard.services.model_changes import ModelChanges, Operator
 from zguard.services.sessions import NoSessions, SessionService
 
 PAGE = "/approvals/model-changes"
@@ -102,20 +102,21 @@ class ModelChangePages:
         self.services = services
         self.live: SessionService | NoSessions = services.sessions or NoSessions()
 
-    def governance(self) -> Governance:
-        if self.services.governance is None or self.services.governance.model_changes is None:
+    def governance(self) -> tuple[Governance, ModelChanges]:
+        governance = self.services.governance
+        changes = None if governance is None else governance.model_changes
+        if governance is None or changes is None:
             raise ServiceUnavailable(
                 "model-change approval needs the state database and its audit trail", retry_after=60
             )
-        return self.services.governance
+        return governance, changes
 
     async def rows(self) -> list[dict[str, Any]]:
-        changes = self.governance().model_changes
-        assert changes is not None  # noqa: S101 - governance() refused None
+        _, changes = self.governance()
         return change_rows(await call(changes.records))
 
     async def approve(self, identity: Identity, request: Request, seq: int) -> dict[str, Any]:
-        governance = self.governance()
+        governance, _ = self.governance()
         approval, change = await call(governance.approve_model_change, identity, seq, operator_of(identity, request))
         return {
             "request": change.seq,
